@@ -1,0 +1,5 @@
+"""Allow ``python -m cyphrs_cli``."""
+
+from cyphrs_cli.cli.app import main
+
+main()

@@ -1,0 +1,252 @@
+"""Extension sets per role, SPIFFE ID rules, and the agent-claims private extension.
+
+Agent claims live under ``CYPHRS_OID_ARC``; ``.1`` is::
+
+    AgentClaims ::= SEQUENCE {
+        version     INTEGER,            -- 1
+        workflow    UTF8String,
+        permissions SEQUENCE OF UTF8String,
+        requester   UTF8String,
+        issuedAt    GeneralizedTime }
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from cyphrs_cli.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+# Not the UUID arc 2.25.<uuid> the design first named: its 128-bit arc makes Go's x509
+# parser (arcs < 2^31) reject the whole certificate, and pkilint's DER decoder refuses it.
+# Provisional arc under RFC 5612's example enterprise number until cyphrs has its own
+# IANA PEN; see docs/design-notes.md.
+CYPHRS_OID_ARC = "1.3.6.1.4.1.32473.77"
+AGENT_CLAIMS_OID = CYPHRS_OID_ARC + ".1"
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def validate_trust_domain(domain: str) -> str:
+    if not _TRUST_DOMAIN.match(domain) or len(domain) > 255:
+        raise InvalidInputError(
+            f"invalid SPIFFE trust domain {domain!r}",
+            hint="use lowercase letters, digits, '.', '-' and '_' (e.g. acme.internal)",
+        )
+    return domain
+
+
+def validate_name_token(kind: str, value: str) -> str:
+    """Workflow and instance names become SPIFFE path segments: keep them plain."""
+    if not _NAME_TOKEN.match(value):
+        raise InvalidInputError(
+            f"invalid {kind} {value!r}",
+            hint="use 1-63 letters, digits, '.', '-', '_', starting with a letter or digit",
+        )
+    return value
+
+
+def parse_spiffe_id(value: str) -> tuple[str, tuple[str, ...]]:
+    """Split a SPIFFE ID into (trust domain, path segments) enforcing the SPIFFE ID spec."""
+    if not value.startswith("spiffe://") or len(value.encode()) > 2048:
+        raise InvalidInputError(f"invalid SPIFFE ID {value!r}: must start with spiffe://")
+    rest = value[len("spiffe://") :]
+    if any(c in rest for c in "?#%"):
+        raise InvalidInputError(f"invalid SPIFFE ID {value!r}: no query, fragment or escapes")
+    domain, _, path = rest.partition("/")
+    validate_trust_domain(domain)
+    segments = tuple(path.split("/")) if path else ()
+    for segment in segments:
+        if segment in ("", ".", "..") or not _PATH_SEGMENT.match(segment):
+            raise InvalidInputError(f"invalid SPIFFE ID {value!r}: bad path segment {segment!r}")
+    return domain, segments
+
+
+def agent_spiffe_id(trust_domain: str, workflow: str, instance: str) -> str:
+    return f"spiffe://{trust_domain}/agent/{workflow}/{instance}"
+
+
+@dataclass(frozen=True)
+class AgentClaims:
+    """What an agent instance may do and on whose behalf; decoded by ``inspect``."""
+
+    workflow: str
+    permissions: tuple[str, ...]
+    requester: str
+    issued_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow,
+            "permissions": list(self.permissions),
+            "requester": self.requester,
+            "issued_at": self.issued_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+
+@cache
+def _claims_asn1() -> Any:
+    """The asn1crypto type for AgentClaims, built on first use (asn1crypto loads lazily)."""
+    from asn1crypto import core
+
+    class Permissions(core.SequenceOf):  # type: ignore[misc]
+        _child_spec = core.UTF8String
+
+    class Claims(core.Sequence):  # type: ignore[misc]
+        _fields = [  # noqa: RUF012 - asn1crypto reads this class attribute
+            ("version", core.Integer),
+            ("workflow", core.UTF8String),
+            ("permissions", Permissions),
+            ("requester", core.UTF8String),
+            ("issued_at", core.GeneralizedTime),
+        ]
+
+    return Claims
+
+
+def encode_agent_claims(claims: AgentClaims) -> bytes:
+    value = _claims_asn1()(
+        {
+            "version": 1,
+            "workflow": claims.workflow,
+            "permissions": list(claims.permissions),
+            "requester": claims.requester,
+            "issued_at": claims.issued_at.astimezone(UTC),
+        }
+    )
+    return bytes(value.dump())
+
+
+def decode_agent_claims(der: bytes) -> AgentClaims:
+    try:
+        native = _claims_asn1().load(der, strict=True).native
+        if native["version"] != 1:
+            raise ValueError(f"unsupported claims version {native['version']}")
+        return AgentClaims(
+            workflow=native["workflow"],
+            permissions=tuple(native["permissions"]),
+            requester=native["requester"],
+            issued_at=native["issued_at"],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInputError(f"malformed agent claims extension: {exc}") from exc
+
+
+def key_identifier(public_key: CertificatePublicKeyTypes) -> bytes:
+    """RFC 5280 method 1 (SHA-1 of the subjectPublicKey BIT STRING), as OpenSSL does."""
+    from cryptography import x509
+
+    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest
+
+
+def ca_extensions(
+    public_key: CertificatePublicKeyTypes,
+    issuer_public_key: CertificatePublicKeyTypes,
+    *,
+    path_length: int | None,
+    permitted_uri_domains: tuple[str, ...] = (),
+    permitted_dns: tuple[str, ...] = (),
+    extended_key_usage: tuple[str, ...] = (),
+) -> list[tuple[x509.ExtensionType, bool]]:
+    """Root (path_length None, self-issued) and intermediate extension sets."""
+    from cryptography import x509
+
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=True, path_length=path_length), True),
+        (_key_usage(cert_sign=True), True),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), False),  # type: ignore[arg-type]
+    ]
+    if extended_key_usage:
+        extensions.append((x509.ExtendedKeyUsage(eku_oids(extended_key_usage)), False))
+    if permitted_uri_domains or permitted_dns:
+        subtrees: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(d) for d in permitted_uri_domains
+        ]
+        subtrees += [x509.DNSName(d) for d in permitted_dns]
+        # RFC 5280 4.2.1.10: conforming CAs MUST mark name constraints critical.
+        extensions.append((x509.NameConstraints(subtrees, None), True))
+    return extensions
+
+
+_EKU_NAMES = {
+    "serverAuth": "1.3.6.1.5.5.7.3.1",
+    "clientAuth": "1.3.6.1.5.5.7.3.2",
+    "codeSigning": "1.3.6.1.5.5.7.3.3",
+    "emailProtection": "1.3.6.1.5.5.7.3.4",
+    "timeStamping": "1.3.6.1.5.5.7.3.8",
+    "OCSPSigning": "1.3.6.1.5.5.7.3.9",
+}
+
+
+def eku_oids(names: tuple[str, ...]) -> list[x509.ObjectIdentifier]:
+    from cryptography import x509
+
+    try:
+        return [x509.ObjectIdentifier(_EKU_NAMES[n]) for n in names]
+    except KeyError as exc:
+        raise InvalidInputError(
+            f"unknown extended key usage {exc.args[0]!r}",
+            hint=f"known: {', '.join(_EKU_NAMES)}",
+        ) from exc
+
+
+def _key_usage(*, cert_sign: bool, key_encipherment: bool = False) -> x509.KeyUsage:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def leaf_extensions(
+    public_key: CertificatePublicKeyTypes,
+    issuer_public_key: CertificatePublicKeyTypes,
+    *,
+    sans: list[x509.GeneralName],
+    extended_key_usage: tuple[str, ...],
+    claims: AgentClaims | None,
+    subject_empty: bool,
+) -> list[tuple[x509.ExtensionType, bool]]:
+    """End-entity set: not a CA, digitalSignature only (TLS 1.3 / ECDHE never encipher)."""
+    from cryptography import x509
+
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (_key_usage(cert_sign=False), True),
+        (x509.ExtendedKeyUsage(eku_oids(extended_key_usage)), False),
+    ]
+    if sans:
+        # RFC 5280 4.2.1.6: SAN MUST be critical when the subject is empty.
+        extensions.append((x509.SubjectAlternativeName(sans), subject_empty))
+    extensions += [
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), False),  # type: ignore[arg-type]
+    ]
+    if claims is not None:
+        extensions.append(
+            (
+                x509.UnrecognizedExtension(
+                    x509.ObjectIdentifier(AGENT_CLAIMS_OID), encode_agent_claims(claims)
+                ),
+                False,
+            )
+        )
+    return extensions

@@ -1,0 +1,360 @@
+"""Building and loading the CA hierarchy: root, intermediates, the offline-root flow.
+
+Creation order keeps a failed command from leaving partial state: every input is checked
+first; the key is stored (and removed again if anything later fails); the certificate and
+its authority are recorded in one ledger transaction; only then are the certificate file
+and ``config.toml`` written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.config.settings import AuthorityEntry, HomeConfig, load_config, save_config
+from cyphrs_cli.errors import ConflictError, InvalidInputError, NotFoundError, SecretError
+from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
+from cyphrs_cli.ledger.events import LedgerEvent, append_event
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from cyphrs_cli.ca.models import IssuedCertificate, Issuer
+    from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.keystore.base import KeySpec, PendingKey, SecretProvider
+    from cyphrs_cli.ledger.db import Ledger
+
+ROOT_DEFAULT_TTL = timedelta(days=3650)
+INTERMEDIATE_DEFAULT_TTL = timedelta(days=1825)
+_ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def alias_from_name(name: str) -> str:
+    """``Acme Agents CA`` → ``acme-agents-ca``: the handle used by --issuer and file names."""
+    alias = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63]
+    if not alias:
+        raise InvalidInputError(f"cannot derive an alias from {name!r}; pass --alias")
+    return alias
+
+
+def validate_alias(alias: str) -> str:
+    if not _ALIAS.match(alias):
+        raise InvalidInputError(
+            f"invalid alias {alias!r}", hint="use lowercase letters, digits and '-'"
+        )
+    return alias
+
+
+def ca_subject(common_name: str, organization: str | None) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    if not 1 <= len(common_name) <= 64:
+        raise InvalidInputError("a CA name must be 1-64 characters")
+    attributes = []
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
+
+
+@dataclass(frozen=True)
+class CaCreated:
+    """The result of creating a root or intermediate."""
+
+    issued: IssuedCertificate
+    alias: str
+    role: str
+    key_uri: str
+    cert_path: str
+
+
+def open_ledger(home: CaHome, *, create: bool = False) -> Ledger:
+    from cyphrs_cli.ledger.db import Ledger
+
+    return Ledger(home.ledger_path, create=create)
+
+
+def _default_key_uri(alias: str) -> str:
+    return f"file:keys/{alias}.key.pem"
+
+
+def _write_outputs(
+    home: CaHome, config: HomeConfig, entry: AuthorityEntry, cert_pem: bytes
+) -> None:
+    ensure_private_dir(home.certs_dir)
+    atomic_write(home.resolve(entry.cert_path), cert_pem, mode=PUBLIC_FILE)
+    config.authorities[entry.name] = entry
+    save_config(home, config)
+
+
+def _create_ca(
+    home: CaHome,
+    config: HomeConfig,
+    ledger: Ledger,
+    *,
+    issuer_for: Issuer | None,
+    entry: AuthorityEntry,
+    pending: PendingKey,
+    subject: x509.Name,
+    ttl: timedelta,
+    path_length: int | None,
+    trust_domain: str | None,
+    permitted_uri: tuple[str, ...],
+    permitted_dns: tuple[str, ...],
+    ekus: tuple[str, ...],
+) -> CaCreated:
+    from cryptography.hazmat.primitives import serialization
+
+    from cyphrs_cli.ca.extensions import ca_extensions
+    from cyphrs_cli.ca.issuance import issue
+    from cyphrs_cli.ca.models import CertificatePlan, Issuer, NewAuthority
+
+    public_key = pending.signer.public_key()
+    issuer = issuer_for or Issuer(
+        name=entry.name, authority_id=None, certificate=None, signer=pending.signer
+    )
+    issuer_public = issuer.certificate.public_key() if issuer.certificate else public_key
+    plan = CertificatePlan(
+        profile=entry.role,
+        subject=subject,
+        public_key=public_key,
+        ttl=ttl,
+        extensions=ca_extensions(
+            public_key,
+            issuer_public,
+            path_length=path_length,
+            permitted_uri_domains=permitted_uri,
+            permitted_dns=permitted_dns,
+            extended_key_usage=ekus,
+        ),
+        is_ca=True,
+        key_storage=pending.info.uri,
+        new_authority=NewAuthority(
+            name=entry.name,
+            role=entry.role,
+            key=pending.info,
+            parent_id=issuer.authority_id,
+            trust_domain=trust_domain,
+        ),
+    )
+    try:
+        pending.commit()
+        issued = issue(ledger, issuer, plan)
+    except BaseException:
+        _undo_key(home, pending)
+        raise
+    _write_outputs(home, config, entry, issued.certificate.public_bytes(serialization.Encoding.PEM))
+    return CaCreated(issued, entry.name, entry.role, entry.key_uri, entry.cert_path)
+
+
+def _undo_key(home: CaHome, pending: PendingKey) -> None:
+    """Remove a key that was stored for a CA that never came to exist."""
+    from cyphrs_cli.keystore.file import PendingFileKey
+
+    if isinstance(pending, PendingFileKey):
+        with contextlib.suppress(OSError):
+            pending.path.unlink()
+    pending.discard()
+
+
+def _check_new_alias(home: CaHome, config: HomeConfig, ledger: Ledger, alias: str) -> None:
+    if alias in config.authorities:
+        raise ConflictError(f"an authority named {alias!r} already exists in {home.root}")
+    from cyphrs_cli.ledger.records import authority_by_name
+
+    if authority_by_name(ledger.conn, alias) is not None:
+        raise ConflictError(f"the ledger already records an authority named {alias!r}")
+
+
+def create_root(
+    home: CaHome,
+    *,
+    common_name: str,
+    organization: str | None,
+    alias: str | None,
+    key_spec: KeySpec,
+    key_uri: str | None,
+    ttl: timedelta,
+    secrets: SecretProvider,
+) -> CaCreated:
+    """Create the home (if needed), its ledger and a self-signed root. Refuses a second root."""
+    from cyphrs_cli.keystore.uri import open_keystore
+
+    alias = validate_alias(alias or alias_from_name(common_name))
+    subject = ca_subject(common_name, organization)
+    if home.is_initialised() and load_config(home).root is not None:
+        raise ConflictError(
+            f"{home.root} already has a root CA", hint="use another --home for a new hierarchy"
+        )
+    created_home = not home.root.exists()
+    ensure_private_dir(home.root)
+    ledger = open_ledger(home, create=True)
+    try:
+        _check_new_alias(home, HomeConfig(), ledger, alias)
+        if ledger.conn.execute("SELECT 1 FROM authorities WHERE role = 'root'").fetchone():
+            raise ConflictError(f"the ledger in {home.root} already records a root CA")
+        uri = key_uri or _default_key_uri(alias)
+        pending = open_keystore(uri, home.root, secrets).create_key(key_spec, uri)
+        entry = AuthorityEntry(alias, "root", uri, f"certs/{alias}.pem")
+        return _create_ca(
+            home,
+            HomeConfig(),
+            ledger,
+            issuer_for=None,
+            entry=entry,
+            pending=pending,
+            subject=subject,
+            ttl=ttl,
+            path_length=None,
+            trust_domain=None,
+            permitted_uri=(),
+            permitted_dns=(),
+            ekus=(),
+        )
+    except BaseException:
+        ledger.close()
+        if created_home:
+            _remove_fresh_home(home)
+        raise
+    finally:
+        ledger.close()
+
+
+def _remove_fresh_home(home: CaHome) -> None:
+    """Undo a home that this very command created and failed to finish."""
+    import shutil
+
+    if not home.config_path.exists():
+        shutil.rmtree(home.root, ignore_errors=True)
+
+
+def create_intermediate(
+    home: CaHome,
+    *,
+    common_name: str,
+    organization: str | None,
+    alias: str | None,
+    key_spec: KeySpec,
+    key_uri: str | None,
+    ttl: timedelta,
+    trust_domain: str | None,
+    name_constraints: bool,
+    permitted_dns: tuple[str, ...],
+    path_length: int,
+    ekus: tuple[str, ...],
+    secrets: SecretProvider,
+    root_secrets: SecretProvider,
+) -> CaCreated:
+    """Sign a new intermediate with this home's root."""
+    from cyphrs_cli.ca.extensions import validate_trust_domain
+    from cyphrs_cli.keystore.uri import open_keystore
+
+    config = load_config(home)
+    alias = validate_alias(alias or alias_from_name(common_name))
+    subject = ca_subject(common_name, organization)
+    if trust_domain is not None:
+        validate_trust_domain(trust_domain)
+    if name_constraints and not (trust_domain or permitted_dns):
+        raise InvalidInputError("--name-constraints needs --trust-domain and/or --permit-dns")
+    root_entry = config.root
+    if root_entry is None:
+        raise NotFoundError(f"{home.root} has no root CA to sign with")
+    with open_ledger(home) as ledger:
+        _check_new_alias(home, config, ledger, alias)
+        root = load_issuer(home, config, ledger, root_entry.name, root_secrets)
+        uri = key_uri or _default_key_uri(alias)
+        pending = open_keystore(uri, home.root, secrets).create_key(key_spec, uri)
+        entry = AuthorityEntry(
+            alias,
+            "intermediate",
+            uri,
+            f"certs/{alias}.pem",
+            parent=root_entry.name,
+            trust_domain=trust_domain,
+        )
+        created = _create_ca(
+            home,
+            config,
+            ledger,
+            issuer_for=root,
+            entry=entry,
+            pending=pending,
+            subject=subject,
+            ttl=ttl,
+            path_length=path_length,
+            trust_domain=trust_domain,
+            permitted_uri=(trust_domain,) if name_constraints and trust_domain else (),
+            permitted_dns=permitted_dns if name_constraints else (),
+            ekus=ekus,
+        )
+    if config.default_issuer is None:
+        config.default_issuer = alias
+        save_config(home, config)
+    return created
+
+
+def load_certificate_file(home: CaHome, entry: AuthorityEntry) -> x509.Certificate:
+    from cryptography import x509
+
+    path = home.resolve(entry.cert_path)
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"certificate of {entry.name!r} missing at {path}") from exc
+    except ValueError as exc:
+        raise InvalidInputError(f"{path}: not a PEM certificate") from exc
+
+
+def load_issuer(
+    home: CaHome, config: HomeConfig, ledger: Ledger, name: str | None, secrets: SecretProvider
+) -> Issuer:
+    """Open an authority for signing: certificate, parents, and the unlocked signer.
+
+    A wrong passphrase or PIN is recorded as a ``key.unlock_failed`` event before it is
+    reported, so repeated guessing shows up in the audit trail.
+    """
+    from cyphrs_cli.ca.models import Issuer
+    from cyphrs_cli.keystore.uri import open_keystore
+    from cyphrs_cli.ledger.records import authority_by_name
+
+    entry = config.issuer(name)
+    certificate = load_certificate_file(home, entry)
+    parents = []
+    parent = entry.parent
+    while parent is not None:
+        parent_entry = config.issuer(parent)
+        parents.append(load_certificate_file(home, parent_entry))
+        parent = parent_entry.parent
+    row = authority_by_name(ledger.conn, entry.name)
+    if row is None:
+        raise NotFoundError(f"the ledger has no record of authority {entry.name!r}")
+    try:
+        signer = open_keystore(entry.key_uri, home.root, secrets).open_signer(entry.key_uri)
+    except SecretError as exc:
+        with ledger.transaction() as conn:
+            append_event(
+                conn,
+                LedgerEvent(
+                    type="key.unlock_failed",
+                    target=f"authority:{entry.name}",
+                    outcome="failure",
+                    details={"key_uri": entry.key_uri, "reason": exc.message},
+                ),
+            )
+        raise
+    if signer.public_key() != certificate.public_key():
+        raise InvalidInputError(
+            f"the key at {entry.key_uri} does not match the certificate of {entry.name!r}"
+        )
+    return Issuer(
+        name=entry.name,
+        authority_id=int(row["id"]),
+        certificate=certificate,
+        signer=signer,
+        trust_domain=entry.trust_domain,
+        parents=tuple(parents),
+    )

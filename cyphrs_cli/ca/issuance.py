@@ -1,0 +1,399 @@
+"""THE issuance path. Every certificate (root, intermediate, leaf, renewal, batch item)
+is signed and recorded here, in this order:
+
+1. the caller hands a fully validated ``CertificatePlan`` (leaf plans come from
+   ``issue_leaf``, which runs the policy decision and records denials);
+2. serial from the CSPRNG, notBefore backdated 60 s, notAfter clamped to the issuer's;
+3. sign through the key store's signer (software key or PKCS#11 token);
+4. self-check the result; a failure records and outputs nothing;
+5. ONE ``BEGIN IMMEDIATE`` transaction inserts the certificate row and its ``issued``
+   event (plus the authority row when a CA is being created), then COMMIT;
+6. only then does the caller write files or print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.ca.serials import MIN_SERIAL, SERIAL_BITS, new_serial, serial_hex
+from cyphrs_cli.errors import CyphrsError, InvalidInputError, PolicyDenied
+from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
+from cyphrs_cli.ledger.records import (
+    CertificateRow,
+    insert_authority,
+    insert_certificate,
+    row_digest,
+)
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        CertificatePublicKeyTypes,
+    )
+
+    from cyphrs_cli.ca.models import CertificatePlan, IssuedCertificate, Issuer, LeafRequest
+    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.policy.decide import PolicyDecision
+    from cyphrs_cli.profiles.model import Profile
+
+BACKDATE = timedelta(seconds=60)
+# Fault injection for the crash-safety tests: the process dies at the named point.
+FAULT_ENV = "CYPHRS_TEST_FAULT"
+
+
+class SelfCheckFailed(CyphrsError):
+    """A certificate we just signed broke one of our own invariants: a bug, never output."""
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os._exit(86)
+
+
+def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
+    """SHA-384 for P-384 keys, none for Ed25519 (pure EdDSA), SHA-256 otherwise."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def key_algorithm_name(public_key: CertificatePublicKeyTypes) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "p256", "secp384r1": "p384"}.get(
+            public_key.curve.name, public_key.curve.name
+        )
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"rsa{public_key.key_size}"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    raise InvalidInputError(f"unsupported public key type {type(public_key).__name__}")
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import hashes
+
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+
+
+def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertificate:
+    """Sign ``plan`` as ``issuer``, self-check, record durably, and return the result."""
+    from cryptography import x509
+
+    from cyphrs_cli.ca.models import IssuedCertificate
+
+    now = utc_now()
+    issuer_cert = issuer.certificate
+    not_before = now - BACKDATE
+    # RFC 5280 validity is inclusive at both ends: a TTL of T spans exactly T seconds.
+    not_after = not_before + plan.ttl - timedelta(seconds=1)
+    clamped = False
+    if issuer_cert is not None:
+        not_before = max(not_before, issuer_cert.not_valid_before_utc)
+        if not_after > issuer_cert.not_valid_after_utc:
+            not_after, clamped = issuer_cert.not_valid_after_utc, True
+        if not_after <= now:
+            raise PolicyDenied(
+                f"issuer {issuer.name!r} expired at {rfc3339(issuer_cert.not_valid_after_utc)}",
+                rule=f"{issuer.name}.validity",
+            )
+
+    serial = new_serial()
+    issuer_name = issuer_cert.subject if issuer_cert is not None else plan.subject
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(plan.subject)
+        .issuer_name(issuer_name)
+        .public_key(plan.public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for extension, critical in plan.extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    cert = builder.sign(issuer.signer, signature_hash(issuer.signer))  # type: ignore[arg-type]
+
+    self_check(cert, issuer, plan)
+    _fault_point("after-sign")
+
+    row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
+    with ledger.transaction() as conn:
+        authority_id = issuer.authority_id
+        new = plan.new_authority
+        if new is not None:
+            authority_id = insert_authority(
+                conn,
+                name=new.name,
+                role=new.role,
+                parent_id=new.parent_id,
+                ski=_ski_hex(cert),
+                subject=cert.subject.rfc4514_string(),
+                key_uri=new.key.uri,
+                key_storage=new.key.storage,
+                key_algorithm=new.key.algorithm,
+                key_generated_in=new.key.generated_in,
+                key_attributes=new.key.attributes,
+                trust_domain=new.trust_domain,
+                created_at=rfc3339(now),
+            )
+            row = _replace_authority(row, issuer, authority_id)
+        record_id = insert_certificate(conn, row)
+        append_event(
+            conn,
+            LedgerEvent(
+                type="authority.created" if new is not None else "certificate.issued",
+                target=f"certificate:{row.serial}",
+                details={
+                    "certificate_id": record_id,
+                    "serial": row.serial,
+                    "fingerprint": row.fingerprint,
+                    "profile": plan.profile,
+                    "issuer": issuer.name if new is None or new.role != "root" else new.name,
+                    "subject": row.subject,
+                    "spiffe_id": plan.spiffe_id,
+                    "not_after": row.not_after,
+                    "replaces_id": plan.replaces_id,
+                    "row_digest": row_digest(row),
+                    **({"authority": new.name, "key_uri": new.key.uri} if new else {}),
+                },
+            ),
+        )
+        if plan.replaces_id is not None:
+            conn.execute(
+                "UPDATE certificates SET status = 'superseded' WHERE id = ? AND status = 'valid'",
+                (plan.replaces_id,),
+            )
+    _fault_point("after-record")
+    chain = ((issuer_cert,) if issuer_cert is not None else ()) + issuer.parents
+    return IssuedCertificate(
+        certificate=cert,
+        record_id=record_id,
+        serial=row.serial,
+        fingerprint=row.fingerprint,
+        profile=plan.profile,
+        issuer_name=issuer.name,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        clamped=clamped,
+        spiffe_id=plan.spiffe_id,
+        chain=chain,
+        authority_id=authority_id,
+    )
+
+
+def _ski_hex(cert: x509.Certificate) -> str:
+    from cryptography import x509
+
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
+def _replace_authority(row: CertificateRow, issuer: Issuer, new_id: int) -> CertificateRow:
+    """A root is its own issuing authority; its row can only name itself once it exists."""
+    from dataclasses import replace
+
+    return replace(row, authority_id=new_id) if issuer.authority_id is None else row
+
+
+def _certificate_row(
+    cert: x509.Certificate, issuer: Issuer, plan: CertificatePlan, *, issued_at: str
+) -> CertificateRow:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    sig_oid = cert.signature_algorithm_oid
+    return CertificateRow(
+        serial=serial_hex(cert.serial_number),
+        issuer_ski=aki.key_identifier.hex(),
+        authority_id=issuer.authority_id,
+        fingerprint=fingerprint(cert),
+        subject=cert.subject.rfc4514_string(),
+        sans=json.dumps(list(plan.sans)),
+        spiffe_id=plan.spiffe_id,
+        workflow=plan.claims.workflow if plan.claims else None,
+        permissions=json.dumps(list(plan.claims.permissions)) if plan.claims else None,
+        profile=plan.profile,
+        key_algorithm=key_algorithm_name(cert.public_key()),
+        signature_algorithm=getattr(sig_oid, "_name", sig_oid.dotted_string),
+        is_ca=int(plan.is_ca),
+        not_before=rfc3339(cert.not_valid_before_utc),
+        not_after=rfc3339(cert.not_valid_after_utc),
+        replaces_id=plan.replaces_id,
+        requester=plan.requester,
+        key_storage=plan.key_storage,
+        issued_at=issued_at,
+        pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+    )
+
+
+def self_check(cert: x509.Certificate, issuer: Issuer, plan: CertificatePlan) -> None:
+    """Our own profile checks on what we just signed; see the module docstring, step 4."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    def fail(what: str) -> SelfCheckFailed:
+        return SelfCheckFailed(f"self-check failed, nothing recorded or written: {what}")
+
+    serial = cert.serial_number
+    if not MIN_SERIAL <= serial < (1 << SERIAL_BITS):
+        raise fail("serial out of range")
+    if cert.not_valid_after_utc < cert.not_valid_before_utc:
+        raise fail("validity inverted")
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc + timedelta(seconds=1)
+    if lifetime > plan.ttl:
+        raise fail("validity longer than requested")
+    issuer_cert = issuer.certificate or cert
+    if (
+        cert.not_valid_before_utc < issuer_cert.not_valid_before_utc
+        or cert.not_valid_after_utc > issuer_cert.not_valid_after_utc
+    ):
+        raise fail("validity outside the issuer's")
+    try:
+        cert.verify_directly_issued_by(issuer_cert)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise fail(f"signature does not verify against the issuer ({exc!r})") from exc
+
+    if cert.public_key() != plan.public_key:
+        raise fail("public key differs from the request")
+    got = [(e.oid.dotted_string, e.critical, e.value) for e in cert.extensions]
+    want = [(e.oid.dotted_string, c, e) for e, c in plan.extensions]
+    if got != want:
+        raise fail("extensions differ from the profile")
+    if plan.spiffe_id is not None:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uris != [plan.spiffe_id]:
+            raise fail("an X509-SVID must carry exactly one URI SAN, its SPIFFE ID")
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise fail("an X509-SVID must not be a CA")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    if x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.DER) != der:
+        raise fail("DER does not round-trip")
+
+
+def plan_leaf(
+    request: LeafRequest, profile: Profile, issuer: Issuer, decision: PolicyDecision
+) -> CertificatePlan:
+    """Turn an allowed request into the exact subject and extensions to sign."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from cyphrs_cli.ca.extensions import AgentClaims, leaf_extensions
+    from cyphrs_cli.ca.models import CertificatePlan
+    from cyphrs_cli.ledger.events import default_actor
+
+    assert issuer.certificate is not None
+    common_name = request.common_name
+    if common_name is None:
+        if request.workflow and request.instance:
+            common_name = f"{request.workflow}/{request.instance}"
+        elif request.dns_names:
+            common_name = request.dns_names[0]
+        elif request.ip_addresses:
+            common_name = request.ip_addresses[0]
+    if common_name is not None and not 1 <= len(common_name) <= 64:
+        raise InvalidInputError(f"common name {common_name!r} must be 1-64 characters")
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
+    )
+
+    general_names: list[x509.GeneralName] = []
+    sans: list[str] = []
+    if request.spiffe_id is not None:
+        general_names.append(x509.UniformResourceIdentifier(request.spiffe_id))
+        sans.append(f"URI:{request.spiffe_id}")
+    for name in request.dns_names:
+        general_names.append(x509.DNSName(name))
+        sans.append(f"DNS:{name}")
+    for text in request.ip_addresses:
+        general_names.append(x509.IPAddress(ipaddress.ip_address(text)))
+        sans.append(f"IP:{text}")
+    if not general_names and not common_name:
+        raise InvalidInputError("a certificate needs a subject alternative name or a common name")
+
+    requester = request.requester or default_actor()
+    claims = None
+    if request.workflow is not None:
+        claims = AgentClaims(request.workflow, request.permissions, requester, utc_now())
+    extensions = leaf_extensions(
+        request.public_key,
+        issuer.certificate.public_key(),
+        sans=general_names,
+        extended_key_usage=profile.extended_key_usage,
+        claims=claims,
+        subject_empty=not common_name,
+    )
+    return CertificatePlan(
+        profile=profile.name,
+        subject=subject,
+        public_key=request.public_key,
+        ttl=decision.ttl,
+        extensions=extensions,
+        sans=tuple(sans),
+        spiffe_id=request.spiffe_id,
+        claims=claims,
+        requester=requester,
+        key_storage=request.key_storage,
+        replaces_id=request.replaces_id,
+    )
+
+
+def record_denial(
+    ledger: Ledger, denial: PolicyDenied, request: LeafRequest, issuer: Issuer
+) -> None:
+    """Policy denials are audit evidence too; they get their own committed event."""
+    with ledger.transaction() as conn:
+        append_event(
+            conn,
+            LedgerEvent(
+                type="policy.denied",
+                target=f"profile:{request.profile}",
+                outcome="denied",
+                details={
+                    "rule": denial.rule,
+                    "message": denial.message,
+                    "issuer": issuer.name,
+                    "spiffe_id": request.spiffe_id,
+                    "dns": list(request.dns_names),
+                    "ip": list(request.ip_addresses),
+                    "ttl_seconds": int(request.ttl.total_seconds()) if request.ttl else None,
+                    "key_type": request.key_type,
+                },
+            ),
+        )
+
+
+def authorize_leaf(
+    ledger: Ledger, issuer: Issuer, profile: Profile, request: LeafRequest
+) -> PolicyDecision:
+    """Run the policy decision; a denial is recorded before it is raised."""
+    from cyphrs_cli.policy.decide import decide
+
+    try:
+        return decide(profile, request, issuer)
+    except PolicyDenied as denial:
+        record_denial(ledger, denial, request, issuer)
+        raise
+
+
+def issue_leaf(
+    ledger: Ledger, issuer: Issuer, profile: Profile, request: LeafRequest
+) -> IssuedCertificate:
+    """Policy, plan, sign, record: the entry point for every end-entity certificate."""
+    decision = authorize_leaf(ledger, issuer, profile, request)
+    return issue(ledger, issuer, plan_leaf(request, profile, issuer, decision))

@@ -1,0 +1,37 @@
+"""Serial numbers: positive, 159 random bits from the OS CSPRNG, at most 20 octets.
+
+RFC 5280 caps serials at 20 octets; CA/B asks for 64 bits of entropy. 159 bits keep the
+DER INTEGER positive without a leading zero byte ever pushing it past 20 octets.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+SERIAL_BITS = 159
+MIN_SERIAL = 1 << 64  # below this a draw lost too much entropy; draw again
+
+
+def new_serial() -> int:
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial >= MIN_SERIAL:
+            return serial
+
+
+def serial_hex(serial: int) -> str:
+    """Lowercase hex with an even number of digits, as the ledger and --json show it."""
+    text = format(serial, "x")
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(text: str) -> str:
+    """Normalise user input (``0A:1b``, ``0x0a1b``) to ledger form; raises on non-hex."""
+    from cyphrs_cli.errors import InvalidInputError
+
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError as exc:
+        raise InvalidInputError(f"{text!r} is not a hexadecimal serial number") from exc
+    return serial_hex(value)

@@ -1,0 +1,108 @@
+"""The root ``cyphrs`` command and the single place that turns errors into exit codes.
+
+Only typer and our own light modules are imported here; each command imports
+cryptography, sqlite3 or pkcs11 inside its body, so ``--help`` and completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cyphrs_cli import __version__
+from cyphrs_cli.cli import render
+from cyphrs_cli.cli.commands import authority, inspect, issue
+from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode
+
+DEBUG_ENV = "CYPHRS_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class CyphrsGroup(TyperGroup):
+    """Runs a subcommand and maps what it raises to one stderr line and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CyphrsError as error:
+            if _debug():
+                import traceback
+
+                traceback.print_exc()
+            render.print_error(error)
+            raise typer.Exit(int(error.exit_code)) from None
+        except (typer.Exit, typer.TyperException):
+            raise
+        except KeyboardInterrupt:
+            sys.stderr.write("cyphrs: interrupted\n")
+            raise typer.Exit(130) from None
+        except Exception as error:
+            if _debug():
+                raise
+            render.print_error(
+                CyphrsError(
+                    f"internal error: {type(error).__name__}: {error}",
+                    hint=f"rerun with {DEBUG_ENV}=1 for a traceback, and report it",
+                )
+            )
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+app = typer.Typer(
+    cls=CyphrsGroup,
+    name="cyphrs",
+    help="A private certificate authority for short-lived mTLS identities of agents and services.",
+    epilog=EXIT_CODE_HELP,
+    no_args_is_help=True,
+    # Pretty exceptions print local variables, which may hold passphrases.
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cyphrs {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"Tracebacks for errors (or {DEBUG_ENV}=1).")
+    ] = False,
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home", help="CA home for every command (same as CYPHRS_HOME).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """cyphrs: build and run a CA hierarchy for mTLS identities."""
+    render.reset()
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    if home:
+        # Commands read CYPHRS_HOME through their own --home option; a command-level
+        # --home still wins because an explicit flag beats the environment.
+        os.environ["CYPHRS_HOME"] = home
+
+
+authority.register(app)
+issue.register(app)
+inspect.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,218 @@
+"""``inspect``: show a certificate, chain, CSR, or a ledger serial, and whether it chains here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cyphrs_cli.cli import render
+from cyphrs_cli.cli.options import HomeOption, JsonOption
+from cyphrs_cli.errors import EXIT_CODE_HELP
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from cyphrs_cli.config.home import CaHome
+
+INSPECT_EPILOG = f"""\
+Examples:
+
+  cyphrs inspect ./agent1/cert.pem
+
+  cyphrs inspect ./agent1/fullchain.pem --json | jq '.objects[0].spiffe_id'
+
+  cyphrs inspect --serial 3f1a... --json
+
+  cat api.csr | cyphrs inspect -
+
+{EXIT_CODE_HELP}"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect", epilog=INSPECT_EPILOG)(inspect)
+
+
+def _home_roots(home: CaHome) -> list[x509.Certificate]:
+    """Certificates of this home's authorities (empty when there is no home)."""
+    from cyphrs_cli.ca.hierarchy import load_certificate_file
+    from cyphrs_cli.config.settings import load_config
+
+    if not home.is_initialised():
+        return []
+    return [load_certificate_file(home, e) for e in load_config(home).authorities.values()]
+
+
+def chains_to_home(
+    cert: x509.Certificate, bundle: list[x509.Certificate], authorities: list[x509.Certificate]
+) -> bool | None:
+    """Walk issuer links by signature up to this home's root; None when there is no home."""
+    if not authorities:
+        return None
+    from cryptography.exceptions import InvalidSignature
+
+    roots = [c for c in authorities if c.subject == c.issuer]
+    pool = bundle + authorities
+    current = cert
+    for _ in range(8):
+        if any(current == r for r in roots):
+            return True
+        parent = None
+        for candidate in pool:
+            if candidate is current or candidate.subject != current.issuer:
+                continue
+            try:
+                current.verify_directly_issued_by(candidate)
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            parent = candidate
+            break
+        if parent is None:
+            return False
+        current = parent
+    return False
+
+
+def inspect(
+    source: Annotated[str | None, typer.Argument(help="PEM/DER file, or - for stdin.")] = None,
+    serial: Annotated[
+        str | None, typer.Option("--serial", help="Inspect a certificate from the ledger.")
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status."""
+    from cyphrs_cli.ca.parsing import (
+        certificate_summary,
+        csr_summary,
+        is_csr,
+        load_certificates,
+        load_csr,
+    )
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.fsutil import read_input
+
+    if (source is None) == (serial is None):
+        raise UsageError("give a file (or -) or --serial, exactly one")
+    ca_home = resolve_home(home)
+    objects: list[dict[str, Any]] = []
+    if serial is not None:
+        data = _ledger_pem(ca_home, serial)
+        label = f"ledger serial {serial}"
+    else:
+        assert source is not None
+        data = read_input(source)
+        label = source
+    if is_csr(data):
+        objects.append(csr_summary(load_csr(data, source=label)))
+    else:
+        certs = load_certificates(data, source=label)
+        authorities = _home_roots(ca_home)
+        for cert in certs:
+            summary = certificate_summary(cert)
+            summary["chains_to_home_root"] = chains_to_home(cert, certs, authorities)
+            summary["ledger"] = _ledger_view(ca_home, cert)
+            objects.append(summary)
+    document = {"schema": "cyphrs.inspect/v1", "source": label, "objects": objects}
+    if render.json_mode():
+        render.emit_json(document)
+    else:
+        _print_human(document)
+
+
+def _ledger_pem(home: CaHome, serial: str) -> bytes:
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.ca.serials import parse_serial
+    from cyphrs_cli.errors import NotFoundError
+    from cyphrs_cli.ledger.records import certificates_by_serial
+
+    home.require_initialised()
+    with open_ledger(home) as ledger:
+        rows = certificates_by_serial(ledger.conn, parse_serial(serial))
+    if not rows:
+        raise NotFoundError(f"no certificate with serial {serial} in the ledger")
+    return "".join(r["pem"] for r in rows).encode()
+
+
+def _ledger_view(home: CaHome, cert: x509.Certificate) -> dict[str, Any] | None:
+    """Status of this exact certificate in the ledger (matched by fingerprint)."""
+    if not home.is_initialised():
+        return None
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.ca.issuance import fingerprint
+
+    with open_ledger(home) as ledger:
+        row = ledger.conn.execute(
+            "SELECT c.id, c.status, c.profile, c.issued_at, c.requester, r.revoked_at, r.reason"
+            " FROM certificates c LEFT JOIN revocations r ON r.certificate_id = c.id"
+            " WHERE c.fingerprint = ?",
+            (fingerprint(cert),),
+        ).fetchone()
+    if row is None:
+        return {"recorded": False}
+    return {"recorded": True, **{k: row[k] for k in row}}
+
+
+def _print_human(document: dict[str, Any]) -> None:
+    from cyphrs_cli.durations import format_duration
+
+    console = render.console()
+    for index, obj in enumerate(document["objects"]):
+        if index:
+            console.print()
+        if obj["type"] == "csr":
+            console.print(
+                f"[bold]Certificate request[/bold]  {obj['subject'] or '(empty subject)'}"
+            )
+            console.print(f"  key          {_key_text(obj['key'])}")
+            console.print(f"  requested    {', '.join(obj['requested_sans']) or '-'}")
+            console.print(f"  signature    {'valid' if obj['signature_valid'] else 'INVALID'}")
+            continue
+        from datetime import timedelta
+
+        left = (
+            "expired"
+            if obj["expired"]
+            else format_duration(timedelta(seconds=obj["seconds_left"])) + " left"
+        )
+        kind = "CA certificate" if obj["is_ca"] else "Certificate"
+        console.print(f"[bold]{kind}[/bold]  {obj['subject'] or '(empty subject)'}")
+        rows = [
+            ("issuer", obj["issuer"]),
+            ("serial", obj["serial"]),
+            ("valid", f"{obj['not_before']} → {obj['not_after']} ({left})"),
+            ("key", _key_text(obj["key"])),
+            ("signature", obj["signature_algorithm"]),
+            ("sha256", obj["fingerprints"]["sha256"].removeprefix("sha256:")),
+        ]
+        if obj["sans"]:
+            rows.append(("names", ", ".join(obj["sans"])))
+        if obj["spiffe_id"]:
+            rows.append(("spiffe id", obj["spiffe_id"]))
+        claims = obj["agent_claims"]
+        if claims:
+            rows.append(("workflow", claims["workflow"]))
+            rows.append(("permissions", ", ".join(claims["permissions"]) or "-"))
+            rows.append(("requester", claims["requester"]))
+        chain = obj.get("chains_to_home_root")
+        rows.append(("chains here", {True: "yes", False: "NO", None: "no CA home"}[chain]))
+        ledger = obj.get("ledger")
+        if ledger:
+            rows.append(
+                (
+                    "ledger",
+                    ledger.get("status", "not recorded") if ledger["recorded"] else "not recorded",
+                )
+            )
+        for label, value in rows:
+            console.print(f"  {label:<12} {value}")
+        for ext in obj["extensions"]:
+            crit = " (critical)" if ext["critical"] else ""
+            console.print(f"  [dim]ext {ext['name']}{crit}: {ext['value']}[/dim]")
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    if key["type"] == "ec":
+        return f"EC {key['curve']}"
+    return f"{key['type'].upper()} {key.get('bits', '')}".strip()

@@ -1,0 +1,180 @@
+"""``issue PROFILE``: sign an end-entity certificate (agent, server, client, or a home profile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cyphrs_cli.cli import render
+from cyphrs_cli.cli.options import (
+    ForceOption,
+    HomeOption,
+    IssuerOption,
+    JsonOption,
+    NoInputOption,
+    PassphraseEnvOption,
+    PassphraseFileOption,
+    QuietOption,
+)
+from cyphrs_cli.errors import EXIT_CODE_HELP
+
+ISSUE_EPILOG = f"""\
+Examples:
+
+  cyphrs issue agent --workflow payments-recon --permission ledger:read --out-dir ./agent1
+
+  cyphrs issue server --dns api.acme.internal --csr api.csr --out-dir ./api
+
+  cyphrs issue client --cn ci-deployer --ttl 15m --json > cert.json
+
+  openssl req ... | cyphrs issue server --dns x.acme.internal --csr - --out -
+
+Output files in --out-dir: cert.pem, chain.pem (intermediates), fullchain.pem, ca.pem (root),
+key.pem (0600, only when the key was generated here).
+
+{EXIT_CODE_HELP}"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("issue", epilog=ISSUE_EPILOG)(issue)
+
+
+def issue(
+    profile: Annotated[
+        str, typer.Argument(help="Profile: agent, server, client or a home profile.")
+    ],
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Agent workflow (SPIFFE path segment).")
+    ] = None,
+    instance: Annotated[
+        str | None, typer.Option("--instance", help="Agent instance [default: random].")
+    ] = None,
+    permission: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--permission", "-p", help="Permission carried in the agent claims (repeatable)."
+        ),
+    ] = None,
+    spiffe_id: Annotated[
+        str | None, typer.Option("--spiffe-id", help="Explicit SPIFFE ID.")
+    ] = None,
+    dns: Annotated[list[str] | None, typer.Option("--dns", help="DNS SAN (repeatable).")] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="IP SAN (repeatable).")] = None,
+    cn: Annotated[str | None, typer.Option("--cn", help="Subject common name.")] = None,
+    csr: Annotated[
+        str | None,
+        typer.Option(
+            "--csr", help="Sign this CSR (path, or - for stdin) instead of generating a key."
+        ),
+    ] = None,
+    key_type: Annotated[
+        str | None,
+        typer.Option(
+            "--key-type", help="Generated key: p256 (default), p384, rsa3072, ed25519 ..."
+        ),
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Lifetime: 90s, 15m, 4h, 7d [default: profile's].")
+    ] = None,
+    requester: Annotated[
+        str | None,
+        typer.Option("--requester", envvar="CYPHRS_ACTOR", help="Who asked [default: OS/CI user]."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Write the PEM files here.", file_okay=False)
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="'-' writes certificate, chain and key PEM to stdout."),
+    ] = None,
+    issuer: IssuerOption = None,
+    home: HomeOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    passphrase_env: PassphraseEnvOption = None,
+    force: ForceOption = False,
+    no_input: NoInputOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Issue a short-lived certificate from a profile, recorded in the ledger before output."""
+    import sys
+
+    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
+    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.issuance import issue_leaf
+    from cyphrs_cli.ca.orders import LeafOrder, prepare_request
+    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.profiles.model import get_profile
+
+    if out not in (None, "-"):
+        raise UsageError("--out takes only '-' (stdout); use --out-dir for files")
+    if out == "-" and (out_dir is not None or json_output):
+        raise UsageError("--out - cannot be combined with --out-dir or --json")
+    if out is None and out_dir is None and not json_output:
+        raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
+    if out == "-" and csr is None and sys.stdout.isatty() and not force:
+        raise UsageError(
+            "refusing to print a private key to a terminal", hint="redirect stdout or add --force"
+        )
+
+    ca_home = resolve_home(home)
+    config = load_config(ca_home)
+    entry = config.issuer(issuer)
+    chosen = get_profile(ca_home.profiles_dir, profile)
+    order = LeafOrder(
+        profile=profile,
+        common_name=cn,
+        dns_names=tuple(dns or ()),
+        ip_addresses=tuple(ip or ()),
+        spiffe_id=spiffe_id,
+        workflow=workflow,
+        instance=instance,
+        permissions=tuple(permission or ()),
+        requester=requester,
+        ttl=ttl,
+        key_type=key_type,
+        csr_pem=read_input(csr) if csr is not None else None,
+        csr_source=csr or "CSR",
+    )
+    if out_dir is not None:
+        check_output_dir(out_dir, with_key=csr is None, force=force)
+    request, private_key = prepare_request(order, chosen, entry.trust_domain)
+    secrets = secret_provider(
+        file=passphrase_file, env=passphrase_env, flag="--passphrase", no_input=no_input
+    )
+    with open_ledger(ca_home) as ledger:
+        signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
+        issued = issue_leaf(ledger, signing, chosen, request)
+
+    bundle = pem_bundle(issued, private_key)
+    view = issued_view(issued)
+    if out_dir is not None:
+        view["files"] = write_output_dir(out_dir, bundle)
+    if out == "-":
+        render.emit_text(bundle.fullchain + (bundle.private_key or ""))
+    elif render.json_mode():
+        if out_dir is None:
+            view["pem"] = {
+                "certificate": bundle.certificate,
+                "chain": bundle.chain,
+                "ca": bundle.root,
+                "private_key": bundle.private_key,
+            }
+        render.emit_json({"schema": "cyphrs.issue/v1", "certificate": view})
+    else:
+        console = render.console()
+        console.print(f"Issued {view['profile']} certificate {view['serial']}")
+        for label in ("subject", "spiffe_id", "not_after", "fingerprint"):
+            if view[label]:
+                console.print(f"  {label.replace('_', ' '):<12}{view[label]}")
+        for role, path in view.get("files", {}).items():
+            console.print(f"  {role:<12}{path}")
+    if issued.clamped:
+        render.note("note: validity was shortened to end with the issuer's")

@@ -1,0 +1,85 @@
+"""Option definitions shared by commands: each flag is defined once, here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cyphrs_cli.cli import render
+
+HomeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--home",
+        envvar="CYPHRS_HOME",
+        help="CA home directory [default: platform data dir].",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Machine-readable output (stable, versioned schema).",
+        callback=render.set_json_mode,
+        is_eager=True,
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress or remarks on stderr.", callback=render.set_quiet
+    ),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+NoInputOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-input",
+        envvar="CYPHRS_NO_INPUT",
+        help="Never prompt, even on a terminal (also implied by CI=true).",
+    ),
+]
+PassphraseFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        envvar="CYPHRS_PASSPHRASE_FILE",
+        help="File holding the passphrase of the CA key used (new key for init commands).",
+        dir_okay=False,
+    ),
+]
+PassphraseEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--passphrase-env",
+        metavar="VAR",
+        help="Name of an environment variable holding that passphrase.",
+    ),
+]
+KeyUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key-uri",
+        help="Where the new key lives: file:PATH (default keys/ALIAS.key.pem) or pkcs11:...",
+    ),
+]
+OrganizationOption = Annotated[
+    str | None, typer.Option("--organization", "-o", help="Subject O= attribute.")
+]
+AliasOption = Annotated[
+    str | None,
+    typer.Option(
+        "--alias", help="Short handle for --issuer and file names [default: from --name]."
+    ),
+]
+IssuerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--issuer",
+        envvar="CYPHRS_ISSUER",
+        help="Intermediate to sign with [default: the home's default].",
+    ),
+]

@@ -1,0 +1,84 @@
+"""Output: data to stdout, talk to stderr; JSON for machines, Rich (created lazily) for people.
+
+Rich honours ``NO_COLOR`` itself; we also drop colour when the stream is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from cyphrs_cli.errors import CyphrsError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_state = {"json": False, "quiet": False}
+_consoles: dict[bool, Console] = {}
+
+
+def set_json_mode(enabled: bool) -> bool:
+    _state["json"] = _state["json"] or enabled
+    return enabled
+
+
+def set_quiet(enabled: bool) -> bool:
+    _state["quiet"] = _state["quiet"] or enabled
+    return enabled
+
+
+def json_mode() -> bool:
+    return _state["json"]
+
+
+def reset() -> None:
+    """Forget per-invocation state (in-process test runs invoke the app many times)."""
+    _state["json"] = False
+    _state["quiet"] = False
+
+
+def console(*, stderr: bool = False) -> Console:
+    if stderr not in _consoles:
+        from rich.console import Console
+
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return _consoles[stderr]
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def emit_text(text: str) -> None:
+    """Raw data (PEM) to stdout, unstyled."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A human remark on stderr; silent under --quiet or --json."""
+    if not _state["quiet"] and not _state["json"]:
+        console(stderr=True).print(message)
+
+
+def print_error(error: CyphrsError) -> None:
+    """One line on stderr, or one JSON object on stderr under --json."""
+    if _state["json"]:
+        body: dict[str, Any] = {
+            "schema": "cyphrs.error/v1",
+            "error": {
+                "code": int(error.exit_code),
+                "slug": error.slug,
+                "message": error.message,
+                "hint": error.hint,
+            },
+        }
+        rule = getattr(error, "rule", None)
+        if rule is not None:
+            body["error"]["rule"] = rule
+        sys.stderr.write(json.dumps(body, ensure_ascii=False) + "\n")
+        return
+    hint = f" (hint: {error.hint})" if error.hint else ""
+    sys.stderr.write(f"cyphrs: error: {error.message}{hint}\n")

@@ -1,0 +1,1 @@
+"""Where the CA home is and what its ``config.toml`` says."""

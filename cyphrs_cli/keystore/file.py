@@ -1,0 +1,125 @@
+"""Encrypted PKCS#8 key files: passphrase-protected, mode 0600, written atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.errors import InvalidInputError, NotFoundError, SecretError, StorageError
+from cyphrs_cli.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
+from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+    )
+
+MIN_PASSPHRASE_BYTES = 8
+
+
+def encrypt_private_key(key: CertificateIssuerPrivateKeyTypes, passphrase: bytes) -> bytes:
+    """PEM PKCS#8 under the best encryption the OpenSSL build offers."""
+    from cryptography.hazmat.primitives import serialization
+
+    if len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise InvalidInputError(
+            f"passphrase too short: at least {MIN_PASSPHRASE_BYTES} characters are required"
+        )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def decrypt_private_key(
+    data: bytes, passphrase: bytes, *, source: str
+) -> CertificateIssuerPrivateKeyTypes:
+    """Load an encrypted PEM key; a wrong passphrase is exit 4, garbage is exit 3."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if b"ENCRYPTED PRIVATE KEY" not in data:
+        raise InvalidInputError(f"{source}: not an encrypted PKCS#8 PEM key")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except ValueError as exc:
+        # cryptography reports a wrong passphrase as ValueError("Bad decrypt...").
+        raise SecretError(f"wrong passphrase for {source}") from exc
+    except TypeError as exc:
+        raise InvalidInputError(f"{source}: unreadable key ({exc})") from exc
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise InvalidInputError(f"{source}: unsupported key type {type(key).__name__}")
+    return key
+
+
+def spec_of(key: CertificateIssuerPrivateKeyTypes) -> str:
+    """The KeySpec name of a software or token key."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": "p256", "secp384r1": "p384"}.get(key.curve.name, key.curve.name)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"rsa{key.key_size}"
+    return "ed25519"
+
+
+@dataclass
+class PendingFileKey:
+    """A software key held in memory until the ledger has recorded its certificate."""
+
+    path: Path
+    uri: str
+    passphrase: bytes
+    signer: CertificateIssuerPrivateKeyTypes
+    _encrypted: bytes
+
+    @property
+    def info(self) -> KeyInfo:
+        return KeyInfo(self.uri, "file", spec_of(self.signer), "software", {})
+
+    def commit(self) -> None:
+        ensure_private_dir(self.path.parent)
+        atomic_write(self.path, self._encrypted, mode=PRIVATE_FILE)
+
+    def discard(self) -> None:
+        """Nothing was written yet; dropping the object is enough."""
+
+
+class FileKeyStore:
+    """``file:`` URIs, relative to the CA home unless absolute."""
+
+    def __init__(self, home_root: Path, secrets: SecretProvider) -> None:
+        self._home_root = home_root
+        self._secrets = secrets
+
+    def path_of(self, uri: str) -> Path:
+        path = Path(uri.removeprefix("file:"))
+        return path if path.is_absolute() else self._home_root / path
+
+    def create_key(self, spec: KeySpec, uri: str) -> PendingFileKey:
+        path = self.path_of(uri)
+        if path.exists():
+            raise StorageError(f"key file {path} already exists; refusing to overwrite a key")
+        passphrase = self._secrets(f"new passphrase for {path.name}")
+        key = spec.generate_software_key()
+        encrypted = encrypt_private_key(key, passphrase)
+        return PendingFileKey(path, uri, passphrase, key, encrypted)
+
+    def open_signer(self, uri: str) -> CertificateIssuerPrivateKeyTypes:
+        path = self.path_of(uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"key file {path} is missing") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read key file {path}: {exc.strerror}") from exc
+        return decrypt_private_key(
+            data, self._secrets(f"passphrase for {path.name}"), source=str(path)
+        )
+
+    def describe(self, uri: str) -> KeyInfo:
+        return KeyInfo(uri, "file", "unknown", "software", {})

@@ -1,0 +1,1 @@
+"""The issuance ledger: SQLite by default, every change recorded with a hash-chained event."""

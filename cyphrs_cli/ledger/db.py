@@ -1,0 +1,92 @@
+"""Ledger connections: durable PRAGMAs, ``BEGIN IMMEDIATE`` transactions, migrations.
+
+All SQL that touches the ledger runs through a ``Ledger``; keeping the engine behind this
+module is what lets a PostgreSQL ledger replace SQLite later.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from cyphrs_cli.errors import StorageError
+
+BUSY_TIMEOUT_ENV = "CYPHRS_BUSY_TIMEOUT_MS"
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+
+
+def _migrations() -> list[tuple[int, str]]:
+    files = resources.files("cyphrs_cli.ledger").joinpath("migrations")
+    found = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Ledger:
+    """One open ledger file. Use as a context manager; writes go through ``transaction``."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        if not create and not path.exists():
+            raise StorageError(f"ledger {path} is missing", hint="is this a cyphrs CA home?")
+        self.path = path
+        timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
+            # boundaries are exactly the ones written in the code.
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_ms / 1000)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open ledger {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        (current,) = self.conn.execute("PRAGMA user_version").fetchone()
+        pending = [(n, sql) for n, sql in _migrations() if n > current]
+        if not pending:
+            return
+        with self.transaction() as conn:
+            # Re-read inside the write lock: another process may have migrated meanwhile.
+            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            for number, sql in pending:
+                if number <= current:
+                    continue
+                for statement in sql.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its first statement."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise StorageError(f"ledger write failed: {exc}") from exc
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""The append-only, hash-chained event log.
+
+``hash = SHA-256(prev_hash || canonical JSON of the event)``; the first event chains to
+64 zeros. An event is always appended in the same transaction as the change it describes,
+so the log and the state it explains can never disagree after a crash.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+ACTOR_ENV = "CYPHRS_ACTOR"
+# CI systems that say who triggered a job; the first one present names the actor.
+_CI_ACTOR_VARS = ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CIRCLE_USERNAME")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8. Hash inputs use only this."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def default_actor() -> str:
+    """``CYPHRS_ACTOR`` > a CI system's user variable > the OS user."""
+    explicit = os.environ.get(ACTOR_ENV)
+    if explicit:
+        return explicit
+    for var in _CI_ACTOR_VARS:
+        if os.environ.get(var):
+            return f"ci:{os.environ[var]}"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One state change: what happened (``type``), to what (``target``), with which result."""
+
+    type: str
+    target: str | None = None
+    outcome: str = "success"
+    details: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+
+
+def event_body(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    """The fields that a stored event's hash covers, in their stored form."""
+    return {
+        "seq": row["seq"],
+        "at": row["at"],
+        "type": row["type"],
+        "actor": row["actor"],
+        "host": row["host"],
+        "outcome": row["outcome"],
+        "target": row["target"],
+        "params_hash": row["params_hash"],
+        "details": json.loads(row["details"])
+        if isinstance(row["details"], str)
+        else row["details"],
+    }
+
+
+def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    return sha256_hex(bytes.fromhex(prev_hash) + canonical_json(body))
+
+
+def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str]:
+    """Append ``event`` inside the caller's transaction; returns (seq, hash)."""
+    head = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev_hash = (head["seq"] + 1, head["hash"]) if head else (1, GENESIS_HASH)
+    body = {
+        "seq": seq,
+        "at": rfc3339(utc_now()),
+        "type": event.type,
+        "actor": event.actor or default_actor(),
+        "host": socket.gethostname(),
+        "outcome": event.outcome,
+        "target": event.target,
+        "params_hash": sha256_hex(canonical_json(event.details)),
+        "details": event.details,
+    }
+    digest = chain_hash(prev_hash, body)
+    conn.execute(
+        "INSERT INTO events (seq, at, type, actor, host, outcome, target, params_hash, details,"
+        " prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            seq,
+            body["at"],
+            body["type"],
+            body["actor"],
+            body["host"],
+            body["outcome"],
+            body["target"],
+            body["params_hash"],
+            canonical_json(event.details).decode(),
+            prev_hash,
+            digest,
+        ),
+    )
+    return seq, digest

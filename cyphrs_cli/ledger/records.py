@@ -1,0 +1,132 @@
+"""Rows of the ledger's ``authorities`` and ``certificates`` tables.
+
+Each certificate row's immutable columns are summarised by ``row_digest``; the ``issued``
+event carries that digest, so ``audit verify`` can detect an edited certificate row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cyphrs_cli.ledger.events import canonical_json, sha256_hex
+
+CERT_IMMUTABLE_COLUMNS = (
+    "serial",
+    "issuer_ski",
+    "authority_id",
+    "fingerprint",
+    "subject",
+    "sans",
+    "spiffe_id",
+    "workflow",
+    "permissions",
+    "profile",
+    "key_algorithm",
+    "signature_algorithm",
+    "is_ca",
+    "not_before",
+    "not_after",
+    "replaces_id",
+    "requester",
+    "key_storage",
+    "issued_at",
+    "pem",
+)
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    serial: str
+    issuer_ski: str
+    authority_id: int | None
+    fingerprint: str
+    subject: str
+    sans: str  # JSON list
+    spiffe_id: str | None
+    workflow: str | None
+    permissions: str | None  # JSON list
+    profile: str
+    key_algorithm: str
+    signature_algorithm: str
+    is_ca: int
+    not_before: str
+    not_after: str
+    replaces_id: int | None
+    requester: str | None
+    key_storage: str | None
+    issued_at: str
+    pem: str
+
+
+def row_digest(row: CertificateRow | sqlite3.Row | dict[str, Any]) -> str:
+    values = (
+        asdict(row)
+        if isinstance(row, CertificateRow)
+        else {k: row[k] for k in CERT_IMMUTABLE_COLUMNS}
+    )
+    return sha256_hex(canonical_json({k: values[k] for k in CERT_IMMUTABLE_COLUMNS}))
+
+
+def insert_certificate(conn: sqlite3.Connection, row: CertificateRow) -> int:
+    columns = ", ".join(CERT_IMMUTABLE_COLUMNS)
+    marks = ", ".join("?" for _ in CERT_IMMUTABLE_COLUMNS)
+    values = asdict(row)
+    cursor = conn.execute(
+        f"INSERT INTO certificates ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
+        [values[c] for c in CERT_IMMUTABLE_COLUMNS],
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def insert_authority(
+    conn: sqlite3.Connection,
+    *,
+    name: str,
+    role: str,
+    parent_id: int | None,
+    ski: str,
+    subject: str,
+    key_uri: str,
+    key_storage: str,
+    key_algorithm: str,
+    key_generated_in: str,
+    key_attributes: dict[str, bool],
+    trust_domain: str | None,
+    created_at: str,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO authorities (name, role, parent_id, ski, subject, key_uri, key_storage,"
+        " key_algorithm, key_generated_in, key_attributes, trust_domain, created_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            name,
+            role,
+            parent_id,
+            ski,
+            subject,
+            key_uri,
+            key_storage,
+            key_algorithm,
+            key_generated_in,
+            json.dumps(key_attributes, sort_keys=True),
+            trust_domain,
+            created_at,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def authority_by_name(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM authorities WHERE name = ?", (name,)
+    ).fetchone()
+    return row
+
+
+def certificates_by_serial(conn: sqlite3.Connection, serial: str) -> list[sqlite3.Row]:
+    return list(conn.execute("SELECT * FROM certificates WHERE serial = ?", (serial,)))

@@ -1,0 +1,157 @@
+"""The ``Profile`` model and its TOML form.
+
+A profile bounds what one kind of certificate may contain: usages, TTL range, key types and
+name rules. Built-in profiles ship as TOML next to this module; a CA home may add or override
+them in ``<home>/profiles/<name>.toml``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cyphrs_cli.durations import parse_duration
+from cyphrs_cli.errors import InvalidInputError, NotFoundError
+from cyphrs_cli.keystore.base import KeySpec
+
+_NAME_RULES = ("required", "optional", "forbidden")
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One issuance profile; every field has a safe default so small TOML files suffice."""
+
+    name: str
+    description: str
+    extended_key_usage: tuple[str, ...]
+    default_ttl: timedelta
+    min_ttl: timedelta
+    max_ttl: timedelta
+    key_types: tuple[str, ...]
+    spiffe: str  # required | optional | forbidden
+    dns: str
+    ip: str
+    require_one_of: tuple[str, ...] = ()
+    require_common_name: bool = False
+    dns_patterns: tuple[str, ...] = ()  # fnmatch-style ("*.acme.internal"); empty = any
+    ip_ranges: tuple[str, ...] = ()  # CIDR; empty = any
+    trust_domains: tuple[str, ...] = ()  # empty = the issuer's trust domain
+    spiffe_path_patterns: tuple[str, ...] = ()  # fnmatch on the path; empty = any
+    issuers: tuple[str, ...] = ()  # authority names allowed to use it; empty = any
+    source: str = "builtin"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "extended_key_usage": list(self.extended_key_usage),
+            "default_ttl_seconds": int(self.default_ttl.total_seconds()),
+            "min_ttl_seconds": int(self.min_ttl.total_seconds()),
+            "max_ttl_seconds": int(self.max_ttl.total_seconds()),
+            "key_types": list(self.key_types),
+            "names": {
+                "spiffe": self.spiffe,
+                "dns": self.dns,
+                "ip": self.ip,
+                "require_one_of": list(self.require_one_of),
+                "require_common_name": self.require_common_name,
+                "dns_patterns": list(self.dns_patterns),
+                "ip_ranges": list(self.ip_ranges),
+                "trust_domains": list(self.trust_domains),
+                "spiffe_path_patterns": list(self.spiffe_path_patterns),
+            },
+            "issuers": list(self.issuers),
+        }
+
+
+def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profile:
+    """Validate a parsed TOML table into a Profile; errors name the file and the field."""
+
+    def fail(message: str) -> InvalidInputError:
+        return InvalidInputError(f"profile {name!r} ({source}): {message}")
+
+    if not _PROFILE_NAME.match(name):
+        raise fail("name must be lowercase letters, digits, '-' or '_'")
+    names = data.get("names", {})
+    try:
+        ttl = {k: parse_duration(str(data[k])) for k in ("default_ttl", "min_ttl", "max_ttl")}
+    except KeyError as exc:
+        raise fail(f"missing {exc.args[0]}") from exc
+    except InvalidInputError as exc:
+        raise fail(exc.message) from exc
+    if not ttl["min_ttl"] <= ttl["default_ttl"] <= ttl["max_ttl"]:
+        raise fail("need min_ttl <= default_ttl <= max_ttl")
+    rules = {k: str(names.get(k, "forbidden")) for k in ("spiffe", "dns", "ip")}
+    for key, rule in rules.items():
+        if rule not in _NAME_RULES:
+            raise fail(f"names.{key} must be one of {', '.join(_NAME_RULES)}")
+    key_types = tuple(data.get("key_types", ["p256", "p384"]))
+    for key_type in key_types:
+        KeySpec.parse(key_type)
+    ekus = tuple(data.get("extended_key_usage", []))
+    if not ekus:
+        raise fail("extended_key_usage must list at least one usage")
+    from cyphrs_cli.ca.extensions import eku_oids
+
+    eku_oids(ekus)
+    return Profile(
+        name=name,
+        description=str(data.get("description", "")),
+        extended_key_usage=ekus,
+        default_ttl=ttl["default_ttl"],
+        min_ttl=ttl["min_ttl"],
+        max_ttl=ttl["max_ttl"],
+        key_types=key_types,
+        spiffe=rules["spiffe"],
+        dns=rules["dns"],
+        ip=rules["ip"],
+        require_one_of=tuple(names.get("require_one_of", ())),
+        require_common_name=bool(names.get("require_common_name", False)),
+        dns_patterns=tuple(names.get("dns_patterns", ())),
+        ip_ranges=tuple(names.get("ip_ranges", ())),
+        trust_domains=tuple(names.get("trust_domains", ())),
+        spiffe_path_patterns=tuple(names.get("spiffe_path_patterns", ())),
+        issuers=tuple(data.get("issuers", ())),
+        source=source,
+    )
+
+
+def _builtin_files() -> dict[str, str]:
+    folder = resources.files("cyphrs_cli.profiles").joinpath("builtin")
+    return {
+        entry.name.removesuffix(".toml"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+
+
+def load_profiles(profiles_dir: Path | None) -> dict[str, Profile]:
+    """Built-ins overlaid by the home's own profiles (a home file wins over a built-in)."""
+    texts = {name: (text, "builtin") for name, text in _builtin_files().items()}
+    if profiles_dir is not None and profiles_dir.is_dir():
+        for path in sorted(profiles_dir.glob("*.toml")):
+            texts[path.stem] = (path.read_text(encoding="utf-8"), str(path))
+    profiles = {}
+    for name, (text, source) in texts.items():
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInputError(f"profile {name!r} ({source}): not valid TOML ({exc})") from exc
+        profiles[name] = profile_from_toml(name, data, source=source)
+    return profiles
+
+
+def get_profile(profiles_dir: Path | None, name: str) -> Profile:
+    profiles = load_profiles(profiles_dir)
+    if name not in profiles:
+        raise NotFoundError(
+            f"unknown profile {name!r}", hint=f"known profiles: {', '.join(sorted(profiles))}"
+        )
+    return profiles[name]

@@ -1,0 +1,124 @@
+"""Small helpers shared by the test suites: run the CLI, build hierarchies, call oracles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from cyphrs_cli.cli.app import app
+
+ROOT_PASS = "root-passphrase-for-tests"
+INTER_PASS = "intermediate-passphrase-for-tests"
+VENV_BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script from this interpreter's environment (pkilint, cyphrs)."""
+    candidate = VENV_BIN / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def error(self) -> Any:
+        return json.loads(self.stderr)
+
+
+def cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:
+    """Run cyphrs in-process (CliRunner); stdout and stderr kept apart."""
+    runner = CliRunner()
+    result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def run_cyphrs(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
+               check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run cyphrs as a real process (fault injection, start-up, stdin handling)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([tool("cyphrs"), *args], env=full_env, input=input,
+                          capture_output=True, check=check, timeout=120)
+
+
+@dataclass
+class Hierarchy:
+    home: Path
+    root_pass: Path
+    inter_pass: Path
+    key_type: str
+
+    @property
+    def root_cert(self) -> Path:
+        return self.home / "certs" / "test-root.pem"
+
+    @property
+    def inter_cert(self) -> Path:
+        return self.home / "certs" / "test-inter.pem"
+
+    def issue(self, *args: str) -> Result:
+        return cli("issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass))
+
+    def ledger_rows(self, table: str = "certificates") -> int:
+        with sqlite3.connect(self.home / "ledger.sqlite3") as conn:
+            (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(count)
+
+
+def build_hierarchy(base: Path, key_type: str = "p256", *, trust_domain: str = "acme.internal",
+                    extra: tuple[str, ...] = ()) -> Hierarchy:
+    base.mkdir(parents=True, exist_ok=True)
+    root_pass, inter_pass = base / "root.pass", base / "inter.pass"
+    root_pass.write_text(ROOT_PASS + "\n")
+    inter_pass.write_text(INTER_PASS + "\n")
+    home = base / "home"
+    done = cli("init-root", "--name", "Test Root CA", "--alias", "test-root", "--key-type", key_type,
+               "--home", str(home), "--passphrase-file", str(root_pass))
+    assert done.exit_code == 0, done.stderr
+    done = cli("create-intermediate", "--name", "Test Issuing CA", "--alias", "test-inter",
+               "--key-type", key_type, "--trust-domain", trust_domain, "--home", str(home),
+               "--passphrase-file", str(inter_pass), "--root-passphrase-file", str(root_pass), *extra)
+    assert done.exit_code == 0, done.stderr
+    return Hierarchy(home, root_pass, inter_pass, key_type)
+
+
+def openssl_verify(root: Path, chain: Path, leaf: Path, purpose: str,
+                   *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root),
+         "-untrusted", str(chain), *extra, str(leaf)],
+        capture_output=True, text=True, check=False,
+    )
+
+
+KNOWN_FALSE_POSITIVES = {"pkix.invalid_uri_syntax"}  # pkilint rejects spiffe:// URIs
+
+
+def pkilint_findings(*args: str) -> list[str]:
+    """Run a pkilint linter with -s WARNING -f JSON; return finding codes (minus known FPs)."""
+    linter, *files = args
+    proc = subprocess.run([tool(linter), "lint", "-s", "WARNING", "-f", "JSON", *files],
+                          capture_output=True, text=True, check=False)
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"{linter} failed ({proc.returncode}): {proc.stderr}") from exc
+    codes = []
+    for result in report["results"]:
+        for finding in result.get("finding_descriptions", []):
+            codes.append(finding["code"])
+    return [c for c in codes if c not in KNOWN_FALSE_POSITIVES]

@@ -211,9 +211,10 @@ def _certificate_row(
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from cyphrs_cli.ca.parsing import oid_name
+
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier is not None
-    sig_oid = cert.signature_algorithm_oid
     return CertificateRow(
         serial=serial_hex(cert.serial_number),
         issuer_ski=aki.key_identifier.hex(),
@@ -226,7 +227,7 @@ def _certificate_row(
         permissions=json.dumps(list(plan.claims.permissions)) if plan.claims else None,
         profile=plan.profile,
         key_algorithm=key_algorithm_name(cert.public_key()),
-        signature_algorithm=getattr(sig_oid, "_name", sig_oid.dotted_string),
+        signature_algorithm=oid_name(cert.signature_algorithm_oid),
         is_ca=int(plan.is_ca),
         not_before=rfc3339(cert.not_valid_before_utc),
         not_after=rfc3339(cert.not_valid_after_utc),

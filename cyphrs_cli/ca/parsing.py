@@ -50,6 +50,16 @@ def load_certificates(data: bytes, *, source: str) -> list[x509.Certificate]:
         raise InvalidInputError(f"{source}: not a valid PEM or DER certificate") from exc
 
 
+def oid_name(oid: x509.ObjectIdentifier) -> str:
+    """cryptography's short name for an OID, or its dotted form when it has none."""
+    from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID
+
+    if oid.dotted_string == AGENT_CLAIMS_OID:
+        return "agentClaims"
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)
+
+
 def is_csr(data: bytes) -> bool:
     return any(marker in data for marker in _PEM_CSR)
 
@@ -111,7 +121,7 @@ def _extension_value(ext: x509.Extension[x509.ExtensionType]) -> Any:
             used += [n for n in ("encipher_only", "decipher_only") if getattr(value, n)]
         return used
     if isinstance(value, x509.ExtendedKeyUsage):
-        return [getattr(oid, "_name", oid.dotted_string) for oid in value]
+        return [oid_name(oid) for oid in value]
     if isinstance(value, x509.SubjectAlternativeName):
         return [_general_name(n) for n in value]
     if isinstance(value, x509.SubjectKeyIdentifier):
@@ -164,7 +174,6 @@ def certificate_summary(cert: x509.Certificate, *, now: datetime | None = None) 
             claims = value
     spiffe = [s[4:] for s in sans if s.startswith("URI:spiffe://")]
     seconds_left = int((cert.not_valid_after_utc - now).total_seconds())
-    sig_oid = cert.signature_algorithm_oid
     return {
         "type": "certificate",
         "subject": cert.subject.rfc4514_string(),
@@ -178,7 +187,7 @@ def certificate_summary(cert: x509.Certificate, *, now: datetime | None = None) 
         "is_ca": is_ca,
         "self_signed": cert.subject == cert.issuer,
         "key": key_description(cert.public_key()),
-        "signature_algorithm": getattr(sig_oid, "_name", sig_oid.dotted_string),
+        "signature_algorithm": oid_name(cert.signature_algorithm_oid),
         "fingerprints": {
             "sha256": "sha256:" + cert.fingerprint(hashes.SHA256()).hex(),
         },

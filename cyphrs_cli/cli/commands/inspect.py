@@ -151,7 +151,7 @@ def _ledger_view(home: CaHome, cert: x509.Certificate) -> dict[str, Any] | None:
         ).fetchone()
     if row is None:
         return {"recorded": False}
-    return {"recorded": True, **{k: row[k] for k in row}}
+    return {"recorded": True, **dict(zip(row.keys(), tuple(row), strict=True))}
 
 
 def _print_human(document: dict[str, Any]) -> None:

@@ -1,0 +1,85 @@
+"""Our own invariants, checked on what we issue (not on what we meant to issue)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID, decode_agent_claims
+from cyphrs_cli.ca.serials import serial_hex
+from tests.helpers import Hierarchy
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_leaf_invariants(hierarchy: Hierarchy, tmp_path: Path) -> None:
+    serials = set()
+    inter = _load(hierarchy.inter_cert)
+    for i in range(5):
+        out = tmp_path / f"a{i}"
+        result = hierarchy.issue("agent", "--workflow", "wf", "--permission", "x:read",
+                                 "--ttl", "2h", "--out-dir", str(out), "--json")
+        assert result.exit_code == 0, result.stderr
+        cert = _load(out / "cert.pem")
+        serial = cert.serial_number
+        assert 0 < serial < 2**159 and serial >= 2**64
+        assert len(serial.to_bytes((serial.bit_length() + 8) // 8, "big")) <= 20
+        serials.add(serial)
+        # Inclusive validity: exactly the TTL, backdated one minute, within the issuer's.
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc + timedelta(seconds=1)
+        assert lifetime == timedelta(hours=2)
+        assert inter.not_valid_before_utc <= cert.not_valid_before_utc
+        assert cert.not_valid_after_utc <= inter.not_valid_after_utc
+        # Exact extension set for the agent profile, in order.
+        oids = [e.oid.dotted_string for e in cert.extensions]
+        assert oids == ["2.5.29.19", "2.5.29.15", "2.5.29.37", "2.5.29.17", "2.5.29.14",
+                        "2.5.29.35", AGENT_CLAIMS_OID]
+        assert cert.extensions.get_extension_for_class(x509.BasicConstraints).critical
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = inter.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert aki.key_identifier == ski.digest
+        claims_ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(AGENT_CLAIMS_OID))
+        assert not claims_ext.critical
+        claims = decode_agent_claims(claims_ext.value.value)  # type: ignore[attr-defined]
+        assert claims.workflow == "wf" and claims.permissions == ("x:read",)
+        # Strict DER round trip.
+        der = cert.public_bytes(serialization.Encoding.DER)
+        assert x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.DER) == der
+        assert int(result.json()["certificate"]["serial"], 16) == serial
+    assert len(serials) == 5
+
+
+def test_ca_profiles(hierarchy: Hierarchy) -> None:
+    root, inter = _load(hierarchy.root_cert), _load(hierarchy.inter_cert)
+    bc = root.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length is None
+    ku = root.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
+    assert not any(e.oid == x509.ExtendedKeyUsage.oid for e in root.extensions)
+    bc = inter.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    assert inter.not_valid_after_utc <= root.not_valid_after_utc
+    inter.verify_directly_issued_by(root)
+
+
+def test_every_certificate_is_in_the_ledger(hierarchy: Hierarchy, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    assert hierarchy.issue("server", "--dns", "x.acme.internal", "--out-dir", str(out)).exit_code == 0
+    cert = _load(out / "cert.pem")
+    with sqlite3.connect(hierarchy.home / "ledger.sqlite3") as conn:
+        row = conn.execute("SELECT serial, profile, sans, pem FROM certificates WHERE serial = ?",
+                           (serial_hex(cert.serial_number),)).fetchone()
+        event = conn.execute("SELECT type, details FROM events WHERE target = ?",
+                             (f"certificate:{row[0]}",)).fetchone()
+    assert row[1] == "server" and json.loads(row[2]) == ["DNS:x.acme.internal"]
+    assert row[3].encode() == cert.public_bytes(serialization.Encoding.PEM)
+    assert event[0] == "certificate.issued" and json.loads(event[1])["serial"] == row[0]

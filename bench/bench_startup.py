@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CYPHRS, demo_hierarchy, time_command  # noqa: E402
+from common import CYPHRS, demo_hierarchy, time_command
 
 
 def main() -> None:
@@ -25,11 +25,35 @@ def main() -> None:
             "cyphrs --version": time_command([CYPHRS, "--version"], runs),
             "cyphrs --help": time_command([CYPHRS, "--help"], runs),
             "cyphrs issue agent": time_command(
-                [CYPHRS, "issue", "agent", "--workflow", "bench", "--out-dir", str(out), "--force",
-                 "--passphrase-file", ca["inter_pass"]], runs, env),
+                [
+                    CYPHRS,
+                    "issue",
+                    "agent",
+                    "--workflow",
+                    "bench",
+                    "--out-dir",
+                    str(out),
+                    "--force",
+                    "--passphrase-file",
+                    ca["inter_pass"],
+                ],
+                runs,
+                env,
+            ),
             "cyphrs issue agent --json (no files)": time_command(
-                [CYPHRS, "issue", "agent", "--workflow", "bench", "--json",
-                 "--passphrase-file", ca["inter_pass"]], runs, env),
+                [
+                    CYPHRS,
+                    "issue",
+                    "agent",
+                    "--workflow",
+                    "bench",
+                    "--json",
+                    "--passphrase-file",
+                    ca["inter_pass"],
+                ],
+                runs,
+                env,
+            ),
         }
         print(json.dumps({"runs": runs, "results": results}, indent=2))
 

@@ -36,9 +36,38 @@ def demo_hierarchy(base: Path, key_type: str = "p256") -> dict[str, str]:
     (base / "root.pass").write_text("bench-root-passphrase")
     (base / "inter.pass").write_text("bench-inter-passphrase")
     env = {**os.environ, "CYPHRS_HOME": str(base / "home"), "CI": "true"}
-    subprocess.run([CYPHRS, "init-root", "--name", "Bench Root", "--key-type", key_type,
-                    "--passphrase-file", str(base / "root.pass")], env=env, check=True, capture_output=True)
-    subprocess.run([CYPHRS, "create-intermediate", "--name", "Bench Issuing", "--key-type", key_type,
-                    "--trust-domain", "bench.internal", "--passphrase-file", str(base / "inter.pass"),
-                    "--root-passphrase-file", str(base / "root.pass")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            CYPHRS,
+            "init-root",
+            "--name",
+            "Bench Root",
+            "--key-type",
+            key_type,
+            "--passphrase-file",
+            str(base / "root.pass"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            CYPHRS,
+            "create-intermediate",
+            "--name",
+            "Bench Issuing",
+            "--key-type",
+            key_type,
+            "--trust-domain",
+            "bench.internal",
+            "--passphrase-file",
+            str(base / "inter.pass"),
+            "--root-passphrase-file",
+            str(base / "root.pass"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return {"home": str(base / "home"), "inter_pass": str(base / "inter.pass")}

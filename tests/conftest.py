@@ -31,8 +31,9 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(params=KEY_TYPES)
-def any_hierarchy(request: pytest.FixtureRequest, hierarchies: dict[str, Hierarchy],
-                  session_dir: Path) -> Hierarchy:
+def any_hierarchy(
+    request: pytest.FixtureRequest, hierarchies: dict[str, Hierarchy], session_dir: Path
+) -> Hierarchy:
     key_type: str = request.param
     if key_type not in hierarchies:
         hierarchies[key_type] = build_hierarchy(session_dir / key_type, key_type)

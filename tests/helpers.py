@@ -47,12 +47,19 @@ def cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | None
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
-def run_cyphrs(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
-               check: bool = False) -> subprocess.CompletedProcess[bytes]:
+def run_cyphrs(
+    *args: str, env: dict[str, str] | None = None, input: bytes | None = None, check: bool = False
+) -> subprocess.CompletedProcess[bytes]:
     """Run cyphrs as a real process (fault injection, start-up, stdin handling)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([tool("cyphrs"), *args], env=full_env, input=input,
-                          capture_output=True, check=check, timeout=120)
+    return subprocess.run(
+        [tool("cyphrs"), *args],
+        env=full_env,
+        input=input,
+        capture_output=True,
+        check=check,
+        timeout=120,
+    )
 
 
 @dataclass
@@ -71,7 +78,9 @@ class Hierarchy:
         return self.home / "certs" / "test-inter.pem"
 
     def issue(self, *args: str) -> Result:
-        return cli("issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass))
+        return cli(
+            "issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass)
+        )
 
     def ledger_rows(self, table: str = "certificates") -> int:
         with sqlite3.connect(self.home / "ledger.sqlite3") as conn:
@@ -79,29 +88,74 @@ class Hierarchy:
         return int(count)
 
 
-def build_hierarchy(base: Path, key_type: str = "p256", *, trust_domain: str = "acme.internal",
-                    extra: tuple[str, ...] = ()) -> Hierarchy:
+def build_hierarchy(
+    base: Path,
+    key_type: str = "p256",
+    *,
+    trust_domain: str = "acme.internal",
+    extra: tuple[str, ...] = (),
+) -> Hierarchy:
     base.mkdir(parents=True, exist_ok=True)
     root_pass, inter_pass = base / "root.pass", base / "inter.pass"
     root_pass.write_text(ROOT_PASS + "\n")
     inter_pass.write_text(INTER_PASS + "\n")
     home = base / "home"
-    done = cli("init-root", "--name", "Test Root CA", "--alias", "test-root", "--key-type", key_type,
-               "--home", str(home), "--passphrase-file", str(root_pass))
+    done = cli(
+        "init-root",
+        "--name",
+        "Test Root CA",
+        "--alias",
+        "test-root",
+        "--key-type",
+        key_type,
+        "--home",
+        str(home),
+        "--passphrase-file",
+        str(root_pass),
+    )
     assert done.exit_code == 0, done.stderr
-    done = cli("create-intermediate", "--name", "Test Issuing CA", "--alias", "test-inter",
-               "--key-type", key_type, "--trust-domain", trust_domain, "--home", str(home),
-               "--passphrase-file", str(inter_pass), "--root-passphrase-file", str(root_pass), *extra)
+    done = cli(
+        "create-intermediate",
+        "--name",
+        "Test Issuing CA",
+        "--alias",
+        "test-inter",
+        "--key-type",
+        key_type,
+        "--trust-domain",
+        trust_domain,
+        "--home",
+        str(home),
+        "--passphrase-file",
+        str(inter_pass),
+        "--root-passphrase-file",
+        str(root_pass),
+        *extra,
+    )
     assert done.exit_code == 0, done.stderr
     return Hierarchy(home, root_pass, inter_pass, key_type)
 
 
-def openssl_verify(root: Path, chain: Path, leaf: Path, purpose: str,
-                   *extra: str) -> subprocess.CompletedProcess[str]:
+def openssl_verify(
+    root: Path, chain: Path, leaf: Path, purpose: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root),
-         "-untrusted", str(chain), *extra, str(leaf)],
-        capture_output=True, text=True, check=False,
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            purpose,
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(chain),
+            *extra,
+            str(leaf),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -111,8 +165,12 @@ KNOWN_FALSE_POSITIVES = {"pkix.invalid_uri_syntax"}  # pkilint rejects spiffe://
 def pkilint_findings(*args: str) -> list[str]:
     """Run a pkilint linter with -s WARNING -f JSON; return finding codes (minus known FPs)."""
     linter, *files = args
-    proc = subprocess.run([tool(linter), "lint", "-s", "WARNING", "-f", "JSON", *files],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [tool(linter), "lint", "-s", "WARNING", "-f", "JSON", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:

@@ -54,7 +54,9 @@ def _assert_refused(result: object, code: ExitCode, out: Path, h: Hierarchy, bef
         (["agent"], ExitCode.USAGE),
     ],
 )
-def test_issue_refusals(hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode) -> None:
+def test_issue_refusals(
+    hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode
+) -> None:
     out = tmp_path / "out"
     before = hierarchy.ledger_rows()
     _assert_refused(hierarchy.issue(*args, "--out-dir", str(out)), code, out, hierarchy, before)
@@ -62,16 +64,27 @@ def test_issue_refusals(hierarchy: Hierarchy, tmp_path: Path, args: list[str], c
 
 def test_malformed_csr(hierarchy: Hierarchy, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csr"
-    bad.write_text("-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n")
+    bad.write_text(
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n"
+    )
     out, before = tmp_path / "out", hierarchy.ledger_rows()
-    result = hierarchy.issue("server", "--dns", "a.acme.internal", "--csr", str(bad), "--out-dir", str(out))
+    result = hierarchy.issue(
+        "server", "--dns", "a.acme.internal", "--csr", str(bad), "--out-dir", str(out)
+    )
     _assert_refused(result, ExitCode.INVALID_INPUT, out, hierarchy, before)
 
 
 def test_csr_with_bad_signature(hierarchy: Hierarchy, tmp_path: Path) -> None:
     out, before = tmp_path / "out", hierarchy.ledger_rows()
-    result = hierarchy.issue("server", "--dns", "a.acme.internal", "--csr", str(_csr(tmp_path, corrupt=True)),
-                             "--out-dir", str(out))
+    result = hierarchy.issue(
+        "server",
+        "--dns",
+        "a.acme.internal",
+        "--csr",
+        str(_csr(tmp_path, corrupt=True)),
+        "--out-dir",
+        str(out),
+    )
     _assert_refused(result, ExitCode.INVALID_INPUT, out, hierarchy, before)
     assert "signature" in result.stderr
 
@@ -85,14 +98,27 @@ def test_csr_from_stdin_uses_only_its_public_key(hierarchy: Hierarchy, tmp_path:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("evil.example")]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    result = cli("issue", "server", "--dns", "api.acme.internal", "--csr", "-", "--json",
-                 "--home", str(hierarchy.home), "--passphrase-file", str(hierarchy.inter_pass),
-                 input=csr.public_bytes(serialization.Encoding.PEM))
+    result = cli(
+        "issue",
+        "server",
+        "--dns",
+        "api.acme.internal",
+        "--csr",
+        "-",
+        "--json",
+        "--home",
+        str(hierarchy.home),
+        "--passphrase-file",
+        str(hierarchy.inter_pass),
+        input=csr.public_bytes(serialization.Encoding.PEM),
+    )
     assert result.exit_code == 0, result.stderr
     body = result.json()["certificate"]
     assert body["sans"] == ["DNS:api.acme.internal"]
     assert body["subject"] == "CN=api.acme.internal"
-    cert = x509.load_pem_x509_certificate(result.json()["certificate"]["pem"]["certificate"].encode())
+    cert = x509.load_pem_x509_certificate(
+        result.json()["certificate"]["pem"]["certificate"].encode()
+    )
     assert cert.public_key() == key.public_key()
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert result.json()["certificate"]["pem"]["private_key"] is None
@@ -112,15 +138,30 @@ def test_existing_output_needs_force(hierarchy: Hierarchy, tmp_path: Path) -> No
     assert (out / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
 
 
-def test_wrong_passphrase_is_exit_4_and_recorded(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_wrong_passphrase_is_exit_4_and_recorded(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
     h = fresh_hierarchy
     wrong = tmp_path / "wrong.pass"
     wrong.write_text("not-the-passphrase")
     out = tmp_path / "out"
-    result = cli("issue", "agent", "--workflow", "wf", "--out-dir", str(out), "--home", str(h.home),
-                 "--passphrase-file", str(wrong))
+    result = cli(
+        "issue",
+        "agent",
+        "--workflow",
+        "wf",
+        "--out-dir",
+        str(out),
+        "--home",
+        str(h.home),
+        "--passphrase-file",
+        str(wrong),
+    )
     assert result.exit_code == ExitCode.BAD_SECRET
-    assert result.stderr == f"cyphrs: error: wrong passphrase for {h.home / 'keys' / 'test-inter.key.pem'}\n"
+    assert (
+        result.stderr
+        == f"cyphrs: error: wrong passphrase for {h.home / 'keys' / 'test-inter.key.pem'}\n"
+    )
     assert not out.exists()
     import sqlite3
 
@@ -138,15 +179,30 @@ def test_missing_home(tmp_path: Path) -> None:
 
 
 def test_no_secret_source_without_tty(hierarchy: Hierarchy, tmp_path: Path) -> None:
-    result = cli("issue", "agent", "--workflow", "wf", "--out-dir", str(tmp_path / "o"),
-                 "--home", str(hierarchy.home))
+    result = cli(
+        "issue",
+        "agent",
+        "--workflow",
+        "wf",
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--home",
+        str(hierarchy.home),
+    )
     assert result.exit_code == ExitCode.USAGE
     assert "--passphrase-file" in result.stderr
 
 
 def test_init_root_refuses_second_root(hierarchy: Hierarchy) -> None:
-    result = cli("init-root", "--name", "Another Root", "--home", str(hierarchy.home),
-                 "--passphrase-file", str(hierarchy.root_pass))
+    result = cli(
+        "init-root",
+        "--name",
+        "Another Root",
+        "--home",
+        str(hierarchy.home),
+        "--passphrase-file",
+        str(hierarchy.root_pass),
+    )
     assert result.exit_code == ExitCode.CONFLICT
     assert not (hierarchy.home / "keys" / "another-root.key.pem").exists()
 
@@ -155,7 +211,9 @@ def test_init_root_short_passphrase_leaves_nothing(tmp_path: Path) -> None:
     short = tmp_path / "short.pass"
     short.write_text("abc")
     home = tmp_path / "home"
-    result = cli("init-root", "--name", "Root", "--home", str(home), "--passphrase-file", str(short))
+    result = cli(
+        "init-root", "--name", "Root", "--home", str(home), "--passphrase-file", str(short)
+    )
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert not home.exists()
 

@@ -9,8 +9,19 @@ from tests.helpers import Hierarchy, build_hierarchy, cli
 
 
 def _agent(h: Hierarchy, out: Path) -> Path:
-    result = h.issue("agent", "--workflow", "payments-recon", "--instance", "i-1",
-                     "--permission", "ledger:read", "--permission", "queue:write", "--out-dir", str(out))
+    result = h.issue(
+        "agent",
+        "--workflow",
+        "payments-recon",
+        "--instance",
+        "i-1",
+        "--permission",
+        "ledger:read",
+        "--permission",
+        "queue:write",
+        "--out-dir",
+        str(out),
+    )
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -42,7 +53,9 @@ def test_inspect_foreign_certificate_does_not_chain(hierarchy: Hierarchy, tmp_pa
 
 def test_inspect_human_and_stdin(hierarchy: Hierarchy, tmp_path: Path) -> None:
     out = _agent(hierarchy, tmp_path / "a")
-    result = cli("inspect", "-", "--home", str(hierarchy.home), input=(out / "cert.pem").read_bytes())
+    result = cli(
+        "inspect", "-", "--home", str(hierarchy.home), input=(out / "cert.pem").read_bytes()
+    )
     assert result.exit_code == 0, result.stderr
     assert "spiffe://acme.internal/agent/payments-recon/i-1" in result.stdout
     assert "chains here  yes" in result.stdout
@@ -61,13 +74,38 @@ def test_inspect_by_serial(hierarchy: Hierarchy, tmp_path: Path) -> None:
 def test_inspect_csr(tmp_path: Path) -> None:
     import subprocess
 
-    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(tmp_path / "k"), "-out", str(tmp_path / "r.csr"),
-                    "-subj", "/CN=api", "-addext", "subjectAltName=DNS:api.acme.internal"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k"),
+            "-out",
+            str(tmp_path / "r.csr"),
+            "-subj",
+            "/CN=api",
+            "-addext",
+            "subjectAltName=DNS:api.acme.internal",
+        ],
+        check=True,
+        capture_output=True,
+    )
     doc = cli("inspect", str(tmp_path / "r.csr"), "--json", "--home", str(tmp_path / "none")).json()
-    assert doc["objects"] == [{"type": "csr", "subject": "CN=api", "key": {"type": "ec", "curve": "secp256r1", "bits": 256},
-                               "requested_sans": ["DNS:api.acme.internal"], "signature_valid": True}]
+    assert doc["objects"] == [
+        {
+            "type": "csr",
+            "subject": "CN=api",
+            "key": {"type": "ec", "curve": "secp256r1", "bits": 256},
+            "requested_sans": ["DNS:api.acme.internal"],
+            "signature_valid": True,
+        }
+    ]
 
 
 def test_inspect_garbage(tmp_path: Path) -> None:

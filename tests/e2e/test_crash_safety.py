@@ -9,11 +9,23 @@ from tests.helpers import Hierarchy, run_cyphrs
 
 
 def _issue_args(h: Hierarchy, out: Path) -> list[str]:
-    return ["issue", "agent", "--workflow", "wf", "--out-dir", str(out), "--home", str(h.home),
-            "--passphrase-file", str(h.inter_pass)]
+    return [
+        "issue",
+        "agent",
+        "--workflow",
+        "wf",
+        "--out-dir",
+        str(out),
+        "--home",
+        str(h.home),
+        "--passphrase-file",
+        str(h.inter_pass),
+    ]
 
 
-def test_crash_between_signing_and_recording_outputs_nothing(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_crash_between_signing_and_recording_outputs_nothing(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
     h, out = fresh_hierarchy, tmp_path / "out"
     before = h.ledger_rows()
     proc = run_cyphrs(*_issue_args(h, out), env={"CYPHRS_TEST_FAULT": "after-sign"})
@@ -23,8 +35,9 @@ def test_crash_between_signing_and_recording_outputs_nothing(fresh_hierarchy: Hi
     assert h.ledger_rows() == before
 
 
-def test_crash_after_recording_leaves_a_known_undelivered_certificate(fresh_hierarchy: Hierarchy,
-                                                                      tmp_path: Path) -> None:
+def test_crash_after_recording_leaves_a_known_undelivered_certificate(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
     h, out = fresh_hierarchy, tmp_path / "out"
     before = h.ledger_rows()
     proc = run_cyphrs(*_issue_args(h, out), env={"CYPHRS_TEST_FAULT": "after-record"})

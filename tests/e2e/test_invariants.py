@@ -24,8 +24,18 @@ def test_leaf_invariants(hierarchy: Hierarchy, tmp_path: Path) -> None:
     inter = _load(hierarchy.inter_cert)
     for i in range(5):
         out = tmp_path / f"a{i}"
-        result = hierarchy.issue("agent", "--workflow", "wf", "--permission", "x:read",
-                                 "--ttl", "2h", "--out-dir", str(out), "--json")
+        result = hierarchy.issue(
+            "agent",
+            "--workflow",
+            "wf",
+            "--permission",
+            "x:read",
+            "--ttl",
+            "2h",
+            "--out-dir",
+            str(out),
+            "--json",
+        )
         assert result.exit_code == 0, result.stderr
         cert = _load(out / "cert.pem")
         serial = cert.serial_number
@@ -39,8 +49,15 @@ def test_leaf_invariants(hierarchy: Hierarchy, tmp_path: Path) -> None:
         assert cert.not_valid_after_utc <= inter.not_valid_after_utc
         # Exact extension set for the agent profile, in order.
         oids = [e.oid.dotted_string for e in cert.extensions]
-        assert oids == ["2.5.29.19", "2.5.29.15", "2.5.29.37", "2.5.29.17", "2.5.29.14",
-                        "2.5.29.35", AGENT_CLAIMS_OID]
+        assert oids == [
+            "2.5.29.19",
+            "2.5.29.15",
+            "2.5.29.37",
+            "2.5.29.17",
+            "2.5.29.14",
+            "2.5.29.35",
+            AGENT_CLAIMS_OID,
+        ]
         assert cert.extensions.get_extension_for_class(x509.BasicConstraints).critical
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
         assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
@@ -73,13 +90,18 @@ def test_ca_profiles(hierarchy: Hierarchy) -> None:
 
 def test_every_certificate_is_in_the_ledger(hierarchy: Hierarchy, tmp_path: Path) -> None:
     out = tmp_path / "s"
-    assert hierarchy.issue("server", "--dns", "x.acme.internal", "--out-dir", str(out)).exit_code == 0
+    assert (
+        hierarchy.issue("server", "--dns", "x.acme.internal", "--out-dir", str(out)).exit_code == 0
+    )
     cert = _load(out / "cert.pem")
     with sqlite3.connect(hierarchy.home / "ledger.sqlite3") as conn:
-        row = conn.execute("SELECT serial, profile, sans, pem FROM certificates WHERE serial = ?",
-                           (serial_hex(cert.serial_number),)).fetchone()
-        event = conn.execute("SELECT type, details FROM events WHERE target = ?",
-                             (f"certificate:{row[0]}",)).fetchone()
+        row = conn.execute(
+            "SELECT serial, profile, sans, pem FROM certificates WHERE serial = ?",
+            (serial_hex(cert.serial_number),),
+        ).fetchone()
+        event = conn.execute(
+            "SELECT type, details FROM events WHERE target = ?", (f"certificate:{row[0]}",)
+        ).fetchone()
     assert row[1] == "server" and json.loads(row[2]) == ["DNS:x.acme.internal"]
     assert row[3].encode() == cert.public_bytes(serialization.Encoding.PEM)
     assert event[0] == "certificate.issued" and json.loads(event[1])["serial"] == row[0]

@@ -18,7 +18,9 @@ def _issue(h: Hierarchy, out: Path, *args: str) -> Path:
     return out
 
 
-def _serve_once(server_ctx: ssl.SSLContext, sock: socket.socket, outcome: dict[str, object]) -> None:
+def _serve_once(
+    server_ctx: ssl.SSLContext, sock: socket.socket, outcome: dict[str, object]
+) -> None:
     conn, _ = sock.accept()
     try:
         with server_ctx.wrap_socket(conn, server_side=True) as tls:
@@ -28,13 +30,17 @@ def _serve_once(server_ctx: ssl.SSLContext, sock: socket.socket, outcome: dict[s
         outcome["error"] = exc
 
 
-def _handshake(server_dir: Path, client_dir: Path, trust_dir: Path) -> tuple[dict[str, object], bytes]:
+def _handshake(
+    server_dir: Path, client_dir: Path, trust_dir: Path
+) -> tuple[dict[str, object], bytes]:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(server_dir / "fullchain.pem", server_dir / "key.pem")
     server_ctx.load_verify_locations(trust_dir / "ca.pem")
     server_ctx.verify_mode = ssl.CERT_REQUIRED
 
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(trust_dir / "ca.pem"))
+    client_ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(trust_dir / "ca.pem")
+    )
     client_ctx.load_cert_chain(client_dir / "fullchain.pem", client_dir / "key.pem")
 
     outcome: dict[str, object] = {}
@@ -45,8 +51,10 @@ def _handshake(server_dir: Path, client_dir: Path, trust_dir: Path) -> tuple[dic
         thread.start()
         reply = b""
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                    client_ctx.wrap_socket(raw, server_hostname="api.acme.internal") as tls:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                client_ctx.wrap_socket(raw, server_hostname="api.acme.internal") as tls,
+            ):
                 tls.sendall(b"agent")
                 reply = tls.recv(64)
         except (ssl.SSLError, OSError) as exc:
@@ -56,8 +64,13 @@ def _handshake(server_dir: Path, client_dir: Path, trust_dir: Path) -> tuple[dic
 
 
 @pytest.mark.parametrize("key_type", ["p256", "rsa3072"])
-def test_mtls_agent_to_server(key_type: str, hierarchy: Hierarchy, tmp_path: Path,
-                              hierarchies: dict[str, Hierarchy], session_dir: Path) -> None:
+def test_mtls_agent_to_server(
+    key_type: str,
+    hierarchy: Hierarchy,
+    tmp_path: Path,
+    hierarchies: dict[str, Hierarchy],
+    session_dir: Path,
+) -> None:
     if key_type not in hierarchies:
         hierarchies[key_type] = build_hierarchy(session_dir / key_type, key_type)
     h = hierarchies[key_type]

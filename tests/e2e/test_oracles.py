@@ -16,7 +16,10 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from tests.helpers import Hierarchy, openssl_verify, pkilint_findings
 
 PROFILES = {
-    "agent": (["--workflow", "payments-recon", "--permission", "ledger:read"], ["sslclient", "sslserver"]),
+    "agent": (
+        ["--workflow", "payments-recon", "--permission", "ledger:read"],
+        ["sslclient", "sslserver"],
+    ),
     "server": (["--dns", "api.acme.internal", "--ip", "127.0.0.1"], ["sslserver"]),
     "client": (["--cn", "ci-deployer"], ["sslclient"]),
 }
@@ -55,8 +58,16 @@ def test_pkilint_clean(any_hierarchy: Hierarchy, profile: str, tmp_path: Path) -
     assert pkilint_findings("lint_pkix_cert", str(out / "cert.pem")) == []
     assert pkilint_findings("lint_pkix_cert", str(h.inter_cert)) == []
     assert pkilint_findings("lint_pkix_cert", str(h.root_cert)) == []
-    assert pkilint_findings("lint_pkix_signer_signee_cert_chain", str(h.inter_cert), str(out / "cert.pem")) == []
-    assert pkilint_findings("lint_pkix_signer_signee_cert_chain", str(h.root_cert), str(h.inter_cert)) == []
+    assert (
+        pkilint_findings(
+            "lint_pkix_signer_signee_cert_chain", str(h.inter_cert), str(out / "cert.pem")
+        )
+        == []
+    )
+    assert (
+        pkilint_findings("lint_pkix_signer_signee_cert_chain", str(h.root_cert), str(h.inter_cert))
+        == []
+    )
 
 
 def test_pkilint_helper_reports_findings(tmp_path: Path) -> None:
@@ -65,14 +76,38 @@ def test_pkilint_helper_reports_findings(tmp_path: Path) -> None:
 
     key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
     # openssl's default self-signed cert lacks keyUsage on a CA: pkilint must say so.
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(key), "-out", str(crt), "-subj", "/CN=x", "-days", "1",
-                    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=digitalSignature"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-subj",
+            "/CN=x",
+            "-days",
+            "1",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=digitalSignature",
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert pkilint_findings("lint_pkix_cert", str(crt)) != []
 
 
-def test_cryptography_client_verifier_sees_one_spiffe_id(any_hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_cryptography_client_verifier_sees_one_spiffe_id(
+    any_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
     out = _issue(any_hierarchy, "agent", tmp_path / "out")
     leaf = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
     inter = x509.load_pem_x509_certificate((out / "chain.pem").read_bytes())
@@ -89,5 +124,7 @@ def test_cryptography_client_verifier_sees_one_spiffe_id(any_hierarchy: Hierarch
             verifier.verify(leaf, [inter])
         return
     verified = verifier.verify(leaf, [inter])
-    uris = [n.value for n in verified.subjects or [] if isinstance(n, x509.UniformResourceIdentifier)]
+    uris = [
+        n.value for n in verified.subjects or [] if isinstance(n, x509.UniformResourceIdentifier)
+    ]
     assert len(uris) == 1 and uris[0].startswith("spiffe://acme.internal/agent/payments-recon/")

@@ -10,8 +10,7 @@ HEAVY = ("cryptography", "sqlite3", "pkcs11", "asn1crypto", "platformdirs", "pyd
 
 def _imported_after(code: str) -> list[str]:
     probe = (
-        f"import sys\n{code}\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+        f"import sys\n{code}\nprint('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     line = next(x for x in proc.stdout.splitlines()[::-1] if x.startswith("HEAVY="))
@@ -32,8 +31,12 @@ def test_help_is_lean() -> None:
 
 
 def test_version_is_static() -> None:
-    proc = subprocess.run([sys.executable, "-m", "cyphrs_cli", "--version"], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyphrs_cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     from cyphrs_cli import __version__
 
     assert proc.stdout.strip() == f"cyphrs {__version__}"

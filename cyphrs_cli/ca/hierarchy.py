@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from cyphrs_cli.ca.models import IssuedCertificate, Issuer
     from cyphrs_cli.config.home import CaHome
-    from cyphrs_cli.keystore.base import KeySpec, PendingKey, SecretProvider
+    from cyphrs_cli.keystore.base import KeySpec, KeyStore, PendingKey, SecretProvider
     from cyphrs_cli.ledger.db import Ledger
 
 ROOT_DEFAULT_TTL = timedelta(days=3650)
@@ -151,6 +151,11 @@ def _create_ca(
     return CaCreated(issued, entry.name, entry.role, entry.key_uri, entry.cert_path)
 
 
+def _new_key(store: KeyStore, spec: KeySpec, uri: str, existing: bool) -> PendingKey:
+    """Generate the CA key in its store, or adopt a token key that already exists."""
+    return store.adopt_key(uri) if existing else store.create_key(spec, uri)
+
+
 def _undo_key(home: CaHome, pending: PendingKey) -> None:
     """Remove a key that was stored for a CA that never came to exist."""
     from cyphrs_cli.keystore.file import PendingFileKey
@@ -180,6 +185,7 @@ def create_root(
     key_uri: str | None,
     ttl: timedelta,
     secrets: SecretProvider,
+    existing_key: bool = False,
 ) -> CaCreated:
     """Create the home (if needed), its ledger and a self-signed root. Refuses a second root."""
     from cyphrs_cli.keystore.uri import open_keystore
@@ -198,7 +204,7 @@ def create_root(
         if ledger.conn.execute("SELECT 1 FROM authorities WHERE role = 'root'").fetchone():
             raise ConflictError(f"the ledger in {home.root} already records a root CA")
         uri = key_uri or _default_key_uri(alias)
-        pending = open_keystore(uri, home.root, secrets).create_key(key_spec, uri)
+        pending = _new_key(open_keystore(uri, home.root, secrets), key_spec, uri, existing_key)
         entry = AuthorityEntry(alias, "root", uri, f"certs/{alias}.pem")
         return _create_ca(
             home,
@@ -248,6 +254,7 @@ def create_intermediate(
     ekus: tuple[str, ...],
     secrets: SecretProvider,
     root_secrets: SecretProvider,
+    existing_key: bool = False,
 ) -> CaCreated:
     """Sign a new intermediate with this home's root."""
     from cyphrs_cli.ca.extensions import validate_trust_domain
@@ -267,7 +274,7 @@ def create_intermediate(
         _check_new_alias(home, config, ledger, alias)
         root = load_issuer(home, config, ledger, root_entry.name, root_secrets)
         uri = key_uri or _default_key_uri(alias)
-        pending = open_keystore(uri, home.root, secrets).create_key(key_spec, uri)
+        pending = _new_key(open_keystore(uri, home.root, secrets), key_spec, uri, existing_key)
         entry = AuthorityEntry(
             alias,
             "intermediate",

@@ -83,3 +83,23 @@ IssuerOption = Annotated[
         help="Intermediate to sign with [default: the home's default].",
     ),
 ]
+PinFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pin-file",
+        envvar="CYPHRS_PIN_FILE",
+        dir_okay=False,
+        help="File holding the PKCS#11 user PIN (when the key URI has no pin-source).",
+    ),
+]
+PinEnvOption = Annotated[
+    str | None,
+    typer.Option("--pin-env", metavar="VAR", help="Environment variable holding the token PIN."),
+]
+ExistingKeyOption = Annotated[
+    bool,
+    typer.Option(
+        "--existing-key",
+        help="Use the key pair already on the token at --key-uri instead of generating one.",
+    ),
+]

@@ -36,13 +36,17 @@ def reset() -> None:
     """Forget per-invocation state (in-process test runs invoke the app many times)."""
     _state["json"] = False
     _state["quiet"] = False
+    _consoles.clear()
 
 
 def console(*, stderr: bool = False) -> Console:
     if stderr not in _consoles:
         from rich.console import Console
 
-        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=True)
+        # --quiet silences human output on both streams; --json output bypasses Rich.
+        _consoles[stderr] = Console(
+            stderr=stderr, highlight=False, soft_wrap=True, quiet=_state["quiet"]
+        )
     return _consoles[stderr]
 
 

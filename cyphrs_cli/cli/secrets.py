@@ -30,21 +30,10 @@ def _read_file(path: Path) -> bytes:
     return data[:-1] if data.endswith(b"\n") else data
 
 
-def secret_provider(
-    *,
-    file: Path | None,
-    env: str | None,
-    flag: str,
-    new: bool = False,
-    no_input: bool = False,
+def _resolver(
+    file: Path | None, env: str | None, flag: str, *, new: bool, no_input: bool
 ) -> SecretProvider:
-    """A provider that resolves the secret once, on first use, and remembers it.
-
-    Args:
-        file / env: the --*-file and --*-env values for this secret.
-        flag: the option prefix to name in messages, e.g. ``--passphrase``.
-        new: ask twice on a TTY (a secret being set, not entered).
-    """
+    """Resolve one secret from its file, env var or TTY prompt, once."""
     if file is not None and env is not None:
         raise UsageError(f"give {flag}-file or {flag}-env, not both")
     cache: list[bytes] = []
@@ -66,12 +55,42 @@ def secret_provider(
                 raise UsageError("the two entries differ")
         else:
             raise UsageError(
-                f"no {purpose.split(' for ')[0]} source and no terminal to ask on",
+                f"no source for the {purpose} and no terminal to ask on",
                 hint=f"pass {flag}-file PATH or {flag}-env VAR",
             )
         if not value:
             raise UsageError(f"empty {purpose}")
         cache.append(value)
         return value
+
+    return provide
+
+
+def secret_provider(
+    *,
+    file: Path | None,
+    env: str | None,
+    flag: str,
+    new: bool = False,
+    no_input: bool = False,
+    pin_file: Path | None = None,
+    pin_env: str | None = None,
+) -> SecretProvider:
+    """The secrets one CA key needs: a key-file passphrase, or a token PIN.
+
+    Key stores ask with a purpose string; token PINs ("PIN for token X") come from
+    ``--pin-file``/``--pin-env`` (or the URI's pin-source), passphrases from ``flag``'s
+    options. Each resolves once, on first use.
+
+    Args:
+        file / env: the passphrase's --*-file and --*-env values.
+        flag: the option prefix to name in messages, e.g. ``--passphrase``.
+        new: ask twice on a TTY (a passphrase being set, not entered).
+    """
+    passphrase = _resolver(file, env, flag, new=new, no_input=no_input)
+    pin = _resolver(pin_file, pin_env, "--pin", new=False, no_input=no_input)
+
+    def provide(purpose: str) -> bytes:
+        return pin(purpose) if purpose.startswith("PIN") else passphrase(purpose)
 
     return provide

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cyphrs_cli.errors import InvalidInputError, NotFoundError, SecretError, StorageError
+from cyphrs_cli.errors import (
+    InvalidInputError,
+    NotFoundError,
+    SecretError,
+    StorageError,
+    UsageError,
+)
 from cyphrs_cli.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
 from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
 
@@ -108,6 +114,11 @@ class FileKeyStore:
         key = spec.generate_software_key()
         encrypted = encrypt_private_key(key, passphrase)
         return PendingFileKey(path, uri, passphrase, key, encrypted)
+
+    def adopt_key(self, uri: str) -> PendingFileKey:
+        raise UsageError(
+            "--existing-key adopts PKCS#11 token keys; file keys are always generated here"
+        )
 
     def open_signer(self, uri: str) -> CertificateIssuerPrivateKeyTypes:
         path = self.path_of(uri)

@@ -10,6 +10,7 @@ import typer
 from cyphrs_cli.cli import render
 from cyphrs_cli.cli.options import (
     AliasOption,
+    ExistingKeyOption,
     HomeOption,
     JsonOption,
     KeyUriOption,
@@ -17,6 +18,8 @@ from cyphrs_cli.cli.options import (
     OrganizationOption,
     PassphraseEnvOption,
     PassphraseFileOption,
+    PinEnvOption,
+    PinFileOption,
     QuietOption,
 )
 from cyphrs_cli.errors import EXIT_CODE_HELP
@@ -97,6 +100,9 @@ def init_root(
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    existing_key: ExistingKeyOption = False,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -123,7 +129,10 @@ def init_root(
             flag="--passphrase",
             new=True,
             no_input=no_input,
+            pin_file=pin_file,
+            pin_env=pin_env,
         ),
+        existing_key=existing_key,
     )
     _render_created("init-root", created, ca_home)
 
@@ -156,6 +165,9 @@ def create_intermediate(
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    existing_key: ExistingKeyOption = False,
     root_passphrase_file: Annotated[
         Path | None,
         typer.Option(
@@ -199,12 +211,17 @@ def create_intermediate(
             flag="--passphrase",
             new=True,
             no_input=no_input,
+            pin_file=pin_file,
+            pin_env=pin_env,
         ),
         root_secrets=secret_provider(
             file=root_passphrase_file,
             env=root_passphrase_env,
             flag="--root-passphrase",
             no_input=no_input,
+            pin_file=pin_file,
+            pin_env=pin_env,
         ),
+        existing_key=existing_key,
     )
     _render_created("create-intermediate", created, ca_home)

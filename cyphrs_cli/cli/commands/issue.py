@@ -16,6 +16,8 @@ from cyphrs_cli.cli.options import (
     NoInputOption,
     PassphraseEnvOption,
     PassphraseFileOption,
+    PinEnvOption,
+    PinFileOption,
     QuietOption,
 )
 from cyphrs_cli.errors import EXIT_CODE_HELP
@@ -93,6 +95,8 @@ def issue(
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
     force: ForceOption = False,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
@@ -147,7 +151,12 @@ def issue(
         check_output_dir(out_dir, with_key=csr is None, force=force)
     request, private_key = prepare_request(order, chosen, entry.trust_domain)
     secrets = secret_provider(
-        file=passphrase_file, env=passphrase_env, flag="--passphrase", no_input=no_input
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
     )
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)

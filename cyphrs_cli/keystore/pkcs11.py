@@ -1,0 +1,481 @@
+"""PKCS#11 key store: CA keys generated and used inside a token (HSM, SoftHSM2, YubiHSM).
+
+Private keys are created ``TOKEN``, ``PRIVATE``, ``SENSITIVE``, non-``EXTRACTABLE`` and
+``SIGN``-only. Signers are subclasses of cryptography's private-key classes whose ``sign()``
+calls the token, so the certificate, CRL and OCSP builders use them unchanged.
+
+ECDSA: the host hashes, the token signs the digest with ``CKM_ECDSA`` (SoftHSM2 has no
+combined ECDSA-with-SHA mechanism) and returns r||s, which we DER-encode. RSA: PKCS#1 v1.5
+or PSS with the token's combined SHA-2 mechanisms. Ed25519: ``CKM_EDDSA``.
+
+python-pkcs11 is imported only here, and this module only for ``pkcs11:`` URIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets as random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pkcs11
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+
+from cyphrs_cli.errors import ConflictError, InvalidInputError, KeyStoreError, SecretError
+from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
+
+MODULE_ENV = "CYPHRS_PKCS11_MODULE"
+AUDIT_ATTRIBUTES = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE", "LOCAL")
+_PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange)
+
+
+@dataclass(frozen=True)
+class Pkcs11Uri:
+    """The parts of an RFC 7512 URI that cyphrs uses (token and object by label)."""
+
+    token: str
+    object: str
+    module_path: str | None = None
+    pin_source: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str, *, need_object: bool = True) -> Pkcs11Uri:
+        if not uri.startswith("pkcs11:"):
+            raise InvalidInputError(f"not a PKCS#11 URI: {uri!r}")
+        path, _, query = uri[len("pkcs11:") :].partition("?")
+        attrs: dict[str, str] = {}
+        for part in filter(None, path.split(";")):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise InvalidInputError(f"malformed PKCS#11 URI attribute {part!r}")
+            attrs[key] = unquote(value)
+        params: dict[str, str] = {}
+        for part in filter(None, query.split("&")):
+            key, _, value = part.partition("=")
+            params[key] = unquote(value)
+        if "pin-value" in params:
+            raise InvalidInputError(
+                "PKCS#11 URIs with pin-value are refused: a PIN must not sit in a URI",
+                hint="use pin-source=file:PATH, --pin-file or --pin-env",
+            )
+        if "token" not in attrs or "object" not in attrs:
+            raise InvalidInputError(f"PKCS#11 URI {uri!r} must name token= and object= (by label)")
+        return cls(
+            attrs["token"], attrs["object"], params.get("module-path"), params.get("pin-source")
+        )
+
+    def module(self) -> str:
+        path = self.module_path or os.environ.get(MODULE_ENV)
+        if not path:
+            raise KeyStoreError(
+                "no PKCS#11 module given",
+                hint=f"add ?module-path=/path/lib.so to the URI or set {MODULE_ENV}",
+            )
+        if not Path(path).is_file():
+            raise KeyStoreError(f"PKCS#11 module {path} not found")
+        return path
+
+
+_LIBS: dict[str, Any] = {}
+_SESSIONS: dict[tuple[str, str], Any] = {}
+
+
+def _lib(path: str) -> Any:
+    if path not in _LIBS:
+        try:
+            _LIBS[path] = pkcs11.lib(path)
+        except (RuntimeError, OSError, p11.PKCS11Error) as exc:
+            raise KeyStoreError(f"cannot load PKCS#11 module {path}: {exc}") from exc
+    return _LIBS[path]
+
+
+def open_session(parsed: Pkcs11Uri, secrets: SecretProvider) -> Any:
+    """A logged-in read-write session on the token, shared for the life of the process."""
+    module = parsed.module()
+    cache_key = (module, parsed.token)
+    if cache_key in _SESSIONS:
+        return _SESSIONS[cache_key]
+    try:
+        token = _lib(module).get_token(token_label=parsed.token)
+    except p11.NoSuchToken as exc:
+        raise KeyStoreError(f"no PKCS#11 token labelled {parsed.token!r} in {module}") from exc
+    except p11.MultipleTokensReturned as exc:
+        raise KeyStoreError(f"several tokens are labelled {parsed.token!r}") from exc
+    pin = _pin(parsed, secrets)
+    try:
+        session = token.open(user_pin=pin.decode(), rw=True)
+    except _PIN_ERRORS as exc:
+        raise SecretError(f"wrong PIN for token {parsed.token!r}") from exc
+    except p11.PinLocked as exc:
+        raise KeyStoreError(f"the user PIN of token {parsed.token!r} is locked") from exc
+    except p11.PKCS11Error as exc:
+        raise KeyStoreError(f"cannot open token {parsed.token!r}: {type(exc).__name__}") from exc
+    _SESSIONS[cache_key] = session
+    return session
+
+
+def _pin(parsed: Pkcs11Uri, secrets: SecretProvider) -> bytes:
+    source = parsed.pin_source
+    if source is None:
+        return secrets(f"PIN for token {parsed.token}")
+    path = Path(source.removeprefix("file:"))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read PIN source {path}: {exc.strerror}") from exc
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def _require_mechanism(session: Any, mechanism: Mechanism, token: str) -> None:
+    if mechanism not in session.token.slot.get_mechanisms():
+        raise KeyStoreError(f"token {token!r} does not offer mechanism CKM_{mechanism.name}")
+
+
+def _key_attributes(private: Any) -> dict[str, bool]:
+    return {name: bool(private[getattr(Attribute, name)]) for name in AUDIT_ATTRIBUTES}
+
+
+def _find(session: Any, label: str, object_class: ObjectClass) -> Any | None:
+    found = list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: object_class}))
+    if len(found) > 1:
+        raise KeyStoreError(f"several objects labelled {label!r} on the token")
+    return found[0] if found else None
+
+
+def public_key_of(public: Any) -> Any:
+    """A cryptography public key from a token public-key object."""
+    from asn1crypto import core, keys
+
+    key_type = public[Attribute.KEY_TYPE]
+    if key_type == KeyType.RSA:
+        n = int.from_bytes(public[Attribute.MODULUS], "big")
+        e = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    point = core.OctetString.load(public[Attribute.EC_POINT]).native
+    if key_type == KeyType.EC_EDWARDS:
+        return ed25519.Ed25519PublicKey.from_public_bytes(point)
+    curve_name = keys.ECDomainParameters.load(public[Attribute.EC_PARAMS]).chosen.native
+    curve = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}.get(curve_name)
+    if curve is None:
+        raise KeyStoreError(f"unsupported token curve {curve_name}")
+    return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+
+
+def _no_export(*_: object, **__: object) -> Any:
+    raise KeyStoreError("a PKCS#11 key never leaves its token")
+
+
+class TokenEcKey(ec.EllipticCurvePrivateKey):
+    """ECDSA through CKM_ECDSA on a host-computed digest."""
+
+    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey) -> None:
+        self._private, self._public = private, public_key
+
+    def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        if not isinstance(signature_algorithm, ec.ECDSA):
+            raise KeyStoreError("only ECDSA signatures are supported with EC token keys")
+        algorithm = signature_algorithm.algorithm
+        if isinstance(algorithm, utils.Prehashed):
+            digest = bytes(data)
+        else:
+            hasher = hashes.Hash(algorithm)
+            hasher.update(bytes(data))
+            digest = hasher.finalize()
+        raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
+        half = len(raw) // 2
+        r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        return utils.encode_dss_signature(r, s)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public.curve.key_size
+
+    exchange = private_numbers = private_bytes = _no_export
+
+    def __copy__(self) -> TokenEcKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenEcKey:
+        return self
+
+
+_RSA_PKCS1 = {
+    "sha256": Mechanism.SHA256_RSA_PKCS,
+    "sha384": Mechanism.SHA384_RSA_PKCS,
+    "sha512": Mechanism.SHA512_RSA_PKCS,
+}
+_RSA_PSS = {
+    "sha256": Mechanism.SHA256_RSA_PKCS_PSS,
+    "sha384": Mechanism.SHA384_RSA_PKCS_PSS,
+    "sha512": Mechanism.SHA512_RSA_PKCS_PSS,
+}
+
+
+class TokenRsaKey(rsa.RSAPrivateKey):
+    """RSA PKCS#1 v1.5 or PSS with the token's combined SHA-2 mechanisms."""
+
+    def __init__(self, private: Any, public_key: rsa.RSAPublicKey) -> None:
+        self._private, self._public = private, public_key
+
+    def sign(
+        self,
+        data: Any,
+        padding_: padding.AsymmetricPadding,
+        algorithm: Any,
+    ) -> bytes:
+        if not isinstance(algorithm, hashes.HashAlgorithm):
+            raise KeyStoreError("pre-hashed RSA signing is not supported with token keys")
+        if isinstance(padding_, padding.PKCS1v15) and algorithm.name in _RSA_PKCS1:
+            return bytes(self._private.sign(data, mechanism=_RSA_PKCS1[algorithm.name]))
+        if isinstance(padding_, padding.PSS) and algorithm.name in _RSA_PSS:
+            from pkcs11 import MGF
+
+            mgf = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}[algorithm.name]
+            hash_mech = {
+                "sha256": Mechanism.SHA256,
+                "sha384": Mechanism.SHA384,
+                "sha512": Mechanism.SHA512,
+            }[algorithm.name]
+            salt = algorithm.digest_size
+            return bytes(
+                self._private.sign(
+                    data, mechanism=_RSA_PSS[algorithm.name], mechanism_param=(hash_mech, mgf, salt)
+                )
+            )
+        raise KeyStoreError(
+            f"unsupported RSA signature: {type(padding_).__name__}/{algorithm.name}"
+        )
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    decrypt = private_numbers = private_bytes = _no_export
+
+    def __copy__(self) -> TokenRsaKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaKey:
+        return self
+
+
+class TokenEd25519Key(ed25519.Ed25519PrivateKey):
+    """Pure EdDSA through CKM_EDDSA."""
+
+    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey) -> None:
+        self._private, self._public = private, public_key
+
+    def sign(self, data: Any) -> bytes:
+        return bytes(self._private.sign(bytes(data), mechanism=Mechanism.EDDSA))
+
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        return self._public
+
+    private_bytes = private_bytes_raw = _no_export
+
+    def __copy__(self) -> TokenEd25519Key:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TokenEd25519Key:
+        return self
+
+
+def signer_for(private: Any, public_key: Any, session: Any, token: str) -> Any:
+    """Wrap a token key, after checking the token offers the mechanism it needs."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        _require_mechanism(session, Mechanism.ECDSA, token)
+        return TokenEcKey(private, public_key)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        _require_mechanism(session, Mechanism.SHA256_RSA_PKCS, token)
+        return TokenRsaKey(private, public_key)
+    _require_mechanism(session, Mechanism.EDDSA, token)
+    return TokenEd25519Key(private, public_key)
+
+
+@dataclass
+class PendingTokenKey:
+    """A key pair just generated on a token; ``discard`` destroys it again."""
+
+    uri: str
+    signer: Any
+    private: Any
+    public: Any
+    generated: bool = True
+    _attributes: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def info(self) -> KeyInfo:
+        from cyphrs_cli.keystore.file import spec_of
+
+        return KeyInfo(
+            self.uri,
+            "pkcs11",
+            spec_of(self.signer),
+            "hsm" if self._attributes.get("LOCAL") else "imported",
+            self._attributes,
+        )
+
+    def commit(self) -> None:
+        """Token objects are persistent the moment they are created."""
+
+    def discard(self) -> None:
+        if self.generated:
+            for obj in (self.private, self.public):
+                with contextlib.suppress(p11.PKCS11Error):
+                    obj.destroy()
+
+
+_PRIVATE_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
+_PUBLIC_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.VERIFY: True,
+    Attribute.ENCRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.DERIVE: False,
+}
+
+
+class Pkcs11KeyStore:
+    """``pkcs11:`` URIs; the ``SecretProvider`` supplies the user PIN when no pin-source."""
+
+    def __init__(self, secrets: SecretProvider) -> None:
+        self._secrets = secrets
+
+    def create_key(self, spec: KeySpec, uri: str) -> PendingTokenKey:
+        parsed = Pkcs11Uri.parse(uri)
+        session = open_session(parsed, self._secrets)
+        if _find(session, parsed.object, ObjectClass.PRIVATE_KEY) is not None:
+            raise ConflictError(
+                f"token {parsed.token!r} already holds a key labelled {parsed.object!r}",
+                hint="choose another object= label, or use --existing-key to adopt it",
+            )
+        key_id = random.token_bytes(16)
+        templates = {
+            "store": True,
+            "label": parsed.object,
+            "id": key_id,
+            "public_template": _PUBLIC_TEMPLATE,
+            "private_template": _PRIVATE_TEMPLATE,
+        }
+        try:
+            if spec.kind == "rsa":
+                _require_mechanism(session, Mechanism.RSA_PKCS_KEY_PAIR_GEN, parsed.token)
+                public, private = session.generate_keypair(KeyType.RSA, spec.bits, **templates)
+            else:
+                from pkcs11.util.ec import encode_named_curve_parameters
+
+                if spec.kind == "ec":
+                    curve = {"P-256": "secp256r1", "P-384": "secp384r1"}[spec.curve or ""]
+                    key_type, mech = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
+                else:
+                    curve, key_type, mech = (
+                        "1.3.101.112",
+                        KeyType.EC_EDWARDS,
+                        Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                    )
+                _require_mechanism(session, mech, parsed.token)
+                params = session.create_domain_parameters(
+                    key_type,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
+                    local=True,
+                )
+                public, private = params.generate_keypair(**templates)
+        except p11.PKCS11Error as exc:
+            raise KeyStoreError(
+                f"token {parsed.token!r} could not generate a {spec.name} key: {type(exc).__name__}"
+            ) from exc
+        public_key = public_key_of(public)
+        pending = PendingTokenKey(
+            uri, signer_for(private, public_key, session, parsed.token), private, public
+        )
+        pending._attributes = _key_attributes(private)
+        return pending
+
+    def adopt_key(self, uri: str) -> PendingTokenKey:
+        """Use a key pair that already exists on the token (never destroyed on failure)."""
+        parsed = Pkcs11Uri.parse(uri)
+        session = open_session(parsed, self._secrets)
+        private, public = self._pair(session, parsed)
+        pending = PendingTokenKey(
+            uri,
+            signer_for(private, public_key_of(public), session, parsed.token),
+            private,
+            public,
+            generated=False,
+        )
+        pending._attributes = _key_attributes(private)
+        return pending
+
+    def _pair(self, session: Any, parsed: Pkcs11Uri) -> tuple[Any, Any]:
+        private = _find(session, parsed.object, ObjectClass.PRIVATE_KEY)
+        public = _find(session, parsed.object, ObjectClass.PUBLIC_KEY)
+        if private is None or public is None:
+            raise KeyStoreError(f"no key pair labelled {parsed.object!r} on token {parsed.token!r}")
+        return private, public
+
+    def open_signer(self, uri: str) -> Any:
+        parsed = Pkcs11Uri.parse(uri)
+        session = open_session(parsed, self._secrets)
+        private, public = self._pair(session, parsed)
+        return signer_for(private, public_key_of(public), session, parsed.token)
+
+    def describe(self, uri: str) -> KeyInfo:
+        return self.adopt_key(uri).info
+
+
+def list_token_keys(uri: str, secrets: SecretProvider) -> list[dict[str, Any]]:
+    """Every private key on the token named by ``uri`` (object= is ignored)."""
+    parsed = Pkcs11Uri.parse(uri, need_object=False)
+    session = open_session(parsed, secrets)
+    keys = []
+    for private in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+        label = private[Attribute.LABEL]
+        public = _find(session, label, ObjectClass.PUBLIC_KEY)
+        algorithm = "unknown"
+        if public is not None:
+            from cyphrs_cli.ca.issuance import key_algorithm_name
+
+            algorithm = key_algorithm_name(public_key_of(public))
+        keys.append(
+            {
+                "label": label,
+                "id": bytes(private[Attribute.ID]).hex(),
+                "algorithm": algorithm,
+                "attributes": _key_attributes(private),
+            }
+        )
+    return sorted(keys, key=lambda k: k["label"])
+
+
+def public_key_pem(uri: str, secrets: SecretProvider) -> bytes:
+    signer = Pkcs11KeyStore(secrets).open_signer(uri)
+    return bytes(
+        signer.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )

@@ -64,10 +64,13 @@ class Pkcs11Uri:
                 "PKCS#11 URIs with pin-value are refused: a PIN must not sit in a URI",
                 hint="use pin-source=file:PATH, --pin-file or --pin-env",
             )
-        if "token" not in attrs or "object" not in attrs:
+        if "token" not in attrs or (need_object and "object" not in attrs):
             raise InvalidInputError(f"PKCS#11 URI {uri!r} must name token= and object= (by label)")
         return cls(
-            attrs["token"], attrs["object"], params.get("module-path"), params.get("pin-source")
+            attrs["token"],
+            attrs.get("object", ""),
+            params.get("module-path"),
+            params.get("pin-source"),
         )
 
     def module(self) -> str:
@@ -453,7 +456,8 @@ def list_token_keys(uri: str, secrets: SecretProvider) -> list[dict[str, Any]]:
     parsed = Pkcs11Uri.parse(uri, need_object=False)
     session = open_session(parsed, secrets)
     keys = []
-    for private in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+    # One search at a time per session: materialise before the nested look-ups.
+    for private in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
         label = private[Attribute.LABEL]
         public = _find(session, label, ObjectClass.PUBLIC_KEY)
         algorithm = "unknown"

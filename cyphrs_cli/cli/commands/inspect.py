@@ -149,9 +149,32 @@ def _ledger_view(home: CaHome, cert: x509.Certificate) -> dict[str, Any] | None:
             " WHERE c.fingerprint = ?",
             (fingerprint(cert),),
         ).fetchone()
+        authority = None
+        if row is not None:
+            authority = ledger.conn.execute(
+                "SELECT name, role, key_uri, key_storage, key_algorithm, key_generated_in,"
+                " key_attributes FROM authorities WHERE ski = ?",
+                (_ski_hex(cert),),
+            ).fetchone()
     if row is None:
         return {"recorded": False}
-    return {"recorded": True, **dict(zip(row.keys(), tuple(row), strict=True))}
+    view: dict[str, Any] = {"recorded": True, **dict(zip(row.keys(), tuple(row), strict=True))}
+    if authority is not None:
+        import json
+
+        key = dict(zip(authority.keys(), tuple(authority), strict=True))
+        key["key_attributes"] = json.loads(key["key_attributes"])
+        view["authority"] = key
+    return view
+
+
+def _ski_hex(cert: x509.Certificate) -> str | None:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _print_human(document: dict[str, Any]) -> None:

@@ -1,0 +1,375 @@
+"""CA keys on real SoftHSM2 tokens: hierarchy, oracles, mTLS, key attributes, failures.
+
+Every cyphrs call here is a real process, so each one initialises the PKCS#11 module
+afresh, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_mtls import _handshake
+from tests.helpers import openssl_verify, pkilint_findings, run_cyphrs
+
+pytestmark = pytest.mark.hsm
+
+PIN = "472019"
+
+
+def _module() -> str:
+    for candidate in (
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    ):
+        if Path(candidate).is_file():
+            return candidate
+    pytest.fail("SoftHSM2 is not installed; scripts/test installs the softhsm2 package")
+
+
+@dataclass
+class Tokens:
+    conf: Path
+    module: str
+    pin_file: Path
+
+    def env(self) -> dict[str, str]:
+        return {"SOFTHSM2_CONF": str(self.conf), "CI": "true"}
+
+    def uri(self, token: str, obj: str) -> str:
+        return f"pkcs11:token={token};object={obj}?module-path={self.module}"
+
+    def init_token(self, label: str) -> None:
+        subprocess.run(
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                PIN,
+                "--so-pin",
+                "12345678",
+            ],
+            env={**os.environ, **self.env()},
+            check=True,
+            capture_output=True,
+        )
+
+    def cyphrs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        proc = run_cyphrs(*args, env=self.env())
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tokens]:
+    if shutil.which("softhsm2-util") is None:
+        pytest.fail("softhsm2-util missing; scripts/test installs the softhsm2 package")
+    base = tmp_path_factory.mktemp("softhsm")
+    (base / "tokens").mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    pin_file = base / "pin"
+    pin_file.write_text(PIN + "\n")
+    pin_file.chmod(0o600)
+    t = Tokens(conf, _module(), pin_file)
+    t.init_token("root-token")
+    t.init_token("issuing-token")
+    yield t
+
+
+@dataclass
+class HsmCa:
+    home: Path
+    root_uri: str
+    inter_uri: str
+
+
+def _hsm_hierarchy(t: Tokens, base: Path, key_type: str) -> HsmCa:
+    home = base / "home"
+    root_uri = t.uri("root-token", f"root-{key_type}-{base.name}")
+    inter_uri = t.uri("issuing-token", f"inter-{key_type}-{base.name}")
+    t.cyphrs(
+        "init-root",
+        "--home",
+        str(home),
+        "--name",
+        f"HSM Root {key_type}",
+        "--key-type",
+        key_type,
+        "--key-uri",
+        root_uri,
+        "--pin-file",
+        str(t.pin_file),
+    )
+    t.cyphrs(
+        "create-intermediate",
+        "--home",
+        str(home),
+        "--name",
+        f"HSM Issuing {key_type}",
+        "--key-type",
+        key_type,
+        "--trust-domain",
+        "acme.internal",
+        "--key-uri",
+        inter_uri,
+        "--pin-file",
+        str(t.pin_file),
+    )
+    return HsmCa(home, root_uri, inter_uri)
+
+
+@pytest.mark.parametrize("key_type", ["p256", "p384", "rsa3072"])
+def test_token_hierarchy_passes_the_oracles(tokens: Tokens, tmp_path: Path, key_type: str) -> None:
+    ca = _hsm_hierarchy(tokens, tmp_path, key_type)
+    agent, server = tmp_path / "agent", tmp_path / "server"
+    tokens.cyphrs(
+        "issue",
+        "agent",
+        "--home",
+        str(ca.home),
+        "--workflow",
+        "payments-recon",
+        "--out-dir",
+        str(agent),
+        "--pin-file",
+        str(tokens.pin_file),
+    )
+    tokens.cyphrs(
+        "issue",
+        "server",
+        "--home",
+        str(ca.home),
+        "--dns",
+        "api.acme.internal",
+        "--out-dir",
+        str(server),
+        "--pin-file",
+        str(tokens.pin_file),
+    )
+    for out, purpose in ((agent, "sslclient"), (server, "sslserver")):
+        proc = openssl_verify(out / "ca.pem", out / "chain.pem", out / "cert.pem", purpose)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert pkilint_findings("lint_pkix_cert", str(out / "cert.pem")) == []
+        assert (
+            pkilint_findings(
+                "lint_pkix_signer_signee_cert_chain", str(out / "chain.pem"), str(out / "cert.pem")
+            )
+            == []
+        )
+    assert pkilint_findings("lint_pkix_cert", str(agent / "ca.pem")) == []
+    outcome, reply = _handshake(server, agent, server)
+    assert reply == b"hello agent", outcome
+    # The ledger records where each CA key lives, with the token's own attributes.
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        rows = conn.execute(
+            "SELECT key_uri, key_storage, key_generated_in, key_attributes"
+            " FROM authorities ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == [ca.root_uri, ca.inter_uri]
+    for _, storage, generated_in, attrs in rows:
+        assert storage == "pkcs11" and generated_in == "hsm"
+        assert json.loads(attrs) == {
+            "SENSITIVE": True,
+            "EXTRACTABLE": False,
+            "NEVER_EXTRACTABLE": True,
+            "ALWAYS_SENSITIVE": True,
+            "LOCAL": True,
+        }
+
+
+def test_token_keys_are_sensitive_and_unextractable(tokens: Tokens, tmp_path: Path) -> None:
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    label = ca.inter_uri.split("object=")[1].split("?")[0]
+    probe = f"""
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.exceptions import AttributeSensitive
+lib = pkcs11.lib({tokens.module!r})
+with lib.get_token(token_label="issuing-token").open(user_pin={PIN!r}) as s:
+    key = s.get_key(label={label!r}, object_class=ObjectClass.PRIVATE_KEY)
+    names = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE", "SIGN", "DECRYPT")
+    flags = [key[getattr(Attribute, n)] for n in names]
+    try:
+        key[Attribute.VALUE]
+        print("VALUE-READABLE", flags)
+    except AttributeSensitive:
+        print("VALUE-SENSITIVE", flags)
+"""
+    proc = subprocess.run(
+        [os.sys.executable, "-c", probe],
+        env={**os.environ, **tokens.env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.strip() == "VALUE-SENSITIVE [True, False, True, True, True, False]"
+
+
+def test_keys_list_shows_token_keys_and_their_cas(tokens: Tokens, tmp_path: Path) -> None:
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    proc = tokens.cyphrs(
+        "keys",
+        "list",
+        "--home",
+        str(ca.home),
+        "--json",
+        "--pin-file",
+        str(tokens.pin_file),
+        "--token-uri",
+        f"pkcs11:token=issuing-token?module-path={tokens.module}",
+    )
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "cyphrs.keys-list/v1" and doc["token"] == "issuing-token"
+    mine = [k for k in doc["keys"] if k["used_by"]]
+    assert [k["used_by"] for k in mine] == [["hsm-issuing-p256"]]
+    assert mine[0]["algorithm"] == "p256" and mine[0]["attributes"]["NEVER_EXTRACTABLE"] is True
+
+
+def _error(proc: subprocess.CompletedProcess[bytes]) -> str:
+    text = proc.stderr.decode()
+    assert text.count("\n") == 1 and text.startswith("cyphrs: error: "), text
+    return text
+
+
+def test_wrong_pin_is_exit_4_and_recorded(tokens: Tokens, tmp_path: Path) -> None:
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("000000")
+    proc = tokens.cyphrs(
+        "issue",
+        "agent",
+        "--home",
+        str(ca.home),
+        "--workflow",
+        "w",
+        "--json",
+        "--pin-file",
+        str(wrong),
+        check=False,
+    )
+    assert proc.returncode == 4
+    assert json.loads(proc.stderr)["error"]["message"] == "wrong PIN for token 'issuing-token'"
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        last = conn.execute("SELECT type, outcome FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    assert last == ("key.unlock_failed", "failure")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (
+            "pkcs11:token=root-token;object=x?module-path=/nonexistent/lib.so",
+            "PKCS#11 module /nonexistent/lib.so not found",
+        ),
+        (
+            "pkcs11:token=no-such-token;object=x?module-path={module}",
+            "no PKCS#11 token labelled 'no-such-token'",
+        ),
+    ],
+)
+def test_store_failures_are_exit_9(tokens: Tokens, tmp_path: Path, uri: str, message: str) -> None:
+    home = tmp_path / "home"
+    proc = tokens.cyphrs(
+        "init-root",
+        "--home",
+        str(home),
+        "--name",
+        "R",
+        "--pin-file",
+        str(tokens.pin_file),
+        "--key-uri",
+        uri.format(module=tokens.module),
+        check=False,
+    )
+    assert proc.returncode == 9
+    assert message in _error(proc)
+    assert not home.exists()
+
+
+def test_missing_object_is_exit_9(tokens: Tokens, tmp_path: Path) -> None:
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    config = (ca.home / "config.toml").read_text()
+    (ca.home / "config.toml").write_text(
+        config.replace(ca.inter_uri.split("object=")[1].split("?")[0], "gone")
+    )
+    proc = tokens.cyphrs(
+        "issue",
+        "agent",
+        "--home",
+        str(ca.home),
+        "--workflow",
+        "w",
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--pin-file",
+        str(tokens.pin_file),
+        check=False,
+    )
+    assert proc.returncode == 9
+    assert "no key pair labelled 'gone' on token 'issuing-token'" in _error(proc)
+    assert not (tmp_path / "o").exists()
+
+
+def test_pin_value_in_uri_is_refused(tokens: Tokens, tmp_path: Path) -> None:
+    proc = tokens.cyphrs(
+        "init-root",
+        "--home",
+        str(tmp_path / "h"),
+        "--name",
+        "R",
+        "--key-uri",
+        f"pkcs11:token=root-token;object=x?module-path={tokens.module}&pin-value=1234",
+        check=False,
+    )
+    assert proc.returncode == 3 and "pin-value" in _error(proc)
+
+
+def test_failed_creation_destroys_the_generated_token_key(tokens: Tokens, tmp_path: Path) -> None:
+    """The ledger refuses the write: the key made for the new CA must not stay on the token."""
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    blocker = sqlite3.connect(ca.home / "ledger.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = run_cyphrs(
+            "create-intermediate",
+            "--home",
+            str(ca.home),
+            "--name",
+            "Second",
+            "--key-uri",
+            tokens.uri("issuing-token", "second-ca"),
+            "--pin-file",
+            str(tokens.pin_file),
+            env={**tokens.env(), "CYPHRS_BUSY_TIMEOUT_MS": "300"},
+        )
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert proc.returncode == 8, proc.stderr
+    listing = tokens.cyphrs(
+        "keys",
+        "list",
+        "--json",
+        "--pin-file",
+        str(tokens.pin_file),
+        "--token-uri",
+        f"pkcs11:token=issuing-token?module-path={tokens.module}",
+    )
+    assert "second-ca" not in [k["label"] for k in json.loads(listing.stdout)["keys"]]
+    assert "second" not in (ca.home / "config.toml").read_text()

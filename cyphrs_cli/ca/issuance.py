@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from cyphrs_cli.ca.serials import MIN_SERIAL, SERIAL_BITS, new_serial, serial_hex
-from cyphrs_cli.errors import CyphrsError, InvalidInputError, PolicyDenied
+from cyphrs_cli.errors import ConflictError, CyphrsError, InvalidInputError, PolicyDenied
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
 from cyphrs_cli.ledger.records import (
     CertificateRow,
@@ -50,7 +50,7 @@ class SelfCheckFailed(CyphrsError):
     """A certificate we just signed broke one of our own invariants: a bug, never output."""
 
 
-def _fault_point(name: str) -> None:
+def fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
         os._exit(86)
 
@@ -125,7 +125,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
     cert = builder.sign(issuer.signer, signature_hash(issuer.signer))  # type: ignore[arg-type]
 
     self_check(cert, issuer, plan)
-    _fault_point("after-sign")
+    fault_point("after-sign")
 
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
     with ledger.transaction() as conn:
@@ -149,10 +149,14 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
             )
             row = _replace_authority(row, issuer, authority_id)
         record_id = insert_certificate(conn, row)
+        if new is not None:
+            conn.execute(
+                "UPDATE authorities SET certificate_id = ? WHERE id = ?", (record_id, authority_id)
+            )
         append_event(
             conn,
             LedgerEvent(
-                type="authority.created" if new is not None else "certificate.issued",
+                type=_event_type(plan),
                 target=f"certificate:{row.serial}",
                 details={
                     "certificate_id": record_id,
@@ -170,11 +174,14 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
             ),
         )
         if plan.replaces_id is not None:
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE certificates SET status = 'superseded' WHERE id = ? AND status = 'valid'",
                 (plan.replaces_id,),
-            )
-    _fault_point("after-record")
+            ).rowcount
+            if updated != 1:
+                # Renewed or revoked by another process since we looked: roll back.
+                raise ConflictError("the certificate being renewed is no longer valid")
+    fault_point("after-record")
     chain = ((issuer_cert,) if issuer_cert is not None else ()) + issuer.parents
     return IssuedCertificate(
         certificate=cert,
@@ -190,6 +197,12 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
         chain=chain,
         authority_id=authority_id,
     )
+
+
+def _event_type(plan: CertificatePlan) -> str:
+    if plan.new_authority is not None:
+        return "authority.created"
+    return "certificate.renewed" if plan.replaces_id is not None else "certificate.issued"
 
 
 def _ski_hex(cert: x509.Certificate) -> str:

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from cyphrs_cli import __version__
 from cyphrs_cli.cli import render
-from cyphrs_cli.cli.commands import authority, inspect, issue, keys
+from cyphrs_cli.cli.commands import audit, authority, inspect, issue, keys, lifecycle, listing
 from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode
 
 DEBUG_ENV = "CYPHRS_DEBUG"
@@ -101,7 +101,10 @@ def root(
 
 authority.register(app)
 issue.register(app)
+lifecycle.register(app)
+listing.register(app)
 inspect.register(app)
+audit.register(app)
 keys.register(app)
 
 

@@ -44,8 +44,14 @@ def console(*, stderr: bool = False) -> Console:
         from rich.console import Console
 
         # --quiet silences human output on both streams; --json output bypasses Rich.
+        stream = sys.stderr if stderr else sys.stdout
         _consoles[stderr] = Console(
-            stderr=stderr, highlight=False, soft_wrap=True, quiet=_state["quiet"]
+            stderr=stderr,
+            highlight=False,
+            soft_wrap=True,
+            quiet=_state["quiet"],
+            # Piped output is read by tools and people alike: never cut it at 80 columns.
+            width=None if stream.isatty() else 250,
         )
     return _consoles[stderr]
 

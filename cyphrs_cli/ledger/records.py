@@ -130,3 +130,28 @@ def authority_by_name(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None
 
 def certificates_by_serial(conn: sqlite3.Connection, serial: str) -> list[sqlite3.Row]:
     return list(conn.execute("SELECT * FROM certificates WHERE serial = ?", (serial,)))
+
+
+def find_certificate(
+    conn: sqlite3.Connection, *, serial: str | None = None, fingerprint: str | None = None
+) -> sqlite3.Row:
+    """Exactly one certificate by serial (ledger hex form) or by SHA-256 fingerprint."""
+    from cyphrs_cli.errors import ConflictError, NotFoundError
+
+    if fingerprint is not None:
+        rows = list(
+            conn.execute("SELECT * FROM certificates WHERE fingerprint = ?", (fingerprint,))
+        )
+        label = "that certificate"
+    else:
+        rows = certificates_by_serial(conn, serial or "")
+        label = f"serial {serial}"
+    if not rows:
+        raise NotFoundError(f"no certificate with {label} in the ledger")
+    if len(rows) > 1:
+        raise ConflictError(
+            f"{label} matches {len(rows)} certificates from different issuers",
+            hint="pass the certificate file instead of the serial",
+        )
+    row: sqlite3.Row = rows[0]
+    return row

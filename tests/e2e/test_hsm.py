@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_mtls import _handshake
-from tests.helpers import openssl_verify, pkilint_findings, run_cyphrs
+from tests.helpers import openssl_verify, pkilint_findings, run_cyphrs, tool
 
 pytestmark = pytest.mark.hsm
 
@@ -175,6 +175,45 @@ def test_token_hierarchy_passes_the_oracles(tokens: Tokens, tmp_path: Path, key_
     assert pkilint_findings("lint_pkix_cert", str(agent / "ca.pem")) == []
     outcome, reply = _handshake(server, agent, server)
     assert reply == b"hello agent", outcome
+    # A CRL signed on the token verifies and puts the revoked agent out of service.
+    tokens.cyphrs("revoke", str(agent / "cert.pem"), "--home", str(ca.home))
+    crl = tmp_path / "crl.pem"
+    tokens.cyphrs(
+        "crl", "--home", str(ca.home), "--out", str(crl), "--pin-file", str(tokens.pin_file)
+    )
+    check = subprocess.run(
+        [
+            "openssl",
+            "crl",
+            "-verify",
+            "-noout",
+            "-in",
+            str(crl),
+            "-CAfile",
+            str(ca.home / "certs" / f"hsm-issuing-{key_type}.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0 and "verify OK" in check.stdout + check.stderr
+    proc = openssl_verify(
+        agent / "ca.pem",
+        agent / "chain.pem",
+        agent / "cert.pem",
+        "sslclient",
+        "-crl_check",
+        "-CRLfile",
+        str(crl),
+    )
+    assert "error 23 at 0 depth" in proc.stdout + proc.stderr
+    lint = subprocess.run(
+        [tool("lint_crl"), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(crl)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert lint.stdout.strip() == "" and lint.returncode == 0
     # The ledger records where each CA key lives, with the token's own attributes.
     with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
         rows = conn.execute(

@@ -13,6 +13,7 @@ CREATE TABLE authorities (
     key_generated_in TEXT NOT NULL,
     key_attributes TEXT NOT NULL DEFAULT '{}',
     trust_domain   TEXT,
+    certificate_id INTEGER,  -- the CA's own certificate row, set in the same transaction
     created_at     TEXT NOT NULL
 );
 
@@ -89,5 +90,5 @@ CREATE TABLE checkpoints (
     head_hash   TEXT NOT NULL,
     at          TEXT NOT NULL,
     authority   TEXT NOT NULL,
-    signature   TEXT NOT NULL
+    document    TEXT NOT NULL  -- the signed checkpoint JSON, as handed out
 );

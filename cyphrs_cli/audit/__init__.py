@@ -1,0 +1,1 @@
+"""Audit evidence: signed checkpoints of the ledger and export bundles for reviewers."""

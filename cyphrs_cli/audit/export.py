@@ -1,0 +1,279 @@
+"""Audit export bundles: registers, events, CRLs, an HTML report, a signed manifest.
+
+Layout of a bundle directory::
+
+    certificates.csv / certificates.jsonl   certificate register (as of the window's end)
+    keys.csv / keys.jsonl                   CA key register
+    events.jsonl                            the window's events with their chain hashes
+    ca/ALIAS.pem                            CA certificates, for offline verification
+    crls/ALIAS.crl.pem                      the newest CRL per CA issued before the window's end
+    report.html                             self-contained reviewer report
+    manifest.json                           SHA-256 of every file above, counts, window
+    checkpoint.json                         signed ledger checkpoint taken at export
+    signature.json                          signature over manifest and checkpoint
+
+Everything up to ``manifest.json`` is a pure function of the ledger and the window, so two
+exports of the same window are byte-identical there; the checkpoint and signature record
+when the export was made.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cyphrs_cli.errors import ConflictError, InvalidInputError
+from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
+from cyphrs_cli.ledger.events import (
+    LedgerEvent,
+    append_event,
+    canonical_json,
+    event_body,
+    rfc3339,
+    sha256_hex,
+)
+from cyphrs_cli.ledger.queries import REGISTER_COLUMNS, register_in_window
+
+if TYPE_CHECKING:
+    from cyphrs_cli.ca.models import Issuer
+    from cyphrs_cli.ledger.db import Ledger
+
+KEY_COLUMNS = (
+    "name",
+    "role",
+    "parent",
+    "subject",
+    "ski",
+    "key_uri",
+    "key_storage",
+    "key_algorithm",
+    "key_generated_in",
+    "key_attributes",
+    "trust_domain",
+    "activated_at",
+    "certificate_serial",
+    "certificate_not_after",
+)
+SIGNED_FILES = ("checkpoint.json", "signature.json")
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(canonical_json(r) + b"\n" for r in rows)
+
+
+def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(
+            [
+                ";".join(map(str, v))
+                if isinstance(v, list)
+                else json.dumps(v, sort_keys=True)
+                if isinstance(v, dict)
+                else ""
+                if v is None
+                else v
+                for v in (row[c] for c in columns)
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def register_csv(certificates: list[dict[str, Any]]) -> bytes:
+    """The certificate register as CSV (``list --csv`` and exports share it)."""
+    return _csv(certificates, REGISTER_COLUMNS)
+
+
+def key_register(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT a.*, p.name AS parent_name, c.serial AS cert_serial, c.not_after AS cert_not_after"
+        " FROM authorities a LEFT JOIN authorities p ON p.id = a.parent_id"
+        " LEFT JOIN certificates c ON c.id = a.certificate_id ORDER BY a.id"
+    )
+    return [
+        {
+            "name": r["name"],
+            "role": r["role"],
+            "parent": r["parent_name"],
+            "subject": r["subject"],
+            "ski": r["ski"],
+            "key_uri": r["key_uri"],
+            "key_storage": r["key_storage"],
+            "key_algorithm": r["key_algorithm"],
+            "key_generated_in": r["key_generated_in"],
+            "key_attributes": json.loads(r["key_attributes"]),
+            "trust_domain": r["trust_domain"],
+            "activated_at": r["created_at"],
+            "certificate_serial": r["cert_serial"],
+            "certificate_not_after": r["cert_not_after"],
+        }
+        for r in rows
+    ]
+
+
+def events_in_window(
+    conn: sqlite3.Connection, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT * FROM events WHERE at >= ? AND at < ? ORDER BY seq",
+        (rfc3339(since), rfc3339(until)),
+    )
+    return [{**event_body(r), "prev_hash": r["prev_hash"], "hash": r["hash"]} for r in rows]
+
+
+def _latest_crls(conn: sqlite3.Connection, until: datetime) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT a.name, c.pem FROM crls c JOIN authorities a ON a.id = c.authority_id"
+        " WHERE c.pem IS NOT NULL AND c.this_update < ? AND c.number = ("
+        "   SELECT max(number) FROM crls x WHERE x.authority_id = c.authority_id"
+        "   AND x.pem IS NOT NULL AND x.this_update < ?)",
+        (rfc3339(until), rfc3339(until)),
+    )
+    return {r["name"]: r["pem"] for r in rows}
+
+
+def _ca_certificates(conn: sqlite3.Connection) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT a.name, c.pem FROM authorities a JOIN certificates c ON c.id = a.certificate_id"
+    )
+    return {r["name"]: r["pem"] for r in rows}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+    checkpoint: dict[str, Any]
+
+
+def build_bundle_files(
+    conn: sqlite3.Connection, since: datetime, until: datetime, verification: dict[str, Any]
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Every deterministic file of the bundle, and the counts for the manifest."""
+    from cyphrs_cli.audit.report import render_report
+
+    certificates = register_in_window(conn, since, until)
+    keys = key_register(conn)
+    events = events_in_window(conn, since, until)
+    files: dict[str, bytes] = {
+        "certificates.csv": register_csv(certificates),
+        "certificates.jsonl": _jsonl(certificates),
+        "keys.csv": _csv(keys, KEY_COLUMNS),
+        "keys.jsonl": _jsonl(keys),
+        "events.jsonl": _jsonl(events),
+    }
+    for name, pem in sorted(_ca_certificates(conn).items()):
+        files[f"ca/{name}.pem"] = pem.encode()
+    crls = _latest_crls(conn, until)
+    for name, pem in sorted(crls.items()):
+        files[f"crls/{name}.crl.pem"] = pem.encode()
+    counts = _counts(certificates, events, keys)
+    files["report.html"] = render_report(
+        since=since,
+        until=until,
+        certificates=certificates,
+        keys=keys,
+        events=events,
+        counts=counts,
+        verification=verification,
+        crls=crls,
+    )
+    return files, counts
+
+
+def _counts(
+    certificates: list[dict[str, Any]], events: list[dict[str, Any]], keys: list[dict[str, Any]]
+) -> dict[str, Any]:
+    def tally(field: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cert in certificates:
+            out[cert[field]] = out.get(cert[field], 0) + 1
+        return dict(sorted(out.items()))
+
+    by_type: dict[str, int] = {}
+    for event in events:
+        by_type[event["type"]] = by_type.get(event["type"], 0) + 1
+    return {
+        "certificates": len(certificates),
+        "certificates_by_status": tally("status"),
+        "certificates_by_profile": tally("profile"),
+        "ca_keys": len(keys),
+        "events": len(events),
+        "events_by_type": dict(sorted(by_type.items())),
+        "revocations": sum(1 for c in certificates if c["status"] == "revoked"),
+        "policy_denials": by_type.get("policy.denied", 0),
+    }
+
+
+def export_bundle(
+    ledger: Ledger, signer: Issuer, out_dir: Path, since: datetime, until: datetime, *, force: bool
+) -> ExportResult:
+    """Write a bundle for [since, until) to ``out_dir`` and record the export."""
+    from cyphrs_cli.audit.checkpoint import create_checkpoint
+    from cyphrs_cli.ca.signing import sign_document
+    from cyphrs_cli.ledger.verify import verify_ledger
+
+    if until <= since:
+        raise InvalidInputError("the export window is empty: --until must be after --since")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise ConflictError(f"{out_dir} is not empty", hint="use --force or another directory")
+    verification = verify_ledger(ledger.conn).to_json()
+    files, counts = build_bundle_files(ledger.conn, since, until, verification)
+    manifest = {
+        "schema": "cyphrs.audit-manifest/v1",
+        "window": {"since": rfc3339(since), "until": rfc3339(until)},
+        "counts": counts,
+        "ledger_verified": verification["ok"],
+        "files": {
+            name: {"sha256": sha256_hex(data), "bytes": len(data)}
+            for name, data in sorted(files.items())
+        },
+    }
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+    checkpoint = create_checkpoint(ledger, signer)
+    checkpoint_bytes = json.dumps(checkpoint, indent=2, sort_keys=True).encode() + b"\n"
+    assert signer.certificate is not None
+    from cryptography.hazmat.primitives import serialization
+
+    signed = {
+        "manifest_sha256": sha256_hex(manifest_bytes),
+        "checkpoint_sha256": sha256_hex(checkpoint_bytes),
+        "authority": signer.name,
+    }
+    signature = {
+        "schema": "cyphrs.audit-signature/v1",
+        **signed,
+        "signature": sign_document(signer.signer, canonical_json(signed)),
+        "certificate": signer.certificate.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+    files["manifest.json"] = manifest_bytes
+    files["checkpoint.json"] = checkpoint_bytes
+    files["signature.json"] = json.dumps(signature, indent=2, sort_keys=True).encode() + b"\n"
+    ensure_private_dir(out_dir)
+    for name, data in files.items():
+        path = out_dir / name
+        ensure_private_dir(path.parent)
+        atomic_write(path, data, mode=PUBLIC_FILE)
+    with ledger.transaction() as conn:
+        append_event(
+            conn,
+            LedgerEvent(
+                type="audit.exported",
+                target=f"window:{rfc3339(since)}/{rfc3339(until)}",
+                details={
+                    "manifest_sha256": signed["manifest_sha256"],
+                    "directory": str(out_dir),
+                    "counts": counts,
+                    "checkpoint_seq": checkpoint["seq"],
+                },
+            ),
+        )
+    return ExportResult(out_dir, manifest, checkpoint)

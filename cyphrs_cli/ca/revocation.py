@@ -1,0 +1,192 @@
+"""Revocation and CRLs.
+
+A revocation is one ledger transaction (status, revocations row, event). A CRL's number is
+allocated and committed *before* signing, so numbers only ever go up, even across crashes;
+the signed CRL is recorded before it is written anywhere.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.ca.serials import serial_hex
+from cyphrs_cli.errors import ConflictError, InvalidInputError, UsageError
+from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, sha256_hex, utc_now
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from cyphrs_cli.ca.models import Issuer
+    from cyphrs_cli.ledger.db import Ledger
+
+#: RFC 5280 reason codes by CLI name. ``unspecified`` is never emitted (omit the reason).
+REASONS = (
+    "key-compromise",
+    "ca-compromise",
+    "affiliation-changed",
+    "superseded",
+    "cessation-of-operation",
+    "privilege-withdrawn",
+    "aa-compromise",
+)
+
+
+def normalise_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    cleaned = reason.strip().lower().replace("_", "-")
+    if cleaned == "unspecified":
+        return None
+    if cleaned not in REASONS:
+        raise InvalidInputError(
+            f"unknown revocation reason {reason!r}", hint=f"choose one of {', '.join(REASONS)}"
+        )
+    return cleaned
+
+
+@dataclass(frozen=True)
+class Revocation:
+    certificate_id: int
+    serial: str
+    revoked_at: datetime
+    reason: str | None
+    was_ca: bool
+
+
+def revoke_certificate(ledger: Ledger, row: sqlite3.Row, reason: str | None) -> Revocation:
+    """Mark a certificate revoked; a second revocation is a conflict (exit 7)."""
+    if row["is_ca"] and row["profile"] == "root":
+        raise UsageError("a root CA cannot be revoked by a CRL it signs itself; retire it instead")
+    reason = normalise_reason(reason)
+    now = utc_now()
+    with ledger.transaction() as conn:
+        current = conn.execute(
+            "SELECT status FROM certificates WHERE id = ?", (row["id"],)
+        ).fetchone()
+        if current["status"] == "revoked":
+            raise ConflictError(f"certificate {row['serial']} is already revoked")
+        conn.execute("UPDATE certificates SET status = 'revoked' WHERE id = ?", (row["id"],))
+        conn.execute(
+            "INSERT INTO revocations (certificate_id, revoked_at, reason) VALUES (?, ?, ?)",
+            (row["id"], rfc3339(now), reason),
+        )
+        append_event(
+            conn,
+            LedgerEvent(
+                type="certificate.revoked",
+                target=f"certificate:{row['serial']}",
+                details={
+                    "certificate_id": row["id"],
+                    "serial": row["serial"],
+                    "reason": reason,
+                    "revoked_at": rfc3339(now),
+                    "was": current["status"],
+                },
+            ),
+        )
+    return Revocation(row["id"], row["serial"], now, reason, bool(row["is_ca"]))
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    authority: str
+    number: int
+    this_update: datetime
+    next_update: datetime
+    entries: int
+    crl: x509.CertificateRevocationList
+
+
+def _reason_flag(reason: str) -> x509.ReasonFlags:
+    from cryptography import x509
+
+    flag: x509.ReasonFlags = getattr(x509.ReasonFlags, reason.replace("-", "_"))
+    return flag
+
+
+def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> PublishedCrl:
+    """Build, sign, self-check and record the issuer's next CRL."""
+    from cryptography import x509
+
+    from cyphrs_cli.ca.issuance import fault_point, signature_hash
+
+    assert issuer.certificate is not None and issuer.authority_id is not None
+    now = utc_now()
+    next_update = min(now + validity, issuer.certificate.not_valid_after_utc)
+    if next_update <= now:
+        raise UsageError(f"issuer {issuer.name!r} has expired; it can no longer publish CRLs")
+
+    with ledger.transaction() as conn:
+        (last,) = conn.execute(
+            "SELECT coalesce(max(number), 0) FROM crls WHERE authority_id = ?",
+            (issuer.authority_id,),
+        ).fetchone()
+        number = int(last) + 1
+        crl_id = conn.execute(
+            "INSERT INTO crls (authority_id, number, this_update, next_update) VALUES (?,?,?,?)",
+            (issuer.authority_id, number, rfc3339(now), rfc3339(next_update)),
+        ).lastrowid
+        entries = list(
+            conn.execute(
+                "SELECT c.serial, r.revoked_at, r.reason FROM certificates c"
+                " JOIN revocations r ON r.certificate_id = c.id"
+                " WHERE c.authority_id = ? AND c.not_after >= ? ORDER BY c.serial",
+                (issuer.authority_id, rfc3339(now)),
+            )
+        )
+
+    fault_point("crl-after-allocate")
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.certificate.subject)
+        .last_update(now)
+        .next_update(next_update)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.certificate.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for entry in entries:
+        revoked = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(entry["serial"], 16))
+            .revocation_date(datetime.fromisoformat(entry["revoked_at"].replace("Z", "+00:00")))
+        )
+        if entry["reason"]:
+            revoked = revoked.add_extension(
+                x509.CRLReason(_reason_flag(entry["reason"])), critical=False
+            )
+        builder = builder.add_revoked_certificate(revoked.build())
+    crl = builder.sign(issuer.signer, signature_hash(issuer.signer))  # type: ignore[arg-type]
+    if not crl.is_signature_valid(issuer.certificate.public_key()):  # type: ignore[arg-type]
+        raise ConflictError("self-check failed: the new CRL does not verify; nothing published")
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+    with ledger.transaction() as conn:
+        conn.execute("UPDATE crls SET pem = ? WHERE id = ?", (pem, crl_id))
+        append_event(
+            conn,
+            LedgerEvent(
+                type="crl.published",
+                target=f"authority:{issuer.name}",
+                details={
+                    "authority": issuer.name,
+                    "number": number,
+                    "this_update": rfc3339(now),
+                    "next_update": rfc3339(next_update),
+                    "entries": [e["serial"] for e in entries],
+                    "sha256": sha256_hex(crl.public_bytes(serialization.Encoding.DER)),
+                },
+            ),
+        )
+    return PublishedCrl(issuer.name, number, now, next_update, len(entries), crl)
+
+
+def crl_serials(crl: x509.CertificateRevocationList) -> set[str]:
+    return {serial_hex(r.serial_number) for r in crl}

@@ -1,0 +1,332 @@
+"""``renew``, ``revoke`` and ``crl``: what happens to certificates after issuance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cyphrs_cli.cli import render
+from cyphrs_cli.cli.options import (
+    ForceOption,
+    HomeOption,
+    IssuerOption,
+    JsonOption,
+    NoInputOption,
+    PassphraseEnvOption,
+    PassphraseFileOption,
+    PinEnvOption,
+    PinFileOption,
+    QuietOption,
+)
+from cyphrs_cli.errors import EXIT_CODE_HELP
+
+if TYPE_CHECKING:
+    import sqlite3
+
+RENEW_EPILOG = f"""\
+Examples:
+
+  cyphrs renew ./agent1/cert.pem --out-dir ./agent1 --force
+
+  cyphrs renew --serial 3f1a... --reuse-key --json
+
+  cyphrs renew a1/cert.pem --check && cyphrs renew a1/cert.pem --out-dir a1 --force
+
+With --check, exit 0 means renewal is due (2/3 of the lifetime has passed, or the
+certificate is revoked or expired) and exit 10 means it is not.
+
+{EXIT_CODE_HELP}"""
+
+REVOKE_EPILOG = f"""\
+Examples:
+
+  cyphrs revoke ./agent1/cert.pem --reason key-compromise
+
+  cyphrs revoke --serial 3f1a... --json
+
+Reasons: key-compromise, ca-compromise, affiliation-changed, superseded,
+cessation-of-operation, privilege-withdrawn, aa-compromise (omit for none). Publish a new CRL
+afterwards with 'cyphrs crl'.
+
+{EXIT_CODE_HELP}"""
+
+CRL_EPILOG = f"""\
+Examples:
+
+  cyphrs crl --out agents.crl.pem
+
+  cyphrs crl --issuer acme-root-ca --validity 30d --der --out root.crl
+
+The CRL is also kept in the CA home as crls/ALIAS.crl (DER) and crls/ALIAS.crl.pem.
+
+{EXIT_CODE_HELP}"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("renew", epilog=RENEW_EPILOG)(renew)
+    app.command("revoke", epilog=REVOKE_EPILOG)(revoke)
+    app.command("crl", epilog=CRL_EPILOG)(crl)
+
+
+def target_row(conn: sqlite3.Connection, source: str | None, serial: str | None) -> sqlite3.Row:
+    """The ledger row named by a certificate file (or -) or by --serial, exactly one."""
+    from cyphrs_cli.ca.issuance import fingerprint
+    from cyphrs_cli.ca.parsing import load_certificates
+    from cyphrs_cli.ca.serials import parse_serial
+    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.ledger.records import find_certificate
+
+    if (source is None) == (serial is None):
+        raise UsageError("name the certificate by file (or -) or by --serial, exactly one")
+    if serial is not None:
+        return find_certificate(conn, serial=parse_serial(serial))
+    assert source is not None
+    cert = load_certificates(read_input(source), source=source)[0]
+    return find_certificate(conn, fingerprint=fingerprint(cert))
+
+
+CertArgument = Annotated[
+    str | None, typer.Argument(help="Certificate file (PEM/DER), or - for stdin.")
+]
+SerialOption = Annotated[str | None, typer.Option("--serial", help="Ledger serial (hex).")]
+
+
+def renew(
+    source: CertArgument = None,
+    serial: SerialOption = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only answer: exit 0 if renewal is due, 10 if not.")
+    ] = False,
+    due_fraction: Annotated[
+        float,
+        typer.Option(
+            "--due-fraction", min=0.01, max=1.0, help="Due after this share of the lifetime."
+        ),
+    ] = 2 / 3,
+    reuse_key: Annotated[
+        bool, typer.Option("--reuse-key", help="Keep the certificate's public key.")
+    ] = False,
+    csr: Annotated[
+        str | None, typer.Option("--csr", help="Take the new public key from this CSR (or -).")
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="New lifetime [default: the old one's].")
+    ] = None,
+    requester: Annotated[str | None, typer.Option("--requester", envvar="CYPHRS_ACTOR")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", file_okay=False)] = None,
+    out: Annotated[str | None, typer.Option("--out", help="'-' writes PEM to stdout.")] = None,
+    home: HomeOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    force: ForceOption = False,
+    no_input: NoInputOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Renew a certificate: same identity and names, new serial, validity and (by default) key."""
+    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.ca.renewal import renew_certificate, renewal_due_at
+    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.durations import parse_duration
+    from cyphrs_cli.errors import CheckNotMet, UsageError
+    from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
+
+    ca_home = resolve_home(home)
+    config = load_config(ca_home)
+    with open_ledger(ca_home) as ledger:
+        row = target_row(ledger.conn, source, serial)
+        if check:
+            due_at = renewal_due_at(row, due_fraction)
+            now = utc_now()
+            due = now >= due_at or row["status"] == "revoked"
+            if render.json_mode():
+                render.emit_json(
+                    {
+                        "schema": "cyphrs.renew-check/v1",
+                        "serial": row["serial"],
+                        "due": due,
+                        "due_at": rfc3339(due_at),
+                        "status": row["status"],
+                    }
+                )
+            if not due:
+                raise CheckNotMet(f"renewal of {row['serial']} is not due until {rfc3339(due_at)}")
+            render.note(f"renewal of {row['serial']} is due (since {rfc3339(due_at)})")
+            return
+        if reuse_key and csr is not None:
+            raise UsageError("--reuse-key and --csr exclude each other")
+        if out not in (None, "-") or (out == "-" and (out_dir or json_output)):
+            raise UsageError("--out takes only '-', without --out-dir or --json")
+        if out is None and out_dir is None and not json_output:
+            raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
+        mode = "csr" if csr is not None else "reuse" if reuse_key else "new"
+        if out_dir is not None:
+            check_output_dir(out_dir, with_key=mode == "new", force=force)
+        secrets = secret_provider(
+            file=passphrase_file,
+            env=passphrase_env,
+            flag="--passphrase",
+            no_input=no_input,
+            pin_file=pin_file,
+            pin_env=pin_env,
+        )
+        issued, private_key = renew_certificate(
+            ca_home,
+            config,
+            ledger,
+            row,
+            public_key_mode=mode,
+            csr_pem=read_input(csr) if csr else None,
+            ttl=parse_duration(ttl) if ttl else None,
+            requester=requester,
+            secrets=secrets,
+        )
+
+    bundle = pem_bundle(issued, private_key)
+    view = {**issued_view(issued), "replaces": row["serial"]}
+    if out_dir is not None:
+        view["files"] = write_output_dir(out_dir, bundle)
+    if out == "-":
+        render.emit_text(bundle.fullchain + (bundle.private_key or ""))
+    elif render.json_mode():
+        if out_dir is None:
+            view["pem"] = {
+                "certificate": bundle.certificate,
+                "chain": bundle.chain,
+                "ca": bundle.root,
+                "private_key": bundle.private_key,
+            }
+        render.emit_json({"schema": "cyphrs.renew/v1", "certificate": view})
+    else:
+        render.console().print(
+            f"Renewed {row['serial']} as {view['serial']} (valid until {view['not_after']})"
+        )
+        for role, path in view.get("files", {}).items():
+            render.console().print(f"  {role:<12}{path}")
+
+
+def revoke(
+    source: CertArgument = None,
+    serial: SerialOption = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="RFC 5280 reason (see below).")
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Revoke a certificate (leaf or intermediate); recorded at once, listed on the next CRL."""
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.ca.revocation import normalise_reason, revoke_certificate
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.ledger.events import rfc3339
+
+    reason = normalise_reason(reason)
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    with open_ledger(ca_home) as ledger:
+        row = target_row(ledger.conn, source, serial)
+        revocation = revoke_certificate(ledger, row, reason)
+    document = {
+        "serial": revocation.serial,
+        "revoked_at": rfc3339(revocation.revoked_at),
+        "reason": revocation.reason,
+        "is_ca": revocation.was_ca,
+    }
+    if render.json_mode():
+        render.emit_json({"schema": "cyphrs.revoke/v1", "revoked": document})
+        return
+    render.console().print(
+        f"Revoked {revocation.serial} at {document['revoked_at']}"
+        + (f" ({revocation.reason})" if revocation.reason else "")
+    )
+    render.note("publish a new CRL so relying parties learn of it: cyphrs crl")
+
+
+def crl(
+    issuer: IssuerOption = None,
+    validity: Annotated[
+        str | None,
+        typer.Option("--validity", help="Until nextUpdate [default: 24h; 30d for a root]."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Also write here (or - for stdout).")
+    ] = None,
+    der: Annotated[bool, typer.Option("--der", help="DER instead of PEM for --out.")] = False,
+    home: HomeOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    force: ForceOption = False,
+    no_input: NoInputOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger."""
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.revocation import publish_crl
+    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.durations import parse_duration
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir, refuse_existing
+    from cyphrs_cli.ledger.events import rfc3339
+
+    ca_home = resolve_home(home)
+    config = load_config(ca_home)
+    entry = config.issuer(issuer)
+    if out not in (None, "-"):
+        refuse_existing([Path(out)], force=force)
+    default = "30d" if entry.role == "root" else "24h"
+    secrets = secret_provider(
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
+    )
+    with open_ledger(ca_home) as ledger:
+        signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
+        published = publish_crl(ledger, signing, parse_duration(validity or default))
+    der_bytes = published.crl.public_bytes(serialization.Encoding.DER)
+    pem_bytes = published.crl.public_bytes(serialization.Encoding.PEM)
+    ensure_private_dir(ca_home.crls_dir)
+    atomic_write(ca_home.crls_dir / f"{entry.name}.crl", der_bytes, mode=PUBLIC_FILE)
+    atomic_write(ca_home.crls_dir / f"{entry.name}.crl.pem", pem_bytes, mode=PUBLIC_FILE)
+    data = der_bytes if der else pem_bytes
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    elif out is not None:
+        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+    document = {
+        "issuer": published.authority,
+        "number": published.number,
+        "this_update": rfc3339(published.this_update),
+        "next_update": rfc3339(published.next_update),
+        "entries": published.entries,
+        "path": str(ca_home.crls_dir / f"{entry.name}.crl.pem"),
+    }
+    if render.json_mode() and out != "-":
+        render.emit_json({"schema": "cyphrs.crl/v1", "crl": document})
+    elif out != "-":
+        render.console().print(
+            f"Published CRL #{published.number} of {published.authority}: {published.entries}"
+            f" revoked, next update {document['next_update']}"
+        )

@@ -1,0 +1,178 @@
+"""Read-side queries over the ledger: certificate listings and the certificate register.
+
+The effective status of a certificate is derived at read time: ``revoked`` beats
+``expired`` beats the stored ``superseded``/``valid``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cyphrs_cli.ledger.events import rfc3339
+
+STATUSES = ("valid", "expired", "revoked", "superseded")
+
+REGISTER_COLUMNS = (
+    "issuer",
+    "serial",
+    "fingerprint",
+    "subject",
+    "sans",
+    "spiffe_id",
+    "workflow",
+    "permissions",
+    "profile",
+    "is_ca",
+    "key_algorithm",
+    "key_bits",
+    "signature_algorithm",
+    "not_before",
+    "not_after",
+    "status",
+    "revoked_at",
+    "revocation_reason",
+    "replaces",
+    "replaced_by",
+    "requester",
+    "key_storage",
+    "issued_at",
+)
+
+_SELECT = """
+SELECT c.*, a.name AS issuer_name, r.revoked_at AS revoked_at, r.reason AS revocation_reason,
+       prev.serial AS replaces_serial, next.serial AS replaced_by_serial,
+       next.issued_at AS replaced_at,
+       a.key_uri AS issuer_key_uri
+FROM certificates c
+LEFT JOIN authorities a ON a.id = c.authority_id
+LEFT JOIN revocations r ON r.certificate_id = c.id
+LEFT JOIN certificates prev ON prev.id = c.replaces_id
+LEFT JOIN certificates next ON next.replaces_id = c.id
+"""
+
+
+@dataclass(frozen=True)
+class CertificateFilter:
+    status: str | None = None
+    profile: str | None = None
+    issuer: str | None = None
+    spiffe_id: str | None = None
+    workflow: str | None = None
+    san: str | None = None
+    issued_after: datetime | None = None
+    issued_before: datetime | None = None
+    expiring_within: timedelta | None = None
+    limit: int | None = None
+
+
+def _key_bits(algorithm: str) -> int | None:
+    if algorithm.startswith("rsa"):
+        return int(algorithm[3:])
+    return {"p256": 256, "p384": 384, "ed25519": 256}.get(algorithm)
+
+
+def register_row(row: sqlite3.Row, as_of: str) -> dict[str, Any]:
+    """One certificate as the register (list --json, audit exports) shows it, as of a time.
+
+    Revocations and renewals recorded after ``as_of`` are left out, so an export of a past
+    window says what was true at its end, whatever happened since.
+    """
+    revoked_at = row["revoked_at"] if row["revoked_at"] and row["revoked_at"] <= as_of else None
+    replaced = row["replaced_at"] is not None and row["replaced_at"] <= as_of
+    if revoked_at:
+        status = "revoked"
+    elif row["not_after"] < as_of:
+        status = "expired"
+    elif replaced:
+        status = "superseded"
+    else:
+        status = "valid"
+    return {
+        "issuer": row["issuer_name"],
+        "serial": row["serial"],
+        "fingerprint": row["fingerprint"],
+        "subject": row["subject"],
+        "sans": json.loads(row["sans"]),
+        "spiffe_id": row["spiffe_id"],
+        "workflow": row["workflow"],
+        "permissions": json.loads(row["permissions"]) if row["permissions"] else [],
+        "profile": row["profile"],
+        "is_ca": bool(row["is_ca"]),
+        "key_algorithm": row["key_algorithm"],
+        "key_bits": _key_bits(row["key_algorithm"]),
+        "signature_algorithm": row["signature_algorithm"],
+        "not_before": row["not_before"],
+        "not_after": row["not_after"],
+        "status": status,
+        "revoked_at": revoked_at,
+        "revocation_reason": row["revocation_reason"] if revoked_at else None,
+        "replaces": row["replaces_serial"],
+        "replaced_by": row["replaced_by_serial"] if replaced else None,
+        "requester": row["requester"],
+        # generated | csr | reused for leaves; the key URI for CA certificates.
+        "key_storage": row["key_storage"],
+        "issued_at": row["issued_at"],
+    }
+
+
+def list_certificates(
+    conn: sqlite3.Connection, query: CertificateFilter, now: datetime
+) -> list[dict[str, Any]]:
+    """Certificates matching ``query``, newest first; every filter is index-backed but SAN."""
+    now_text = rfc3339(now)
+    where: list[str] = []
+    args: list[Any] = []
+    if query.status == "valid":
+        where.append("c.status = 'valid' AND c.not_after >= ?")
+        args.append(now_text)
+    elif query.status == "superseded":
+        where.append("c.status = 'superseded' AND c.not_after >= ?")
+        args.append(now_text)
+    elif query.status == "revoked":
+        where.append("c.status = 'revoked'")
+    elif query.status == "expired":
+        where.append("c.status != 'revoked' AND c.not_after < ?")
+        args.append(now_text)
+    for column, value in (
+        ("c.profile", query.profile),
+        ("a.name", query.issuer),
+        ("c.spiffe_id", query.spiffe_id),
+        ("c.workflow", query.workflow),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if query.san is not None:
+        escaped = query.san.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("c.sans LIKE ? ESCAPE '\\'")
+        args.append(f'%:{escaped}"%')
+    if query.issued_after is not None:
+        where.append("c.issued_at >= ?")
+        args.append(rfc3339(query.issued_after))
+    if query.issued_before is not None:
+        where.append("c.issued_at < ?")
+        args.append(rfc3339(query.issued_before))
+    if query.expiring_within is not None:
+        where.append("c.status != 'revoked' AND c.not_after >= ? AND c.not_after <= ?")
+        args += [now_text, rfc3339(now + query.expiring_within)]
+    sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY c.issued_at DESC, c.id DESC"
+    if query.limit is not None:
+        sql += " LIMIT ?"
+        args.append(query.limit)
+    return [register_row(row, now_text) for row in conn.execute(sql, args)]
+
+
+def register_in_window(
+    conn: sqlite3.Connection, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    """Certificates whose validity overlaps the window, oldest first, as of its end."""
+    rows = conn.execute(
+        _SELECT + " WHERE c.issued_at < ? AND c.not_after >= ? ORDER BY c.issued_at, c.id",
+        (rfc3339(until), rfc3339(since)),
+    )
+    return [register_row(row, rfc3339(until)) for row in rows]

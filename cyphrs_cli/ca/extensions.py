@@ -200,20 +200,40 @@ def eku_oids(names: tuple[str, ...]) -> list[x509.ObjectIdentifier]:
         ) from exc
 
 
-def _key_usage(*, cert_sign: bool, key_encipherment: bool = False) -> x509.KeyUsage:
+LEAF_KEY_USAGES = ("digitalSignature", "keyEncipherment", "keyAgreement")
+
+
+def _key_usage(
+    *, cert_sign: bool, usages: tuple[str, ...] = ("digitalSignature",)
+) -> x509.KeyUsage:
     from cryptography import x509
 
     return x509.KeyUsage(
-        digital_signature=True,
+        digital_signature="digitalSignature" in usages or cert_sign,
         content_commitment=False,
-        key_encipherment=key_encipherment,
+        key_encipherment="keyEncipherment" in usages,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement="keyAgreement" in usages,
         key_cert_sign=cert_sign,
         crl_sign=cert_sign,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def leaf_key_usages(
+    profile_usages: tuple[str, ...], public_key: CertificatePublicKeyTypes
+) -> tuple[str, ...]:
+    """The profile's usages that the key can honour: keyEncipherment needs RSA,
+    keyAgreement needs EC (RFC 5480 / RFC 8813); Ed25519 signs only."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    usable = {"digitalSignature"}
+    if isinstance(public_key, rsa.RSAPublicKey):
+        usable.add("keyEncipherment")
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        usable.add("keyAgreement")
+    return tuple(u for u in profile_usages if u in usable)
 
 
 def leaf_extensions(
@@ -224,13 +244,15 @@ def leaf_extensions(
     extended_key_usage: tuple[str, ...],
     claims: AgentClaims | None,
     subject_empty: bool,
+    key_usage: tuple[str, ...] = ("digitalSignature",),
 ) -> list[tuple[x509.ExtensionType, bool]]:
-    """End-entity set: not a CA, digitalSignature only (TLS 1.3 / ECDHE never encipher)."""
+    """End-entity set: not a CA; digitalSignature unless the profile adds usages the key
+    can honour (TLS 1.3 and ECDHE suites need nothing else)."""
     from cryptography import x509
 
     extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        (_key_usage(cert_sign=False), True),
+        (_key_usage(cert_sign=False, usages=leaf_key_usages(key_usage, public_key)), True),
         (x509.ExtendedKeyUsage(eku_oids(extended_key_usage)), False),
     ]
     if sans:

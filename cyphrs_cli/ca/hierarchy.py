@@ -22,7 +22,7 @@ from cyphrs_cli.ledger.events import LedgerEvent, append_event
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from cyphrs_cli.ca.models import IssuedCertificate, Issuer
+    from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts
     from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.keystore.base import KeySpec, KeyStore, PendingKey, SecretProvider
     from cyphrs_cli.ledger.db import Ledger
@@ -365,3 +365,11 @@ def load_issuer(
         trust_domain=entry.trust_domain,
         parents=tuple(parents),
     )
+
+
+def issuer_facts(home: CaHome, config: HomeConfig, name: str | None) -> IssuerFacts:
+    """The issuer's certificate and trust domain, without unlocking its key."""
+    from cyphrs_cli.ca.models import IssuerFacts
+
+    entry = config.issuer(name)
+    return IssuerFacts(entry.name, load_certificate_file(home, entry), entry.trust_domain)

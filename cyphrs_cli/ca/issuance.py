@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from cyphrs_cli.ca.models import CertificatePlan, IssuedCertificate, Issuer, LeafRequest
     from cyphrs_cli.ledger.db import Ledger
-    from cyphrs_cli.policy.decide import PolicyDecision
+    from cyphrs_cli.policy.decide import PolicyDecision, PolicyIssuer
     from cyphrs_cli.profiles.model import Profile
 
 BACKDATE = timedelta(seconds=60)
@@ -299,7 +299,7 @@ def self_check(cert: x509.Certificate, issuer: Issuer, plan: CertificatePlan) ->
 
 
 def plan_leaf(
-    request: LeafRequest, profile: Profile, issuer: Issuer, decision: PolicyDecision
+    request: LeafRequest, profile: Profile, issuer: PolicyIssuer, decision: PolicyDecision
 ) -> CertificatePlan:
     """Turn an allowed request into the exact subject and extensions to sign."""
     import ipaddress
@@ -351,6 +351,7 @@ def plan_leaf(
         extended_key_usage=profile.extended_key_usage,
         claims=claims,
         subject_empty=not common_name,
+        key_usage=profile.key_usage,
     )
     return CertificatePlan(
         profile=profile.name,
@@ -368,7 +369,7 @@ def plan_leaf(
 
 
 def record_denial(
-    ledger: Ledger, denial: PolicyDenied, request: LeafRequest, issuer: Issuer
+    ledger: Ledger, denial: PolicyDenied, request: LeafRequest, issuer: PolicyIssuer
 ) -> None:
     """Policy denials are audit evidence too; they get their own committed event."""
     with ledger.transaction() as conn:
@@ -411,3 +412,14 @@ def issue_leaf(
     """Policy, plan, sign, record: the entry point for every end-entity certificate."""
     decision = authorize_leaf(ledger, issuer, profile, request)
     return issue(ledger, issuer, plan_leaf(request, profile, issuer, decision))
+
+
+def explain_leaf(
+    issuer: PolicyIssuer, profile: Profile, request: LeafRequest
+) -> tuple[PolicyDecision, CertificatePlan]:
+    """``--dry-run``: the decision and the exact plan, with no key unlocked and nothing
+    signed or recorded (a question is not a request, so a refusal here is not logged)."""
+    from cyphrs_cli.policy.decide import decide
+
+    decision = decide(profile, request, issuer)
+    return decision, plan_leaf(request, profile, issuer, decision)

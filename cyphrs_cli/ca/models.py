@@ -31,6 +31,15 @@ class Issuer:
 
 
 @dataclass(frozen=True)
+class IssuerFacts:
+    """What policy and planning need to know of an issuer: no key, so no secret."""
+
+    name: str
+    certificate: x509.Certificate | None
+    trust_domain: str | None = None
+
+
+@dataclass(frozen=True)
 class NewAuthority:
     """A CA being created: recorded in the same transaction as its certificate."""
 

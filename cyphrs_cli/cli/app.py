@@ -15,7 +15,16 @@ from typer.core import TyperGroup
 
 from cyphrs_cli import __version__
 from cyphrs_cli.cli import render
-from cyphrs_cli.cli.commands import audit, authority, inspect, issue, keys, lifecycle, listing
+from cyphrs_cli.cli.commands import (
+    audit,
+    authority,
+    inspect,
+    issue,
+    keys,
+    lifecycle,
+    listing,
+    profiles,
+)
 from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode
 
 DEBUG_ENV = "CYPHRS_DEBUG"
@@ -106,6 +115,7 @@ listing.register(app)
 inspect.register(app)
 audit.register(app)
 keys.register(app)
+profiles.register(app)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.completion import complete_authorities
 
 HomeOption = Annotated[
     str | None,
@@ -80,7 +81,8 @@ IssuerOption = Annotated[
     typer.Option(
         "--issuer",
         envvar="CYPHRS_ISSUER",
-        help="Intermediate to sign with [default: the home's default].",
+        help="CA (alias) to sign with [default: the home's default intermediate].",
+        autocompletion=complete_authorities,
     ),
 ]
 PinFileOption = Annotated[

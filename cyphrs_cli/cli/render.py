@@ -32,6 +32,10 @@ def json_mode() -> bool:
     return _state["json"]
 
 
+def quiet() -> bool:
+    return _state["quiet"]
+
+
 def reset() -> None:
     """Forget per-invocation state (in-process test runs invoke the app many times)."""
     _state["json"] = False

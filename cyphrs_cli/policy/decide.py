@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cyphrs_cli.durations import format_duration
 from cyphrs_cli.errors import PolicyDenied
@@ -18,8 +18,23 @@ from cyphrs_cli.errors import PolicyDenied
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from cyphrs_cli.ca.models import Issuer, LeafRequest
+    from cryptography import x509
+
+    from cyphrs_cli.ca.models import LeafRequest
     from cyphrs_cli.profiles.model import Profile
+
+
+class PolicyIssuer(Protocol):
+    """The issuer facts a decision depends on (``Issuer`` and ``IssuerFacts`` both fit)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def trust_domain(self) -> str | None: ...
+
+    @property
+    def certificate(self) -> x509.Certificate | None: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,7 @@ def _name_rule(profile: Profile, kind: str, present: bool, allowed: list[str]) -
         allowed.append(f"{profile.name}.names.{kind}={rule}")
 
 
-def decide(profile: Profile, request: LeafRequest, issuer: Issuer) -> PolicyDecision:
+def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> PolicyDecision:
     """Check ``request`` against ``profile`` and the issuer's constraints."""
     allowed: list[str] = []
     if profile.issuers and issuer.name not in profile.issuers:
@@ -123,7 +138,9 @@ def decide(profile: Profile, request: LeafRequest, issuer: Issuer) -> PolicyDeci
     return PolicyDecision(profile.name, ttl, tuple(allowed))
 
 
-def _check_spiffe(profile: Profile, spiffe_id: str, issuer: Issuer, allowed: list[str]) -> None:
+def _check_spiffe(
+    profile: Profile, spiffe_id: str, issuer: PolicyIssuer, allowed: list[str]
+) -> None:
     from cyphrs_cli.ca.extensions import parse_spiffe_id
 
     domain, segments = parse_spiffe_id(spiffe_id)
@@ -153,7 +170,7 @@ def _check_spiffe(profile: Profile, spiffe_id: str, issuer: Issuer, allowed: lis
         )
 
 
-def _check_name_constraints(request: LeafRequest, issuer: Issuer, allowed: list[str]) -> None:
+def _check_name_constraints(request: LeafRequest, issuer: PolicyIssuer, allowed: list[str]) -> None:
     """Refuse what a verifier would reject anyway: names outside the issuer's subtrees."""
     if issuer.certificate is None:
         return

@@ -7,6 +7,7 @@ them in ``<home>/profiles/<name>.toml``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Profile:
     trust_domains: tuple[str, ...] = ()  # empty = the issuer's trust domain
     spiffe_path_patterns: tuple[str, ...] = ()  # fnmatch on the path; empty = any
     issuers: tuple[str, ...] = ()  # authority names allowed to use it; empty = any
+    key_usage: tuple[str, ...] = ("digitalSignature",)
     source: str = "builtin"
 
     def to_json(self) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class Profile:
             "name": self.name,
             "description": self.description,
             "source": self.source,
+            "key_usage": list(self.key_usage),
             "extended_key_usage": list(self.extended_key_usage),
             "default_ttl_seconds": int(self.default_ttl.total_seconds()),
             "min_ttl_seconds": int(self.min_ttl.total_seconds()),
@@ -98,9 +101,21 @@ def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profil
     ekus = tuple(data.get("extended_key_usage", []))
     if not ekus:
         raise fail("extended_key_usage must list at least one usage")
-    from cyphrs_cli.ca.extensions import eku_oids
+    from cyphrs_cli.ca.extensions import LEAF_KEY_USAGES, eku_oids
 
     eku_oids(ekus)
+    key_usage = tuple(data.get("key_usage", ["digitalSignature"]))
+    unknown = [u for u in key_usage if u not in LEAF_KEY_USAGES]
+    if unknown or "digitalSignature" not in key_usage:
+        raise fail(f"key_usage must include digitalSignature and only {', '.join(LEAF_KEY_USAGES)}")
+    for field_name in ("dns_patterns", "ip_ranges", "trust_domains", "spiffe_path_patterns"):
+        if not isinstance(names.get(field_name, []), list):
+            raise fail(f"names.{field_name} must be a list")
+    for cidr in names.get("ip_ranges", []):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise fail(f"names.ip_ranges: {cidr!r} is not a network") from exc
     return Profile(
         name=name,
         description=str(data.get("description", "")),
@@ -119,6 +134,7 @@ def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profil
         trust_domains=tuple(names.get("trust_domains", ())),
         spiffe_path_patterns=tuple(names.get("spiffe_path_patterns", ())),
         issuers=tuple(data.get("issuers", ())),
+        key_usage=key_usage,
         source=source,
     )
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.completion import complete_profiles
 from cyphrs_cli.cli.options import (
     ForceOption,
     HomeOption,
@@ -22,6 +23,10 @@ from cyphrs_cli.cli.options import (
 )
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
+if TYPE_CHECKING:
+    from cyphrs_cli.ca.orders import LeafOrder
+    from cyphrs_cli.keystore.base import SecretProvider
+
 ISSUE_EPILOG = f"""\
 Examples:
 
@@ -32,6 +37,14 @@ Examples:
   cyphrs issue client --cn ci-deployer --ttl 15m --json > cert.json
 
   openssl req ... | cyphrs issue server --dns x.acme.internal --csr - --out -
+
+  cyphrs issue agent --workflow payments-recon --ttl 2h --dry-run
+
+  cyphrs issue agent --batch agents.jsonl --out-dir ./agents --json
+
+A batch file is JSON Lines (one object per line) or TOML ([[certificate]] tables) with the
+fields profile, name, workflow, instance, permissions, spiffe_id, cn, dns, ip, ttl, key_type,
+csr, requester, out_dir. Items are issued in order, each recorded before it is written.
 
 Output files in --out-dir: cert.pem, chain.pem (intermediates), fullchain.pem, ca.pem (root),
 key.pem (0600, only when the key was generated here).
@@ -45,8 +58,12 @@ def register(app: typer.Typer) -> None:
 
 def issue(
     profile: Annotated[
-        str, typer.Argument(help="Profile: agent, server, client or a home profile.")
-    ],
+        str | None,
+        typer.Argument(
+            help="Profile: agent, server, client or a home profile (default for --batch items).",
+            autocompletion=complete_profiles,
+        ),
+    ] = None,
     workflow: Annotated[
         str | None, typer.Option("--workflow", "-w", help="Agent workflow (SPIFFE path segment).")
     ] = None,
@@ -91,6 +108,17 @@ def issue(
         str | None,
         typer.Option("--out", help="'-' writes certificate, chain and key PEM to stdout."),
     ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", help="Issue every item of a TOML or JSON Lines file (or -)."),
+    ] = None,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="With --batch: continue after a failed item.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would be issued and which rules allow it."),
+    ] = False,
     issuer: IssuerOption = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -105,33 +133,63 @@ def issue(
     """Issue a short-lived certificate from a profile, recorded in the ledger before output."""
     import sys
 
-    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
-    from cyphrs_cli.ca.issuance import issue_leaf
-    from cyphrs_cli.ca.orders import LeafOrder, prepare_request
+    from cyphrs_cli.ca.orders import LeafOrder
     from cyphrs_cli.cli.secrets import secret_provider
-    from cyphrs_cli.cli.views import issued_view
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.profiles.model import get_profile
 
+    secrets = secret_provider(
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
+    )
+    if batch is not None:
+        from cyphrs_cli.cli.commands.batch import run_batch
+
+        per_item = (
+            workflow,
+            instance,
+            permission,
+            spiffe_id,
+            dns,
+            ip,
+            cn,
+            csr,
+            key_type,
+            ttl,
+            requester,
+        )
+        if out is not None or dry_run or any(v for v in per_item):
+            raise UsageError(
+                "with --batch, names, keys and TTLs go in the batch file and output in"
+                " --out-dir or --json (not --out or --dry-run)"
+            )
+        run_batch(
+            source=batch,
+            default_profile=profile,
+            issuer_name=issuer,
+            home=home,
+            out_dir=out_dir,
+            force=force,
+            keep_going=keep_going,
+            secrets=secrets,
+        )
+        return
+    if profile is None:
+        raise UsageError("name a profile (agent, server, client, ...) or use --batch FILE")
     if out not in (None, "-"):
         raise UsageError("--out takes only '-' (stdout); use --out-dir for files")
     if out == "-" and (out_dir is not None or json_output):
         raise UsageError("--out - cannot be combined with --out-dir or --json")
-    if out is None and out_dir is None and not json_output:
+    if out is None and out_dir is None and not json_output and not dry_run:
         raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
     if out == "-" and csr is None and sys.stdout.isatty() and not force:
         raise UsageError(
             "refusing to print a private key to a terminal", hint="redirect stdout or add --force"
         )
-
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    entry = config.issuer(issuer)
-    chosen = get_profile(ca_home.profiles_dir, profile)
     order = LeafOrder(
         profile=profile,
         common_name=cn,
@@ -147,17 +205,37 @@ def issue(
         csr_pem=read_input(csr) if csr is not None else None,
         csr_source=csr or "CSR",
     )
+    if dry_run:
+        _dry_run(order, issuer, home)
+        return
+    _issue_one(order, issuer, home, out_dir, out, force, secrets)
+
+
+def _issue_one(
+    order: LeafOrder,
+    issuer: str | None,
+    home: str | None,
+    out_dir: Path | None,
+    out: str | None,
+    force: bool,
+    secrets: SecretProvider,
+) -> None:
+    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
+    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.issuance import issue_leaf
+    from cyphrs_cli.ca.orders import prepare_request
+    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.profiles.model import get_profile
+
+    ca_home = resolve_home(home)
+    config = load_config(ca_home)
+    entry = config.issuer(issuer)
+    chosen = get_profile(ca_home.profiles_dir, order.profile)
     if out_dir is not None:
-        check_output_dir(out_dir, with_key=csr is None, force=force)
+        check_output_dir(out_dir, with_key=order.csr_pem is None, force=force)
     request, private_key = prepare_request(order, chosen, entry.trust_domain)
-    secrets = secret_provider(
-        file=passphrase_file,
-        env=passphrase_env,
-        flag="--passphrase",
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         issued = issue_leaf(ledger, signing, chosen, request)
@@ -187,3 +265,51 @@ def issue(
             console.print(f"  {role:<12}{path}")
     if issued.clamped:
         render.note("note: validity was shortened to end with the issuer's")
+
+
+def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
+    """Decide and plan without unlocking a key; a refusal exits 5 naming the rule."""
+    from cyphrs_cli.ca.hierarchy import issuer_facts
+    from cyphrs_cli.ca.issuance import explain_leaf
+    from cyphrs_cli.ca.orders import prepare_request
+    from cyphrs_cli.ca.parsing import oid_name
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.durations import format_duration
+    from cyphrs_cli.profiles.model import get_profile
+
+    ca_home = resolve_home(home)
+    config = load_config(ca_home)
+    facts = issuer_facts(ca_home, config, issuer)
+    chosen = get_profile(ca_home.profiles_dir, order.profile)
+    request, _ = prepare_request(order, chosen, facts.trust_domain)
+    decision, plan = explain_leaf(facts, chosen, request)
+    would = {
+        "profile": plan.profile,
+        "issuer": facts.name,
+        "subject": plan.subject.rfc4514_string(),
+        "sans": list(plan.sans),
+        "spiffe_id": plan.spiffe_id,
+        "agent_claims": plan.claims.to_json() if plan.claims else None,
+        "ttl_seconds": int(plan.ttl.total_seconds()),
+        "key_type": request.key_type,
+        "extensions": [{"name": oid_name(e.oid), "critical": c} for e, c in plan.extensions],
+    }
+    if render.json_mode():
+        render.emit_json(
+            {
+                "schema": "cyphrs.issue-dry-run/v1",
+                "allowed": True,
+                "allowed_by": list(decision.allowed_by),
+                "would_issue": would,
+            }
+        )
+        return
+    console = render.console()
+    console.print(f"Would issue a certificate with profile {plan.profile} from {facts.name}:")
+    console.print(f"  subject      {would['subject'] or '(empty)'}")
+    console.print(f"  names        {', '.join(plan.sans) or '-'}")
+    console.print(f"  lifetime     {format_duration(decision.ttl)}")
+    console.print("Allowed by:")
+    for rule in decision.allowed_by:
+        console.print(f"  - {rule}")

@@ -25,7 +25,7 @@ from cyphrs_cli.cli.commands import (
     listing,
     profiles,
 )
-from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode
+from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode, UsageError
 
 DEBUG_ENV = "CYPHRS_DEBUG"
 
@@ -37,6 +37,10 @@ def _debug() -> bool:
 class CyphrsGroup(TyperGroup):
     """Runs a subcommand and maps what it raises to one stderr line and an exit code."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["cyphrs.argv"] = list(args)
+        return list(super().parse_args(ctx, args))
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -47,7 +51,16 @@ class CyphrsGroup(TyperGroup):
                 traceback.print_exc()
             render.print_error(error)
             raise typer.Exit(int(error.exit_code)) from None
-        except (typer.Exit, typer.TyperException):
+        except typer.TyperException as error:
+            # Parser errors (exit 2) honour --json too: scripts get one JSON object.
+            if getattr(error, "exit_code", None) == 2 and "--json" in ctx.meta.get(
+                "cyphrs.argv", []
+            ):
+                render.set_json_mode(True)
+                render.print_error(UsageError(error.format_message()))
+                raise typer.Exit(int(ExitCode.USAGE)) from None
+            raise
+        except typer.Exit:
             raise
         except KeyboardInterrupt:
             sys.stderr.write("cyphrs: interrupted\n")

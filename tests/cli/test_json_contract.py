@@ -1,0 +1,184 @@
+"""The --json contract: every command has it, and every document matches its schema in
+``schemas/`` (versioned: a breaking change needs a new /v2 file, never an edit)."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from tests.helpers import Hierarchy, build_hierarchy, cli
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "schemas"
+# Formats of files inside an audit bundle rather than command output.
+BUNDLE_FORMATS = {"audit-manifest", "audit-signature"}
+
+
+@cache
+def validator(schema_id: str) -> Draft202012Validator:
+    name = schema_id.removeprefix("cyphrs.").removesuffix("/v1")
+    schema = json.loads((SCHEMAS / f"{name}.v1.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def assert_valid(document: dict[str, Any]) -> None:
+    errors = sorted(validator(document["schema"]).iter_errors(document), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
+
+
+def test_every_schema_id_in_the_code_has_a_schema_file() -> None:
+    used = set()
+    for path in (REPO / "cyphrs_cli").rglob("*.py"):
+        used |= set(re.findall(r'"cyphrs\.([a-z-]+)/v1"', path.read_text()))
+    used |= {"init-root", "create-intermediate"}  # built as f"cyphrs.{command}/v1"
+    files = {p.name.removesuffix(".v1.json") for p in SCHEMAS.glob("*.v1.json")}
+    assert used - BUNDLE_FORMATS == files
+
+
+def test_every_command_offers_json() -> None:
+    import typer.main
+
+    from cyphrs_cli.cli.app import app
+
+    def leaves(command: Any, path: str) -> list[tuple[str, Any]]:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            return [(path, command)]
+        return [leaf for name, sub in subcommands.items() for leaf in leaves(sub, f"{path} {name}")]
+
+    missing = [
+        path
+        for path, command in leaves(typer.main.get_command(app), "cyphrs")
+        if not any("--json" in p.opts for p in command.params)
+    ]
+    assert missing == []
+
+
+@pytest.fixture(scope="module")
+def contract_ca(tmp_path_factory: pytest.TempPathFactory) -> Hierarchy:
+    return build_hierarchy(tmp_path_factory.mktemp("contract"))
+
+
+def _json(*args: str, expect: int = 0) -> dict[str, Any]:
+    result = cli(*args, "--json")
+    assert result.exit_code == expect, result.stderr
+    document: dict[str, Any] = (
+        json.loads(result.stdout) if expect == 0 else json.loads(result.stderr)
+    )
+    assert_valid(document)
+    return document
+
+
+def test_command_outputs_match_their_schemas(contract_ca: Hierarchy, tmp_path: Path) -> None:
+    h = contract_ca
+    home = ("--home", str(h.home))
+    secret = ("--passphrase-file", str(h.inter_pass))
+    _json(
+        "init-root",
+        "--name",
+        "Another Root",
+        "--home",
+        str(tmp_path / "h2"),
+        "--passphrase-file",
+        str(h.root_pass),
+    )
+    _json(
+        "create-intermediate",
+        "--name",
+        "Second Issuing",
+        "--trust-domain",
+        "acme.internal",
+        *home,
+        *secret,
+        "--root-passphrase-file",
+        str(h.root_pass),
+    )
+    issued = _json(
+        "issue",
+        "agent",
+        "--workflow",
+        "wf",
+        "--permission",
+        "p:r",
+        "--issuer",
+        "test-inter",
+        "--out-dir",
+        str(tmp_path / "a"),
+        *home,
+        *secret,
+    )
+    _json("issue", "server", "--dns", "x.acme.internal", "--issuer", "test-inter", *home, *secret)
+    _json("issue", "agent", "--workflow", "wf", "--dry-run", "--issuer", "test-inter", *home)
+    serial = issued["certificate"]["serial"]
+    _json("inspect", str(tmp_path / "a" / "fullchain.pem"), *home)
+    renewed = _json("renew", "--serial", serial, *home, *secret)
+    _json("renew", "--serial", renewed["certificate"]["serial"], "--check", *home, expect=10)
+    _json("revoke", "--serial", renewed["certificate"]["serial"], *home)
+    _json("crl", "--issuer", "test-inter", *home, *secret)
+    _json("list", *home)
+    _json("audit", "verify", *home)
+    _json(
+        "audit-export",
+        "--since",
+        "2000-01-01",
+        "--out",
+        str(tmp_path / "bundle"),
+        "--sign-with",
+        "test-inter",
+        *home,
+        *secret,
+    )
+    _json("audit", "verify-export", str(tmp_path / "bundle"))
+    checkpoint = json.loads((tmp_path / "bundle" / "checkpoint.json").read_text())
+    assert_valid(checkpoint)
+    _json("profiles", "list", *home)
+    _json("profiles", "show", "agent", *home)
+    _json(
+        "issue",
+        "agent",
+        "--workflow",
+        "wf",
+        "--ttl",
+        "9d",
+        "--issuer",
+        "test-inter",
+        *home,
+        *secret,
+        expect=5,
+    )
+    usage = _json("issue", "agent", "--no-such-flag", *home, expect=2)
+    assert usage["error"]["slug"] == "usage"
+
+
+def test_batch_lines_match_their_schemas(contract_ca: Hierarchy, tmp_path: Path) -> None:
+    batch = tmp_path / "b.jsonl"
+    batch.write_text('{"workflow": "a"}\n{"workflow": "b", "ttl": "99d"}\n')
+    result = cli(
+        "issue",
+        "agent",
+        "--batch",
+        str(batch),
+        "--keep-going",
+        "--json",
+        "--issuer",
+        "test-inter",
+        "--home",
+        str(contract_ca.home),
+        "--passphrase-file",
+        str(contract_ca.inter_pass),
+    )
+    assert result.exit_code == 5
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["schema"] for line in lines] == ["cyphrs.issue-batch-item/v1"] * 2 + [
+        "cyphrs.issue-batch-summary/v1"
+    ]
+    for line in lines:
+        assert_valid(line)
+    assert_valid(json.loads(result.stderr))

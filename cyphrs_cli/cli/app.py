@@ -132,4 +132,6 @@ profiles.register(app)
 
 
 def main() -> None:
-    app()
+    # A fixed program name keeps completion (_CYPHRS_COMPLETE) and help identical whether
+    # we run as the console script or as ``python -m cyphrs_cli``.
+    app(prog_name="cyphrs")

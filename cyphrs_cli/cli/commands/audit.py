@@ -43,6 +43,17 @@ Examples:
 
 {EXIT_CODE_HELP}"""
 
+CHECKPOINT_EPILOG = f"""\
+Examples:
+
+  cyphrs audit checkpoint --out /var/backups/cyphrs/cp-$(date +%F).json
+
+  cyphrs audit verify --checkpoint /var/backups/cyphrs/cp-2026-11-29.json
+
+Keep checkpoints outside the CA host: a truncated ledger is only detectable against one.
+
+{EXIT_CODE_HELP}"""
+
 audit_app = typer.Typer(
     help="Verify the ledger and audit bundles; sign checkpoints.", no_args_is_help=True
 )
@@ -121,7 +132,7 @@ def verify(
     _fail_unless_ok(result, "ledger verification")
 
 
-@audit_app.command("checkpoint")
+@audit_app.command("checkpoint", epilog=CHECKPOINT_EPILOG)
 def checkpoint(
     out: Annotated[
         Path | None, typer.Option("--out", dir_okay=False, help="Also write it here.")

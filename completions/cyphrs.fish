@@ -1,0 +1,1 @@
+complete --command cyphrs --no-files --arguments "(env _CYPHRS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cyphrs)" --condition "env _CYPHRS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cyphrs"

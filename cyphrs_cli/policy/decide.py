@@ -59,7 +59,7 @@ def _name_rule(profile: Profile, kind: str, present: bool, allowed: list[str]) -
             f"{profile.name}.names.{kind}", f"profile {profile.name!r} forbids {kind} names"
         )
     if present:
-        allowed.append(f"{profile.name}.names.{kind}={rule}")
+        allowed.append(f"{profile.name}.names.{kind}: {rule}")
 
 
 def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> PolicyDecision:
@@ -70,6 +70,8 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
             f"{profile.name}.issuers",
             f"issuer {issuer.name!r} may not use profile {profile.name!r}",
         )
+    if profile.issuers:
+        allowed.append(f"{profile.name}.issuers: {issuer.name} may use it")
 
     if request.key_type not in profile.key_types:
         raise _deny(
@@ -77,7 +79,7 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
             f"key type {request.key_type} is not allowed by profile {profile.name!r}"
             f" (allowed: {', '.join(profile.key_types)})",
         )
-    allowed.append(f"{profile.name}.key_types contains {request.key_type}")
+    allowed.append(f"{profile.name}.key_types: {request.key_type} allowed")
 
     ttl = request.ttl or profile.default_ttl
     if ttl > profile.max_ttl:
@@ -93,8 +95,10 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
             f" {format_duration(profile.min_ttl)}",
         )
     allowed.append(
-        f"{profile.name}.ttl {format_duration(ttl)} within "
-        f"[{format_duration(profile.min_ttl)}, {format_duration(profile.max_ttl)}]"
+        f"{profile.name}.max_ttl: {format_duration(ttl)} <= {format_duration(profile.max_ttl)}"
+    )
+    allowed.append(
+        f"{profile.name}.min_ttl: {format_duration(ttl)} >= {format_duration(profile.min_ttl)}"
     )
 
     _name_rule(profile, "spiffe", request.spiffe_id is not None, allowed)
@@ -125,6 +129,8 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
                 f"{profile.name}.names.dns_patterns",
                 f"DNS name {name!r} matches none of {', '.join(profile.dns_patterns)}",
             )
+        if profile.dns_patterns:
+            allowed.append(f"{profile.name}.names.dns_patterns: {name} matches")
     for text in request.ip_addresses:
         address = ipaddress.ip_address(text)
         if profile.ip_ranges and not any(
@@ -134,6 +140,8 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
                 f"{profile.name}.names.ip_ranges",
                 f"IP address {text} is outside {', '.join(profile.ip_ranges)}",
             )
+        if profile.ip_ranges:
+            allowed.append(f"{profile.name}.names.ip_ranges: {text} inside")
     _check_name_constraints(request, issuer, allowed)
     return PolicyDecision(profile.name, ttl, tuple(allowed))
 
@@ -150,16 +158,16 @@ def _check_spiffe(
             f"{issuer.name}.trust_domain",
             f"issuer {issuer.name!r} has no SPIFFE trust domain",
         )
+    rule = (
+        f"{profile.name}.names.trust_domains"
+        if profile.trust_domains
+        else f"{issuer.name}.trust_domain"
+    )
     if domain not in permitted:
-        rule = (
-            f"{profile.name}.names.trust_domains"
-            if profile.trust_domains
-            else f"{issuer.name}.trust_domain"
-        )
         raise _deny(
             rule, f"trust domain {domain!r} is not permitted (permitted: {', '.join(permitted)})"
         )
-    allowed.append(f"trust domain {domain} permitted")
+    allowed.append(f"{rule}: {domain} permitted")
     path = "/" + "/".join(segments)
     if profile.spiffe_path_patterns and not any(
         fnmatchcase(path, p) for p in profile.spiffe_path_patterns
@@ -168,6 +176,8 @@ def _check_spiffe(
             f"{profile.name}.names.spiffe_path_patterns",
             f"SPIFFE path {path!r} matches none of {', '.join(profile.spiffe_path_patterns)}",
         )
+    if profile.spiffe_path_patterns:
+        allowed.append(f"{profile.name}.names.spiffe_path_patterns: {path} matches")
 
 
 def _check_name_constraints(request: LeafRequest, issuer: PolicyIssuer, allowed: list[str]) -> None:
@@ -199,7 +209,7 @@ def _check_name_constraints(request: LeafRequest, issuer: PolicyIssuer, allowed:
                     f"{issuer.name}.name_constraints",
                     f"DNS name {name!r} is outside the issuer's name constraints",
                 )
-    allowed.append(f"{issuer.name}.name_constraints satisfied")
+    allowed.append(f"{issuer.name}.name_constraints: names inside the permitted subtrees")
 
 
 def _within(name: str, base: str, *, exact_host: bool = False) -> bool:

@@ -42,7 +42,7 @@ def test_every_schema_id_in_the_code_has_a_schema_file() -> None:
     assert used - BUNDLE_FORMATS == files
 
 
-def test_every_command_offers_json() -> None:
+def test_every_command_offers_json_and_quiet() -> None:
     import typer.main
 
     from cyphrs_cli.cli.app import app

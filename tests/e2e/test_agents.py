@@ -134,8 +134,7 @@ def test_batch_from_stdin_with_pem_in_json(fresh_hierarchy: Hierarchy) -> None:
         "--passphrase-file",
         str(h.inter_pass),
         input=(
-            '{"profile": "server", "dns": ["a.acme.internal"]}\n'
-            '{"profile": "client", "cn": "ci"}\n'
+            '{"profile": "server", "dns": ["a.acme.internal"]}\n{"profile": "client", "cn": "ci"}\n'
         ),
     )
     assert result.exit_code == 0, result.stderr

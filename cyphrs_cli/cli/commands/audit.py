@@ -104,6 +104,7 @@ def verify(
     ] = None,
     home: HomeOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Walk the hash chain and the records it covers; name the first broken link."""
     from cyphrs_cli.ca.hierarchy import open_ledger
@@ -146,6 +147,7 @@ def checkpoint(
     force: ForceOption = False,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Sign the ledger's current head (seq, hash, time) with a CA key and print it."""
     from cyphrs_cli.audit.checkpoint import create_checkpoint
@@ -180,6 +182,7 @@ def verify_export(
         Path | None, typer.Option("--root", dir_okay=False, help="Root certificate you trust.")
     ] = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Check an export bundle offline: file hashes, signatures, event chain, counts."""
     from cyphrs_cli.audit.verify_export import verify_bundle

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cyphrs_cli.cli import render
-from cyphrs_cli.cli.options import HomeOption, JsonOption
+from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def inspect(
     ] = None,
     home: HomeOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status."""
     from cyphrs_cli.ca.parsing import (

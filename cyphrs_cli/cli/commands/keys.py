@@ -13,6 +13,7 @@ from cyphrs_cli.cli.options import (
     NoInputOption,
     PinEnvOption,
     PinFileOption,
+    QuietOption,
 )
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
@@ -43,6 +44,7 @@ def list_keys(
     pin_env: PinEnvOption = None,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """List private keys on a token with their security attributes and the CA using each."""
     from cyphrs_cli.cli.secrets import secret_provider

@@ -129,6 +129,8 @@ def renew(
     quiet: QuietOption = False,
 ) -> None:
     """Renew a certificate: same identity and names, new serial, validity and (by default) key."""
+    import sys
+
     from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.ca.renewal import renew_certificate, renewal_due_at
@@ -169,6 +171,12 @@ def renew(
             raise UsageError("--out takes only '-', without --out-dir or --json")
         if out is None and out_dir is None and not json_output:
             raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
+        new_key = not reuse_key and csr is None
+        if out == "-" and new_key and sys.stdout.isatty() and not force:
+            raise UsageError(
+                "refusing to print a private key to a terminal",
+                hint="redirect stdout or add --force",
+            )
         mode = "csr" if csr is not None else "reuse" if reuse_key else "new"
         if out_dir is not None:
             check_output_dir(out_dir, with_key=mode == "new", force=force)

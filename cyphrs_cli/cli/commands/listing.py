@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cyphrs_cli.cli import render
-from cyphrs_cli.cli.options import HomeOption, JsonOption
+from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 LIST_EPILOG = f"""\
@@ -50,6 +50,7 @@ def list_certificates(
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """List certificates from the ledger, newest first, with renewal links."""
     import sys

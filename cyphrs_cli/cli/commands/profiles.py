@@ -8,7 +8,7 @@ import typer
 
 from cyphrs_cli.cli import render
 from cyphrs_cli.cli.completion import complete_profiles
-from cyphrs_cli.cli.options import HomeOption, JsonOption
+from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 PROFILES_EPILOG = f"""\
@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
 
 
 @profiles_app.command("list", epilog=PROFILES_EPILOG)
-def list_profiles(home: HomeOption = None, json_output: JsonOption = False) -> None:
+def list_profiles(
+    home: HomeOption = None, json_output: JsonOption = False, quiet: QuietOption = False
+) -> None:
     """List profiles with their TTL bounds and where each is defined."""
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.durations import format_duration
@@ -61,6 +63,7 @@ def show_profile(
     name: Annotated[str, typer.Argument(autocompletion=complete_profiles)],
     home: HomeOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Show every rule of one profile."""
     import json

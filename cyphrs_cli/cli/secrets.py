@@ -94,3 +94,21 @@ def secret_provider(
         return pin(purpose) if purpose.startswith("PIN") else passphrase(purpose)
 
     return provide
+
+
+def ca_key_secrets(
+    passphrase_file: Path | None,
+    passphrase_env: str | None,
+    pin_file: Path | None,
+    pin_env: str | None,
+    no_input: bool,
+) -> SecretProvider:
+    """The secrets for unlocking an existing CA key, from a command's standard options."""
+    return secret_provider(
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
+    )

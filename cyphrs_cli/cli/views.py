@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+    from cyphrs_cli.ca.delivery import PemBundle
     from cyphrs_cli.ca.models import IssuedCertificate
 
 
@@ -28,3 +33,51 @@ def issued_view(issued: IssuedCertificate) -> dict[str, Any]:
         "key": summary["key"],
         "ledger_id": issued.record_id,
     }
+
+
+def pem_view(bundle: PemBundle) -> dict[str, str | None]:
+    return {
+        "certificate": bundle.certificate,
+        "chain": bundle.chain,
+        "ca": bundle.root,
+        "private_key": bundle.private_key,
+    }
+
+
+def deliver_issued(
+    issued: IssuedCertificate,
+    private_key: CertificateIssuerPrivateKeyTypes | None,
+    *,
+    out_dir: Path | None,
+    out: str | None,
+    command: str,
+    headline: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Hand a recorded certificate over: files, PEM on stdout, --json, or a human summary.
+
+    Only ever called after the ledger commit (issue and renew share it).
+    """
+    from cyphrs_cli.ca.delivery import pem_bundle, write_output_dir
+    from cyphrs_cli.cli import render
+
+    bundle = pem_bundle(issued, private_key)
+    view = {**issued_view(issued), **(extra or {})}
+    if out_dir is not None:
+        view["files"] = write_output_dir(out_dir, bundle)
+    if out == "-":
+        render.emit_text(bundle.fullchain + (bundle.private_key or ""))
+    elif render.json_mode():
+        if out_dir is None:
+            view["pem"] = pem_view(bundle)
+        render.emit_json({"schema": f"cyphrs.{command}/v1", "certificate": view})
+    else:
+        console = render.console()
+        console.print(headline.format(**view))
+        for label in ("subject", "spiffe_id", "not_after", "fingerprint"):
+            if view[label]:
+                console.print(f"  {label.replace('_', ' '):<12}{view[label]}")
+        for role, path in view.get("files", {}).items():
+            console.print(f"  {role:<12}{path}")
+    if issued.clamped:
+        render.note("note: validity was shortened to end with the issuer's")

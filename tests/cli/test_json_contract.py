@@ -36,8 +36,11 @@ def assert_valid(document: dict[str, Any]) -> None:
 def test_every_schema_id_in_the_code_has_a_schema_file() -> None:
     used = set()
     for path in (REPO / "cyphrs_cli").rglob("*.py"):
-        used |= set(re.findall(r'"cyphrs\.([a-z-]+)/v1"', path.read_text()))
-    used |= {"init-root", "create-intermediate"}  # built as f"cyphrs.{command}/v1"
+        text = path.read_text()
+        used |= set(re.findall(r'"cyphrs\.([a-z-]+)/v1"', text))
+        # Documents built as f"cyphrs.{command}/v1" name their command at the call site.
+        used |= set(re.findall(r'command="([a-z-]+)"', text))
+        used |= set(re.findall(r'_render_created\("([a-z-]+)"', text))
     files = {p.name.removesuffix(".v1.json") for p in SCHEMAS.glob("*.v1.json")}
     assert used - BUNDLE_FORMATS == files
 

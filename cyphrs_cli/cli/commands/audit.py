@@ -64,25 +64,6 @@ def register(app: typer.Typer) -> None:
     app.command("audit-export", epilog=EXPORT_EPILOG)(audit_export)
 
 
-def _secrets(
-    passphrase_file: Path | None,
-    passphrase_env: str | None,
-    pin_file: Path | None,
-    pin_env: str | None,
-    no_input: bool,
-) -> Any:
-    from cyphrs_cli.cli.secrets import secret_provider
-
-    return secret_provider(
-        file=passphrase_file,
-        env=passphrase_env,
-        flag="--passphrase",
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
-
-
 def _fail_unless_ok(result: dict[str, Any], what: str) -> None:
     from cyphrs_cli.errors import CheckNotMet
 
@@ -152,6 +133,7 @@ def checkpoint(
     """Sign the ledger's current head (seq, hash, time) with a CA key and print it."""
     from cyphrs_cli.audit.checkpoint import create_checkpoint
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
@@ -166,7 +148,7 @@ def checkpoint(
             config,
             ledger,
             issuer,
-            _secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
+            ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         )
         document = create_checkpoint(ledger, signer)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
@@ -228,6 +210,7 @@ def audit_export(
 
     from cyphrs_cli.audit.export import export_bundle
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.ledger.events import utc_now
@@ -244,7 +227,7 @@ def audit_export(
             config,
             ledger,
             issuer,
-            _secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
+            ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         )
         result = export_bundle(ledger, signer, out, *window, force=force)
     summary = {

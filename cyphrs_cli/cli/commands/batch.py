@@ -36,7 +36,7 @@ def run_batch(
     from cyphrs_cli.ca.batch import issue_batch, parse_batch
     from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
-    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.cli.views import issued_view, pem_view
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import UsageError
@@ -67,12 +67,7 @@ def run_batch(
         if target is not None:
             view["files"] = write_output_dir(target, bundle)
         else:
-            view["pem"] = {
-                "certificate": bundle.certificate,
-                "chain": bundle.chain,
-                "ca": bundle.root,
-                "private_key": bundle.private_key,
-            }
+            view["pem"] = pem_view(bundle)
         views[outcome.item.index] = view
 
     def report(outcome: BatchOutcome) -> None:

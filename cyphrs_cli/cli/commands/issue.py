@@ -134,18 +134,11 @@ def issue(
     import sys
 
     from cyphrs_cli.ca.orders import LeafOrder
-    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
 
-    secrets = secret_provider(
-        file=passphrase_file,
-        env=passphrase_env,
-        flag="--passphrase",
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     if batch is not None:
         from cyphrs_cli.cli.commands.batch import run_batch
 
@@ -220,11 +213,11 @@ def _issue_one(
     force: bool,
     secrets: SecretProvider,
 ) -> None:
-    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
+    from cyphrs_cli.ca.delivery import check_output_dir
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.ca.issuance import issue_leaf
     from cyphrs_cli.ca.orders import prepare_request
-    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.cli.views import deliver_issued
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.profiles.model import get_profile
@@ -240,31 +233,14 @@ def _issue_one(
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         issued = issue_leaf(ledger, signing, chosen, request)
 
-    bundle = pem_bundle(issued, private_key)
-    view = issued_view(issued)
-    if out_dir is not None:
-        view["files"] = write_output_dir(out_dir, bundle)
-    if out == "-":
-        render.emit_text(bundle.fullchain + (bundle.private_key or ""))
-    elif render.json_mode():
-        if out_dir is None:
-            view["pem"] = {
-                "certificate": bundle.certificate,
-                "chain": bundle.chain,
-                "ca": bundle.root,
-                "private_key": bundle.private_key,
-            }
-        render.emit_json({"schema": "cyphrs.issue/v1", "certificate": view})
-    else:
-        console = render.console()
-        console.print(f"Issued {view['profile']} certificate {view['serial']}")
-        for label in ("subject", "spiffe_id", "not_after", "fingerprint"):
-            if view[label]:
-                console.print(f"  {label.replace('_', ' '):<12}{view[label]}")
-        for role, path in view.get("files", {}).items():
-            console.print(f"  {role:<12}{path}")
-    if issued.clamped:
-        render.note("note: validity was shortened to end with the issuer's")
+    deliver_issued(
+        issued,
+        private_key,
+        out_dir=out_dir,
+        out=out,
+        command="issue",
+        headline="Issued {profile} certificate {serial}",
+    )
 
 
 def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:

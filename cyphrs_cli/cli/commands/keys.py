@@ -47,20 +47,13 @@ def list_keys(
     quiet: QuietOption = False,
 ) -> None:
     """List private keys on a token with their security attributes and the CA using each."""
-    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.keystore.pkcs11 import Pkcs11Uri, list_token_keys
 
     token = Pkcs11Uri.parse(token_uri, need_object=False)
-    secrets = secret_provider(
-        file=None,
-        env=None,
-        flag="--passphrase",
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
+    secrets = ca_key_secrets(None, None, pin_file, pin_env, no_input)
     keys = list_token_keys(token_uri, secrets)
     ca_home = resolve_home(home)
     users: dict[str, list[str]] = {}

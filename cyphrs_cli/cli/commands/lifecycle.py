@@ -131,11 +131,11 @@ def renew(
     """Renew a certificate: same identity and names, new serial, validity and (by default) key."""
     import sys
 
-    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
+    from cyphrs_cli.ca.delivery import check_output_dir
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.ca.renewal import renew_certificate, renewal_due_at
-    from cyphrs_cli.cli.secrets import secret_provider
-    from cyphrs_cli.cli.views import issued_view
+    from cyphrs_cli.cli.secrets import ca_key_secrets
+    from cyphrs_cli.cli.views import deliver_issued
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
@@ -180,14 +180,7 @@ def renew(
         mode = "csr" if csr is not None else "reuse" if reuse_key else "new"
         if out_dir is not None:
             check_output_dir(out_dir, with_key=mode == "new", force=force)
-        secrets = secret_provider(
-            file=passphrase_file,
-            env=passphrase_env,
-            flag="--passphrase",
-            no_input=no_input,
-            pin_file=pin_file,
-            pin_env=pin_env,
-        )
+        secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
         issued, private_key = renew_certificate(
             ca_home,
             config,
@@ -200,27 +193,15 @@ def renew(
             secrets=secrets,
         )
 
-    bundle = pem_bundle(issued, private_key)
-    view = {**issued_view(issued), "replaces": row["serial"]}
-    if out_dir is not None:
-        view["files"] = write_output_dir(out_dir, bundle)
-    if out == "-":
-        render.emit_text(bundle.fullchain + (bundle.private_key or ""))
-    elif render.json_mode():
-        if out_dir is None:
-            view["pem"] = {
-                "certificate": bundle.certificate,
-                "chain": bundle.chain,
-                "ca": bundle.root,
-                "private_key": bundle.private_key,
-            }
-        render.emit_json({"schema": "cyphrs.renew/v1", "certificate": view})
-    else:
-        render.console().print(
-            f"Renewed {row['serial']} as {view['serial']} (valid until {view['not_after']})"
-        )
-        for role, path in view.get("files", {}).items():
-            render.console().print(f"  {role:<12}{path}")
+    deliver_issued(
+        issued,
+        private_key,
+        out_dir=out_dir,
+        out=out,
+        command="renew",
+        headline="Renewed " + row["serial"] + " as {serial}",
+        extra={"replaces": row["serial"]},
+    )
 
 
 def revoke(
@@ -288,7 +269,7 @@ def crl(
 
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.ca.revocation import publish_crl
-    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
@@ -301,14 +282,7 @@ def crl(
     if out not in (None, "-"):
         refuse_existing([Path(out)], force=force)
     default = "30d" if entry.role == "root" else "24h"
-    secrets = secret_provider(
-        file=passphrase_file,
-        env=passphrase_env,
-        flag="--passphrase",
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         published = publish_crl(ledger, signing, parse_duration(validity or default))

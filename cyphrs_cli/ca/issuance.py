@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         CertificatePublicKeyTypes,
     )
 
+    from cyphrs_cli.ca.extensions import AgentClaims
     from cyphrs_cli.ca.models import CertificatePlan, IssuedCertificate, Issuer, LeafRequest
     from cyphrs_cli.ledger.db import Ledger
     from cyphrs_cli.policy.decide import PolicyDecision, PolicyIssuer
@@ -221,32 +222,68 @@ def _replace_authority(row: CertificateRow, issuer: Issuer, new_id: int) -> Cert
 def _certificate_row(
     cert: x509.Certificate, issuer: Issuer, plan: CertificatePlan, *, issued_at: str
 ) -> CertificateRow:
+    return certificate_row(
+        cert,
+        authority_id=issuer.authority_id,
+        profile=plan.profile,
+        is_ca=plan.is_ca,
+        sans=plan.sans,
+        spiffe_id=plan.spiffe_id,
+        claims=plan.claims,
+        requester=plan.requester,
+        key_storage=plan.key_storage,
+        replaces_id=plan.replaces_id,
+        issued_at=issued_at,
+    )
+
+
+def certificate_row(
+    cert: x509.Certificate,
+    *,
+    authority_id: int | None,
+    profile: str,
+    is_ca: bool,
+    issued_at: str,
+    sans: tuple[str, ...] = (),
+    spiffe_id: str | None = None,
+    claims: AgentClaims | None = None,
+    requester: str | None = None,
+    key_storage: str | None = None,
+    replaces_id: int | None = None,
+) -> CertificateRow:
+    """The ledger row of a certificate (ours, or an imported CA certificate)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.ca.parsing import oid_name
 
-    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    assert aki.key_identifier is not None
+    try:
+        issuer_key_id = cert.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier
+        ).value.key_identifier
+    except x509.ExtensionNotFound:
+        issuer_key_id = None
+    if issuer_key_id is None:  # a self-signed root may omit AKI (RFC 5280 4.2.1.1)
+        issuer_key_id = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
     return CertificateRow(
         serial=serial_hex(cert.serial_number),
-        issuer_ski=aki.key_identifier.hex(),
-        authority_id=issuer.authority_id,
+        issuer_ski=issuer_key_id.hex(),
+        authority_id=authority_id,
         fingerprint=fingerprint(cert),
         subject=cert.subject.rfc4514_string(),
-        sans=json.dumps(list(plan.sans)),
-        spiffe_id=plan.spiffe_id,
-        workflow=plan.claims.workflow if plan.claims else None,
-        permissions=json.dumps(list(plan.claims.permissions)) if plan.claims else None,
-        profile=plan.profile,
+        sans=json.dumps(list(sans)),
+        spiffe_id=spiffe_id,
+        workflow=claims.workflow if claims else None,
+        permissions=json.dumps(list(claims.permissions)) if claims else None,
+        profile=profile,
         key_algorithm=key_algorithm_name(cert.public_key()),
         signature_algorithm=oid_name(cert.signature_algorithm_oid),
-        is_ca=int(plan.is_ca),
+        is_ca=int(is_ca),
         not_before=rfc3339(cert.not_valid_before_utc),
         not_after=rfc3339(cert.not_valid_after_utc),
-        replaces_id=plan.replaces_id,
-        requester=plan.requester,
-        key_storage=plan.key_storage,
+        replaces_id=replaces_id,
+        requester=requester,
+        key_storage=key_storage,
         issued_at=issued_at,
         pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
     )

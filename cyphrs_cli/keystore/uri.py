@@ -14,10 +14,13 @@ if TYPE_CHECKING:
     from cyphrs_cli.keystore.base import KeyStore, SecretProvider
 
 
+OFFLINE_URI = "offline:"
+
+
 def scheme_of(uri: str) -> str:
-    """``file`` or ``pkcs11``; anything else is invalid input."""
+    """``file``, ``pkcs11`` or ``offline`` (a CA whose key lives on another host)."""
     scheme, sep, _ = uri.partition(":")
-    if not sep or scheme not in ("file", "pkcs11"):
+    if not sep or scheme not in ("file", "pkcs11", "offline"):
         raise InvalidInputError(
             f"unsupported key URI {uri!r}", hint="use file:<path> or pkcs11:token=...;object=..."
         )
@@ -26,7 +29,15 @@ def scheme_of(uri: str) -> str:
 
 def open_keystore(uri: str, home_root: Path, secrets: SecretProvider) -> KeyStore:
     """The key store that serves ``uri``."""
-    if scheme_of(uri) == "file":
+    scheme = scheme_of(uri)
+    if scheme == "offline":
+        from cyphrs_cli.errors import KeyStoreError
+
+        raise KeyStoreError(
+            "this CA's key is offline (kept on another host)",
+            hint="sign with it on the host that holds the key",
+        )
+    if scheme == "file":
         from cyphrs_cli.keystore.file import FileKeyStore
 
         return FileKeyStore(home_root, secrets)

@@ -28,7 +28,12 @@ from cyphrs_cli.ledger.events import (
 )
 from cyphrs_cli.ledger.records import row_digest
 
-ISSUANCE_EVENTS = ("authority.created", "certificate.issued", "certificate.renewed")
+ISSUANCE_EVENTS = (
+    "authority.created",
+    "authority.imported",
+    "certificate.issued",
+    "certificate.renewed",
+)
 
 
 @dataclass

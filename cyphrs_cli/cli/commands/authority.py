@@ -11,7 +11,9 @@ from cyphrs_cli.cli import render
 from cyphrs_cli.cli.options import (
     AliasOption,
     ExistingKeyOption,
+    ForceOption,
     HomeOption,
+    IssuerOption,
     JsonOption,
     KeyUriOption,
     NoInputOption,
@@ -44,6 +46,22 @@ Examples:
   --passphrase-file inter.pass --root-passphrase-file root.pass
 
   cyphrs create-intermediate --name "Acme Web CA" --name-constraints --permit-dns acme.internal ...
+
+{EXIT_CODE_HELP}"""
+
+
+OFFLINE_EPILOG = f"""\
+The offline-root flow, in three steps:
+
+  online$  cyphrs create-intermediate --name "Acme Agents CA" --trust-domain acme.internal
+           --passphrase-file inter.pass --csr-out agents.csr
+
+  root$    cyphrs sign-intermediate agents.csr --out agents.pem --passphrase-file root.pass
+
+  online$  cyphrs import-intermediate agents.pem
+
+Examples: as above. The root's key never leaves its host; the online home records the root
+certificate with the key URI "offline:".
 
 {EXIT_CODE_HELP}"""
 
@@ -86,6 +104,8 @@ def _render_created(command: str, created: CaCreated, home: CaHome) -> None:
 def register(app: typer.Typer) -> None:
     app.command("init-root", epilog=INIT_ROOT_EPILOG)(init_root)
     app.command("create-intermediate", epilog=INTERMEDIATE_EPILOG)(create_intermediate)
+    app.command("sign-intermediate", epilog=OFFLINE_EPILOG)(sign_intermediate)
+    app.command("import-intermediate", epilog=OFFLINE_EPILOG)(import_intermediate)
 
 
 def init_root(
@@ -180,6 +200,15 @@ def create_intermediate(
     root_passphrase_env: Annotated[
         str | None, typer.Option("--root-passphrase-env", metavar="VAR")
     ] = None,
+    csr_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--csr-out",
+            dir_okay=False,
+            help="Offline root: create the key and write a CSR here for the root's host to sign.",
+        ),
+    ] = None,
+    force: ForceOption = False,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -192,6 +221,30 @@ def create_intermediate(
     from cyphrs_cli.keystore.base import KeySpec
 
     ca_home = resolve_home(home)
+    secrets = secret_provider(
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        new=True,
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
+    )
+    if csr_out is not None:
+        _request_intermediate(
+            ca_home,
+            csr_out,
+            force,
+            name=name,
+            organization=organization,
+            alias=alias,
+            key_spec=KeySpec.parse(key_type),
+            key_uri=key_uri,
+            trust_domain=trust_domain,
+            secrets=secrets,
+            existing_key=existing_key,
+        )
+        return
     created = create(
         ca_home,
         common_name=name,
@@ -205,15 +258,7 @@ def create_intermediate(
         permitted_dns=tuple(permit_dns or ()),
         path_length=path_length,
         ekus=("clientAuth", "serverAuth"),
-        secrets=secret_provider(
-            file=passphrase_file,
-            env=passphrase_env,
-            flag="--passphrase",
-            new=True,
-            no_input=no_input,
-            pin_file=pin_file,
-            pin_env=pin_env,
-        ),
+        secrets=secrets,
         root_secrets=secret_provider(
             file=root_passphrase_file,
             env=root_passphrase_env,
@@ -225,3 +270,130 @@ def create_intermediate(
         existing_key=existing_key,
     )
     _render_created("create-intermediate", created, ca_home)
+
+
+def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: Any) -> None:
+    from cyphrs_cli.ca.offline import request_intermediate
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
+
+    refuse_existing([csr_out], force=force)
+    alias, csr_pem = request_intermediate(
+        home,
+        common_name=request["name"],
+        organization=request["organization"],
+        alias=request["alias"],
+        key_spec=request["key_spec"],
+        key_uri=request["key_uri"],
+        trust_domain=request["trust_domain"],
+        secrets=request["secrets"],
+        existing_key=request["existing_key"],
+    )
+    atomic_write(csr_out, csr_pem, mode=PUBLIC_FILE)
+    if render.json_mode():
+        render.emit_json(
+            {
+                "schema": "cyphrs.intermediate-request/v1",
+                "home": str(home.root),
+                "alias": alias,
+                "csr_path": str(csr_out),
+            }
+        )
+        return
+    render.console().print(f"Created the key of {alias} and wrote its CSR to {csr_out}")
+    render.note(
+        "sign it on the root's host: cyphrs sign-intermediate CSR --out CERT, then "
+        "cyphrs import-intermediate CERT here"
+    )
+
+
+def sign_intermediate(
+    csr: Annotated[str, typer.Argument(help="The intermediate's CSR (PEM/DER file, or -).")],
+    out: Annotated[
+        str, typer.Option("--out", help="Write the certificate and root (PEM) here, or - .")
+    ],
+    trust_domain: Annotated[str | None, typer.Option("--trust-domain")] = None,
+    name_constraints: Annotated[bool, typer.Option("--name-constraints")] = False,
+    permit_dns: Annotated[list[str] | None, typer.Option("--permit-dns")] = None,
+    path_length: Annotated[int, typer.Option("--path-length", min=0, max=3)] = 0,
+    validity: Annotated[str, typer.Option("--validity")] = "5y",
+    issuer: IssuerOption = None,
+    home: HomeOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    force: ForceOption = False,
+    no_input: NoInputOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """On the root's host: sign an intermediate CSR made elsewhere (offline-root flow)."""
+    from cyphrs_cli.ca.offline import sign_intermediate as sign
+    from cyphrs_cli.cli.secrets import ca_key_secrets
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.durations import parse_duration
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, read_input, refuse_existing
+
+    if out != "-":
+        refuse_existing([Path(out)], force=force)
+    ca_home = resolve_home(home)
+    issued, bundle = sign(
+        ca_home,
+        read_input(csr),
+        source=csr,
+        ttl=parse_duration(validity),
+        trust_domain=trust_domain,
+        name_constraints=name_constraints,
+        permitted_dns=tuple(permit_dns or ()),
+        path_length=path_length,
+        secrets=ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
+        root_name=issuer,
+    )
+    if out == "-":
+        render.emit_text(bundle.decode())
+        return
+    atomic_write(Path(out), bundle, mode=PUBLIC_FILE)
+    from cyphrs_cli.cli.views import issued_view
+
+    view = {**issued_view(issued), "path": out}
+    if render.json_mode():
+        render.emit_json({"schema": "cyphrs.sign-intermediate/v1", "certificate": view})
+        return
+    render.console().print(f"Signed intermediate {view['subject']} ({view['serial']}) into {out}")
+
+
+def import_intermediate(
+    certificate: Annotated[str, typer.Argument(help="Signed certificate (+ root) PEM, or -.")],
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", dir_okay=False, help="Root certificate, if not bundled."),
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Finish the offline-root flow: record the signed intermediate for its pending key."""
+    from cyphrs_cli.ca.offline import import_intermediate as do_import
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.fsutil import read_input
+
+    ca_home = resolve_home(home)
+    imported = do_import(
+        ca_home,
+        read_input(certificate),
+        source=certificate,
+        root_pem=root.read_bytes() if root else None,
+    )
+    if render.json_mode():
+        render.emit_json(
+            {
+                "schema": "cyphrs.import-intermediate/v1",
+                "alias": imported.alias,
+                "root": imported.root_alias,
+                "subject": imported.certificate.subject.rfc4514_string(),
+            }
+        )
+        return
+    render.console().print(
+        f"Imported intermediate {imported.alias} (root {imported.root_alias}); it can issue now"
+    )

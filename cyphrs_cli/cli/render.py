@@ -52,6 +52,8 @@ def console(*, stderr: bool = False) -> Console:
         _consoles[stderr] = Console(
             stderr=stderr,
             highlight=False,
+            # Certificate names and labels are data: never let them be read as Rich markup.
+            markup=False,
             soft_wrap=True,
             quiet=_state["quiet"],
             # Piped output is read by tools and people alike: never cut it at 80 columns.

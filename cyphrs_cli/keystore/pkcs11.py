@@ -252,7 +252,7 @@ class TokenRsaKey(rsa.RSAPrivateKey):
                 "sha384": Mechanism.SHA384,
                 "sha512": Mechanism.SHA512,
             }[algorithm.name]
-            salt = algorithm.digest_size
+            salt = _pss_salt_length(padding_, algorithm, self._public.key_size)
             return bytes(
                 self._private.sign(
                     data, mechanism=_RSA_PSS[algorithm.name], mechanism_param=(hash_mech, mgf, salt)
@@ -276,6 +276,18 @@ class TokenRsaKey(rsa.RSAPrivateKey):
 
     def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaKey:
         return self
+
+
+def _pss_salt_length(pss: padding.PSS, algorithm: hashes.HashAlgorithm, key_bits: int) -> int:
+    """Resolve cryptography's salt-length markers to the number the token needs."""
+    salt = pss._salt_length  # cryptography keeps the requested length here
+    if isinstance(salt, int):
+        return salt
+    if isinstance(salt, padding._DigestLength):
+        return algorithm.digest_size
+    if isinstance(salt, padding._MaxLength):
+        return (key_bits + 7) // 8 - algorithm.digest_size - 2
+    raise KeyStoreError("unsupported PSS salt length for a token key")
 
 
 class TokenEd25519Key(ed25519.Ed25519PrivateKey):

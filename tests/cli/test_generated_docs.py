@@ -64,3 +64,15 @@ def test_completion_of_profiles_and_issuers_reads_the_home(tmp_path: Path) -> No
     )
     assert _complete("cyphrs issue ", 2, home) == ["agent", "batch-worker", "client", "server"]
     assert _complete("cyphrs issue agent --issuer acme-a", 4, home) == ["acme-agents"]
+
+
+def test_show_completion_prints_the_committed_script() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyphrs_cli", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "_cyphrs_completion" in proc.stdout
+    committed = (REPO / "completions" / "cyphrs.bash").read_text()
+    assert "complete -o default -F _cyphrs_completion cyphrs" in committed

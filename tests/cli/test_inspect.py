@@ -114,3 +114,38 @@ def test_inspect_garbage(tmp_path: Path) -> None:
     result = cli("inspect", str(bad), "--home", str(tmp_path))
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert result.stderr.startswith("cyphrs: error: ") and result.stderr.count("\n") == 1
+
+
+def test_colour_only_when_allowed(hierarchy: Hierarchy, tmp_path: Path) -> None:
+    """A foreign certificate's "NO" is red when colour is forced, and plain under NO_COLOR."""
+    import os
+    import subprocess
+
+    from tests.helpers import tool
+
+    stranger = build_hierarchy(tmp_path / "stranger")
+    out = _agent(stranger, tmp_path / "a")
+    base = {**os.environ, "CYPHRS_HOME": str(hierarchy.home), "FORCE_COLOR": "1"}
+    base.pop("NO_COLOR", None)
+
+    def run(env: dict[str, str]) -> str:
+        return subprocess.run(
+            [tool("cyphrs"), "inspect", str(out / "cert.pem")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "\x1b[31mNO" in run(base)
+    plain = run({**base, "NO_COLOR": "1"})
+    assert "chains here  NO" in plain and "\x1b[31m" not in plain
+
+
+def test_markup_in_certificate_data_is_printed_verbatim(
+    hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    result = hierarchy.issue("client", "--cn", "[bold red]x[/]", "--out-dir", str(tmp_path / "c"))
+    assert result.exit_code == 0, result.stderr
+    shown = cli("inspect", str(tmp_path / "c" / "cert.pem"), "--home", str(hierarchy.home))
+    assert "CN=[bold red]x[/]" in shown.stdout

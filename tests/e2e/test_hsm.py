@@ -412,3 +412,76 @@ def test_failed_creation_destroys_the_generated_token_key(tokens: Tokens, tmp_pa
     )
     assert "second-ca" not in [k["label"] for k in json.loads(listing.stdout)["keys"]]
     assert "second" not in (ca.home / "config.toml").read_text()
+
+
+BUILDERS_PROBE = r"""
+import datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+from cyphrs_cli.keystore.base import KeySpec
+from cyphrs_cli.keystore.pkcs11 import Pkcs11KeyStore, TokenEcKey, TokenRsaKey
+
+module, suffix = sys.argv[1], sys.argv[2]
+store = Pkcs11KeyStore(lambda purpose: b"472019")
+uri = "pkcs11:token=issuing-token;object=probe-{}-" + suffix + "?module-path=" + module
+ec_key = store.create_key(KeySpec.parse("p256"), uri.format("ec")).signer
+rsa_key = store.create_key(KeySpec.parse("rsa3072"), uri.format("rsa")).signer
+assert isinstance(ec_key, TokenEcKey) and isinstance(rsa_key, TokenRsaKey)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe")])
+now = datetime.datetime.now(datetime.UTC)
+results = []
+for key, alg in ((ec_key, hashes.SHA256()), (rsa_key, hashes.SHA256())):
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, alg))
+    cert.verify_directly_issued_by(cert)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, alg)
+    results.append(csr.is_signature_valid)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now)
+           .next_update(now + datetime.timedelta(hours=1)).sign(key, alg))
+    results.append(crl.is_signature_valid(key.public_key()))
+    response = (ocsp.OCSPResponseBuilder()
+                .add_response(cert=cert, issuer=cert, algorithm=hashes.SHA256(),
+                              cert_status=ocsp.OCSPCertStatus.GOOD, this_update=now,
+                              next_update=now + datetime.timedelta(hours=1), revocation_time=None,
+                              revocation_reason=None)
+                .responder_id(ocsp.OCSPResponderEncoding.HASH, cert).sign(key, alg))
+    if isinstance(key, TokenEcKey):
+        key.public_key().verify(response.signature, response.tbs_response_bytes, ec.ECDSA(alg))
+    else:
+        key.public_key().verify(response.signature, response.tbs_response_bytes, padding.PKCS1v15(), alg)
+    results.append(True)
+# ECDSA: the host hashes, the token signs the digest with CKM_ECDSA; the DER r||s verifies,
+# also when the caller passes a digest it computed itself.
+digest = hashes.Hash(hashes.SHA256()); digest.update(b"pinned"); prehashed = digest.finalize()
+signature = ec_key.sign(prehashed, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+r, s = utils.decode_dss_signature(signature)
+ec_key.public_key().verify(signature, b"pinned", ec.ECDSA(hashes.SHA256()))
+# RSA-PSS where asked, with the token's combined mechanism.
+pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+rsa_key.public_key().verify(rsa_key.sign(b"pss", pss, hashes.SHA256()), b"pss", pss, hashes.SHA256())
+try:
+    ec_key.private_bytes(None, None, None)
+    results.append(False)
+except Exception as exc:
+    results.append(type(exc).__name__ == "KeyStoreError")
+print("OK" if all(results) else f"FAILED {results}")
+"""
+
+
+def test_token_signers_work_with_every_builder(tokens: Tokens, tmp_path: Path) -> None:
+    """cryptography's certificate, CSR, CRL and OCSP builders accept our token-key subclasses."""
+    proc = subprocess.run(
+        [os.sys.executable, "-c", BUILDERS_PROBE, tokens.module, tmp_path.name],
+        env={**os.environ, **tokens.env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "OK"

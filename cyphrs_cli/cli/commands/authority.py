@@ -94,7 +94,7 @@ def _render_created(command: str, created: CaCreated, home: CaHome) -> None:
         return
     auth = document["authority"]
     out = render.console()
-    out.print(f"Created {auth['role']} CA [bold]{auth['alias']}[/bold] in {document['home']}")
+    out.print(f"Created {auth['role']} CA {auth['alias']} in {document['home']}", style="bold")
     for label in ("subject", "serial", "fingerprint", "not_after", "key_uri", "certificate_path"):
         out.print(f"  {label.replace('_', ' '):<17}{auth[label]}")
     if auth["validity_clamped"]:

@@ -179,61 +179,66 @@ def _ski_hex(cert: x509.Certificate) -> str | None:
 
 
 def _print_human(document: dict[str, Any]) -> None:
+    """Rows of (label, value, style); the console has markup off, so data prints as is."""
+    from datetime import timedelta
+
     from cyphrs_cli.durations import format_duration
 
     console = render.console()
+
+    def row(label: str, value: str, style: str | None = None) -> None:
+        console.print(f"  {label:<12} ", end="")
+        console.print(value, style=style)
+
     for index, obj in enumerate(document["objects"]):
         if index:
             console.print()
         if obj["type"] == "csr":
             console.print(
-                f"[bold]Certificate request[/bold]  {obj['subject'] or '(empty subject)'}"
+                f"Certificate request  {obj['subject'] or '(empty subject)'}", style="bold"
             )
-            console.print(f"  key          {_key_text(obj['key'])}")
-            console.print(f"  requested    {', '.join(obj['requested_sans']) or '-'}")
-            console.print(f"  signature    {'valid' if obj['signature_valid'] else 'INVALID'}")
+            row("key", _key_text(obj["key"]))
+            row("requested", ", ".join(obj["requested_sans"]) or "-")
+            row(
+                "signature",
+                "valid" if obj["signature_valid"] else "INVALID",
+                None if obj["signature_valid"] else "red",
+            )
             continue
-        from datetime import timedelta
-
-        left = (
-            "expired"
-            if obj["expired"]
-            else format_duration(timedelta(seconds=obj["seconds_left"])) + " left"
-        )
         kind = "CA certificate" if obj["is_ca"] else "Certificate"
-        console.print(f"[bold]{kind}[/bold]  {obj['subject'] or '(empty subject)'}")
-        rows = [
-            ("issuer", obj["issuer"]),
-            ("serial", obj["serial"]),
-            ("valid", f"{obj['not_before']} → {obj['not_after']} ({left})"),
-            ("key", _key_text(obj["key"])),
-            ("signature", obj["signature_algorithm"]),
-            ("sha256", obj["fingerprints"]["sha256"].removeprefix("sha256:")),
-        ]
+        console.print(f"{kind}  {obj['subject'] or '(empty subject)'}", style="bold")
+        row("issuer", obj["issuer"])
+        row("serial", obj["serial"])
+        if obj["expired"]:
+            row("valid", f"{obj['not_before']} → {obj['not_after']} (expired)", "red")
+        else:
+            left = format_duration(timedelta(seconds=obj["seconds_left"]))
+            row("valid", f"{obj['not_before']} → {obj['not_after']} ({left} left)")
+        row("key", _key_text(obj["key"]))
+        row("signature", obj["signature_algorithm"])
+        row("sha256", obj["fingerprints"]["sha256"].removeprefix("sha256:"))
         if obj["sans"]:
-            rows.append(("names", ", ".join(obj["sans"])))
+            row("names", ", ".join(obj["sans"]))
         if obj["spiffe_id"]:
-            rows.append(("spiffe id", obj["spiffe_id"]))
+            row("spiffe id", obj["spiffe_id"])
         claims = obj["agent_claims"]
         if claims:
-            rows.append(("workflow", claims["workflow"]))
-            rows.append(("permissions", ", ".join(claims["permissions"]) or "-"))
-            rows.append(("requester", claims["requester"]))
+            row("workflow", claims["workflow"])
+            row("permissions", ", ".join(claims["permissions"]) or "-")
+            row("requester", claims["requester"])
         chain = obj.get("chains_to_home_root")
-        rows.append(("chains here", {True: "yes", False: "NO", None: "no CA home"}[chain]))
+        row(
+            "chains here",
+            {True: "yes", False: "NO", None: "no CA home"}[chain],
+            {True: "green", False: "red", None: None}[chain],
+        )
         ledger = obj.get("ledger")
         if ledger:
-            rows.append(
-                (
-                    "ledger",
-                    ledger.get("status", "not recorded") if ledger["recorded"] else "not recorded",
-                )
-            )
-        for label, value in rows:
-            console.print(f"  {label:<12} {value}")
+            status = ledger.get("status", "") if ledger["recorded"] else "not recorded"
+            row("ledger", status, {"valid": "green", "superseded": "yellow"}.get(status, "red"))
         for ext in obj["extensions"]:
             crit = " (critical)" if ext["critical"] else ""
-            console.print(f"  [dim]ext {ext['name']}{crit}: {ext['value']}[/dim]")
+            console.print(f"  ext {ext['name']}{crit}: {ext['value']}", style="dim")
 
 
 def _key_text(key: dict[str, Any]) -> str:

@@ -70,7 +70,7 @@ def list_keys(
         render.emit_json(document)
         return
     console = render.console()
-    console.print(f"Token [bold]{token.token}[/bold]: {len(keys)} private key(s)")
+    console.print(f"Token {token.token}: {len(keys)} private key(s)", style="bold")
     for key in keys:
         flags = ", ".join(name.lower() for name, on in key["attributes"].items() if on)
         used = ", ".join(key["used_by"]) or "no CA of this home"

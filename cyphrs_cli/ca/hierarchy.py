@@ -142,8 +142,11 @@ def _create_ca(
         ),
     )
     try:
-        pending.commit()
         issued = issue(ledger, issuer, plan)
+        # A file key is written only once its certificate is recorded: a crash before the
+        # commit leaves nothing behind; one after it leaves a recorded CA that was never
+        # delivered (visible in the ledger, harmless). Token keys exist already.
+        pending.commit()
     except BaseException:
         _undo_key(home, pending)
         raise
@@ -197,6 +200,7 @@ def create_root(
             f"{home.root} already has a root CA", hint="use another --home for a new hierarchy"
         )
     created_home = not home.root.exists()
+    created_ledger = not home.ledger_path.exists()
     ensure_private_dir(home.root)
     ledger = open_ledger(home, create=True)
     try:
@@ -223,19 +227,24 @@ def create_root(
         )
     except BaseException:
         ledger.close()
-        if created_home:
-            _remove_fresh_home(home)
+        _remove_fresh_state(home, created_home=created_home, created_ledger=created_ledger)
         raise
     finally:
         ledger.close()
 
 
-def _remove_fresh_home(home: CaHome) -> None:
-    """Undo a home that this very command created and failed to finish."""
+def _remove_fresh_state(home: CaHome, *, created_home: bool, created_ledger: bool) -> None:
+    """Undo what this very command created before it failed: the home, or its new ledger."""
     import shutil
 
-    if not home.config_path.exists():
+    if home.config_path.exists():
+        return
+    if created_home:
         shutil.rmtree(home.root, ignore_errors=True)
+    elif created_ledger:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                home.ledger_path.with_name(home.ledger_path.name + suffix).unlink()
 
 
 def create_intermediate(

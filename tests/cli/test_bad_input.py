@@ -223,3 +223,30 @@ def test_key_files_are_private_and_encrypted(hierarchy: Hierarchy) -> None:
         assert key_file.stat().st_mode & 0o777 == 0o600
         assert b"ENCRYPTED PRIVATE KEY" in key_file.read_bytes()
     assert (hierarchy.home / "keys").stat().st_mode & 0o777 == 0o700
+
+
+def test_init_root_in_an_existing_empty_directory_leaves_it_empty(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    short = tmp_path / "short.pass"
+    short.write_text("abc")
+    result = cli(
+        "init-root", "--name", "Root", "--home", str(home), "--passphrase-file", str(short)
+    )
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert list(home.iterdir()) == []
+
+
+def test_crash_while_creating_a_root_leaves_no_key_and_can_be_retried(tmp_path: Path) -> None:
+    from tests.helpers import ROOT_PASS, run_cyphrs
+
+    secret = tmp_path / "root.pass"
+    secret.write_text(ROOT_PASS)
+    home = tmp_path / "home"
+    args = ("init-root", "--name", "Root", "--home", str(home), "--passphrase-file", str(secret))
+    crashed = run_cyphrs(*args, env={"CYPHRS_TEST_FAULT": "after-sign"})
+    assert crashed.returncode == 86
+    assert not (home / "keys").exists() or list((home / "keys").iterdir()) == []
+    assert not (home / "config.toml").exists()
+    retried = run_cyphrs(*args)
+    assert retried.returncode == 0, retried.stderr

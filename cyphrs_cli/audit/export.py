@@ -60,7 +60,6 @@ KEY_COLUMNS = (
     "certificate_serial",
     "certificate_not_after",
 )
-SIGNED_FILES = ("checkpoint.json", "signature.json")
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from cyphrs_cli.keystore.base import KeySpec, KeyStore, PendingKey, SecretProvider
     from cyphrs_cli.ledger.db import Ledger
 
-ROOT_DEFAULT_TTL = timedelta(days=3650)
-INTERMEDIATE_DEFAULT_TTL = timedelta(days=1825)
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 

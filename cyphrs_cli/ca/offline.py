@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from cyphrs_cli.ca.models import IssuedCertificate
     from cyphrs_cli.config.home import CaHome
-    from cyphrs_cli.keystore.base import KeySpec, SecretProvider
+    from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
 
 PENDING = "pending_intermediates"
 
@@ -197,12 +198,12 @@ def import_intermediate(
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
 
-    from cyphrs_cli.ca.hierarchy import alias_from_name, open_ledger
-    from cyphrs_cli.ca.issuance import certificate_row, fingerprint
+    from cyphrs_cli.ca.hierarchy import alias_from_name, load_certificate_file, open_ledger
+    from cyphrs_cli.ca.issuance import fingerprint
     from cyphrs_cli.ca.parsing import load_certificates
     from cyphrs_cli.keystore.base import KeyInfo
     from cyphrs_cli.keystore.uri import OFFLINE_URI
-    from cyphrs_cli.ledger.records import insert_authority, insert_certificate, row_digest
+    from cyphrs_cli.ledger.records import authority_by_name
 
     home.require_initialised()
     config = load_config(home)
@@ -215,120 +216,47 @@ def import_intermediate(
             f"{source}: no root certificate (add it to the file or pass --root)"
         )
     root = roots[0]
-    intermediates = [c for c in certs if c.subject != c.issuer]
-    pending = _pending(config)
-    match = None
-    for cert in intermediates:
-        for alias, request in pending.items():
-            public_key = serialization.load_pem_public_key(request["public_key"].encode())
-            if cert.public_key() == public_key:
-                match = (alias, request, cert)
-    if match is None:
-        raise NotFoundError(f"{source}: no certificate matches the key of a pending request")
-    alias, request, cert = match
+    alias, request, cert = _match_pending(
+        config, [c for c in certs if c.subject != c.issuer], source
+    )
     try:
         cert.verify_directly_issued_by(root)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise InvalidInputError(f"{source}: the intermediate is not signed by that root") from exc
     if cert.not_valid_after_utc <= utc_now():
         raise InvalidInputError(f"{source}: the intermediate has already expired")
-
     existing_root = config.root
-    now = rfc3339(utc_now())
-    with open_ledger(home) as ledger:
-        root_id = None
-        if existing_root is not None:
-            from cyphrs_cli.ca.hierarchy import load_certificate_file
+    if existing_root is not None and fingerprint(
+        load_certificate_file(home, existing_root)
+    ) != fingerprint(root):
+        raise ConflictError("this home already has a different root CA")
+    root_alias = existing_root.name if existing_root else alias_from_name(_common_name(root))
+    intermediate_key = KeyInfo(
+        request["key"],
+        request["key_storage"],
+        request["key_algorithm"],
+        request["key_generated_in"],
+        {},
+    )
 
-            if fingerprint(load_certificate_file(home, existing_root)) != fingerprint(root):
-                raise ConflictError("this home already has a different root CA")
-            from cyphrs_cli.ledger.records import authority_by_name
-
-            known = authority_by_name(ledger.conn, existing_root.name)
-            root_id = int(known["id"]) if known is not None else None
-        root_alias = (
-            existing_root.name
-            if existing_root
-            else alias_from_name(root.subject.rfc4514_string().split("CN=")[-1].split(",")[0])
-        )
-        with ledger.transaction() as conn:
-            records: list[tuple[x509.Certificate, str, str, KeyInfo, int | None, str | None]] = []
-            if root_id is None:
-                records.append(
-                    (
-                        root,
-                        root_alias,
-                        "root",
-                        KeyInfo(OFFLINE_URI, "offline", _algorithm(root), "unknown", {}),
-                        None,
-                        None,
-                    )
-                )
-            records.append(
-                (
-                    cert,
-                    alias,
-                    "intermediate",
-                    KeyInfo(
-                        request["key"],
-                        request["key_storage"],
-                        request["key_algorithm"],
-                        request["key_generated_in"],
-                        {},
-                    ),
-                    root_id,
-                    request["trust_domain"] or None,
-                )
+    with open_ledger(home) as ledger, ledger.transaction() as conn:
+        known = authority_by_name(conn, root_alias) if existing_root else None
+        if known is not None:
+            root_id = int(known["id"])
+        else:
+            offline = KeyInfo(OFFLINE_URI, "offline", _algorithm(root), "unknown", {})
+            root_id = _record_ca(
+                conn, root, root_alias, "root", offline, parent_id=None, trust_domain=None
             )
-            for certificate, name, role, key, parent_id, trust in records:
-                if parent_id is None and role == "intermediate":
-                    parent_id = root_id
-                authority_id = insert_authority(
-                    conn,
-                    name=name,
-                    role=role,
-                    parent_id=parent_id,
-                    ski=_ski(certificate),
-                    subject=certificate.subject.rfc4514_string(),
-                    key_uri=key.uri,
-                    key_storage=key.storage,
-                    key_algorithm=key.algorithm,
-                    key_generated_in=key.generated_in,
-                    key_attributes=key.attributes,
-                    trust_domain=trust,
-                    created_at=now,
-                )
-                if role == "root":
-                    root_id = authority_id
-                row = certificate_row(
-                    certificate,
-                    authority_id=root_id,
-                    profile=role,
-                    is_ca=True,
-                    issued_at=now,
-                    key_storage=key.uri,
-                )
-                cert_id = insert_certificate(conn, row)
-                conn.execute(
-                    "UPDATE authorities SET certificate_id = ? WHERE id = ?",
-                    (cert_id, authority_id),
-                )
-                append_event(
-                    conn,
-                    LedgerEvent(
-                        type="authority.imported",
-                        target=f"certificate:{row.serial}",
-                        details={
-                            "certificate_id": cert_id,
-                            "serial": row.serial,
-                            "fingerprint": row.fingerprint,
-                            "authority": name,
-                            "role": role,
-                            "key_uri": key.uri,
-                            "row_digest": row_digest(row),
-                        },
-                    ),
-                )
+        _record_ca(
+            conn,
+            cert,
+            alias,
+            "intermediate",
+            intermediate_key,
+            parent_id=root_id,
+            trust_domain=request["trust_domain"] or None,
+        )
 
     ensure_private_dir(home.certs_dir)
     if existing_root is None:
@@ -353,11 +281,93 @@ def import_intermediate(
         mode=PUBLIC_FILE,
     )
     config.authorities[alias] = entry
-    del pending[alias]
+    del _pending(config)[alias]
     if config.default_issuer is None:
         config.default_issuer = alias
     save_config(home, config)
     return Imported(alias, root_alias, cert)
+
+
+def _match_pending(
+    config: HomeConfig, candidates: list[x509.Certificate], source: str
+) -> tuple[str, dict[str, Any], x509.Certificate]:
+    """The pending request whose public key the signed certificate carries."""
+    from cryptography.hazmat.primitives import serialization
+
+    for cert in candidates:
+        for alias, request in _pending(config).items():
+            if cert.public_key() == serialization.load_pem_public_key(
+                request["public_key"].encode()
+            ):
+                return alias, request, cert
+    raise NotFoundError(f"{source}: no certificate matches the key of a pending request")
+
+
+def _record_ca(
+    conn: sqlite3.Connection,
+    cert: x509.Certificate,
+    name: str,
+    role: str,
+    key: KeyInfo,
+    *,
+    parent_id: int | None,
+    trust_domain: str | None,
+) -> int:
+    """Authority row, certificate row and ``authority.imported`` event; returns the
+    authority id. A root is its own issuing authority; an intermediate's is its parent."""
+    from cyphrs_cli.ca.issuance import certificate_row
+    from cyphrs_cli.ledger.records import insert_authority, insert_certificate, row_digest
+
+    now = rfc3339(utc_now())
+    authority_id = insert_authority(
+        conn,
+        name=name,
+        role=role,
+        parent_id=parent_id,
+        ski=_ski(cert),
+        subject=cert.subject.rfc4514_string(),
+        key_uri=key.uri,
+        key_storage=key.storage,
+        key_algorithm=key.algorithm,
+        key_generated_in=key.generated_in,
+        key_attributes=key.attributes,
+        trust_domain=trust_domain,
+        created_at=now,
+    )
+    row = certificate_row(
+        cert,
+        authority_id=parent_id or authority_id,
+        profile=role,
+        is_ca=True,
+        issued_at=now,
+        key_storage=key.uri,
+    )
+    cert_id = insert_certificate(conn, row)
+    conn.execute("UPDATE authorities SET certificate_id = ? WHERE id = ?", (cert_id, authority_id))
+    append_event(
+        conn,
+        LedgerEvent(
+            type="authority.imported",
+            target=f"certificate:{row.serial}",
+            details={
+                "certificate_id": cert_id,
+                "serial": row.serial,
+                "fingerprint": row.fingerprint,
+                "authority": name,
+                "role": role,
+                "key_uri": key.uri,
+                "row_digest": row_digest(row),
+            },
+        ),
+    )
+    return authority_id
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
 def _ski(cert: x509.Certificate) -> str:

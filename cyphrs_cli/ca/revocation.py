@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from cyphrs_cli.ca.serials import serial_hex
 from cyphrs_cli.errors import ConflictError, InvalidInputError, UsageError
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, sha256_hex, utc_now
 
@@ -186,7 +185,3 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
             ),
         )
     return PublishedCrl(issuer.name, number, now, next_update, len(entries), crl)
-
-
-def crl_serials(crl: x509.CertificateRevocationList) -> set[str]:
-    return {serial_hex(r.serial_number) for r in crl}

@@ -29,10 +29,6 @@ class CaHome:
         return self.root / "ledger.sqlite3"
 
     @property
-    def keys_dir(self) -> Path:
-        return self.root / "keys"
-
-    @property
     def certs_dir(self) -> Path:
         return self.root / "certs"
 

@@ -131,6 +131,3 @@ class FileKeyStore:
         return decrypt_private_key(
             data, self._secrets(f"passphrase for {path.name}"), source=str(path)
         )
-
-    def describe(self, uri: str) -> KeyInfo:
-        return KeyInfo(uri, "file", "unknown", "software", {})

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pkcs11
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
@@ -459,9 +459,6 @@ class Pkcs11KeyStore:
         private, public = self._pair(session, parsed)
         return signer_for(private, public_key_of(public), session, parsed.token)
 
-    def describe(self, uri: str) -> KeyInfo:
-        return self.adopt_key(uri).info
-
 
 def list_token_keys(uri: str, secrets: SecretProvider) -> list[dict[str, Any]]:
     """Every private key on the token named by ``uri`` (object= is ignored)."""
@@ -486,12 +483,3 @@ def list_token_keys(uri: str, secrets: SecretProvider) -> list[dict[str, Any]]:
             }
         )
     return sorted(keys, key=lambda k: k["label"])
-
-
-def public_key_pem(uri: str, secrets: SecretProvider) -> bytes:
-    signer = Pkcs11KeyStore(secrets).open_signer(uri)
-    return bytes(
-        signer.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )

@@ -104,6 +104,14 @@ def root(
     debug: Annotated[
         bool, typer.Option("--debug", help=f"Tracebacks for errors (or {DEBUG_ENV}=1).")
     ] = False,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            help="Who is acting, for the audit log (or CYPHRS_ACTOR).",
+            show_default=False,
+        ),
+    ] = None,
     home: Annotated[
         str | None,
         typer.Option(
@@ -115,6 +123,8 @@ def root(
     render.reset()
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    if actor:
+        os.environ["CYPHRS_ACTOR"] = actor
     if home:
         # Commands read CYPHRS_HOME through their own --home option; a command-level
         # --home still wins because an explicit flag beats the environment.

@@ -1,0 +1,72 @@
+"""Durations, serial numbers and key specs: the small parsers every command relies on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cyphrs_cli.ca.serials import MIN_SERIAL, SERIAL_BITS, new_serial, parse_serial, serial_hex
+from cyphrs_cli.durations import format_duration, parse_duration
+from cyphrs_cli.errors import InvalidInputError
+from cyphrs_cli.keystore.base import KeySpec
+from cyphrs_cli.times import parse_time
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("4h", 14400),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("1y", 31536000),
+        (" 2H ", 7200),
+    ],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "4", "4x", "h", "-1h", "0s", "1.5h", "4h 30m"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(InvalidInputError):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert format_duration(timedelta(hours=3, minutes=59, seconds=10)) == "3h59m"
+    assert format_duration(timedelta(0)) == "0s"
+    assert format_duration(timedelta(seconds=-61)) == "-1m1s"
+
+
+def test_serials_are_positive_wide_and_short() -> None:
+    serials = {new_serial() for _ in range(2000)}
+    assert len(serials) == 2000
+    for serial in serials:
+        assert MIN_SERIAL <= serial < 1 << SERIAL_BITS
+        assert len(serial.to_bytes(20, "big")) == 20  # fits 20 octets, top bit clear
+    assert max(s.bit_length() for s in serials) > 150  # really 159 random bits
+
+
+def test_serial_text_forms() -> None:
+    assert serial_hex(0xABC) == "0abc"
+    assert parse_serial("0A:BC") == parse_serial("0xabc") == "0abc"
+    with pytest.raises(InvalidInputError):
+        parse_serial("xyz")
+
+
+def test_key_specs() -> None:
+    assert KeySpec.parse("P-256").name == "p256"
+    assert KeySpec.parse("secp384r1").curve == "P-384"
+    assert KeySpec.parse("RSA_3072").bits == 3072
+    with pytest.raises(InvalidInputError):
+        KeySpec.parse("rsa1024")
+
+
+def test_times() -> None:
+    assert parse_time("2026-11-01").isoformat() == "2026-11-01T00:00:00+00:00"
+    assert parse_time("2026-11-01T05:00:00+02:00").hour == 3
+    with pytest.raises(InvalidInputError):
+        parse_time("yesterday")

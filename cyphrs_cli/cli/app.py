@@ -79,6 +79,8 @@ class CyphrsGroup(TyperGroup):
 
 app = typer.Typer(
     cls=CyphrsGroup,
+    # Plain click help: no markup is interpreted in help text, and Rich is not imported.
+    rich_markup_mode=None,
     name="cyphrs",
     help="A private certificate authority for short-lived mTLS identities of agents and services.",
     epilog=EXIT_CODE_HELP,

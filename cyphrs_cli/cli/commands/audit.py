@@ -55,7 +55,9 @@ Keep checkpoints outside the CA host: a truncated ledger is only detectable agai
 {EXIT_CODE_HELP}"""
 
 audit_app = typer.Typer(
-    help="Verify the ledger and audit bundles; sign checkpoints.", no_args_is_help=True
+    help="Verify the ledger and audit bundles; sign checkpoints.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

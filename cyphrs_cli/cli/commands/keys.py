@@ -27,7 +27,9 @@ Examples:
 
 {EXIT_CODE_HELP}"""
 
-keys_app = typer.Typer(help="Inspect CA keys held in PKCS#11 tokens.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Inspect CA keys held in PKCS#11 tokens.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,9 @@ Add or override profiles with TOML files in <home>/profiles/NAME.toml (see READM
 {EXIT_CODE_HELP}"""
 
 profiles_app = typer.Typer(
-    help="Issuance profiles: built-in and the CA home's own.", no_args_is_help=True
+    help="Issuance profiles: built-in and the CA home's own.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

@@ -105,3 +105,57 @@ def test_every_certificate_is_in_the_ledger(hierarchy: Hierarchy, tmp_path: Path
     assert row[1] == "server" and json.loads(row[2]) == ["DNS:x.acme.internal"]
     assert row[3].encode() == cert.public_bytes(serialization.Encoding.PEM)
     assert event[0] == "certificate.issued" and json.loads(event[1])["serial"] == row[0]
+
+
+def test_intermediate_validity_is_clamped_to_the_root(tmp_path: Path) -> None:
+    from tests.helpers import INTER_PASS, ROOT_PASS, cli
+
+    (tmp_path / "r").write_text(ROOT_PASS)
+    (tmp_path / "i").write_text(INTER_PASS)
+    home = ("--home", str(tmp_path / "home"))
+    assert (
+        cli(
+            "init-root",
+            "--name",
+            "Short Root",
+            "--validity",
+            "30d",
+            *home,
+            "--passphrase-file",
+            str(tmp_path / "r"),
+        ).exit_code
+        == 0
+    )
+    result = cli(
+        "create-intermediate",
+        "--name",
+        "Long Inter",
+        "--validity",
+        "5y",
+        "--json",
+        *home,
+        "--passphrase-file",
+        str(tmp_path / "i"),
+        "--root-passphrase-file",
+        str(tmp_path / "r"),
+    )
+    assert result.exit_code == 0, result.stderr
+    authority = result.json()["authority"]
+    root = x509.load_pem_x509_certificate(
+        (tmp_path / "home" / "certs" / "short-root.pem").read_bytes()
+    )
+    assert authority["validity_clamped"] is True
+    assert authority["not_after"] == root.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    leaf = cli(
+        "issue",
+        "server",
+        "--dns",
+        "a.example.internal",
+        "--ttl",
+        "30d",
+        "--json",
+        *home,
+        "--passphrase-file",
+        str(tmp_path / "i"),
+    )
+    assert leaf.exit_code == 0 and leaf.json()["certificate"]["not_after"] <= authority["not_after"]

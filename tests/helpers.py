@@ -180,3 +180,30 @@ def pkilint_findings(*args: str) -> list[str]:
         for finding in result.get("finding_descriptions", []):
             codes.append(finding["code"])
     return [c for c in codes if c not in KNOWN_FALSE_POSITIVES]
+
+
+def openssl_csr(directory: Path, subject: str = "/CN=api", *extra: str) -> tuple[Path, Path]:
+    """A P-256 key and CSR made by openssl itself (an outside client); returns (key, csr)."""
+    key, csr = directory / "openssl.key", directory / "openssl.csr"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            subject,
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, csr

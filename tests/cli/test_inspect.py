@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cyphrs_cli.errors import ExitCode
-from tests.helpers import Hierarchy, build_hierarchy, cli
+from tests.helpers import Hierarchy, build_hierarchy, cli, openssl_csr
 
 
 def _agent(h: Hierarchy, out: Path) -> Path:
@@ -72,31 +72,8 @@ def test_inspect_by_serial(hierarchy: Hierarchy, tmp_path: Path) -> None:
 
 
 def test_inspect_csr(tmp_path: Path) -> None:
-    import subprocess
-
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "k"),
-            "-out",
-            str(tmp_path / "r.csr"),
-            "-subj",
-            "/CN=api",
-            "-addext",
-            "subjectAltName=DNS:api.acme.internal",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    doc = cli("inspect", str(tmp_path / "r.csr"), "--json", "--home", str(tmp_path / "none")).json()
+    _, csr = openssl_csr(tmp_path, "/CN=api", "-addext", "subjectAltName=DNS:api.acme.internal")
+    doc = cli("inspect", str(csr), "--json", "--home", str(tmp_path / "none")).json()
     assert doc["objects"] == [
         {
             "type": "csr",

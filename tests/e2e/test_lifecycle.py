@@ -10,7 +10,15 @@ from cryptography.hazmat.primitives import serialization
 
 from cyphrs_cli.ca.serials import serial_hex
 from cyphrs_cli.errors import ExitCode
-from tests.helpers import Hierarchy, cli, openssl_verify, pkilint_findings, run_cyphrs, tool
+from tests.helpers import (
+    Hierarchy,
+    cli,
+    openssl_csr,
+    openssl_verify,
+    pkilint_findings,
+    run_cyphrs,
+    tool,
+)
 
 
 def _agent(h: Hierarchy, out: Path, *extra: str) -> Path:
@@ -284,31 +292,12 @@ def test_renewal_with_csr_uses_its_key(fresh_hierarchy: Hierarchy, tmp_path: Pat
     h = fresh_hierarchy
     server = h.issue("server", "--dns", "api.acme.internal", "--out-dir", str(tmp_path / "s"))
     assert server.exit_code == 0
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "k"),
-            "-out",
-            str(tmp_path / "r.csr"),
-            "-subj",
-            "/CN=ignored",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    key, csr = openssl_csr(tmp_path, "/CN=ignored")
     renewed = cli(
         "renew",
         str(tmp_path / "s" / "cert.pem"),
         "--csr",
-        str(tmp_path / "r.csr"),
+        str(csr),
         "--json",
         "--home",
         str(h.home),
@@ -319,7 +308,7 @@ def test_renewal_with_csr_uses_its_key(fresh_hierarchy: Hierarchy, tmp_path: Pat
     body = renewed.json()["certificate"]
     assert body["sans"] == ["DNS:api.acme.internal"] and body["subject"] == "CN=api.acme.internal"
     key_pub = subprocess.run(
-        ["openssl", "pkey", "-in", str(tmp_path / "k"), "-pubout"], capture_output=True, check=True
+        ["openssl", "pkey", "-in", str(key), "-pubout"], capture_output=True, check=True
     ).stdout
     cert = x509.load_pem_x509_certificate(body["pem"]["certificate"].encode())
     assert (

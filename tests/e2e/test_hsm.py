@@ -134,7 +134,7 @@ def _hsm_hierarchy(t: Tokens, base: Path, key_type: str) -> HsmCa:
     return HsmCa(home, root_uri, inter_uri)
 
 
-@pytest.mark.parametrize("key_type", ["p256", "p384", "rsa3072"])
+@pytest.mark.parametrize("key_type", ["p256", "p384", "rsa3072", "ed25519"])
 def test_token_hierarchy_passes_the_oracles(tokens: Tokens, tmp_path: Path, key_type: str) -> None:
     ca = _hsm_hierarchy(tokens, tmp_path, key_type)
     agent, server = tmp_path / "agent", tmp_path / "server"
@@ -485,3 +485,88 @@ def test_token_signers_work_with_every_builder(tokens: Tokens, tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK"
+
+
+ADOPT_PROBE = r"""
+import sys
+import pkcs11
+from pkcs11 import Attribute, KeyType
+from pkcs11.util.ec import encode_named_curve_parameters
+lib = pkcs11.lib(sys.argv[1])
+with lib.get_token(token_label="root-token").open(user_pin="472019", rw=True) as session:
+    params = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp384r1")}, local=True)
+    params.generate_keypair(store=True, label=sys.argv[2], id=b"adopt",
+                            private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                                              Attribute.SIGN: True})
+print("made")
+"""
+
+
+def test_existing_token_key_is_adopted_and_never_destroyed(tokens: Tokens, tmp_path: Path) -> None:
+    label = f"pre-made-{tmp_path.name}"
+    made = subprocess.run(
+        [os.sys.executable, "-c", ADOPT_PROBE, tokens.module, label],
+        env={**os.environ, **tokens.env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.stdout.strip() == "made", made.stderr
+    uri = tokens.uri("root-token", label)
+    home = tmp_path / "home"
+    args = (
+        "init-root",
+        "--home",
+        str(home),
+        "--name",
+        "Adopting Root",
+        "--key-uri",
+        uri,
+        "--existing-key",
+        "--pin-file",
+        str(tokens.pin_file),
+    )
+    # First attempt: the ledger refuses the write after the key was adopted. A failure must
+    # never destroy a key cyphrs did not create.
+    from cyphrs_cli.ledger.db import Ledger
+
+    home.mkdir()
+    Ledger(home / "ledger.sqlite3", create=True).close()
+    blocker = sqlite3.connect(home / "ledger.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        failed = run_cyphrs(*args, env={**tokens.env(), "CYPHRS_BUSY_TIMEOUT_MS": "300"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert failed.returncode == 8, failed.stderr
+    tokens.cyphrs(*args, "--json")
+    with sqlite3.connect(home / "ledger.sqlite3") as conn:
+        row = conn.execute(
+            "SELECT key_generated_in, key_algorithm, key_attributes FROM authorities"
+        ).fetchone()
+    assert row[0] == "hsm" and row[1] == "p384" and json.loads(row[2])["NEVER_EXTRACTABLE"] is True
+    again = tokens.cyphrs(
+        "init-root",
+        "--home",
+        str(tmp_path / "other"),
+        "--name",
+        "Same Label",
+        "--key-uri",
+        uri,
+        "--pin-file",
+        str(tokens.pin_file),
+        check=False,
+    )
+    assert again.returncode == 7 and "--existing-key" in again.stderr.decode()
+    listing = tokens.cyphrs(
+        "keys",
+        "list",
+        "--json",
+        "--pin-file",
+        str(tokens.pin_file),
+        "--token-uri",
+        f"pkcs11:token=root-token?module-path={tokens.module}",
+    )
+    assert label in [k["label"] for k in json.loads(listing.stdout)["keys"]]

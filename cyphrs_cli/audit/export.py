@@ -276,3 +276,38 @@ def export_bundle(
             ),
         )
     return ExportResult(out_dir, manifest, checkpoint)
+
+
+def write_archive(directory: Path, archive: Path) -> str:
+    """A reproducible ``.tar.gz`` of a bundle (sorted names, zeroed times and owners);
+    returns its SHA-256, which a reviewer can note down on receipt."""
+    import gzip
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    compressed = gzip.compress(buffer.getvalue(), mtime=0)
+    atomic_write(archive, compressed, mode=PUBLIC_FILE)
+    return sha256_hex(compressed)
+
+
+def extract_archive(archive: Path, target: Path) -> Path:
+    """Unpack a bundle archive safely (no links, no paths outside ``target``)."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            if len(tops) != 1:
+                raise InvalidInputError(f"{archive}: not a cyphrs bundle archive")
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise InvalidInputError(f"{archive}: unreadable archive ({exc})") from exc
+    return target / tops.pop()

@@ -161,7 +161,7 @@ def checkpoint(
 
 @audit_app.command("verify-export", epilog=EXPORT_EPILOG)
 def verify_export(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.", file_okay=False)],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz archive.")],
     root: Annotated[
         Path | None, typer.Option("--root", dir_okay=False, help="Root certificate you trust.")
     ] = None,
@@ -169,14 +169,21 @@ def verify_export(
     quiet: QuietOption = False,
 ) -> None:
     """Check an export bundle offline: file hashes, signatures, event chain, counts."""
+    import tempfile
+
+    from cyphrs_cli.audit.export import extract_archive
     from cyphrs_cli.audit.verify_export import verify_bundle
     from cyphrs_cli.ca.parsing import load_certificates
     from cyphrs_cli.errors import NotFoundError
 
-    if not bundle.is_dir():
-        raise NotFoundError(f"{bundle} is not a bundle directory")
     anchor = load_certificates(root.read_bytes(), source=str(root))[0] if root else None
-    result = verify_bundle(bundle, anchor)
+    if bundle.is_file():
+        with tempfile.TemporaryDirectory() as scratch:
+            result = verify_bundle(extract_archive(bundle, Path(scratch)), anchor)
+    elif bundle.is_dir():
+        result = verify_bundle(bundle, anchor)
+    else:
+        raise NotFoundError(f"{bundle} is neither a bundle directory nor an archive")
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.audit-verify-export/v1", **result})
     elif result["ok"]:
@@ -197,6 +204,9 @@ def audit_export(
         str | None,
         typer.Option("--sign-with", help="CA whose key signs the bundle [default issuer]."),
     ] = None,
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Also write OUT.tar.gz (reproducible) next to OUT.")
+    ] = False,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
@@ -232,8 +242,15 @@ def audit_export(
             ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         )
         result = export_bundle(ledger, signer, out, *window, force=force)
+    archive_info = None
+    if archive:
+        from cyphrs_cli.audit.export import write_archive
+
+        archive_path = out.with_name(out.name + ".tar.gz")
+        archive_info = {"path": str(archive_path), "sha256": write_archive(out, archive_path)}
     summary = {
         "directory": str(result.directory),
+        "archive": archive_info,
         "window": result.manifest["window"],
         "counts": result.manifest["counts"],
         "ledger_verified": result.manifest["ledger_verified"],

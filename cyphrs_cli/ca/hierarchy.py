@@ -364,6 +364,9 @@ def load_issuer(
         raise InvalidInputError(
             f"the key at {entry.key_uri} does not match the certificate of {entry.name!r}"
         )
+    status = ledger.conn.execute(
+        "SELECT status FROM certificates WHERE id = ?", (row["certificate_id"],)
+    ).fetchone()
     return Issuer(
         name=entry.name,
         authority_id=int(row["id"]),
@@ -371,6 +374,7 @@ def load_issuer(
         signer=signer,
         trust_domain=entry.trust_domain,
         parents=tuple(parents),
+        revoked=status is not None and status["status"] == "revoked",
     )
 
 

@@ -94,6 +94,10 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
 
     from cyphrs_cli.ca.models import IssuedCertificate
 
+    if issuer.revoked:
+        raise PolicyDenied(
+            f"issuer {issuer.name!r} has been revoked", rule=f"{issuer.name}.revoked"
+        )
     now = utc_now()
     issuer_cert = issuer.certificate
     not_before = now - BACKDATE
@@ -448,7 +452,11 @@ def issue_leaf(
 ) -> IssuedCertificate:
     """Policy, plan, sign, record: the entry point for every end-entity certificate."""
     decision = authorize_leaf(ledger, issuer, profile, request)
-    return issue(ledger, issuer, plan_leaf(request, profile, issuer, decision))
+    try:
+        return issue(ledger, issuer, plan_leaf(request, profile, issuer, decision))
+    except PolicyDenied as denial:  # the issuer itself is revoked or expired
+        record_denial(ledger, denial, request, issuer)
+        raise
 
 
 def explain_leaf(

@@ -28,6 +28,8 @@ class Issuer:
     trust_domain: str | None = None
     # Certificates above this issuer, nearest first, ending with the root.
     parents: tuple[x509.Certificate, ...] = ()
+    # Set from the ledger: a revoked CA may still sign its last CRLs but nothing else.
+    revoked: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -317,3 +319,24 @@ def test_renewal_with_csr_uses_its_key(fresh_hierarchy: Hierarchy, tmp_path: Pat
         )
         == key_pub
     )
+
+
+def test_a_revoked_intermediate_issues_nothing_but_still_publishes_its_crl(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    assert (
+        cli(
+            "revoke", str(h.inter_cert), "--reason", "ca-compromise", "--home", str(h.home)
+        ).exit_code
+        == 0
+    )
+    before = h.ledger_rows()
+    refused = h.issue("agent", "--workflow", "wf", "--json")
+    assert refused.exit_code == ExitCode.POLICY_DENIED
+    assert json.loads(refused.stderr)["error"]["rule"] == "test-inter.revoked"
+    assert h.ledger_rows() == before
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        last = conn.execute("SELECT type, details FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    assert last[0] == "policy.denied" and json.loads(last[1])["rule"] == "test-inter.revoked"
+    assert cli("crl", "--home", str(h.home), "--passphrase-file", str(h.inter_pass)).exit_code == 0

@@ -7,6 +7,7 @@ One order type serves every caller, so a batch line and a command line mean the 
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,10 +44,14 @@ def new_instance_id() -> str:
 
 
 def _validate_dns(name: str) -> str:
+    """A lowercase LDH name, optionally one leading ``*.`` wildcard label."""
     label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-    import re
-
     lowered = name.lower().rstrip(".")
+    if not lowered.isascii():
+        raise InvalidInputError(
+            f"invalid DNS name {name!r}: not ASCII",
+            hint="write internationalised names as A-labels (punycode), e.g. xn--bcher-kva.example",
+        )
     if len(lowered) > 253 or not re.fullmatch(rf"(\*\.)?({label}\.)*{label}", lowered):
         raise InvalidInputError(f"invalid DNS name {name!r}")
     return lowered

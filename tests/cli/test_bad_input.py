@@ -250,3 +250,21 @@ def test_crash_while_creating_a_root_leaves_no_key_and_can_be_retried(tmp_path: 
     assert not (home / "config.toml").exists()
     retried = run_cyphrs(*args)
     assert retried.returncode == 0, retried.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("*.acme.internal", True),
+        ("xn--bcher-kva.acme.internal", True),
+        ("bücher.acme.internal", False),
+        ("a.*.acme.internal", False),
+        ("-a.acme.internal", False),
+        ("a" * 64 + ".internal", False),
+    ],
+)
+def test_dns_names(hierarchy: Hierarchy, name: str, ok: bool) -> None:
+    result = hierarchy.issue("server", "--dns", name, "--json")
+    assert result.exit_code == (0 if ok else ExitCode.INVALID_INPUT), result.stderr
+    if name.startswith("bücher"):
+        assert "punycode" in json.loads(result.stderr)["error"]["hint"]

@@ -26,32 +26,11 @@ _EVENT_FIELDS = (
 )
 
 
-def _chains_to(
-    cert: x509.Certificate, pool: list[x509.Certificate], anchor: x509.Certificate
-) -> bool:
-    from cryptography.exceptions import InvalidSignature
-
-    current = cert
-    for _ in range(8):
-        if current == anchor:
-            return True
-        parents = [p for p in pool if p.subject == current.issuer and p != current]
-        for parent in parents:
-            try:
-                current.verify_directly_issued_by(parent)
-            except (InvalidSignature, ValueError, TypeError):
-                continue
-            current = parent
-            break
-        else:
-            return False
-    return False
-
-
 def verify_bundle(bundle: Path, trusted_root: x509.Certificate | None) -> dict[str, Any]:
     """Returns {"ok", "problems", "files_checked", "window", "events_checked"}."""
     from cryptography import x509
 
+    from cyphrs_cli.ca.chains import chains_to
     from cyphrs_cli.ca.signing import verify_document
 
     problems: list[str] = []
@@ -117,7 +96,7 @@ def verify_bundle(bundle: Path, trusted_root: x509.Certificate | None) -> dict[s
                     problems.append(f"{name} is not a readable certificate")
         roots = [c for c in pool if c.subject == c.issuer]
         anchors = [trusted_root] if trusted_root is not None else roots
-        if not any(_chains_to(signer, pool + anchors, a) for a in anchors):
+        if not chains_to(signer, pool, anchors):
             problems.append(
                 "the signing certificate does not chain to "
                 + ("the trusted root" if trusted_root is not None else "a root in the bundle")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts
     from cyphrs_cli.config.home import CaHome
-    from cyphrs_cli.keystore.base import KeySpec, KeyStore, PendingKey, SecretProvider
+    from cyphrs_cli.keystore.base import KeySpec, PendingKey, SecretProvider
     from cyphrs_cli.ledger.db import Ledger
 
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -74,10 +74,6 @@ def open_ledger(home: CaHome, *, create: bool = False) -> Ledger:
     from cyphrs_cli.ledger.db import Ledger
 
     return Ledger(home.ledger_path, create=create)
-
-
-def _default_key_uri(alias: str) -> str:
-    return f"file:keys/{alias}.key.pem"
 
 
 def _write_outputs(
@@ -146,18 +142,31 @@ def _create_ca(
         # delivered (visible in the ledger, harmless). Token keys exist already.
         pending.commit()
     except BaseException:
-        _undo_key(home, pending)
+        undo_key(home, pending)
         raise
     _write_outputs(home, config, entry, issued.certificate.public_bytes(serialization.Encoding.PEM))
     return CaCreated(issued, entry.name, entry.role, entry.key_uri, entry.cert_path)
 
 
-def _new_key(store: KeyStore, spec: KeySpec, uri: str, existing: bool) -> PendingKey:
-    """Generate the CA key in its store, or adopt a token key that already exists."""
+def new_ca_key(
+    home: CaHome,
+    alias: str,
+    key_uri: str | None,
+    spec: KeySpec,
+    secrets: SecretProvider,
+    *,
+    existing: bool,
+) -> PendingKey:
+    """Generate the CA key in the store its URI names (default: an encrypted file in the
+    home), or adopt a token key that already exists."""
+    from cyphrs_cli.keystore.uri import open_keystore
+
+    uri = key_uri or f"file:keys/{alias}.key.pem"
+    store = open_keystore(uri, home.root, secrets)
     return store.adopt_key(uri) if existing else store.create_key(spec, uri)
 
 
-def _undo_key(home: CaHome, pending: PendingKey) -> None:
+def undo_key(home: CaHome, pending: PendingKey) -> None:
     """Remove a key that was stored for a CA that never came to exist."""
     from cyphrs_cli.keystore.file import PendingFileKey
 
@@ -167,7 +176,7 @@ def _undo_key(home: CaHome, pending: PendingKey) -> None:
     pending.discard()
 
 
-def _check_new_alias(home: CaHome, config: HomeConfig, ledger: Ledger, alias: str) -> None:
+def check_new_alias(home: CaHome, config: HomeConfig, ledger: Ledger, alias: str) -> None:
     if alias in config.authorities:
         raise ConflictError(f"an authority named {alias!r} already exists in {home.root}")
     from cyphrs_cli.ledger.records import authority_by_name
@@ -189,7 +198,6 @@ def create_root(
     existing_key: bool = False,
 ) -> CaCreated:
     """Create the home (if needed), its ledger and a self-signed root. Refuses a second root."""
-    from cyphrs_cli.keystore.uri import open_keystore
 
     alias = validate_alias(alias or alias_from_name(common_name))
     subject = ca_subject(common_name, organization)
@@ -202,11 +210,11 @@ def create_root(
     ensure_private_dir(home.root)
     ledger = open_ledger(home, create=True)
     try:
-        _check_new_alias(home, HomeConfig(), ledger, alias)
+        check_new_alias(home, HomeConfig(), ledger, alias)
         if ledger.conn.execute("SELECT 1 FROM authorities WHERE role = 'root'").fetchone():
             raise ConflictError(f"the ledger in {home.root} already records a root CA")
-        uri = key_uri or _default_key_uri(alias)
-        pending = _new_key(open_keystore(uri, home.root, secrets), key_spec, uri, existing_key)
+        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+        uri = pending.info.uri
         entry = AuthorityEntry(alias, "root", uri, f"certs/{alias}.pem")
         return _create_ca(
             home,
@@ -265,7 +273,6 @@ def create_intermediate(
 ) -> CaCreated:
     """Sign a new intermediate with this home's root."""
     from cyphrs_cli.ca.extensions import validate_trust_domain
-    from cyphrs_cli.keystore.uri import open_keystore
 
     config = load_config(home)
     alias = validate_alias(alias or alias_from_name(common_name))
@@ -278,10 +285,10 @@ def create_intermediate(
     if root_entry is None:
         raise NotFoundError(f"{home.root} has no root CA to sign with")
     with open_ledger(home) as ledger:
-        _check_new_alias(home, config, ledger, alias)
+        check_new_alias(home, config, ledger, alias)
         root = load_issuer(home, config, ledger, root_entry.name, root_secrets)
-        uri = key_uri or _default_key_uri(alias)
-        pending = _new_key(open_keystore(uri, home.root, secrets), key_spec, uri, existing_key)
+        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+        uri = pending.info.uri
         entry = AuthorityEntry(
             alias,
             "intermediate",

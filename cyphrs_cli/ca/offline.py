@@ -57,17 +57,15 @@ def request_intermediate(
 
     from cyphrs_cli.ca.extensions import validate_trust_domain
     from cyphrs_cli.ca.hierarchy import (
-        _check_new_alias,
-        _default_key_uri,
-        _new_key,
-        _undo_key,
         alias_from_name,
         ca_subject,
+        check_new_alias,
+        new_ca_key,
         open_ledger,
+        undo_key,
         validate_alias,
     )
     from cyphrs_cli.ca.issuance import signature_hash
-    from cyphrs_cli.keystore.uri import open_keystore
 
     alias = validate_alias(alias or alias_from_name(common_name))
     subject = ca_subject(common_name, organization)
@@ -78,9 +76,9 @@ def request_intermediate(
         raise ConflictError(f"an intermediate request named {alias!r} is already pending")
     ensure_private_dir(home.root)
     with open_ledger(home, create=True) as ledger:
-        _check_new_alias(home, config, ledger, alias)
-        uri = key_uri or _default_key_uri(alias)
-        pending = _new_key(open_keystore(uri, home.root, secrets), key_spec, uri, existing_key)
+        check_new_alias(home, config, ledger, alias)
+        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+        uri = pending.info.uri
         try:
             pending.commit()
             csr = (
@@ -105,7 +103,7 @@ def request_intermediate(
                     ),
                 )
         except BaseException:
-            _undo_key(home, pending)
+            undo_key(home, pending)
             raise
     _pending(config)[alias] = {
         "key": uri,

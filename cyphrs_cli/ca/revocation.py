@@ -16,9 +16,12 @@ from cyphrs_cli.errors import ConflictError, InvalidInputError, UsageError
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, sha256_hex, utc_now
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cryptography import x509
 
     from cyphrs_cli.ca.models import Issuer
+    from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.ledger.db import Ledger
 
 #: RFC 5280 reason codes by CLI name. ``unspecified`` is never emitted (omit the reason).
@@ -187,3 +190,18 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
             ),
         )
     return PublishedCrl(issuer.name, number, now, next_update, len(entries), crl)
+
+
+def store_crl(home: CaHome, published: PublishedCrl) -> Path:
+    """Keep the recorded CRL in the home as ``crls/ALIAS.crl`` (DER, for distribution
+    points) and ``crls/ALIAS.crl.pem``; returns the PEM path."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
+
+    ensure_private_dir(home.crls_dir)
+    base = home.crls_dir / f"{published.authority}.crl"
+    atomic_write(base, published.crl.public_bytes(serialization.Encoding.DER), mode=PUBLIC_FILE)
+    pem_path = base.with_name(base.name + ".pem")
+    atomic_write(pem_path, published.crl.public_bytes(serialization.Encoding.PEM), mode=PUBLIC_FILE)
+    return pem_path

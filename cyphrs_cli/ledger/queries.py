@@ -176,3 +176,27 @@ def register_in_window(
         (rfc3339(until), rfc3339(since)),
     )
     return [register_row(row, rfc3339(until)) for row in rows]
+
+
+def ledger_record(conn: sqlite3.Connection, fingerprint: str) -> dict[str, Any]:
+    """What the ledger knows of one exact certificate (matched by fingerprint), with the
+    key evidence of the authority it belongs to when it is a CA certificate."""
+    row = conn.execute(
+        "SELECT c.id, c.status, c.profile, c.issued_at, c.requester, r.revoked_at, r.reason"
+        " FROM certificates c LEFT JOIN revocations r ON r.certificate_id = c.id"
+        " WHERE c.fingerprint = ?",
+        (fingerprint,),
+    ).fetchone()
+    if row is None:
+        return {"recorded": False}
+    view: dict[str, Any] = {"recorded": True, **dict(zip(row.keys(), tuple(row), strict=True))}
+    authority = conn.execute(
+        "SELECT name, role, key_uri, key_storage, key_algorithm, key_generated_in, key_attributes"
+        " FROM authorities WHERE certificate_id = ?",
+        (row["id"],),
+    ).fetchone()
+    if authority is not None:
+        key = dict(zip(authority.keys(), tuple(authority), strict=True))
+        key["key_attributes"] = json.loads(key["key_attributes"])
+        view["authority"] = key
+    return view

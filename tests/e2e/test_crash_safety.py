@@ -61,10 +61,10 @@ def test_ledger_write_failure_outputs_nothing(fresh_hierarchy: Hierarchy, tmp_pa
     assert b"Traceback" not in proc.stderr
     assert proc.stdout == b""
     assert not out.exists()
-    assert h.ledger_rows() == 3 - 1  # root + intermediate only
+    assert h.ledger_rows() == 2  # root + intermediate only
 
 
-def test_ledger_is_durable_wal_with_full_sync(fresh_hierarchy: Hierarchy) -> None:
+def test_ledger_is_in_wal_mode_and_migrated(fresh_hierarchy: Hierarchy) -> None:
     conn = sqlite3.connect(fresh_hierarchy.home / "ledger.sqlite3")
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -175,6 +175,21 @@ def test_token_hierarchy_passes_the_oracles(tokens: Tokens, tmp_path: Path, key_
     assert pkilint_findings("lint_pkix_cert", str(agent / "ca.pem")) == []
     outcome, reply = _handshake(server, agent, server)
     assert reply == b"hello agent", outcome
+    # inspect shows where the CA key lives and the token's own evidence about it.
+    shown = json.loads(
+        tokens.cyphrs(
+            "inspect",
+            str(ca.home / "certs" / f"hsm-issuing-{key_type}.pem"),
+            "--home",
+            str(ca.home),
+            "--json",
+        ).stdout
+    )
+    authority = shown["objects"][0]["ledger"]["authority"]
+    assert (
+        authority["key_uri"] == ca.inter_uri
+        and authority["key_attributes"]["NEVER_EXTRACTABLE"] is True
+    )
     # A CRL signed on the token verifies and puts the revoked agent out of service.
     tokens.cyphrs("revoke", str(agent / "cert.pem"), "--home", str(ca.home))
     crl = tmp_path / "crl.pem"

@@ -43,36 +43,6 @@ def _home_roots(home: CaHome) -> list[x509.Certificate]:
     return [load_certificate_file(home, e) for e in load_config(home).authorities.values()]
 
 
-def chains_to_home(
-    cert: x509.Certificate, bundle: list[x509.Certificate], authorities: list[x509.Certificate]
-) -> bool | None:
-    """Walk issuer links by signature up to this home's root; None when there is no home."""
-    if not authorities:
-        return None
-    from cryptography.exceptions import InvalidSignature
-
-    roots = [c for c in authorities if c.subject == c.issuer]
-    pool = bundle + authorities
-    current = cert
-    for _ in range(8):
-        if any(current == r for r in roots):
-            return True
-        parent = None
-        for candidate in pool:
-            if candidate is current or candidate.subject != current.issuer:
-                continue
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (InvalidSignature, ValueError, TypeError):
-                continue
-            parent = candidate
-            break
-        if parent is None:
-            return False
-        current = parent
-    return False
-
-
 def inspect(
     source: Annotated[str | None, typer.Argument(help="PEM/DER file, or - for stdin.")] = None,
     serial: Annotated[
@@ -83,6 +53,7 @@ def inspect(
     quiet: QuietOption = False,
 ) -> None:
     """Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status."""
+    from cyphrs_cli.ca.chains import chains_to
     from cyphrs_cli.ca.parsing import (
         certificate_summary,
         csr_summary,
@@ -110,10 +81,13 @@ def inspect(
     else:
         certs = load_certificates(data, source=label)
         authorities = _home_roots(ca_home)
-        for cert in certs:
+        for cert, record in zip(certs, _ledger_views(ca_home, certs), strict=True):
             summary = certificate_summary(cert)
-            summary["chains_to_home_root"] = chains_to_home(cert, certs, authorities)
-            summary["ledger"] = _ledger_view(ca_home, cert)
+            roots = [c for c in authorities if c.subject == c.issuer]
+            summary["chains_to_home_root"] = (
+                chains_to(cert, certs + authorities, roots) if authorities else None
+            )
+            summary["ledger"] = record
             objects.append(summary)
     document = {"schema": "cyphrs.inspect/v1", "source": label, "objects": objects}
     if render.json_mode():
@@ -136,46 +110,16 @@ def _ledger_pem(home: CaHome, serial: str) -> bytes:
     return "".join(r["pem"] for r in rows).encode()
 
 
-def _ledger_view(home: CaHome, cert: x509.Certificate) -> dict[str, Any] | None:
-    """Status of this exact certificate in the ledger (matched by fingerprint)."""
+def _ledger_views(home: CaHome, certs: list[x509.Certificate]) -> list[dict[str, Any] | None]:
+    """The ledger's record of each certificate; None for all when there is no CA home."""
     if not home.is_initialised():
-        return None
+        return [None for _ in certs]
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.ca.issuance import fingerprint
+    from cyphrs_cli.ledger.queries import ledger_record
 
     with open_ledger(home) as ledger:
-        row = ledger.conn.execute(
-            "SELECT c.id, c.status, c.profile, c.issued_at, c.requester, r.revoked_at, r.reason"
-            " FROM certificates c LEFT JOIN revocations r ON r.certificate_id = c.id"
-            " WHERE c.fingerprint = ?",
-            (fingerprint(cert),),
-        ).fetchone()
-        authority = None
-        if row is not None:
-            authority = ledger.conn.execute(
-                "SELECT name, role, key_uri, key_storage, key_algorithm, key_generated_in,"
-                " key_attributes FROM authorities WHERE ski = ?",
-                (_ski_hex(cert),),
-            ).fetchone()
-    if row is None:
-        return {"recorded": False}
-    view: dict[str, Any] = {"recorded": True, **dict(zip(row.keys(), tuple(row), strict=True))}
-    if authority is not None:
-        import json
-
-        key = dict(zip(authority.keys(), tuple(authority), strict=True))
-        key["key_attributes"] = json.loads(key["key_attributes"])
-        view["authority"] = key
-    return view
-
-
-def _ski_hex(cert: x509.Certificate) -> str | None:
-    from cryptography import x509
-
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
-    except x509.ExtensionNotFound:
-        return None
+        return [ledger_record(ledger.conn, fingerprint(cert)) for cert in certs]
 
 
 def _print_human(document: dict[str, Any]) -> None:

@@ -268,12 +268,12 @@ def crl(
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
-    from cyphrs_cli.ca.revocation import publish_crl
+    from cyphrs_cli.ca.revocation import publish_crl, store_crl
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir, refuse_existing
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
     from cyphrs_cli.ledger.events import rfc3339
 
     ca_home = resolve_home(home)
@@ -286,12 +286,10 @@ def crl(
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         published = publish_crl(ledger, signing, parse_duration(validity or default))
-    der_bytes = published.crl.public_bytes(serialization.Encoding.DER)
-    pem_bytes = published.crl.public_bytes(serialization.Encoding.PEM)
-    ensure_private_dir(ca_home.crls_dir)
-    atomic_write(ca_home.crls_dir / f"{entry.name}.crl", der_bytes, mode=PUBLIC_FILE)
-    atomic_write(ca_home.crls_dir / f"{entry.name}.crl.pem", pem_bytes, mode=PUBLIC_FILE)
-    data = der_bytes if der else pem_bytes
+    stored = store_crl(ca_home, published)
+    data = published.crl.public_bytes(
+        serialization.Encoding.DER if der else serialization.Encoding.PEM
+    )
     if out == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -303,7 +301,7 @@ def crl(
         "this_update": rfc3339(published.this_update),
         "next_update": rfc3339(published.next_update),
         "entries": published.entries,
-        "path": str(ca_home.crls_dir / f"{entry.name}.crl.pem"),
+        "path": str(stored),
     }
     if render.json_mode() and out != "-":
         render.emit_json({"schema": "cyphrs.crl/v1", "crl": document})

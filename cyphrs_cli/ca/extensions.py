@@ -31,13 +31,55 @@ if TYPE_CHECKING:
 CYPHRS_OID_ARC = "1.3.6.1.4.1.32473.77"
 AGENT_CLAIMS_OID = CYPHRS_OID_ARC + ".1"
 
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
-_NAME_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Full-string patterns only (used with ``fullmatch``): an anchored ``match`` with ``$``
+# accepts a trailing newline, which is how "\n" once reached a SPIFFE URI SAN.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_NAME_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+SPIFFE_ID_MAX_BYTES = 2048  # X509-SVID / SPIFFE ID spec: URI SANs up to 2048 bytes
+TRUST_DOMAIN_MAX = 255
+# Free-text limits (ub-common-name is 64 characters in RFC 5280 Appendix A).
+COMMON_NAME_MAX = 64
+PERMISSION_MAX = 128
+PERMISSIONS_MAX_COUNT = 64
+REQUESTER_MAX = 128
+SAN_MAX_COUNT = 100
+
+# Unicode categories refused in any free-text field that ends up in a certificate or the
+# ledger: controls (C0, DEL, C1), format characters (bidi overrides, zero-width), surrogates,
+# private use, unassigned, and line/paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def forbidden_character(value: str) -> str | None:
+    """The first character of ``value`` that may not appear in a name, as ``U+XXXX``."""
+    import unicodedata
+
+    for char in value:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def validate_text(kind: str, value: str, *, max_length: int) -> str:
+    """A free-text field (CN, permission, requester): 1..max_length characters, printable."""
+    if not value or len(value) > max_length:
+        raise InvalidInputError(
+            f"{kind} must be 1-{max_length} characters (got {len(value)})",
+            hint=f"shorten the {kind}",
+        )
+    bad = forbidden_character(value)
+    if bad is not None:
+        raise InvalidInputError(
+            f"{kind} {value!r} contains a control or format character ({bad})",
+            hint="names may hold printable characters only",
+        )
+    return value
 
 
 def validate_trust_domain(domain: str) -> str:
-    if not _TRUST_DOMAIN.match(domain) or len(domain) > 255:
+    if not _TRUST_DOMAIN.fullmatch(domain) or len(domain) > TRUST_DOMAIN_MAX:
         raise InvalidInputError(
             f"invalid SPIFFE trust domain {domain!r}",
             hint="use lowercase letters, digits, '.', '-' and '_' (e.g. acme.internal)",
@@ -47,7 +89,7 @@ def validate_trust_domain(domain: str) -> str:
 
 def validate_name_token(kind: str, value: str) -> str:
     """Workflow and instance names become SPIFFE path segments: keep them plain."""
-    if not _NAME_TOKEN.match(value):
+    if not _NAME_TOKEN.fullmatch(value):
         raise InvalidInputError(
             f"invalid {kind} {value!r}",
             hint="use 1-63 letters, digits, '.', '-', '_', starting with a letter or digit",
@@ -55,19 +97,47 @@ def validate_name_token(kind: str, value: str) -> str:
     return value
 
 
-def parse_spiffe_id(value: str) -> tuple[str, tuple[str, ...]]:
-    """Split a SPIFFE ID into (trust domain, path segments) enforcing the SPIFFE ID spec."""
-    if not value.startswith("spiffe://") or len(value.encode()) > 2048:
-        raise InvalidInputError(f"invalid SPIFFE ID {value!r}: must start with spiffe://")
+def parse_spiffe_id(value: str, *, leaf: bool = True) -> tuple[str, tuple[str, ...]]:
+    """Split a SPIFFE ID into (trust domain, path segments) per the SPIFFE ID spec.
+
+    The scheme is exactly ``spiffe`` (lowercase); the authority is a bare trust domain
+    (its character set leaves no room for userinfo ``@`` or a port ``:``); no query,
+    fragment or percent-encoding; each path segment is non-empty, not ``.``/``..``, of
+    ``[A-Za-z0-9._-]``; at most 2048 bytes. X509-SVID section 3.1: a leaf's ID MUST have
+    a non-root path, so ``spiffe://td`` and ``spiffe://td/`` are refused when ``leaf``.
+    """
+
+    def bad(reason: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"invalid SPIFFE ID {value!r}: {reason}",
+            hint="use spiffe://<trust-domain>/<path>, e.g. spiffe://acme.internal/agent/x/1",
+        )
+
+    if len(value.encode("utf-8", "surrogatepass")) > SPIFFE_ID_MAX_BYTES:
+        raise bad(f"longer than {SPIFFE_ID_MAX_BYTES} bytes")
+    if not value.startswith("spiffe://"):
+        raise bad("must start with spiffe:// (lowercase scheme)")
     rest = value[len("spiffe://") :]
-    if any(c in rest for c in "?#%"):
-        raise InvalidInputError(f"invalid SPIFFE ID {value!r}: no query, fragment or escapes")
-    domain, _, path = rest.partition("/")
-    validate_trust_domain(domain)
-    segments = tuple(path.split("/")) if path else ()
+    for char, what in (("?", "query"), ("#", "fragment"), ("%", "percent-encoding")):
+        if char in rest:
+            raise bad(f"a {what} is not allowed")
+    domain, slash, path = rest.partition("/")
+    if not domain:
+        raise bad("missing trust domain")
+    if "@" in domain:
+        raise bad("userinfo is not allowed")
+    if ":" in domain:
+        raise bad("a port is not allowed")
+    if not _TRUST_DOMAIN.fullmatch(domain) or len(domain) > TRUST_DOMAIN_MAX:
+        raise bad("the trust domain may hold only lowercase letters, digits, '.', '-', '_'")
+    segments = tuple(path.split("/")) if slash else ()
+    if leaf and (not segments or segments == ("",)):
+        raise bad("a leaf certificate's SPIFFE ID needs a path (X509-SVID section 3.1)")
     for segment in segments:
-        if segment in ("", ".", "..") or not _PATH_SEGMENT.match(segment):
-            raise InvalidInputError(f"invalid SPIFFE ID {value!r}: bad path segment {segment!r}")
+        if segment in ("", ".", ".."):
+            raise bad(f"empty, '.' or '..' path segment {segment!r}")
+        if not _PATH_SEGMENT.fullmatch(segment):
+            raise bad(f"path segment {segment!r} may hold only letters, digits, '.', '-', '_'")
     return domain, segments
 
 

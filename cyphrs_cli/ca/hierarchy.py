@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cyphrs_cli.keystore.base import KeySpec, PendingKey, SecretProvider
     from cyphrs_cli.ledger.db import Ledger
 
-_ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ALIAS = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def alias_from_name(name: str) -> str:
@@ -39,7 +39,7 @@ def alias_from_name(name: str) -> str:
 
 
 def validate_alias(alias: str) -> str:
-    if not _ALIAS.match(alias):
+    if not _ALIAS.fullmatch(alias):
         raise InvalidInputError(
             f"invalid alias {alias!r}", hint="use lowercase letters, digits and '-'"
         )

@@ -21,7 +21,7 @@ from cyphrs_cli.errors import InvalidInputError, NotFoundError
 from cyphrs_cli.keystore.base import KeySpec
 
 _NAME_RULES = ("required", "optional", "forbidden")
-_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profil
     def fail(message: str) -> InvalidInputError:
         return InvalidInputError(f"profile {name!r} ({source}): {message}")
 
-    if not _PROFILE_NAME.match(name):
+    if not _PROFILE_NAME.fullmatch(name):
         raise fail("name must be lowercase letters, digits, '-' or '_'")
     names = data.get("names", {})
     try:

@@ -21,7 +21,7 @@ def test_spiffe_ids() -> None:
         "acme.internal",
         ("agent", "wf", "i1"),
     )
-    assert parse_spiffe_id("spiffe://acme.internal") == ("acme.internal", ())
+    assert parse_spiffe_id("spiffe://acme.internal", leaf=False) == ("acme.internal", ())
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,57 @@ def parse_spiffe_id(value: str, *, leaf: bool = True) -> tuple[str, tuple[str, .
     return domain, segments
 
 
+def name_constraint_subtrees(
+    *,
+    name_constraints: bool,
+    trust_domain: str | None,
+    permitted_dns: tuple[str, ...],
+    permitted_ip: tuple[str, ...],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Validate ``--name-constraints`` subtrees into (URI hosts, DNS, IP CIDRs).
+
+    A ``--permit-dns``/``--permit-ip`` without ``--name-constraints`` is refused rather
+    than silently dropped: an operator who asks for a subtree expects it to be enforced.
+    DNS subtrees are host names, optionally with a leading ``.`` ("strictly below");
+    IP subtrees are CIDR networks with no host bits set (``10.0.0.0/8``, ``fd00::/8``).
+    """
+    import ipaddress
+
+    if not name_constraints:
+        if permitted_dns or permitted_ip:
+            raise InvalidInputError(
+                "--permit-dns/--permit-ip take effect only with --name-constraints",
+                hint="add --name-constraints",
+            )
+        return (), (), ()
+    if not (trust_domain or permitted_dns or permitted_ip):
+        raise InvalidInputError(
+            "--name-constraints needs --trust-domain, --permit-dns and/or --permit-ip"
+        )
+    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+    dns = []
+    for base in permitted_dns:
+        lowered = base.lower()
+        if len(lowered) > 253 or not re.fullmatch(rf"\.?({label}\.)*{label}", lowered):
+            raise InvalidInputError(
+                f"invalid --permit-dns subtree {base!r}",
+                hint="a host name such as acme.internal, or .acme.internal for below it only",
+            )
+        dns.append(lowered)
+    ips = []
+    for text in permitted_ip:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"invalid --permit-ip subtree {text!r}: {exc}",
+                hint="a CIDR network with no host bits set, e.g. 10.20.0.0/16 or fd00::/8",
+            ) from exc
+        ips.append(str(network))
+    uri = (validate_trust_domain(trust_domain),) if trust_domain else ()
+    return uri, tuple(dns), tuple(ips)
+
+
 def agent_spiffe_id(trust_domain: str, workflow: str, instance: str) -> str:
     return f"spiffe://{trust_domain}/agent/{workflow}/{instance}"
 
@@ -225,6 +276,7 @@ def ca_extensions(
     path_length: int | None,
     permitted_uri_domains: tuple[str, ...] = (),
     permitted_dns: tuple[str, ...] = (),
+    permitted_ip: tuple[str, ...] = (),
     extended_key_usage: tuple[str, ...] = (),
 ) -> list[tuple[x509.ExtensionType, bool]]:
     """Root (path_length None, self-issued) and intermediate extension sets."""
@@ -238,11 +290,14 @@ def ca_extensions(
     ]
     if extended_key_usage:
         extensions.append((x509.ExtendedKeyUsage(eku_oids(extended_key_usage)), False))
-    if permitted_uri_domains or permitted_dns:
+    if permitted_uri_domains or permitted_dns or permitted_ip:
+        import ipaddress
+
         subtrees: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(d) for d in permitted_uri_domains
         ]
         subtrees += [x509.DNSName(d) for d in permitted_dns]
+        subtrees += [x509.IPAddress(ipaddress.ip_network(n)) for n in permitted_ip]
         # RFC 5280 4.2.1.10: conforming CAs MUST mark name constraints critical.
         extensions.append((x509.NameConstraints(subtrees, None), True))
     return extensions

@@ -100,6 +100,7 @@ def _create_ca(
     permitted_uri: tuple[str, ...],
     permitted_dns: tuple[str, ...],
     ekus: tuple[str, ...],
+    permitted_ip: tuple[str, ...] = (),
 ) -> CaCreated:
     from cryptography.hazmat.primitives import serialization
 
@@ -123,6 +124,7 @@ def _create_ca(
             path_length=path_length,
             permitted_uri_domains=permitted_uri,
             permitted_dns=permitted_dns,
+            permitted_ip=permitted_ip,
             extended_key_usage=ekus,
         ),
         is_ca=True,
@@ -270,17 +272,22 @@ def create_intermediate(
     secrets: SecretProvider,
     root_secrets: SecretProvider,
     existing_key: bool = False,
+    permitted_ip: tuple[str, ...] = (),
 ) -> CaCreated:
     """Sign a new intermediate with this home's root."""
-    from cyphrs_cli.ca.extensions import validate_trust_domain
+    from cyphrs_cli.ca.extensions import name_constraint_subtrees, validate_trust_domain
 
     config = load_config(home)
     alias = validate_alias(alias or alias_from_name(common_name))
     subject = ca_subject(common_name, organization)
     if trust_domain is not None:
         validate_trust_domain(trust_domain)
-    if name_constraints and not (trust_domain or permitted_dns):
-        raise InvalidInputError("--name-constraints needs --trust-domain and/or --permit-dns")
+    subtrees_uri, subtrees_dns, subtrees_ip = name_constraint_subtrees(
+        name_constraints=name_constraints,
+        trust_domain=trust_domain,
+        permitted_dns=permitted_dns,
+        permitted_ip=permitted_ip,
+    )
     root_entry = config.root
     if root_entry is None:
         raise NotFoundError(f"{home.root} has no root CA to sign with")
@@ -308,8 +315,9 @@ def create_intermediate(
             ttl=ttl,
             path_length=path_length,
             trust_domain=trust_domain,
-            permitted_uri=(trust_domain,) if name_constraints and trust_domain else (),
-            permitted_dns=permitted_dns if name_constraints else (),
+            permitted_uri=subtrees_uri,
+            permitted_dns=subtrees_dns,
+            permitted_ip=subtrees_ip,
             ekus=ekus,
         )
     if config.default_issuer is None:

@@ -29,6 +29,8 @@ from cyphrs_cli.ledger.records import (
 )
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric.types import (
@@ -114,6 +116,8 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
                 rule=f"{issuer.name}.validity",
             )
 
+    # Cheap early refusal (nothing signed); the check inside the transaction decides races.
+    _check_instance_unique(ledger.conn, plan, rfc3339(now))
     serial = new_serial()
     issuer_name = issuer_cert.subject if issuer_cert is not None else plan.subject
     builder = (
@@ -134,6 +138,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
 
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
     with ledger.transaction() as conn:
+        _check_instance_unique(conn, plan, rfc3339(now))
         authority_id = issuer.authority_id
         new = plan.new_authority
         if new is not None:
@@ -202,6 +207,31 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
         chain=chain,
         authority_id=authority_id,
     )
+
+
+def _check_instance_unique(conn: sqlite3.Connection, plan: CertificatePlan, now: str) -> None:
+    """One valid certificate per SPIFFE ID (agent instance): refuse a second unless the
+    plan allows duplicates. Renewal supersedes its predecessor, so it never adds one.
+
+    Run under ``BEGIN IMMEDIATE`` this is race-free: two processes issuing for the same
+    instance serialise on the write lock and the second sees the first's row (exit 7).
+    "Valid" is status 'valid' and not yet expired; expiry is time, not a row change, so
+    a (partial) unique index cannot express it.
+    """
+    if plan.spiffe_id is None or plan.is_ca or plan.replaces_id is not None or plan.allow_duplicate:
+        return
+    found = conn.execute(
+        "SELECT serial, not_after FROM certificates"
+        " WHERE spiffe_id = ? AND status = 'valid' AND is_ca = 0 AND not_after > ?"
+        " ORDER BY id LIMIT 1",
+        (plan.spiffe_id, now),
+    ).fetchone()
+    if found is not None:
+        raise ConflictError(
+            f"{plan.spiffe_id} already has a valid certificate (serial {found[0]},"
+            f" until {found[1]})",
+            hint="renew it (cyphrs renew), revoke it first, or pass --allow-duplicate",
+        )
 
 
 def _event_type(plan: CertificatePlan) -> str:
@@ -348,21 +378,19 @@ def plan_leaf(
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from cyphrs_cli.ca.extensions import AgentClaims, leaf_extensions
+    from cyphrs_cli.ca.extensions import (
+        COMMON_NAME_MAX,
+        AgentClaims,
+        leaf_extensions,
+        validate_text,
+    )
     from cyphrs_cli.ca.models import CertificatePlan
     from cyphrs_cli.ledger.events import default_actor
 
     assert issuer.certificate is not None
-    common_name = request.common_name
-    if common_name is None:
-        if request.workflow and request.instance:
-            common_name = f"{request.workflow}/{request.instance}"
-        elif request.dns_names:
-            common_name = request.dns_names[0]
-        elif request.ip_addresses:
-            common_name = request.ip_addresses[0]
-    if common_name is not None and not 1 <= len(common_name) <= 64:
-        raise InvalidInputError(f"common name {common_name!r} must be 1-64 characters")
+    common_name = leaf_common_name(request)
+    if common_name is not None:
+        validate_text("common name", common_name, max_length=COMMON_NAME_MAX)
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     )
@@ -406,7 +434,21 @@ def plan_leaf(
         requester=requester,
         key_storage=request.key_storage,
         replaces_id=request.replaces_id,
+        allow_duplicate=request.allow_duplicate,
     )
+
+
+def leaf_common_name(request: LeafRequest) -> str | None:
+    """The CN a leaf gets: the one asked for, else its first DNS name, else none.
+
+    Agents and IP-only certificates get an empty subject (RFC 5280 4.2.1.6 then makes
+    the SAN critical): a default CN such as ``workflow/instance`` or ``10.0.0.1`` is
+    checked as a DNS name by GnuTLS and OpenSSL under DNS name constraints and fails
+    there, while the SPIFFE ID in the URI SAN is the identity anyway (X509-SVID 2).
+    """
+    if request.common_name is not None:
+        return request.common_name
+    return request.dns_names[0] if request.dns_names else None
 
 
 def record_denial(

@@ -69,6 +69,8 @@ class CertificatePlan:
     key_storage: str | None = None
     replaces_id: int | None = None
     new_authority: NewAuthority | None = None
+    # A leaf may share its SPIFFE ID with another valid certificate (--allow-duplicate).
+    allow_duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class LeafRequest:
     key_type: str = "p256"
     key_storage: str = "generated"
     replaces_id: int | None = None
+    allow_duplicate: bool = False
 
 
 @dataclass(frozen=True)

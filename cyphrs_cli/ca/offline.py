@@ -133,12 +133,17 @@ def sign_intermediate(
     path_length: int,
     secrets: SecretProvider,
     root_name: str | None = None,
+    permitted_ip: tuple[str, ...] = (),
 ) -> tuple[IssuedCertificate, bytes]:
     """On the root's host: sign an intermediate CSR; returns (issued, cert + root PEM)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
-    from cyphrs_cli.ca.extensions import ca_extensions, validate_trust_domain
+    from cyphrs_cli.ca.extensions import (
+        ca_extensions,
+        name_constraint_subtrees,
+        validate_trust_domain,
+    )
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.ca.issuance import issue
     from cyphrs_cli.ca.models import CertificatePlan
@@ -149,8 +154,12 @@ def sign_intermediate(
         raise InvalidInputError(f"{source}: an intermediate CSR needs a subject common name")
     if trust_domain is not None:
         validate_trust_domain(trust_domain)
-    if name_constraints and not (trust_domain or permitted_dns):
-        raise InvalidInputError("--name-constraints needs --trust-domain and/or --permit-dns")
+    subtrees_uri, subtrees_dns, subtrees_ip = name_constraint_subtrees(
+        name_constraints=name_constraints,
+        trust_domain=trust_domain,
+        permitted_dns=permitted_dns,
+        permitted_ip=permitted_ip,
+    )
     config = load_config(home)
     root_entry = config.issuer(root_name) if root_name else config.root
     if root_entry is None or root_entry.role != "root":
@@ -168,8 +177,9 @@ def sign_intermediate(
                 public_key,
                 root.certificate.public_key(),
                 path_length=path_length,
-                permitted_uri_domains=(trust_domain,) if name_constraints and trust_domain else (),
-                permitted_dns=permitted_dns if name_constraints else (),
+                permitted_uri_domains=subtrees_uri,
+                permitted_dns=subtrees_dns,
+                permitted_ip=subtrees_ip,
                 extended_key_usage=("clientAuth", "serverAuth"),
             ),
             is_ca=True,

@@ -36,6 +36,8 @@ class LeafOrder:
     key_type: str | None = None
     csr_pem: bytes | None = None
     csr_source: str = "CSR"
+    # One valid certificate per SPIFFE ID unless the caller asks for a second one.
+    allow_duplicate: bool = False
 
 
 def new_instance_id() -> str:
@@ -43,16 +45,25 @@ def new_instance_id() -> str:
     return secrets.token_hex(8)
 
 
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}")
+
+
+def is_dns_name(name: str) -> bool:
+    """True for an ASCII LDH host name (optionally ``*.``-wildcarded), matched whole."""
+    lowered = name.lower().rstrip(".")
+    return lowered.isascii() and len(lowered) <= 253 and bool(_DNS_NAME.fullmatch(lowered))
+
+
 def _validate_dns(name: str) -> str:
     """A lowercase LDH name, optionally one leading ``*.`` wildcard label."""
-    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
     lowered = name.lower().rstrip(".")
     if not lowered.isascii():
         raise InvalidInputError(
             f"invalid DNS name {name!r}: not ASCII",
             hint="write internationalised names as A-labels (punycode), e.g. xn--bcher-kva.example",
         )
-    if len(lowered) > 253 or not re.fullmatch(rf"(\*\.)?({label}\.)*{label}", lowered):
+    if not is_dns_name(name):
         raise InvalidInputError(f"invalid DNS name {name!r}")
     return lowered
 
@@ -77,6 +88,7 @@ def prepare_request(
     from cyphrs_cli.ca.models import LeafRequest
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.keystore.base import KeySpec
+    from cyphrs_cli.policy.decide import check_request_limits
 
     workflow = validate_name_token("workflow", order.workflow) if order.workflow else None
     instance = order.instance
@@ -133,5 +145,7 @@ def prepare_request(
         ttl=ttl,
         key_type=key_type,
         key_storage=key_storage,
+        allow_duplicate=order.allow_duplicate,
     )
+    check_request_limits(request)
     return request, private_key

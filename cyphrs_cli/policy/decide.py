@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
 
 from cyphrs_cli.durations import format_duration
-from cyphrs_cli.errors import PolicyDenied
+from cyphrs_cli.errors import InvalidInputError, PolicyDenied
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -64,6 +64,7 @@ def _name_rule(profile: Profile, kind: str, present: bool, allowed: list[str]) -
 
 def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> PolicyDecision:
     """Check ``request`` against ``profile`` and the issuer's constraints."""
+    check_request_limits(request)
     allowed: list[str] = []
     if profile.issuers and issuer.name not in profile.issuers:
         raise _deny(
@@ -80,6 +81,7 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
             f" (allowed: {', '.join(profile.key_types)})",
         )
     allowed.append(f"{profile.name}.key_types: {request.key_type} allowed")
+    _check_key_strength(request, allowed)
 
     ttl = request.ttl or profile.default_ttl
     if ttl > profile.max_ttl:
@@ -180,11 +182,118 @@ def _check_spiffe(
         allowed.append(f"{profile.name}.names.spiffe_path_patterns: {path} matches")
 
 
+def check_request_limits(request: LeafRequest) -> None:
+    """Sizes and characters every leaf request must respect, whoever built it (CLI, batch,
+    renewal, a server): exit 3 with the field named. Validation, not policy: no profile can
+    lift these, and a refusal is not an audit event."""
+    from cyphrs_cli.ca.extensions import (
+        COMMON_NAME_MAX,
+        PERMISSION_MAX,
+        PERMISSIONS_MAX_COUNT,
+        REQUESTER_MAX,
+        SAN_MAX_COUNT,
+        validate_name_token,
+        validate_text,
+    )
+
+    sans = len(request.dns_names) + len(request.ip_addresses) + int(request.spiffe_id is not None)
+    if sans > SAN_MAX_COUNT:
+        raise InvalidInputError(
+            f"{sans} subject alternative names requested; the limit is {SAN_MAX_COUNT}",
+            hint="split the names over several certificates",
+        )
+    if request.common_name is not None:
+        validate_text("common name", request.common_name, max_length=COMMON_NAME_MAX)
+    if len(request.permissions) > PERMISSIONS_MAX_COUNT:
+        raise InvalidInputError(
+            f"{len(request.permissions)} permissions requested;"
+            f" the limit is {PERMISSIONS_MAX_COUNT}"
+        )
+    for permission in request.permissions:
+        validate_text("permission", permission, max_length=PERMISSION_MAX)
+    if request.requester is not None:
+        validate_text("requester", request.requester, max_length=REQUESTER_MAX)
+    if request.workflow is not None:
+        validate_name_token("workflow", request.workflow)
+    if request.instance is not None:
+        validate_name_token("instance", request.instance)
+
+
+# Key strength floors that no profile can lower (exit 5, recorded as a denial).
+RSA_EXPONENT = 65537
+RSA_MIN_BITS, RSA_MAX_BITS = 2048, 8192
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def _check_key_strength(request: LeafRequest, allowed: list[str]) -> None:
+    """RSA e = 65537 and 2048-8192 bits; EC on P-256, P-384 or P-521 only. A CSR carries
+    whatever key its author chose; e = 3 or a 1024-bit modulus must not be certified."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = request.public_key
+    if isinstance(key, rsa.RSAPublicKey):
+        exponent = key.public_numbers().e
+        if exponent != RSA_EXPONENT:
+            raise _deny(
+                "limits.rsa_exponent",
+                f"RSA public exponent {exponent} is not allowed (only {RSA_EXPONENT})",
+            )
+        if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
+            raise _deny(
+                "limits.rsa_size",
+                f"RSA key size {key.key_size} is outside {RSA_MIN_BITS}-{RSA_MAX_BITS} bits",
+            )
+        allowed.append(f"limits.rsa: e={exponent}, {key.key_size} bits")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in EC_CURVES:
+            raise _deny(
+                "limits.ec_curve",
+                f"EC curve {key.curve.name} is not allowed (P-256, P-384 or P-521 only)",
+            )
+        allowed.append(f"limits.ec_curve: {key.curve.name}")
+
+
+@dataclass(frozen=True)
+class NameSubtrees:
+    """An issuer's name constraints by type (RFC 5280 4.2.1.10), as plain values."""
+
+    dns: tuple[str, ...] = ()
+    uri: tuple[str, ...] = ()
+    ip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.dns or self.uri or self.ip)
+
+
+def name_subtrees(
+    subtrees: list[x509.GeneralName] | None,
+) -> NameSubtrees:
+    from cryptography import x509
+
+    names = subtrees or []
+    return NameSubtrees(
+        dns=tuple(g.value for g in names if isinstance(g, x509.DNSName)),
+        uri=tuple(g.value for g in names if isinstance(g, x509.UniformResourceIdentifier)),
+        ip=tuple(
+            g.value
+            for g in names
+            if isinstance(g, x509.IPAddress)
+            and isinstance(g.value, ipaddress.IPv4Network | ipaddress.IPv6Network)
+        ),
+    )
+
+
 def _check_name_constraints(request: LeafRequest, issuer: PolicyIssuer, allowed: list[str]) -> None:
-    """Refuse what a verifier would reject anyway: names outside the issuer's subtrees."""
+    """Refuse before signing what a verifier would reject anyway: any name outside the
+    issuer's permitted subtrees or inside its excluded ones, and a common name that
+    OpenSSL (a CN that looks like a host name) or GnuTLS (the CN of a serverAuth
+    certificate without DNS SANs) would check as a DNS name. Under DNS constraints a CN
+    must therefore be a DNS name inside them; see docs/name-constraints.md."""
     if issuer.certificate is None:
         return
     from cryptography import x509
+
+    from cyphrs_cli.ca.issuance import leaf_common_name
 
     try:
         constraints = issuer.certificate.extensions.get_extension_for_class(
@@ -192,24 +301,53 @@ def _check_name_constraints(request: LeafRequest, issuer: PolicyIssuer, allowed:
         ).value
     except x509.ExtensionNotFound:
         return
-    permitted = constraints.permitted_subtrees or []
-    uri_bases = [g.value for g in permitted if isinstance(g, x509.UniformResourceIdentifier)]
-    dns_bases = [g.value for g in permitted if isinstance(g, x509.DNSName)]
-    if request.spiffe_id is not None and uri_bases:
+    permitted = name_subtrees(constraints.permitted_subtrees)
+    excluded = name_subtrees(constraints.excluded_subtrees)
+    rule = f"{issuer.name}.name_constraints"
+
+    def refuse(what: str, where: str) -> PolicyDenied:
+        return _deny(rule, f"{what} is {where} the name constraints of issuer {issuer.name!r}")
+
+    if request.spiffe_id is not None:
         host = request.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
-        if not any(_within(host, base, exact_host=True) for base in uri_bases):
+        if permitted.uri and not any(_within(host, b, exact_host=True) for b in permitted.uri):
+            raise refuse(f"SPIFFE ID host {host!r}", "outside")
+        if any(_within(host, b, exact_host=True) for b in excluded.uri):
+            raise refuse(f"SPIFFE ID host {host!r}", "excluded by")
+    for name in request.dns_names:
+        if permitted.dns and not any(_within(name, b) for b in permitted.dns):
+            raise refuse(f"DNS name {name!r}", "outside")
+        if any(_within(name, b) for b in excluded.dns):
+            raise refuse(f"DNS name {name!r}", "excluded by")
+    for text in request.ip_addresses:
+        address = ipaddress.ip_address(text)
+        if permitted.ip and not any(_ip_within(address, n) for n in permitted.ip):
+            raise refuse(f"IP address {text}", "outside")
+        if any(_ip_within(address, n) for n in excluded.ip):
+            raise refuse(f"IP address {text}", "excluded by")
+    common_name = leaf_common_name(request)
+    if common_name is not None and (permitted.dns or excluded.dns):
+        from cyphrs_cli.ca.orders import is_dns_name
+
+        inside = is_dns_name(common_name) and (
+            not permitted.dns or any(_within(common_name, b) for b in permitted.dns)
+        )
+        if not inside or any(_within(common_name, b) for b in excluded.dns):
             raise _deny(
-                f"{issuer.name}.name_constraints",
-                f"SPIFFE ID host {host!r} is outside the issuer's name constraints",
+                rule,
+                f"common name {common_name!r} is not a DNS name inside the DNS name"
+                f" constraints of issuer {issuer.name!r} (verifiers check a CN as a DNS"
+                " name); use a CN inside them, or none",
             )
-    if dns_bases:
-        for name in request.dns_names:
-            if not any(_within(name, base) for base in dns_bases):
-                raise _deny(
-                    f"{issuer.name}.name_constraints",
-                    f"DNS name {name!r} is outside the issuer's name constraints",
-                )
-    allowed.append(f"{issuer.name}.name_constraints: names inside the permitted subtrees")
+    allowed.append(f"{rule}: names inside the permitted subtrees")
+
+
+def _ip_within(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> bool:
+    """Same family and inside; an IPv4 address never matches an IPv6 subtree (as OpenSSL)."""
+    return address.version == network.version and address in network
 
 
 def _within(name: str, base: str, *, exact_host: bool = False) -> bool:

@@ -169,12 +169,19 @@ def create_intermediate(
         bool,
         typer.Option(
             "--name-constraints",
-            help="Add critical name constraints: URI:<trust-domain> and each --permit-dns.",
+            help=(
+                "Add critical name constraints: URI:<trust-domain>, each --permit-dns and"
+                " each --permit-ip."
+            ),
         ),
     ] = False,
     permit_dns: Annotated[
         list[str] | None,
         typer.Option("--permit-dns", help="Permitted DNS subtree (with --name-constraints)."),
+    ] = None,
+    permit_ip: Annotated[
+        list[str] | None,
+        typer.Option("--permit-ip", help="Permitted IP subtree, CIDR (with --name-constraints)."),
     ] = None,
     path_length: Annotated[int, typer.Option("--path-length", min=0, max=3)] = 0,
     key_type: Annotated[str, typer.Option("--key-type", help="p256, p384, rsa3072, ...")] = "p256",
@@ -256,6 +263,7 @@ def create_intermediate(
         trust_domain=trust_domain,
         name_constraints=name_constraints,
         permitted_dns=tuple(permit_dns or ()),
+        permitted_ip=tuple(permit_ip or ()),
         path_length=path_length,
         ekus=("clientAuth", "serverAuth"),
         secrets=secrets,
@@ -314,6 +322,10 @@ def sign_intermediate(
     trust_domain: Annotated[str | None, typer.Option("--trust-domain")] = None,
     name_constraints: Annotated[bool, typer.Option("--name-constraints")] = False,
     permit_dns: Annotated[list[str] | None, typer.Option("--permit-dns")] = None,
+    permit_ip: Annotated[
+        list[str] | None,
+        typer.Option("--permit-ip", help="Permitted IP subtree, CIDR (with --name-constraints)."),
+    ] = None,
     path_length: Annotated[int, typer.Option("--path-length", min=0, max=3)] = 0,
     validity: Annotated[str, typer.Option("--validity")] = "5y",
     issuer: IssuerOption = None,
@@ -345,6 +357,7 @@ def sign_intermediate(
         trust_domain=trust_domain,
         name_constraints=name_constraints,
         permitted_dns=tuple(permit_dns or ()),
+        permitted_ip=tuple(permit_ip or ()),
         path_length=path_length,
         secrets=ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         root_name=issuer,

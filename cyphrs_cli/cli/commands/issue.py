@@ -119,6 +119,13 @@ def issue(
         bool,
         typer.Option("--dry-run", help="Show what would be issued and which rules allow it."),
     ] = False,
+    allow_duplicate: Annotated[
+        bool,
+        typer.Option(
+            "--allow-duplicate",
+            help="Issue even if this SPIFFE ID (agent instance) already has a valid certificate.",
+        ),
+    ] = False,
     issuer: IssuerOption = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -154,6 +161,7 @@ def issue(
             key_type,
             ttl,
             requester,
+            allow_duplicate,
         )
         if out is not None or dry_run or any(v for v in per_item):
             raise UsageError(
@@ -197,6 +205,7 @@ def issue(
         key_type=key_type,
         csr_pem=read_input(csr) if csr is not None else None,
         csr_source=csr or "CSR",
+        allow_duplicate=allow_duplicate,
     )
     if dry_run:
         _dry_run(order, issuer, home)

@@ -53,9 +53,21 @@ class SelfCheckFailed(CyphrsError):
     """A certificate we just signed broke one of our own invariants: a bug, never output."""
 
 
+# Race tests: "<point>:<seconds>" sleeps at the named point, widening a race window.
+DELAY_ENV = "CYPHRS_TEST_DELAY"
+
+
 def fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
         os._exit(86)
+
+
+def delay_point(name: str) -> None:
+    point, _, seconds = os.environ.get(DELAY_ENV, "").partition(":")
+    if point == name:
+        import time
+
+        time.sleep(float(seconds))
 
 
 def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
@@ -135,6 +147,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
 
     self_check(cert, issuer, plan)
     fault_point("after-sign")
+    delay_point("after-sign")
 
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
     with ledger.transaction() as conn:

@@ -392,6 +392,17 @@ REFUSED_47 = "error 47"  # X509_V_ERR_PERMITTED_VIOLATION
             {"openssl": REFUSED_47, "gnutls": GNUTLS_VIOLATION, "cryptography": UNSUPPORTED_URI},
         ),
         (
+            # With a DNS SAN inside, no verifier looks at the CN: all three accept a CN
+            # outside the subtree. cyphrs still refuses it (a CN-reading application
+            # would be misled), which makes it stricter than the verifiers here.
+            "cn-outside-dns-san-inside",
+            "test-inter",
+            "api.evil.test",
+            [x509.DNSName("api.acme.internal")],
+            "api.acme.internal",
+            {"openssl": "ok", "gnutls": "ok", "cryptography": "ok"},
+        ),
+        (
             # The old default agent CN: GnuTLS checks the CN of a serverAuth certificate
             # without DNS SANs as a DNS name; OpenSSL skips it (a '/' is no host name).
             "agent-cn-workflow-instance",

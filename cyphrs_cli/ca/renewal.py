@@ -93,12 +93,22 @@ def renewal_request(
     cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     spiffe = row["spiffe_id"]
     instance = spiffe.rsplit("/", 1)[1] if spiffe and row["workflow"] else None
+    dns = tuple(n[4:] for n in names if n.startswith("DNS:"))
+    ips = tuple(n[3:] for n in names if n.startswith("IP:"))
+    common_name = str(cns[0].value) if cns else None
+    # The defaults before issue 8 (``workflow/instance`` for agents, the first IP of an
+    # IP-only certificate) are not carried over: the renewal gets today's default, no CN,
+    # which verifiers accept under name constraints (docs/name-constraints.md).
+    if common_name is not None and (
+        common_name == f"{row['workflow']}/{instance}" or (not dns and ips[:1] == (common_name,))
+    ):
+        common_name = None
     request = LeafRequest(
         profile=row["profile"],
         public_key=public_key,
-        common_name=str(cns[0].value) if cns else None,
-        dns_names=tuple(n[4:] for n in names if n.startswith("DNS:")),
-        ip_addresses=tuple(n[3:] for n in names if n.startswith("IP:")),
+        common_name=common_name,
+        dns_names=dns,
+        ip_addresses=ips,
         spiffe_id=spiffe,
         workflow=row["workflow"],
         instance=instance,

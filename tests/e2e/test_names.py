@@ -142,6 +142,33 @@ def test_renew_revoke_and_expiry_free_the_instance(
     assert _issue(h, tmp_path / "5", *agent)[0] == 7
 
 
+def test_renewal_drops_the_old_default_cn(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    """A certificate with the pre-issue-8 default CN (``workflow/instance``, or the IP of an
+    IP-only certificate) renews into today's default: an empty subject."""
+    h = fresh_hierarchy
+    for name, args in (
+        ("agent", ("agent", "--workflow", "recon", "--instance", "c1", "--cn", "recon/c1")),
+        ("ip", ("server", "--ip", "10.0.0.9", "--cn", "10.0.0.9")),
+    ):
+        assert _issue(h, tmp_path / name, *args)[0] == 0
+        done = cli(
+            "renew",
+            str(tmp_path / name / "cert.pem"),
+            "--home",
+            str(h.home),
+            "--passphrase-file",
+            str(h.inter_pass),
+            "--out-dir",
+            str(tmp_path / f"{name}-renewed"),
+        )
+        assert done.exit_code == 0, done.stderr
+        renewed = x509.load_pem_x509_certificate(
+            (tmp_path / f"{name}-renewed" / "cert.pem").read_bytes()
+        )
+        assert renewed.subject == x509.Name([])
+        assert renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+
+
 def test_concurrent_issues_for_one_instance_have_one_winner(
     fresh_hierarchy: Hierarchy, tmp_path: Path
 ) -> None:

@@ -393,6 +393,7 @@ def plan_leaf(
 
     from cyphrs_cli.ca.extensions import (
         COMMON_NAME_MAX,
+        REQUESTER_MAX,
         AgentClaims,
         leaf_extensions,
         validate_text,
@@ -422,7 +423,11 @@ def plan_leaf(
     if not general_names and not common_name:
         raise InvalidInputError("a certificate needs a subject alternative name or a common name")
 
-    requester = request.requester or default_actor()
+    # The default comes from the environment (CYPHRS_ACTOR, a CI user variable, the OS
+    # user): it goes into the claims and the ledger, so it meets the same rules.
+    requester = validate_text(
+        "requester", request.requester or default_actor(), max_length=REQUESTER_MAX
+    )
     claims = None
     if request.workflow is not None:
         claims = AgentClaims(request.workflow, request.permissions, requester, utc_now())

@@ -15,6 +15,7 @@ def _agent(h: Hierarchy, out: Path) -> Path:
         "payments-recon",
         "--instance",
         "i-1",
+        "--allow-duplicate",  # several tests issue this instance on the shared hierarchy
         "--permission",
         "ledger:read",
         "--permission",

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.helpers import Hierarchy, cli, tool
+from tests.helpers import Hierarchy, cli, run_cyphrs, tool
 
 
 def _issue(h: Hierarchy, out: Path, *args: str) -> tuple[int, str]:
@@ -79,6 +79,29 @@ def test_hostile_names_and_oversized_fields_exit_3(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert fresh_hierarchy.ledger_rows() == before
     assert not (tmp_path / "out" / "cert.pem").exists()
+
+
+def test_default_requester_from_the_environment_is_checked(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """The requester default (a CI user variable) lands in the claims: same rules."""
+    h = fresh_hierarchy
+    done = run_cyphrs(
+        "issue",
+        "agent",
+        "--workflow",
+        "recon",
+        "--home",
+        str(h.home),
+        "--passphrase-file",
+        str(h.inter_pass),
+        "--out-dir",
+        str(tmp_path / "out"),
+        env={"CYPHRS_ACTOR": "", "GITHUB_ACTOR": "bot\nforged-line"},
+    )
+    assert done.returncode == 3, done.stderr
+    assert b"requester 'ci:bot" in done.stderr
+    assert h.ledger_rows() == 1 + 1  # root and intermediate only
 
 
 def test_limits_are_inclusive(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from tests.helpers import INTER_PASS, Hierarchy, build_hierarchy, cli
+from tests.helpers import INTER_PASS, ROOT_PASS, Hierarchy, build_hierarchy, cli
 
 # No skip: scripts/test installs openssl and certtool (gnutls-bin); a missing oracle fails.
 IP_CA = "ip-ca"
@@ -436,3 +436,51 @@ def test_forged_violations_are_refused_by_verifiers(
     ca = _ca(request, ca)
     leaf = _forge(pki, ca, case, cn=cn, sans=sans, server_auth=case != "agent-cn-client-only")
     assert verdicts(pki, ca, leaf, server_name) == expected
+
+
+# --------------------------------------------------------------------------- offline root
+
+
+def test_sign_intermediate_takes_ip_subtrees(tmp_path: Path) -> None:
+    """The offline-root flow: sign-intermediate --permit-ip constrains what the imported
+    intermediate may issue, enforced by cyphrs on the online host and by OpenSSL."""
+    root_pass, inter_pass = tmp_path / "root.pass", tmp_path / "inter.pass"
+    root_pass.write_text(ROOT_PASS)
+    inter_pass.write_text(INTER_PASS)
+    root_home, online = tmp_path / "root-host", tmp_path / "online"
+
+    def run(*args: str, home: Path, secret: Path) -> None:
+        done = cli(*args, "--home", str(home), "--passphrase-file", str(secret))
+        assert done.exit_code == 0, done.stderr
+
+    run("init-root", "--name", "Vault Root", home=root_home, secret=root_pass)
+    csr = tmp_path / "edge.csr"
+    run("create-intermediate", "--name", "Edge CA", "--csr-out", str(csr), home=online,
+        secret=inter_pass)  # fmt: skip
+    unplumbed = cli(
+        "sign-intermediate", str(csr), "--out", str(tmp_path / "x.pem"), "--permit-ip",
+        "10.30.0.0/16", "--home", str(root_home), "--passphrase-file", str(root_pass),
+    )  # fmt: skip
+    assert unplumbed.exit_code == 3 and "--name-constraints" in unplumbed.stderr
+    run("sign-intermediate", str(csr), "--out", str(tmp_path / "edge.pem"),
+        "--name-constraints", "--permit-ip", "10.30.0.0/16", home=root_home,
+        secret=root_pass)  # fmt: skip
+    assert (
+        cli("import-intermediate", str(tmp_path / "edge.pem"), "--home", str(online)).exit_code == 0
+    )
+
+    def issue_ip(address: str, out: Path) -> int:
+        return cli(
+            "issue", "server", "--ip", address, "--out-dir", str(out), "--home", str(online),
+            "--passphrase-file", str(inter_pass),
+        ).exit_code  # fmt: skip
+
+    assert issue_ip("10.30.4.5", tmp_path / "in") == 0
+    assert (
+        openssl_verdict(
+            tmp_path / "in" / "ca.pem", tmp_path / "in" / "chain.pem", tmp_path / "in" / "cert.pem"
+        )
+        == "ok"
+    )
+    assert issue_ip("10.31.4.5", tmp_path / "out") == 5
+    assert not (tmp_path / "out").exists()

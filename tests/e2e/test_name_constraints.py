@@ -392,6 +392,25 @@ REFUSED_47 = "error 47"  # X509_V_ERR_PERMITTED_VIOLATION
             {"openssl": REFUSED_47, "gnutls": GNUTLS_VIOLATION, "cryptography": UNSUPPORTED_URI},
         ),
         (
+            # An IP address as CN looks like a host name to OpenSSL (digits and dots).
+            "cn-ip-address",
+            "test-inter",
+            "10.99.0.1",
+            [x509.UniformResourceIdentifier("spiffe://acme.internal/agent/x/1")],
+            None,
+            {"openssl": REFUSED_47, "gnutls": GNUTLS_VIOLATION, "cryptography": UNSUPPORTED_URI},
+        ),
+        (
+            # A single label has no dot: OpenSSL does not take it for a host name; GnuTLS
+            # does (serverAuth, no DNS SAN).
+            "cn-single-label",
+            "test-inter",
+            "ci-deployer",
+            [x509.UniformResourceIdentifier("spiffe://acme.internal/agent/x/1")],
+            None,
+            {"openssl": "ok", "gnutls": GNUTLS_VIOLATION, "cryptography": UNSUPPORTED_URI},
+        ),
+        (
             # With a DNS SAN inside, no verifier looks at the CN: all three accept a CN
             # outside the subtree. cyphrs still refuses it (a CN-reading application
             # would be misled), which makes it stricter than the verifiers here.

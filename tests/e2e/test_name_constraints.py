@@ -6,7 +6,7 @@ verdict is asserted as a fact, so a verifier that changes its mind fails this fi
 docs/name-constraints.md must be updated with it.
 
 - certificates cyphrs issues under a name-constrained intermediate verify everywhere they
-  can (cryptography refuses URI name constraints outright: a documented limitation);
+  can (cryptography refuses a URI SAN under a URI subtree: a documented limitation);
 - names outside the constraints are refused by cyphrs before signing (exit 5, the rule
   named, a ``policy.denied`` event, no certificate row);
 - the same violations forged outside cyphrs (signed with the intermediate's key) are
@@ -199,8 +199,8 @@ def test_agent_under_uri_and_dns_constraints(pki: Pki) -> None:
     assert verdicts(pki, "test-inter", leaf, None) == {
         "openssl": "ok",
         "gnutls": "ok",
-        # cryptography does not implement URI name constraints and refuses any chain whose
-        # CA carries one, whatever the leaf (docs/name-constraints.md).
+        # cryptography does not implement URI name constraints: a URI SAN meeting a URI
+        # subtree fails the chain (docs/name-constraints.md).
         "cryptography": UNSUPPORTED_URI,
     }
 
@@ -212,6 +212,20 @@ def test_server_dns_under_dns_constraints(pki: Pki) -> None:
         "openssl": "ok",
         "gnutls": "ok",
         # The leaf has no URI name, so cryptography never meets the URI subtree.
+        "cryptography": "ok",
+    }
+
+
+def test_client_with_dns_san_under_uri_and_dns_constraints(pki: Pki) -> None:
+    """cryptography's client verifier accepts a URI-constrained CA as long as the leaf has
+    no URI name: it refuses URI *matching*, not the constraint's presence."""
+    code, err, leaf = issue(
+        pki, "test-inter", "client", "--cn", "ci.acme.internal", "--dns", "ci.acme.internal"
+    )
+    assert code == 0, err
+    assert verdicts(pki, "test-inter", leaf, None) == {
+        "openssl": "ok",
+        "gnutls": "ok",
         "cryptography": "ok",
     }
 

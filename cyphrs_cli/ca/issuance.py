@@ -51,9 +51,18 @@ class SelfCheckFailed(CyphrsError):
     """A certificate we just signed broke one of our own invariants: a bug, never output."""
 
 
+#: Delay injection for the race tests: ``NAME=SECONDS`` sleeps at the named point.
+DELAY_ENV = "CYPHRS_TEST_DELAY"
+
+
 def fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
         os._exit(86)
+    delay = os.environ.get(DELAY_ENV)
+    if delay and delay.partition("=")[0] == name:
+        import time
+
+        time.sleep(float(delay.partition("=")[2]))
 
 
 def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:

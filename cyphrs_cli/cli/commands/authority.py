@@ -304,7 +304,7 @@ def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: A
     render.console().print(f"Created the key of {alias} and wrote its CSR to {csr_out}")
     render.note(
         "sign it on the root's host: cyphrs sign-intermediate CSR --out CERT, then "
-        "cyphrs import-intermediate CERT here"
+        "cyphrs import-intermediate CERT --root ROOT.pem here"
     )
 
 

@@ -114,9 +114,9 @@ def _authorities(home: Path) -> list[tuple[str, str]]:
 
 
 def _config(home: Path) -> dict[str, dict[str, str]]:
-    authorities: dict[str, dict[str, str]] = tomllib.loads(
-        (home / "config.toml").read_text()
-    )["authorities"]
+    authorities: dict[str, dict[str, str]] = tomllib.loads((home / "config.toml").read_text())[
+        "authorities"
+    ]
     return authorities
 
 
@@ -156,9 +156,7 @@ def test_concurrent_init_root_same_alias_one_winner(tmp_path: Path) -> None:
         home = tmp_path / f"home{round_}"
         results = run_together([_init_root(home, root_pass)] * WORKERS, SLOW)
         assert (home / "keys" / "race-root.key.pem").is_file(), _diagnose(results)
-        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(
-            results
-        )
+        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(results)
         assert _home_files(home) == {
             ".cyphrs.lock",
             "config.toml",
@@ -177,9 +175,7 @@ def test_concurrent_init_root_different_names_one_root(tmp_path: Path) -> None:
         home = tmp_path / f"home{round_}"
         commands = [_init_root(home, root_pass, f"Race Root {i}") for i in range(WORKERS)]
         results = run_together(commands, SLOW)
-        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(
-            results
-        )
+        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(results)
         (winner,) = [r for r in results if r.returncode == 0]
         alias = str(winner.args[2]).lower().replace(" ", "-")
         assert _authorities(home) == [(alias, "root")]
@@ -221,14 +217,10 @@ def test_concurrent_create_intermediate_same_alias_one_winner(tmp_path: Path) ->
     assert cli(*_init_root(home, root_pass)).exit_code == 0
     for round_ in range(ROUNDS):
         name = f"Agents {round_}"
-        results = run_together(
-            [_intermediate(home, root_pass, inter_pass, name)] * WORKERS, SLOW
-        )
+        results = run_together([_intermediate(home, root_pass, inter_pass, name)] * WORKERS, SLOW)
         alias = f"agents-{round_}"
         assert (home / "keys" / f"{alias}.key.pem").is_file(), _diagnose(results)
-        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(
-            results
-        )
+        assert _outcome(results) == [0] + [ExitCode.CONFLICT] * (WORKERS - 1), _diagnose(results)
         assert alias in _config(home)
         _assert_issues(home, inter_pass, alias, tmp_path / f"out{round_}")
     assert _authorities(home) == [("race-root", "root")] + [

@@ -290,3 +290,34 @@ def test_concurrent_intermediate_requests_same_alias_one_winner(tmp_path: Path) 
     assert pending["agents-ca"]["public_key"].encode() == csr.public_key().public_bytes(
         serialization.Encoding.PEM, spki
     )
+
+
+def test_a_held_home_lock_times_out_with_exit_8(tmp_path: Path) -> None:
+    """A creator that waits longer than CYPHRS_BUSY_TIMEOUT_MS gives up with exit 8 and
+    one line, and takes nothing from the holder."""
+    import time
+
+    root_pass, _ = _secrets(tmp_path)
+    home = tmp_path / "home"
+    env = {**os.environ, "CYPHRS_TEST_DELAY": "after-sign=4"}
+    holder = subprocess.Popen(
+        [tool("cyphrs"), *_init_root(home, root_pass)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "ledger.sqlite3").exists():  # made under the lock
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        waiter = run_together(
+            [_init_root(home, root_pass, "Other Root")], {"CYPHRS_BUSY_TIMEOUT_MS": "300"}
+        )[0]
+    finally:
+        _, holder_err = holder.communicate(timeout=120)
+    assert waiter.returncode == ExitCode.STORAGE, waiter.stderr
+    assert b"another cyphrs process holds" in waiter.stderr
+    assert waiter.stderr.count(b"\n") == 1
+    assert holder.returncode == 0, holder_err
+    assert _authorities(home) == [("race-root", "root")]

@@ -243,9 +243,14 @@ def import_intermediate(
                     f"{source}: carries a root certificate ({fingerprint(cert)}) that is not"
                     f" the trusted root ({fingerprint(anchor)}); nothing imported"
                 )
-        alias, request, cert = _match_pending(
-            config, [c for c in certs if not _self_signed(c)], source
-        )
+        candidates = [c for c in certs if not _self_signed(c)]
+        with open_ledger(home) as ledger:
+            for candidate in candidates:
+                if ledger.conn.execute(
+                    "SELECT 1 FROM certificates WHERE fingerprint = ?", (fingerprint(candidate),)
+                ).fetchone():
+                    raise ConflictError(f"{source}: this intermediate is already imported")
+        alias, request, cert = _match_pending(config, candidates, source)
         _check_chain(cert, anchor, source)
         root_alias = existing_root.name if existing_root else alias_from_name(_common_name(anchor))
         intermediate_key = KeyInfo(

@@ -185,3 +185,22 @@ def test_root_option_must_be_one_self_signed_ca(flow: dict[str, Path]) -> None:
     code, err = _import(flow, flow["genuine"], "--root", str(inter_only))
     assert code == ExitCode.INVALID_INPUT and "self-signed" in err, err
     _assert_nothing_recorded(flow)
+
+
+def test_concurrent_imports_of_one_request_record_it_once(flow: dict[str, Path]) -> None:
+    """Several imports of the same signed file at once: one records it, the others find
+    it imported (exit 7) or no longer pending (exit 6); the ledger holds it once."""
+    from tests.e2e.test_creation_races import run_together
+
+    args = ["import-intermediate", str(flow["genuine"]), "--root", str(flow["root"])]
+    results = run_together([[*args, "--home", str(flow["online"])]] * 4)
+    codes = sorted(r.returncode for r in results)
+    assert codes[0] == 0 and set(codes[1:]) <= {ExitCode.CONFLICT, ExitCode.NOT_FOUND}, [
+        r.stderr for r in results
+    ]
+    with sqlite3.connect(flow["online"] / "ledger.sqlite3") as conn:
+        rows = conn.execute("SELECT name FROM authorities ORDER BY id").fetchall()
+    assert rows == [("vault-root",), ("agents-ca",)]
+    again = run_cyphrs(*args, "--home", str(flow["online"]))
+    assert again.returncode == ExitCode.CONFLICT and b"already imported" in again.stderr
+    assert cli("audit", "verify", "--home", str(flow["online"])).exit_code == 0

@@ -168,3 +168,23 @@ def _forged_crl(h: Hierarchy, key: Path, tmp_path: Path) -> Path:
     path = tmp_path / "forged.crl.pem"
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+@pytest.mark.slow
+def test_many_concurrent_publishers_leave_the_highest_number(fresh_hierarchy: Hierarchy) -> None:
+    """Four publishers, the earlier ones slower (1.2 s, 0.8 s, 0.4 s, none after allocating):
+    whatever order they finish in, the files hold the highest number the ledger allocated."""
+    h = fresh_hierarchy
+    for _ in range(2):
+        procs = []
+        try:
+            for delay in ("1.2", "0.8", "0.4", "0"):
+                procs.append(_start_crl(h, {"CYPHRS_TEST_DELAY": f"crl-after-allocate={delay}"}))
+                time.sleep(0.3)
+        finally:
+            results = [(p, *p.communicate(timeout=120)) for p in procs]
+        assert [p.returncode for p, _, _ in results] == [0] * 4, [e for _, _, e in results]
+        with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+            (highest,) = conn.execute("SELECT max(number) FROM crls").fetchone()
+        for name in ("test-inter.crl.pem", "test-inter.crl"):
+            assert _crl_number(h.home / "crls" / name) == f"crlNumber=0x{highest:02X}"

@@ -1,4 +1,5 @@
-"""Every file cyphrs writes goes through here: atomic replace, explicit modes, private dirs."""
+"""Every file cyphrs writes goes through here: atomic replace, exclusive creation, explicit
+modes, private dirs, and the CA home's lock."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cyphrs_cli.errors import ConflictError, NotFoundError, StorageError
@@ -71,3 +75,173 @@ def read_input(source: str) -> bytes:
         raise NotFoundError(f"{source}: no such file") from exc
     except OSError as exc:
         raise StorageError(f"cannot read {source}: {exc.strerror}") from exc
+
+
+def write_new_file(path: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> tuple[int, int]:
+    """Create ``path`` with ``data``; never replace a file that exists, never show half.
+
+    The data goes to a unique temporary file first (``mode`` from the start, fsynced), which
+    is then hard-linked to ``path``: ``link`` fails when the name exists, so two writers
+    cannot both "win" and nobody's file is overwritten. Returns ``(st_dev, st_ino)`` so the
+    caller can later remove exactly the file it made and nothing someone else put there.
+    """
+    directory = path.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=directory)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            made = os.fstat(handle.fileno())
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError as exc:
+            raise ConflictError(f"{path} already exists; refusing to overwrite it") from exc
+        _fsync_dir(directory)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+    return made.st_dev, made.st_ino
+
+
+def remove_own_file(path: Path, identity: tuple[int, int] | None) -> None:
+    """Unlink ``path`` only if it is still the very file this process created."""
+    if identity is None:
+        return
+    with contextlib.suppress(OSError):
+        found = os.stat(path, follow_symlinks=False)
+        if (found.st_dev, found.st_ino) == identity:
+            os.unlink(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+#: The lock file in every CA home; see ``home_lock``.
+LOCK_NAME = ".cyphrs.lock"
+LOCK_POLL_SECONDS = 0.05
+
+
+@dataclass
+class HomeLock:
+    """The held lock of one CA home, and what taking it created (for clean-up)."""
+
+    root: Path
+    created_home: bool
+    created_lock_file: bool
+
+    def abandon_fresh_home(self) -> None:
+        """Remove the lock file and the home directory again, if this process made them.
+
+        Called (while the lock is still held) by a creation that failed before the home
+        got a ``config.toml``. ``rmdir`` removes only an empty directory, so a home that
+        holds anything else is left alone. A process waiting on the unlinked lock file
+        notices that the name no longer refers to its inode and starts over.
+        """
+        if self.created_lock_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / LOCK_NAME)
+        if self.created_home:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.root)
+
+
+@contextlib.contextmanager
+def home_lock(root: Path, *, create: bool = False) -> Iterator[HomeLock]:
+    """Hold the exclusive lock of the CA home at ``root`` for a read-check-write sequence.
+
+    Creation of CAs, every ``config.toml`` read-modify-write and CRL publication run under
+    this lock, so re-checks made inside it stay true until the writes are done. It is an
+    ``flock`` on ``root/.cyphrs.lock``: released by the kernel when the process dies, so a
+    crash never leaves the home locked. The SQLite write lock cannot take this role:
+    ``issue`` commits its own transaction, and files (keys, certificates, config, CRLs) are
+    written outside SQLite. A PostgreSQL ledger would replace the body of this function by
+    ``pg_advisory_lock`` on the home's id; callers see only this context manager.
+
+    With ``create``, a missing home directory is made (mode 0700) and ``created_home``
+    says whether this process made it. Waits up to ``CYPHRS_BUSY_TIMEOUT_MS`` (as the
+    ledger does), then fails with exit 8. Not re-entrant: take it once per command.
+    """
+    import fcntl
+
+    from cyphrs_cli.ledger.db import BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS
+
+    timeout = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS)) / 1000
+    deadline = time.monotonic() + timeout
+    lock_path = root / LOCK_NAME
+    created_home = False
+    while True:
+        if create:
+            ensure_private_dir(root.parent)
+            try:
+                os.mkdir(root, PRIVATE_DIR)
+                created_home = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot create directory {root}: {exc.strerror}") from exc
+        fd, created_lock_file = _open_lock_file(lock_path)
+        if fd is None:
+            if not create:
+                raise NotFoundError(f"no CA home at {root}")
+            if time.monotonic() >= deadline:
+                raise StorageError(f"cannot create the lock file {lock_path}")
+            time.sleep(LOCK_POLL_SECONDS)  # the home was just removed by a failed creation
+            continue
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StorageError(
+                            f"another cyphrs process holds {lock_path}",
+                            hint=f"waited {timeout:g} s; retry, or raise {BUSY_TIMEOUT_ENV}",
+                        ) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            if _same_file(fd, lock_path):
+                yield HomeLock(root, created_home, created_lock_file)
+                return
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def _open_lock_file(lock_path: Path) -> tuple[int | None, bool]:
+    """(descriptor, created by us); (None, False) when the home vanished meanwhile."""
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(lock_path, flags | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), True
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return None, False
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        return os.open(lock_path, flags), False
+    except FileNotFoundError:
+        return None, False
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the locked descriptor is still the file at ``path`` (not an unlinked one)."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)

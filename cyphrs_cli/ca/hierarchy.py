@@ -1,9 +1,11 @@
 """Building and loading the CA hierarchy: root, intermediates, the offline-root flow.
 
 Creation order keeps a failed command from leaving partial state: every input is checked
-first; the key is stored (and removed again if anything later fails); the certificate and
-its authority are recorded in one ledger transaction; only then are the certificate file
-and ``config.toml`` written.
+first; then, under the home lock (``fsutil.home_lock``), the alias and root checks are
+made again, the key is generated, the certificate and its authority are recorded in one
+ledger transaction, and only then are the key file (created exclusively), the certificate
+file and ``config.toml`` (read under the same lock) written. A failure removes only what
+this process created.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING
 
 from cyphrs_cli.config.settings import AuthorityEntry, HomeConfig, load_config, save_config
 from cyphrs_cli.errors import ConflictError, InvalidInputError, NotFoundError, SecretError
-from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
+from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir, home_lock
 from cyphrs_cli.ledger.events import LedgerEvent, append_event
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cryptography import x509
 
     from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts
@@ -82,6 +86,8 @@ def _write_outputs(
     ensure_private_dir(home.certs_dir)
     atomic_write(home.resolve(entry.cert_path), cert_pem, mode=PUBLIC_FILE)
     config.authorities[entry.name] = entry
+    if entry.role == "intermediate" and config.default_issuer is None:
+        config.default_issuer = entry.name
     save_config(home, config)
 
 
@@ -102,6 +108,8 @@ def _create_ca(
     ekus: tuple[str, ...],
     permitted_ip: tuple[str, ...] = (),
 ) -> CaCreated:
+    """Sign, record, then write key, certificate and config. The caller holds the home
+    lock and loaded ``config`` under it, so the alias checks it made still hold here."""
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.ca.extensions import ca_extensions
@@ -141,7 +149,8 @@ def _create_ca(
         issued = issue(ledger, issuer, plan)
         # A file key is written only once its certificate is recorded: a crash before the
         # commit leaves nothing behind; one after it leaves a recorded CA that was never
-        # delivered (visible in the ledger, harmless). Token keys exist already.
+        # delivered (visible in the ledger, harmless). Token keys exist already. The file
+        # is created exclusively, so it can never replace another CA's key.
         pending.commit()
     except BaseException:
         undo_key(home, pending)
@@ -169,22 +178,49 @@ def new_ca_key(
 
 
 def undo_key(home: CaHome, pending: PendingKey) -> None:
-    """Remove a key that was stored for a CA that never came to exist."""
-    from cyphrs_cli.keystore.file import PendingFileKey
-
-    if isinstance(pending, PendingFileKey):
-        with contextlib.suppress(OSError):
-            pending.path.unlink()
+    """Remove a key that was stored for a CA that never came to exist: only what this
+    process wrote (a file it created, a token object it generated; an adopted token key
+    and a file another process made are never touched)."""
     pending.discard()
 
 
 def check_new_alias(home: CaHome, config: HomeConfig, ledger: Ledger, alias: str) -> None:
+    """Refuse a taken alias (exit 7). Meaningful only under the home lock, with ``config``
+    loaded under it: outside the lock, another process may take the alias right after."""
     if alias in config.authorities:
         raise ConflictError(f"an authority named {alias!r} already exists in {home.root}")
     from cyphrs_cli.ledger.records import authority_by_name
 
     if authority_by_name(ledger.conn, alias) is not None:
         raise ConflictError(f"the ledger already records an authority named {alias!r}")
+
+
+@contextlib.contextmanager
+def creating_in(home: CaHome, *, create: bool) -> Iterator[HomeConfig]:
+    """Hold the home lock for a creation and yield the config as read under it.
+
+    If the command fails and the home has no ``config.toml`` afterwards (no other process
+    finished a creation in it), what this process created is removed again: the ledger it
+    created, the ``keys``/``certs`` directories it made (only if empty), the lock file and
+    the home directory it made (only if empty). Nothing another process made is touched:
+    the lock makes "did not exist when we looked" mean "we created it".
+    """
+    with home_lock(home.root, create=create) as lock:
+        had_ledger = home.ledger_path.exists()
+        dirs = [d for d in (home.root / "keys", home.certs_dir) if not d.exists()]
+        try:
+            yield load_config(home) if home.is_initialised() else HomeConfig()
+        except BaseException:
+            if not home.config_path.exists():
+                if not had_ledger:
+                    for suffix in ("", "-wal", "-shm", "-journal"):
+                        with contextlib.suppress(OSError):
+                            home.ledger_path.with_name(home.ledger_path.name + suffix).unlink()
+                for directory in dirs:
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                lock.abandon_fresh_home()
+            raise
 
 
 def create_root(
@@ -199,60 +235,47 @@ def create_root(
     secrets: SecretProvider,
     existing_key: bool = False,
 ) -> CaCreated:
-    """Create the home (if needed), its ledger and a self-signed root. Refuses a second root."""
+    """Create the home (if needed), its ledger and a self-signed root. Refuses a second root.
+
+    Everything from the "is there a root yet?" check to the last file written happens
+    under the home lock: of several concurrent ``init-root`` runs exactly one creates a
+    root; the others exit 7 and remove only what they themselves created.
+    """
 
     alias = validate_alias(alias or alias_from_name(common_name))
     subject = ca_subject(common_name, organization)
     if home.is_initialised() and load_config(home).root is not None:
-        raise ConflictError(
-            f"{home.root} already has a root CA", hint="use another --home for a new hierarchy"
-        )
-    created_home = not home.root.exists()
-    created_ledger = not home.ledger_path.exists()
-    ensure_private_dir(home.root)
-    ledger = open_ledger(home, create=True)
-    try:
-        check_new_alias(home, HomeConfig(), ledger, alias)
-        if ledger.conn.execute("SELECT 1 FROM authorities WHERE role = 'root'").fetchone():
-            raise ConflictError(f"the ledger in {home.root} already records a root CA")
-        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
-        uri = pending.info.uri
-        entry = AuthorityEntry(alias, "root", uri, f"certs/{alias}.pem")
-        return _create_ca(
-            home,
-            HomeConfig(),
-            ledger,
-            issuer_for=None,
-            entry=entry,
-            pending=pending,
-            subject=subject,
-            ttl=ttl,
-            path_length=None,
-            trust_domain=None,
-            permitted_uri=(),
-            permitted_dns=(),
-            ekus=(),
-        )
-    except BaseException:
-        ledger.close()
-        _remove_fresh_state(home, created_home=created_home, created_ledger=created_ledger)
-        raise
-    finally:
-        ledger.close()
+        raise _second_root(home)  # fast path; re-checked under the lock
+    with creating_in(home, create=True) as config:
+        if config.root is not None:
+            raise _second_root(home)
+        with open_ledger(home, create=True) as ledger:
+            check_new_alias(home, config, ledger, alias)
+            if ledger.conn.execute("SELECT 1 FROM authorities WHERE role = 'root'").fetchone():
+                raise ConflictError(f"the ledger in {home.root} already records a root CA")
+            pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+            entry = AuthorityEntry(alias, "root", pending.info.uri, f"certs/{alias}.pem")
+            return _create_ca(
+                home,
+                config,
+                ledger,
+                issuer_for=None,
+                entry=entry,
+                pending=pending,
+                subject=subject,
+                ttl=ttl,
+                path_length=None,
+                trust_domain=None,
+                permitted_uri=(),
+                permitted_dns=(),
+                ekus=(),
+            )
 
 
-def _remove_fresh_state(home: CaHome, *, created_home: bool, created_ledger: bool) -> None:
-    """Undo what this very command created before it failed: the home, or its new ledger."""
-    import shutil
-
-    if home.config_path.exists():
-        return
-    if created_home:
-        shutil.rmtree(home.root, ignore_errors=True)
-    elif created_ledger:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                home.ledger_path.with_name(home.ledger_path.name + suffix).unlink()
+def _second_root(home: CaHome) -> ConflictError:
+    return ConflictError(
+        f"{home.root} already has a root CA", hint="use another --home for a new hierarchy"
+    )
 
 
 def create_intermediate(
@@ -274,10 +297,10 @@ def create_intermediate(
     existing_key: bool = False,
     permitted_ip: tuple[str, ...] = (),
 ) -> CaCreated:
-    """Sign a new intermediate with this home's root."""
+    """Sign a new intermediate with this home's root, under the home lock (alias check,
+    key, ledger, certificate file and the config update form one serialised step)."""
     from cyphrs_cli.ca.extensions import name_constraint_subtrees, validate_trust_domain
 
-    config = load_config(home)
     alias = validate_alias(alias or alias_from_name(common_name))
     subject = ca_subject(common_name, organization)
     if trust_domain is not None:
@@ -288,42 +311,39 @@ def create_intermediate(
         permitted_dns=permitted_dns,
         permitted_ip=permitted_ip,
     )
-    root_entry = config.root
-    if root_entry is None:
-        raise NotFoundError(f"{home.root} has no root CA to sign with")
-    with open_ledger(home) as ledger:
-        check_new_alias(home, config, ledger, alias)
-        root = load_issuer(home, config, ledger, root_entry.name, root_secrets)
-        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
-        uri = pending.info.uri
-        entry = AuthorityEntry(
-            alias,
-            "intermediate",
-            uri,
-            f"certs/{alias}.pem",
-            parent=root_entry.name,
-            trust_domain=trust_domain,
-        )
-        created = _create_ca(
-            home,
-            config,
-            ledger,
-            issuer_for=root,
-            entry=entry,
-            pending=pending,
-            subject=subject,
-            ttl=ttl,
-            path_length=path_length,
-            trust_domain=trust_domain,
-            permitted_uri=subtrees_uri,
-            permitted_dns=subtrees_dns,
-            permitted_ip=subtrees_ip,
-            ekus=ekus,
-        )
-    if config.default_issuer is None:
-        config.default_issuer = alias
-        save_config(home, config)
-    return created
+    home.require_initialised()
+    with creating_in(home, create=False) as config:
+        root_entry = config.root
+        if root_entry is None:
+            raise NotFoundError(f"{home.root} has no root CA to sign with")
+        with open_ledger(home) as ledger:
+            check_new_alias(home, config, ledger, alias)
+            root = load_issuer(home, config, ledger, root_entry.name, root_secrets)
+            pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+            entry = AuthorityEntry(
+                alias,
+                "intermediate",
+                pending.info.uri,
+                f"certs/{alias}.pem",
+                parent=root_entry.name,
+                trust_domain=trust_domain,
+            )
+            return _create_ca(
+                home,
+                config,
+                ledger,
+                issuer_for=root,
+                entry=entry,
+                pending=pending,
+                subject=subject,
+                ttl=ttl,
+                path_length=path_length,
+                trust_domain=trust_domain,
+                permitted_uri=subtrees_uri,
+                permitted_dns=subtrees_dns,
+                permitted_ip=subtrees_ip,
+                ekus=ekus,
+            )
 
 
 def load_certificate_file(home: CaHome, entry: AuthorityEntry) -> x509.Certificate:

@@ -5,7 +5,8 @@
 2. ``sign_intermediate`` (root host): sign the CSR through the one issuance path, recorded
    in the root's ledger, and hand back the certificate with the root certificate;
 3. ``import_intermediate`` (online host): check the certificate matches the pending key and
-   chains to the root, then record root and intermediate in this home's ledger.
+   path-validates to the trusted root (this home's own, or ``--root``; never one taken
+   from the returned file), then record root and intermediate in this home's ledger.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.config.settings import AuthorityEntry, HomeConfig, load_config, save_config
-from cyphrs_cli.errors import ConflictError, InvalidInputError, NotFoundError
+from cyphrs_cli.errors import ConflictError, InvalidInputError, NotFoundError, UsageError
 from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, sha256_hex, utc_now
 
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
 
 PENDING = "pending_intermediates"
-
-
-def _home_config(home: CaHome) -> HomeConfig:
-    return load_config(home) if home.is_initialised() else HomeConfig()
 
 
 def _pending(config: HomeConfig) -> dict[str, Any]:
@@ -60,6 +57,7 @@ def request_intermediate(
         alias_from_name,
         ca_subject,
         check_new_alias,
+        creating_in,
         new_ca_key,
         open_ledger,
         undo_key,
@@ -71,53 +69,55 @@ def request_intermediate(
     subject = ca_subject(common_name, organization)
     if trust_domain is not None:
         validate_trust_domain(trust_domain)
-    config = _home_config(home)
-    if alias in _pending(config):
-        raise ConflictError(f"an intermediate request named {alias!r} is already pending")
-    ensure_private_dir(home.root)
-    with open_ledger(home, create=True) as ledger:
-        check_new_alias(home, config, ledger, alias)
-        pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
-        uri = pending.info.uri
-        try:
-            pending.commit()
-            csr = (
-                x509.CertificateSigningRequestBuilder()
-                .subject_name(subject)
-                .sign(pending.signer, signature_hash(pending.signer))  # type: ignore[arg-type]
-            )
-            csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-            with ledger.transaction() as conn:
-                append_event(
-                    conn,
-                    LedgerEvent(
-                        type="authority.requested",
-                        target=f"authority:{alias}",
-                        details={
-                            "alias": alias,
-                            "subject": subject.rfc4514_string(),
-                            "key_uri": uri,
-                            "csr_sha256": sha256_hex(csr_pem),
-                            "key": pending.info.__dict__,
-                        },
-                    ),
+    with creating_in(home, create=True) as config:
+        if alias in _pending(config):
+            raise ConflictError(f"an intermediate request named {alias!r} is already pending")
+        with open_ledger(home, create=True) as ledger:
+            check_new_alias(home, config, ledger, alias)
+            pending = new_ca_key(home, alias, key_uri, key_spec, secrets, existing=existing_key)
+            uri = pending.info.uri
+            try:
+                csr = (
+                    x509.CertificateSigningRequestBuilder()
+                    .subject_name(subject)
+                    .sign(pending.signer, signature_hash(pending.signer))  # type: ignore[arg-type]
                 )
-        except BaseException:
-            undo_key(home, pending)
-            raise
-    _pending(config)[alias] = {
-        "key": uri,
-        # The public key, so the signed certificate can be matched without unlocking the key.
-        "public_key": pending.signer.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode(),
-        "subject": subject.rfc4514_string(),
-        "trust_domain": trust_domain or "",
-        "key_algorithm": pending.info.algorithm,
-        "key_generated_in": pending.info.generated_in,
-        "key_storage": pending.info.storage,
-    }
-    save_config(home, config)
+                csr_pem = csr.public_bytes(serialization.Encoding.PEM)
+                with ledger.transaction() as conn:
+                    append_event(
+                        conn,
+                        LedgerEvent(
+                            type="authority.requested",
+                            target=f"authority:{alias}",
+                            details={
+                                "alias": alias,
+                                "subject": subject.rfc4514_string(),
+                                "key_uri": uri,
+                                "csr_sha256": sha256_hex(csr_pem),
+                                "key": pending.info.__dict__,
+                            },
+                        ),
+                    )
+                # As for every CA key: the file is written (exclusively) after the commit.
+                pending.commit()
+            except BaseException:
+                undo_key(home, pending)
+                raise
+        _pending(config)[alias] = {
+            "key": uri,
+            # The public key, so the signed certificate can be matched without unlocking it.
+            "public_key": pending.signer.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode(),
+            "subject": subject.rfc4514_string(),
+            "trust_domain": trust_domain or "",
+            "key_algorithm": pending.info.algorithm,
+            "key_generated_in": pending.info.generated_in,
+            "key_storage": pending.info.storage,
+        }
+        save_config(home, config)
     return alias, csr_pem
 
 
@@ -201,99 +201,196 @@ class Imported:
 def import_intermediate(
     home: CaHome, bundle_pem: bytes, *, source: str, root_pem: bytes | None
 ) -> Imported:
-    """Match the signed certificate to a pending key, verify it chains to the root, record
-    both CA certificates in this home's ledger in one transaction, then write the files."""
-    from cryptography.exceptions import InvalidSignature
+    """Match the signed certificate to a pending key, verify it chains to the trusted root,
+    record both CA certificates in this home's ledger in one transaction, then write the
+    files; all under the home lock, so two imports cannot both adopt one request.
+
+    The trust anchor is this home's own root, else the one certificate in ``root_pem``
+    (``--root``), which the operator obtained from the root's host. It is never taken from
+    the imported file: a self-signed certificate in the file that is not the anchor (for
+    example a forged root with the genuine root's name) is refused (exit 3), as is an
+    intermediate that does not path-validate to the anchor. Nothing is recorded then.
+    """
     from cryptography.hazmat.primitives import serialization
 
-    from cyphrs_cli.ca.hierarchy import alias_from_name, load_certificate_file, open_ledger
+    from cyphrs_cli.ca.hierarchy import (
+        alias_from_name,
+        check_new_alias,
+        load_certificate_file,
+        open_ledger,
+    )
     from cyphrs_cli.ca.issuance import fingerprint
     from cyphrs_cli.ca.parsing import load_certificates
+    from cyphrs_cli.fsutil import home_lock
     from cyphrs_cli.keystore.base import KeyInfo
     from cyphrs_cli.keystore.uri import OFFLINE_URI
     from cyphrs_cli.ledger.records import authority_by_name
 
     home.require_initialised()
-    config = load_config(home)
     certs = load_certificates(bundle_pem, source=source)
-    if root_pem is not None:
-        certs += load_certificates(root_pem, source="--root")
-    roots = [c for c in certs if c.subject == c.issuer]
-    if not roots:
-        raise InvalidInputError(
-            f"{source}: no root certificate (add it to the file or pass --root)"
-        )
-    root = roots[0]
-    alias, request, cert = _match_pending(
-        config, [c for c in certs if c.subject != c.issuer], source
-    )
-    try:
-        cert.verify_directly_issued_by(root)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{source}: the intermediate is not signed by that root") from exc
-    if cert.not_valid_after_utc <= utc_now():
-        raise InvalidInputError(f"{source}: the intermediate has already expired")
-    existing_root = config.root
-    if existing_root is not None and fingerprint(
-        load_certificate_file(home, existing_root)
-    ) != fingerprint(root):
-        raise ConflictError("this home already has a different root CA")
-    root_alias = existing_root.name if existing_root else alias_from_name(_common_name(root))
-    intermediate_key = KeyInfo(
-        request["key"],
-        request["key_storage"],
-        request["key_algorithm"],
-        request["key_generated_in"],
-        {},
-    )
-
-    with open_ledger(home) as ledger, ledger.transaction() as conn:
-        known = authority_by_name(conn, root_alias) if existing_root else None
-        if known is not None:
-            root_id = int(known["id"])
+    given_root = _given_root(root_pem) if root_pem is not None else None
+    with home_lock(home.root):
+        config = load_config(home)
+        existing_root = config.root
+        if existing_root is not None:
+            anchor = load_certificate_file(home, existing_root)
+            if given_root is not None and fingerprint(given_root) != fingerprint(anchor):
+                raise ConflictError(
+                    f"--root ({fingerprint(given_root)}) is not this home's root"
+                    f" {existing_root.name!r} ({fingerprint(anchor)})"
+                )
+        elif given_root is not None:
+            anchor = given_root
         else:
-            offline = KeyInfo(OFFLINE_URI, "offline", _algorithm(root), "unknown", {})
-            root_id = _record_ca(
-                conn, root, root_alias, "root", offline, parent_id=None, trust_domain=None
+            raise UsageError(
+                "this home has no root yet: name the trusted root with --root ROOT.pem",
+                hint="copy the root certificate from the root's host and compare its"
+                " fingerprint with the one init-root printed there",
             )
-        _record_ca(
-            conn,
-            cert,
+        for cert in certs:
+            if _self_signed(cert) and fingerprint(cert) != fingerprint(anchor):
+                raise InvalidInputError(
+                    f"{source}: carries a root certificate ({fingerprint(cert)}) that is not"
+                    f" the trusted root ({fingerprint(anchor)}); nothing imported"
+                )
+        candidates = [c for c in certs if not _self_signed(c)]
+        with open_ledger(home) as ledger:
+            for candidate in candidates:
+                if ledger.conn.execute(
+                    "SELECT 1 FROM certificates WHERE fingerprint = ?", (fingerprint(candidate),)
+                ).fetchone():
+                    raise ConflictError(f"{source}: this intermediate is already imported")
+        alias, request, cert = _match_pending(config, candidates, source)
+        _check_chain(cert, anchor, source)
+        root_alias = existing_root.name if existing_root else alias_from_name(_common_name(anchor))
+        intermediate_key = KeyInfo(
+            request["key"],
+            request["key_storage"],
+            request["key_algorithm"],
+            request["key_generated_in"],
+            {},
+        )
+
+        with open_ledger(home) as ledger:
+            check_new_alias(home, config, ledger, alias)
+            if existing_root is None:
+                check_new_alias(home, config, ledger, root_alias)
+            with ledger.transaction() as conn:
+                known = authority_by_name(conn, root_alias) if existing_root else None
+                if known is not None:
+                    root_id = int(known["id"])
+                else:
+                    offline = KeyInfo(OFFLINE_URI, "offline", _algorithm(anchor), "unknown", {})
+                    root_id = _record_ca(
+                        conn, anchor, root_alias, "root", offline, parent_id=None, trust_domain=None
+                    )
+                _record_ca(
+                    conn,
+                    cert,
+                    alias,
+                    "intermediate",
+                    intermediate_key,
+                    parent_id=root_id,
+                    trust_domain=request["trust_domain"] or None,
+                )
+
+        ensure_private_dir(home.certs_dir)
+        if existing_root is None:
+            entry = AuthorityEntry(root_alias, "root", OFFLINE_URI, f"certs/{root_alias}.pem")
+            atomic_write(
+                home.resolve(entry.cert_path),
+                anchor.public_bytes(serialization.Encoding.PEM),
+                mode=PUBLIC_FILE,
+            )
+            config.authorities[root_alias] = entry
+        entry = AuthorityEntry(
             alias,
             "intermediate",
-            intermediate_key,
-            parent_id=root_id,
+            request["key"],
+            f"certs/{alias}.pem",
+            parent=root_alias,
             trust_domain=request["trust_domain"] or None,
         )
-
-    ensure_private_dir(home.certs_dir)
-    if existing_root is None:
-        entry = AuthorityEntry(root_alias, "root", OFFLINE_URI, f"certs/{root_alias}.pem")
         atomic_write(
             home.resolve(entry.cert_path),
-            root.public_bytes(serialization.Encoding.PEM),
+            cert.public_bytes(serialization.Encoding.PEM),
             mode=PUBLIC_FILE,
         )
-        config.authorities[root_alias] = entry
-    entry = AuthorityEntry(
-        alias,
-        "intermediate",
-        request["key"],
-        f"certs/{alias}.pem",
-        parent=root_alias,
-        trust_domain=request["trust_domain"] or None,
-    )
-    atomic_write(
-        home.resolve(entry.cert_path),
-        cert.public_bytes(serialization.Encoding.PEM),
-        mode=PUBLIC_FILE,
-    )
-    config.authorities[alias] = entry
-    del _pending(config)[alias]
-    if config.default_issuer is None:
-        config.default_issuer = alias
-    save_config(home, config)
+        config.authorities[alias] = entry
+        del _pending(config)[alias]
+        if config.default_issuer is None:
+            config.default_issuer = alias
+        save_config(home, config)
     return Imported(alias, root_alias, cert)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
+def _given_root(root_pem: bytes) -> x509.Certificate:
+    """The ``--root`` file: exactly one self-signed CA certificate whose signature is its own."""
+    from cyphrs_cli.ca.parsing import load_certificates
+
+    certs = load_certificates(root_pem, source="--root")
+    if len(certs) != 1:
+        raise InvalidInputError(f"--root: expected one root certificate, found {len(certs)}")
+    root = certs[0]
+    if not _self_signed(root):
+        raise InvalidInputError("--root: not a self-signed root certificate")
+    _require_ca(root, "--root")
+    _check_signature(root, root, "--root: the root's self-signature does not verify")
+    return root
+
+
+def _check_chain(cert: x509.Certificate, anchor: x509.Certificate, source: str) -> None:
+    """RFC 5280 path validation of the two-certificate path anchor → intermediate: names,
+    signature, validity of both, CA flags, key usage and the anchor's path length."""
+    from cryptography import x509
+
+    now = utc_now()
+    _require_ca(anchor, "the trusted root")
+    _require_ca(cert, source)
+    if cert.issuer != anchor.subject:
+        raise InvalidInputError(f"{source}: the intermediate was not issued by the trusted root")
+    _check_signature(cert, anchor, f"{source}: the intermediate is not signed by the trusted root")
+    for what, c in (("the trusted root", anchor), (f"{source}: the intermediate", cert)):
+        if c.not_valid_after_utc <= now:
+            raise InvalidInputError(f"{what} has already expired")
+        if c.not_valid_before_utc > now:
+            raise InvalidInputError(f"{what} is not valid yet")
+    try:
+        limit = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        limit = None
+    if limit is not None and limit < 0:
+        raise InvalidInputError("the trusted root's path length forbids intermediates")
+
+
+def _require_ca(cert: x509.Certificate, what: str) -> None:
+    from cryptography import x509
+
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise InvalidInputError(f"{what}: not a CA certificate (basicConstraints cA is not set)")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not usage.key_cert_sign:
+        raise InvalidInputError(f"{what}: its key usage does not allow signing certificates")
+
+
+def _check_signature(cert: x509.Certificate, issuer: x509.Certificate, message: str) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise InvalidInputError(message) from exc
 
 
 def _match_pending(

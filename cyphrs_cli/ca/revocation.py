@@ -2,7 +2,8 @@
 
 A revocation is one ledger transaction (status, revocations row, event). A CRL's number is
 allocated and committed *before* signing, so numbers only ever go up, even across crashes;
-the signed CRL is recorded before it is written anywhere.
+the signed CRL is recorded before it is written anywhere. ``crl`` holds the home lock
+from allocation to the last file written, so the files in ``crls/`` never go backwards.
 """
 
 from __future__ import annotations
@@ -192,16 +193,61 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
     return PublishedCrl(issuer.name, number, now, next_update, len(entries), crl)
 
 
-def store_crl(home: CaHome, published: PublishedCrl) -> Path:
+def store_crl(home: CaHome, published: PublishedCrl, issuer_cert: x509.Certificate) -> Path:
     """Keep the recorded CRL in the home as ``crls/ALIAS.crl`` (DER, for distribution
-    points) and ``crls/ALIAS.crl.pem``; returns the PEM path."""
+    points) and ``crls/ALIAS.crl.pem``; returns the PEM path.
+
+    The caller holds the home lock across ``publish_crl`` and this call, so publications
+    are written in number order. As a second line of defence, a file in place that is a
+    CRL of this issuer (its signature verifies against ``issuer_cert``) with a higher
+    number, or the same number and other content, is never replaced (exit 7): a published
+    CRL never goes backwards, even if a ledger was restored from an older copy. A file
+    that is not this issuer's CRL (unreadable, or signed by another key) cannot pin the
+    number and is replaced.
+    """
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
 
     ensure_private_dir(home.crls_dir)
     base = home.crls_dir / f"{published.authority}.crl"
-    atomic_write(base, published.crl.public_bytes(serialization.Encoding.DER), mode=PUBLIC_FILE)
     pem_path = base.with_name(base.name + ".pem")
-    atomic_write(pem_path, published.crl.public_bytes(serialization.Encoding.PEM), mode=PUBLIC_FILE)
+    outputs = (
+        (base, published.crl.public_bytes(serialization.Encoding.DER)),
+        (pem_path, published.crl.public_bytes(serialization.Encoding.PEM)),
+    )
+    for path, data in outputs:
+        in_place = _number_in_place(path, issuer_cert)
+        if in_place is not None and in_place >= published.number and path.read_bytes() != data:
+            raise ConflictError(
+                f"CRL #{published.number} of {published.authority!r} is recorded, but {path}"
+                f" already holds CRL #{in_place} of this issuer; left in place",
+                hint="the ledger is older than the published CRLs: run 'cyphrs audit verify'",
+            )
+    for path, data in outputs:
+        atomic_write(path, data, mode=PUBLIC_FILE)
     return pem_path
+
+
+def _number_in_place(path: Path, issuer_cert: x509.Certificate) -> int | None:
+    """The CRL number of the file at ``path`` if it is a genuine CRL of this issuer."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        crl = (
+            x509.load_pem_x509_crl(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_crl(data)
+        )
+        if crl.issuer != issuer_cert.subject:
+            return None
+        if not crl.is_signature_valid(issuer_cert.public_key()):  # type: ignore[arg-type]
+            return None
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (ValueError, TypeError, x509.ExtensionNotFound):
+        return None
+    return int(number)

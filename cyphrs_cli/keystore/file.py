@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cyphrs_cli.errors import (
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     SecretError,
     StorageError,
     UsageError,
 )
-from cyphrs_cli.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
+from cyphrs_cli.fsutil import PRIVATE_FILE, ensure_private_dir, remove_own_file, write_new_file
 from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
 
 if TYPE_CHECKING:
@@ -75,13 +76,19 @@ def spec_of(key: CertificateIssuerPrivateKeyTypes) -> str:
 
 @dataclass
 class PendingFileKey:
-    """A software key held in memory until the ledger has recorded its certificate."""
+    """A software key held in memory until the ledger has recorded its certificate.
+
+    ``commit`` creates the file exclusively (never replacing one, even another process's
+    key written a moment earlier) and remembers which inode it made; ``discard`` removes
+    that file only, so a failed creation can never delete a key it did not write.
+    """
 
     path: Path
     uri: str
     passphrase: bytes
     signer: CertificateIssuerPrivateKeyTypes
     _encrypted: bytes
+    _written: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def info(self) -> KeyInfo:
@@ -89,10 +96,17 @@ class PendingFileKey:
 
     def commit(self) -> None:
         ensure_private_dir(self.path.parent)
-        atomic_write(self.path, self._encrypted, mode=PRIVATE_FILE)
+        try:
+            self._written = write_new_file(self.path, self._encrypted, mode=PRIVATE_FILE)
+        except ConflictError as exc:
+            raise ConflictError(
+                f"key file {self.path} appeared meanwhile; refusing to overwrite a key"
+            ) from exc
 
     def discard(self) -> None:
-        """Nothing was written yet; dropping the object is enough."""
+        """Remove the file this object wrote, if any; never a file someone else made."""
+        remove_own_file(self.path, self._written)
+        self._written = None
 
 
 class FileKeyStore:
@@ -109,7 +123,7 @@ class FileKeyStore:
     def create_key(self, spec: KeySpec, uri: str) -> PendingFileKey:
         path = self.path_of(uri)
         if path.exists():
-            raise StorageError(f"key file {path} already exists; refusing to overwrite a key")
+            raise ConflictError(f"key file {path} already exists; refusing to overwrite a key")
         passphrase = self._secrets(f"new passphrase for {path.name}")
         key = spec.generate_software_key()
         encrypted = encrypt_private_key(key, passphrase)

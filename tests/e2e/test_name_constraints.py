@@ -499,8 +499,12 @@ def test_sign_intermediate_takes_ip_subtrees(tmp_path: Path) -> None:
         "--name-constraints", "--permit-ip", "10.30.0.0/16", home=root_home,
         secret=root_pass)  # fmt: skip
     assert (
-        cli("import-intermediate", str(tmp_path / "edge.pem"), "--home", str(online)).exit_code == 0
-    )
+        cli(
+            "import-intermediate", str(tmp_path / "edge.pem"), "--home", str(online),
+            "--root", str(root_home / "certs" / "vault-root.pem"),
+        ).exit_code
+        == 0
+    )  # fmt: skip
 
     def issue_ip(address: str, out: Path) -> int:
         return cli(

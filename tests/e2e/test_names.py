@@ -218,7 +218,7 @@ def test_concurrent_issues_for_one_instance_have_one_winner(
                 ],
                 env={
                     **os.environ,
-                    "CYPHRS_TEST_DELAY": "after-sign:1.5",
+                    "CYPHRS_TEST_DELAY": "after-sign=1.5",
                 },
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

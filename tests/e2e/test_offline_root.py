@@ -73,7 +73,13 @@ def test_request_sign_import_then_issue(
     assert signed.exit_code == 0, signed.stderr
     assert_valid(signed.json())
     imported = cli(
-        "import-intermediate", str(tmp_path / "agents.pem"), "--home", str(online), "--json"
+        "import-intermediate",
+        str(tmp_path / "agents.pem"),
+        "--root",
+        str(root_home / "certs" / "vault-root.pem"),
+        "--home",
+        str(online),
+        "--json",
     )
     assert imported.exit_code == 0, imported.stderr
     assert_valid(imported.json())
@@ -147,7 +153,14 @@ def test_import_refuses_a_certificate_for_another_key(
         ).exit_code
         == 0
     )
-    result = cli("import-intermediate", str(tmp_path / "b.pem"), "--home", str(online))
+    result = cli(
+        "import-intermediate",
+        str(tmp_path / "b.pem"),
+        "--root",
+        str(root_home / "certs" / "vault-root.pem"),
+        "--home",
+        str(online),
+    )
     assert result.exit_code == ExitCode.NOT_FOUND and "pending" in result.stderr
     config = tomllib.loads((online / "config.toml").read_text())
     assert list(config["pending_intermediates"]) == ["first-ca"] and config["authorities"] == {}

@@ -58,10 +58,12 @@ The offline-root flow, in three steps:
 
   root$    cyphrs sign-intermediate agents.csr --out agents.pem --passphrase-file root.pass
 
-  online$  cyphrs import-intermediate agents.pem
+  online$  cyphrs import-intermediate agents.pem --root root.pem
 
 Examples: as above. The root's key never leaves its host; the online home records the root
-certificate with the key URI "offline:".
+certificate with the key URI "offline:". The import trusts only this home's root or
+--root (copy it from the root's host and compare its fingerprint): a root inside
+agents.pem that differs from it, or a chain that does not validate, is refused (exit 3).
 
 {EXIT_CODE_HELP}"""
 
@@ -310,7 +312,7 @@ def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: A
     render.console().print(f"Created the key of {alias} and wrote its CSR to {csr_out}")
     render.note(
         "sign it on the root's host: cyphrs sign-intermediate CSR --out CERT, then "
-        "cyphrs import-intermediate CERT here"
+        "cyphrs import-intermediate CERT --root ROOT.pem here"
     )
 
 
@@ -379,7 +381,11 @@ def import_intermediate(
     certificate: Annotated[str, typer.Argument(help="Signed certificate (+ root) PEM, or -.")],
     root: Annotated[
         Path | None,
-        typer.Option("--root", dir_okay=False, help="Root certificate, if not bundled."),
+        typer.Option(
+            "--root",
+            dir_okay=False,
+            help="The trusted root certificate (needed until this home has its root).",
+        ),
     ] = None,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -395,7 +401,7 @@ def import_intermediate(
         ca_home,
         read_input(certificate),
         source=certificate,
-        root_pem=root.read_bytes() if root else None,
+        root_pem=read_input(str(root)) if root else None,
     )
     if render.json_mode():
         render.emit_json(

@@ -60,6 +60,8 @@ Examples:
   cyphrs crl --issuer acme-root-ca --validity 30d --der --out root.crl
 
 The CRL is also kept in the CA home as crls/ALIAS.crl (DER) and crls/ALIAS.crl.pem.
+Concurrent runs are serialised; a CRL file of this issuer with a higher number is never
+replaced by an older one (exit 7).
 
 {EXIT_CODE_HELP}"""
 
@@ -273,7 +275,7 @@ def crl(
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, home_lock, refuse_existing
     from cyphrs_cli.ledger.events import rfc3339
 
     ca_home = resolve_home(home)
@@ -283,10 +285,15 @@ def crl(
         refuse_existing([Path(out)], force=force)
     default = "30d" if entry.role == "root" else "24h"
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+    lifetime = parse_duration(validity or default)
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
-        published = publish_crl(ledger, signing, parse_duration(validity or default))
-    stored = store_crl(ca_home, published)
+        assert signing.certificate is not None
+        # Allocation, signing, recording and the files in crls/ form one serialised
+        # step, so a slower publisher can never overwrite a newer CRL with an older one.
+        with home_lock(ca_home.root):
+            published = publish_crl(ledger, signing, lifetime)
+            stored = store_crl(ca_home, published, signing.certificate)
     data = published.crl.public_bytes(
         serialization.Encoding.DER if der else serialization.Encoding.PEM
     )

@@ -291,9 +291,7 @@ def validate_batch(
                         f"output directory {relative} is also item {first}'s"
                         " (compared ignoring case)"
                     )
-                check_confined_outputs(
-                    target, with_key=item.order.csr_pem is None, force=force
-                )
+                check_confined_outputs(target, with_key=item.order.csr_pem is None, force=force)
             elif relative is not None:
                 raise InvalidInputError("out_dir is relative to --out-dir; pass --out-dir")
             elif not stdout_ok:
@@ -336,9 +334,7 @@ def issue_batch(
             profile = profiles.get(item.order.profile)
             if profile is None:
                 raise NotFoundError(f"unknown profile {item.order.profile!r}")
-            request, outcome.private_key = prepare_request(
-                item.order, profile, issuer.trust_domain
-            )
+            request, outcome.private_key = prepare_request(item.order, profile, issuer.trust_domain)
             outcome.issued = issue_leaf(ledger, issuer, profile, request)
             try:
                 deliver(outcome)

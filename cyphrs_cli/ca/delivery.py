@@ -254,7 +254,7 @@ def write_confined(
 def _storage_error(path: Path, exc: OSError) -> StorageError:
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ELOOP:
-        reason = "a symbolic link appeared there (refused)"
+        reason = "it is a symbolic link (refused; nothing is written through links)"
     elif exc.errno == errno.ENOTDIR:
         reason = "a component is not a directory"
     elif exc.errno == errno.EEXIST:
@@ -270,6 +270,10 @@ def _enter(dir_fd: int, part: str, path: Path) -> int:
             os.mkdir(part, PRIVATE_DIR, dir_fd=dir_fd)
         return os.open(part, flags, dir_fd=dir_fd)
     except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # O_NOFOLLOW|O_DIRECTORY on a link
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.lstat(part, dir_fd=dir_fd).st_mode):
+                    exc = OSError(errno.ELOOP, "symbolic link")
         raise _storage_error(path, exc) from exc
 
 

@@ -121,8 +121,10 @@ def check_path_text(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate)") from exc
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
-        raise InvalidInputError(f"{what} {text!r} contains a control character")
+    # Cc: C0/C1 controls; Cf: format characters (bidi overrides that make a listing lie
+    # about a name, zero-width characters); Zl/Zp: Unicode line and paragraph separators.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        raise InvalidInputError(f"{what} {text!r} contains a control or format character")
 
 
 def check_path_component(text: str, what: str) -> None:
@@ -151,6 +153,11 @@ def relative_output_path(text: str, what: str = "out_dir") -> PurePosixPath:
         raise InvalidInputError(f"{what} {text!r} names --out-dir itself; give a subdirectory")
     for part in path.parts:
         check_path_component(part, what)
+        if part.casefold() in OUTPUT_NAMES or part.startswith("."):
+            # A directory named like an output file could collide with another item's file
+            # (item A writes x/cert.pem, item B asks for x/cert.pem/); a dot name could
+            # collide with a temporary file or hide from a listing.
+            raise InvalidInputError(f"{what} {text!r}: a directory may not be named {part!r}")
     return path
 
 

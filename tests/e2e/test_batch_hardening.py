@@ -107,6 +107,8 @@ def test_two_items_writing_one_directory_are_refused_before_issuance(
         "a\x1b[31mb",
         "x" * 256,
         "/".join(["y" * 200] * 25),
+        "00001/cert.pem",  # a directory where item 1 writes its certificate
+        "evil\u202egp",
     ],
     ids=[
         "absolute",
@@ -121,6 +123,8 @@ def test_two_items_writing_one_directory_are_refused_before_issuance(
         "escape",
         "long-component",
         "long-path",
+        "output-file-name",
+        "bidi-override",
     ],
 )
 def test_out_dir_that_could_escape_or_fail_late_is_refused(
@@ -178,6 +182,19 @@ def test_nul_in_any_field_is_refused_before_recording(shared: Hierarchy, tmp_pat
         tmp_path,
         [{"workflow": "wf"}, {"workflow": "wf", "requester": "bot\x00evil"}],
     )
+
+
+def test_lone_surrogate_is_refused_before_recording(shared: Hierarchy, tmp_path: Path) -> None:
+    """JSON can spell a lone surrogate; no UTF-8 writer or DER encoder can carry it."""
+    out = tmp_path / "out"
+    batch = tmp_path / "b.jsonl"
+    batch.write_text('{"workflow": "wf"}\n{"workflow": "wf", "requester": "bot\\ud800"}\n')
+    before = _counts(shared)
+    proc = run_cyphrs(*_batch_args(shared, batch, out))
+    assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr
+    assert b"item 2" in proc.stderr
+    assert _counts(shared) == before
+    assert not out.exists()
 
 
 def test_existing_outputs_are_refused_without_force(shared: Hierarchy, tmp_path: Path) -> None:

@@ -49,6 +49,13 @@ def test_relative_paths_below_out_dir_are_accepted(text: str, expected: str) -> 
         "a\x1b]0;title\x07",
         "x" * 256,
         "\ud800",
+        "evil\u202egp.pem",
+        "a\u2028b",
+        "a\u200bb",
+        "x/cert.pem",
+        "KEY.PEM/x",
+        ".hidden",
+        "a/.cert.pem.0123456789ab.tmp",
     ],
 )
 def test_escaping_or_unwritable_paths_are_refused(text: str) -> None:

@@ -76,8 +76,10 @@ class BatchItem:
     index: int  # 1-based, as people count lines and tables
     name: str
     order: LeafOrder
-    out_dir: PurePosixPath | None  # the item's out_dir, relative to --out-dir
-    target: Path | None = None  # set by validate_batch: the confined directory, or stdout
+    # Relative to --out-dir; validate_batch sets it (to the name when not given) whenever
+    # there is an --out-dir, and leaves it None for stdout. The absolute target is not kept:
+    # write_confined walks the same components again without following links.
+    out_dir: PurePosixPath | None
 
 
 @dataclass
@@ -215,7 +217,7 @@ def parse_batch(
             ttl=record.get("ttl"),
             key_type=record.get("key_type"),
             csr_pem=csr_pem,
-            csr_source=f"{where} CSR",
+            csr_source=f"{where} CSR" if csr_pem is not None else "CSR",
         )
         items.append(BatchItem(index, name, order, out_dir))
     return items
@@ -250,8 +252,8 @@ def validate_batch(
 
     Pure: reads profiles, CSR bytes already loaded and the output tree, writes nothing.
     A policy refusal is handed to ``on_denied`` (the caller records it) and raised. Returns
-    the items with their confined output directory set. Raises the first error, naming
-    the item.
+    the items with their output directory (relative to ``out_dir``) set. Raises the first
+    error, naming the item. Holds no key pair and keeps nothing per item beyond the item.
     """
     from cyphrs_cli.ca.issuance import plan_leaf
     from cyphrs_cli.ca.orders import prepare_request
@@ -279,7 +281,6 @@ def validate_batch(
                         f"SPIFFE ID {request.spiffe_id} is also item {first}'s"
                         " (one certificate per agent instance)"
                     )
-            target = None
             relative = item.out_dir
             if out_dir is not None:
                 relative = relative or PurePosixPath(item.name)
@@ -304,7 +305,7 @@ def validate_batch(
         except CyphrsError as error:
             error.message = f"{source}: item {item.index} ({item.name}): {error.message}"
             raise
-        checked.append(replace(item, target=target, out_dir=relative))
+        checked.append(item if relative is item.out_dir else replace(item, out_dir=relative))
     return checked
 
 

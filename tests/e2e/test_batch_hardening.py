@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cyphrs_cli.errors import ExitCode
+from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, build_hierarchy, openssl_csr, run_cyphrs, tool
 
 
@@ -344,6 +345,8 @@ def test_delivery_failure_after_commit_is_recorded_and_exits_8(
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert [line.get("ok") for line in lines[:-1]] == [True, False]
     assert lines[1]["error"]["code"] == ExitCode.STORAGE
+    for line in lines:
+        assert_valid(line)
     assert lines[-1]["not_attempted"] == 1
     assert (out / "00001" / "cert.pem").exists() and (out / "00001" / "key.pem").exists()
     assert h.ledger_rows() == before + 2

@@ -413,3 +413,30 @@ def test_a_clean_batch_still_issues_into_nested_confined_dirs(
         assert (directory / "cert.pem").exists()
         assert (directory / "key.pem").stat().st_mode & 0o777 == 0o600
         assert directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_closed_stdout_after_commit_is_recorded_and_exits_8(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """--json without --out-dir delivers on stdout: a reader that went away is a delivery
+    failure like a full disk (recorded, exit 8), not an internal error."""
+    import subprocess
+
+    h = fresh_hierarchy
+    batch = _write_batch(tmp_path / "b.jsonl", [{"workflow": "a"}, {"workflow": "b"}])
+    before = h.ledger_rows()
+    proc = subprocess.Popen(
+        [tool("cyphrs"), *_batch_args(h, batch, None)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == ExitCode.STORAGE, stderr
+    error = json.loads(stderr)["error"]
+    assert "recorded as certificate.delivery_failed" in error["message"]
+    assert h.ledger_rows() == before + 1
+    failures = _delivery_failures(h)
+    assert [f["batch_item"] for f in failures] == [1]
+    assert "standard output" in str(failures[0]["reason"])

@@ -90,6 +90,7 @@ def run_batch(
                 sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
                 sys.stdout.flush()
             except OSError as exc:
+                _silence_stdout()
                 raise StorageError(f"cannot write to standard output: {exc.strerror}") from exc
 
     def report(outcome: BatchOutcome) -> None:
@@ -159,6 +160,20 @@ def run_batch(
             f"batch item {first.item.index} ({first.item.name}): {first.error.message}"
         )
         raise first.error
+
+
+def _silence_stdout() -> None:
+    """Standard output is gone (a closed pipe): send the rest to /dev/null so the failure
+    line, the summary and the interpreter's final flush cannot fail again; the error
+    itself goes to stderr."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _progress(total: int) -> Any:

@@ -186,7 +186,7 @@ def confine_output(out_dir: Path, relative: PurePosixPath) -> Path:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise InvalidInputError(f"output directory {current}: {exc.strerror}") from exc
+            raise StorageError(f"cannot inspect {current}: {exc.strerror}") from exc
         if stat.S_ISLNK(mode):
             raise InvalidInputError(
                 f"output directory {current} is a symbolic link; batch output is not written"
@@ -210,7 +210,7 @@ def check_confined_outputs(target: Path, *, with_key: bool, force: bool) -> None
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise InvalidInputError(f"{path}: {exc.strerror}") from exc
+            raise StorageError(f"cannot inspect {path}: {exc.strerror}") from exc
         if not force:
             raise ConflictError(f"{path} already exists", hint="use --force to overwrite")
         if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):

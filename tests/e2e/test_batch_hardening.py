@@ -8,11 +8,13 @@ but not delivered is explained in the ledger by a ``certificate.delivery_failed`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -440,3 +442,50 @@ def test_closed_stdout_after_commit_is_recorded_and_exits_8(
     failures = _delivery_failures(h)
     assert [f["batch_item"] for f in failures] == [1]
     assert "standard output" in str(failures[0]["reason"])
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled to the last byte (needs root, as in CI); unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * 4096):
+                    pass
+        finally:
+            os.close(fd)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_after_commit_is_recorded_and_exits_8(
+    fresh_hierarchy: Hierarchy, tmp_path: Path, full_tmpfs: Path
+) -> None:
+    """The pre-pass writes nothing, so a full output file system passes it; the first write
+    after the commit fails with ENOSPC, which the ledger then explains."""
+    h = fresh_hierarchy
+    batch = _write_batch(tmp_path / "b.jsonl", [{"workflow": "a"}, {"workflow": "b"}])
+    before = h.ledger_rows()
+    proc = run_cyphrs(*_batch_args(h, batch, full_tmpfs / "out", "--keep-going"))
+    stderr = proc.stderr.decode()
+    assert proc.returncode == ExitCode.STORAGE, stderr
+    assert "No space left on device" in stderr
+    assert h.ledger_rows() == before + 1  # the batch stops at the first storage failure
+    failures = _delivery_failures(h)
+    assert [f["batch_item"] for f in failures] == [1]
+    assert "No space left" in str(failures[0]["reason"])
+    leftovers = [p for p in full_tmpfs.rglob("*") if p.is_file() and p.name != "filler"]
+    assert leftovers == []  # no half-written key or temporary file is left behind

@@ -178,6 +178,12 @@ def confine_output(out_dir: Path, relative: PurePosixPath) -> Path:
     root = out_dir.resolve()
     if root.exists() and not root.is_dir():
         raise ConflictError(f"--out-dir {out_dir} exists and is not a directory")
+    length = len(os.fsencode(root / relative)) + 1 + _LONGEST_OUTPUT
+    if length >= PATH_MAX:
+        raise InvalidInputError(
+            f"output directory is too long a path ({length} bytes with --out-dir and the"
+            f" file names; the limit is {PATH_MAX - 1})"
+        )
     current = root
     for part in relative.parts:
         current = current / part
@@ -196,8 +202,6 @@ def confine_output(out_dir: Path, relative: PurePosixPath) -> Path:
             raise ConflictError(f"{current} exists and is not a directory")
     if os.path.commonpath([root, current]) != str(root) or current == root:
         raise InvalidInputError(f"output directory {current} is not below {root}")
-    if len(os.fsencode(current)) + 1 + _LONGEST_OUTPUT >= PATH_MAX:
-        raise InvalidInputError(f"output directory {current} is too long a path")
     return current
 
 

@@ -489,3 +489,17 @@ def test_full_disk_after_commit_is_recorded_and_exits_8(
     assert "No space left" in str(failures[0]["reason"])
     leftovers = [p for p in full_tmpfs.rglob("*") if p.is_file() and p.name != "filler"]
     assert leftovers == []  # no half-written key or temporary file is left behind
+
+
+def test_nothing_is_written_or_printed_for_an_item_before_its_commit(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A crash between signing and recording item 1 leaves no file and no output line."""
+    h, out = fresh_hierarchy, tmp_path / "out"
+    batch = _write_batch(tmp_path / "b.jsonl", [{"workflow": "a"}, {"workflow": "b"}])
+    before = h.ledger_rows()
+    proc = run_cyphrs(*_batch_args(h, batch, out), env={"CYPHRS_TEST_FAULT": "after-sign"})
+    assert proc.returncode == 86
+    assert proc.stdout == b""
+    assert not out.exists() or list(out.rglob("*")) == []
+    assert h.ledger_rows() == before

@@ -301,12 +301,14 @@ def _stopped(pid: int, timeout: float = 60.0) -> None:
     raise AssertionError("cyphrs never reached the pause point")
 
 
-def _run_paused(h: Hierarchy, batch: Path, out: Path, between: object) -> tuple[int, str, str]:
+def _run_paused(
+    h: Hierarchy, batch: Path, out: Path, between: object, *extra: str
+) -> tuple[int, str, str]:
     """Run a batch that pauses after validation, change the file system, let it go on."""
     import subprocess
 
     proc = subprocess.Popen(
-        [tool("cyphrs"), *_batch_args(h, batch, out)],
+        [tool("cyphrs"), *_batch_args(h, batch, out, *extra)],
         env={**os.environ, "CYPHRS_TEST_FAULT": "batch-validated"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -503,3 +505,37 @@ def test_nothing_is_written_or_printed_for_an_item_before_its_commit(
     assert proc.stdout == b""
     assert not out.exists() or list(out.rglob("*")) == []
     assert h.ledger_rows() == before
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_keep_going_covers_refusals_at_signing_time(
+    fresh_hierarchy: Hierarchy, tmp_path: Path, keep_going: bool
+) -> None:
+    """The issuer is revoked after validation: every item is refused at signing time and
+    recorded; --keep-going attempts the rest instead of stopping at the first."""
+    h, out = fresh_hierarchy, tmp_path / "out"
+    batch = _write_batch(tmp_path / "b.jsonl", [{"workflow": "a"}, {"workflow": "b"}])
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        (serial,) = conn.execute(
+            "SELECT serial FROM certificates WHERE is_ca = 1 AND subject LIKE '%Issuing%'"
+        ).fetchone()
+    before = h.ledger_rows()
+
+    def revoke_issuer() -> None:
+        done = run_cyphrs("revoke", "--serial", serial, "--home", str(h.home))
+        assert done.returncode == 0, done.stderr
+
+    extra = ("--keep-going",) if keep_going else ()
+    code, stdout, stderr = _run_paused(h, batch, out, revoke_issuer, *extra)
+    assert code == ExitCode.POLICY_DENIED, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    attempted = 2 if keep_going else 1
+    assert [line["ok"] for line in lines[:-1]] == [False] * attempted
+    assert lines[-1]["not_attempted"] == 2 - attempted
+    assert h.ledger_rows() == before
+    assert not out.exists()
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        denied = conn.execute(
+            "SELECT count(*) FROM events WHERE type = 'policy.denied'"
+        ).fetchone()[0]
+    assert denied == attempted

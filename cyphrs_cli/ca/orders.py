@@ -9,15 +9,20 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cyphrs_cli.errors import InvalidInputError, UsageError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        CertificatePublicKeyTypes,
+    )
 
     from cyphrs_cli.ca.models import LeafRequest
+    from cyphrs_cli.keystore.base import KeySpec
     from cyphrs_cli.profiles.model import Profile
 
 
@@ -76,9 +81,18 @@ def _validate_ip(text: str) -> str:
 
 
 def prepare_request(
-    order: LeafOrder, profile: Profile, trust_domain: str | None
+    order: LeafOrder,
+    profile: Profile,
+    trust_domain: str | None,
+    *,
+    stand_in: Callable[[KeySpec], CertificatePublicKeyTypes] | None = None,
 ) -> tuple[LeafRequest, CertificateIssuerPrivateKeyTypes | None]:
-    """Validate the order and produce the request plus a generated key (None for a CSR)."""
+    """Validate the order and produce the request plus a generated key (None for a CSR).
+
+    With ``stand_in`` (the batch pre-pass) no key pair is generated: the request carries a
+    public key of the requested type from ``stand_in`` so that the policy decision and the
+    plan can be checked without a key per item; such a request must never be signed.
+    """
     from cyphrs_cli.ca.extensions import (
         agent_spiffe_id,
         parse_spiffe_id,
@@ -127,8 +141,11 @@ def prepare_request(
         key_storage = "csr"
     else:
         spec = KeySpec.parse(order.key_type or "p256")
-        private_key = spec.generate_software_key()
-        public_key = private_key.public_key()
+        if stand_in is not None:
+            public_key = stand_in(spec)
+        else:
+            private_key = spec.generate_software_key()
+            public_key = private_key.public_key()
         key_type = spec.name
         key_storage = "generated"
     request = LeafRequest(

@@ -89,7 +89,7 @@ def test_fifty_agents_for_five_workflows_in_one_batch(
     }
 
 
-def test_a_failed_item_keeps_the_items_before_it(
+def test_a_policy_refused_item_refuses_the_whole_batch_before_signing(
     fresh_hierarchy: Hierarchy, tmp_path: Path
 ) -> None:
     h = fresh_hierarchy
@@ -100,11 +100,10 @@ def test_a_failed_item_keeps_the_items_before_it(
     before = h.ledger_rows()
     code, results, stderr = _batch(h, batch, "--out-dir", str(tmp_path / "out"))
     assert code == ExitCode.POLICY_DENIED
-    assert [r.get("ok") for r in results[:-1]] == [True, True, False]
-    assert results[-1]["not_attempted"] == 1
-    assert json.loads(stderr)["error"]["message"].startswith("batch item 3 (00003): TTL 3d exceeds")
-    assert h.ledger_rows() == before + 2
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00001", "00002"]
+    assert results == []
+    assert "item 3 (00003): TTL 3d exceeds" in json.loads(stderr)["error"]["message"]
+    assert h.ledger_rows() == before
+    assert not (tmp_path / "out").exists()
     with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
         assert (
             conn.execute("SELECT count(*) FROM events WHERE type = 'policy.denied'").fetchone()[0]

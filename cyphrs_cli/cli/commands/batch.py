@@ -8,14 +8,9 @@ from typing import TYPE_CHECKING, Any
 from cyphrs_cli.cli import render
 
 if TYPE_CHECKING:
-    from cyphrs_cli.ca.batch import BatchItem, BatchOutcome
+    from cyphrs_cli.ca.batch import BatchOutcome
+    from cyphrs_cli.ca.models import LeafRequest
     from cyphrs_cli.keystore.base import SecretProvider
-
-
-def _item_dir(item: BatchItem, out_dir: Path | None) -> Path | None:
-    if item.out_dir is not None:
-        return item.out_dir
-    return out_dir / item.name if out_dir is not None else None
 
 
 def run_batch(
@@ -29,72 +24,99 @@ def run_batch(
     keep_going: bool,
     secrets: SecretProvider,
 ) -> None:
-    """Parse and check the whole batch, unlock the issuer once, then issue item by item."""
+    """Parse and validate the whole batch (nothing signed, no key generated), unlock the
+    issuer once, then issue item by item, each recorded before it is written or printed."""
     import json
     import sys
 
-    from cyphrs_cli.ca.batch import issue_batch, parse_batch
-    from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.batch import issue_batch, parse_batch, pause_point, validate_batch
+    from cyphrs_cli.ca.delivery import pem_bundle, write_confined
+    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
+    from cyphrs_cli.ca.issuance import record_denial
     from cyphrs_cli.cli.views import issued_view, pem_view
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
-    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.errors import PolicyDenied, StorageError
     from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.profiles.model import load_profiles
 
     base_dir = Path.cwd() if source == "-" else Path(source).parent
     items = parse_batch(
         read_input(source), source=source, default_profile=default_profile, base_dir=base_dir
     )
-    for item in items:
-        target = _item_dir(item, out_dir)
-        if target is None and not render.json_mode():
-            raise UsageError(f"batch item {item.index} has no out_dir; pass --out-dir or --json")
-        if target is not None:
-            check_output_dir(target, with_key=item.order.csr_pem is None, force=force)
-
     ca_home = resolve_home(home)
     config = load_config(ca_home)
-    views: dict[int, dict[str, Any]] = {}
+    facts = issuer_facts(ca_home, config, issuer_name)
+    profiles = load_profiles(ca_home.profiles_dir)
+
+    def record_refusal(denial: PolicyDenied, request: LeafRequest) -> None:
+        # A batch is a request, not a question: its refusal is evidence, as for one issue.
+        with open_ledger(ca_home) as ledger:
+            record_denial(ledger, denial, request, facts)
+
+    items = validate_batch(
+        items,
+        profiles=profiles,
+        issuer=facts,
+        out_dir=out_dir,
+        stdout_ok=render.json_mode(),
+        force=force,
+        source=source,
+        on_denied=record_refusal,
+    )
+    pause_point("batch-validated")
+
     failures: list[BatchOutcome] = []
     progress = _progress(len(items))
 
     def deliver(outcome: BatchOutcome) -> None:
         assert outcome.issued is not None
+        item = outcome.item
         bundle = pem_bundle(outcome.issued, outcome.private_key)
         view = issued_view(outcome.issued)
-        target = _item_dir(outcome.item, out_dir)
-        if target is not None:
-            view["files"] = write_output_dir(target, bundle)
+        if out_dir is not None and item.out_dir is not None:
+            view["files"] = write_confined(out_dir, item.out_dir, bundle, force=force)
         else:
             view["pem"] = pem_view(bundle)
-        views[outcome.item.index] = view
+        if render.json_mode():
+            line = {
+                "schema": "cyphrs.issue-batch-item/v1",
+                "index": item.index,
+                "name": item.name,
+                "ok": True,
+                "certificate": view,
+            }
+            try:
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            except OSError as exc:
+                _silence_stdout()
+                raise StorageError(f"cannot write to standard output: {exc.strerror}") from exc
 
     def report(outcome: BatchOutcome) -> None:
         item = outcome.item
         if outcome.error is not None:
             failures.append(outcome)
-        if render.json_mode():
-            line: dict[str, Any] = {
-                "schema": "cyphrs.issue-batch-item/v1",
-                "index": item.index,
-                "name": item.name,
-                "ok": outcome.error is None,
-            }
-            if outcome.error is None:
-                line["certificate"] = views[item.index]
-            else:
-                line["error"] = {
-                    "code": int(outcome.error.exit_code),
-                    "slug": outcome.error.slug,
-                    "message": outcome.error.message,
+            if render.json_mode():
+                line: dict[str, Any] = {
+                    "schema": "cyphrs.issue-batch-item/v1",
+                    "index": item.index,
+                    "name": item.name,
+                    "ok": False,
+                    "error": {
+                        "code": int(outcome.error.exit_code),
+                        "slug": outcome.error.slug,
+                        "message": outcome.error.message,
+                    },
                 }
-            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
-        elif outcome.error is not None:
-            render.console(stderr=True).print(
-                f"item {item.index} ({item.name}) failed: {outcome.error.message}"
-            )
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                render.console(stderr=True).print(
+                    f"item {item.index} ({item.name}) failed: {outcome.error.message}",
+                    markup=False,
+                    highlight=False,
+                )
         if progress is not None:
             progress.advance(task, 1)
 
@@ -104,10 +126,10 @@ def run_batch(
             progress.start()
             task = progress.add_task("issuing", total=len(items))
         try:
-            outcomes = issue_batch(
+            result = issue_batch(
                 ledger,
                 issuer,
-                ca_home.profiles_dir,
+                profiles,
                 items,
                 deliver=deliver,
                 report=report,
@@ -116,29 +138,42 @@ def run_batch(
         finally:
             if progress is not None:
                 progress.stop()
-    issued = sum(1 for o in outcomes if o.error is None)
     summary = {
         "schema": "cyphrs.issue-batch-summary/v1",
-        "items": len(items),
-        "issued": issued,
-        "failed": len(failures),
-        "not_attempted": len(items) - len(outcomes),
+        "items": result.items,
+        "issued": result.issued,
+        "failed": len(result.failures),
+        "not_attempted": result.items - result.attempted,
     }
     if render.json_mode():
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         render.console().print(
-            f"Issued {issued} of {len(items)} certificate(s)"
-            + (f"; {len(failures)} failed" if failures else "")
+            f"Issued {result.issued} of {result.items} certificate(s)"
+            + (f"; {len(result.failures)} failed" if result.failures else "")
             + (f"; {summary['not_attempted']} not attempted" if summary["not_attempted"] else "")
         )
-    if failures:
-        first = failures[0]
+    if result.failures:
+        first = result.failures[0]
         assert first.error is not None
         first.error.message = (
             f"batch item {first.item.index} ({first.item.name}): {first.error.message}"
         )
         raise first.error
+
+
+def _silence_stdout() -> None:
+    """Standard output is gone (a closed pipe): send the rest to /dev/null so the failure
+    line, the summary and the interpreter's final flush cannot fail again; the error
+    itself goes to stderr."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _progress(total: int) -> Any:

@@ -44,7 +44,14 @@ Examples:
 
 A batch file is JSON Lines (one object per line) or TOML ([[certificate]] tables) with the
 fields profile, name, workflow, instance, permissions, spiffe_id, cn, dns, ip, ttl, key_type,
-csr, requester, out_dir. Items are issued in order, each recorded before it is written.
+csr, requester, out_dir. Every item is validated first (names, TTL, key type, CSR, profile,
+policy, duplicate names and instances, output paths); one bad item refuses the whole batch
+before anything is signed. Items are then issued in order, each recorded before it is
+written. An item's files go to --out-dir/<out_dir> (a relative path without '..'; default:
+its name); no two items may share a directory and no symbolic link below --out-dir is
+followed. Batch exit codes: 3 a bad item or output path, 5 an item the policy refuses
+(recorded), 6 an unknown profile, 7 an existing output without --force, 8 a certificate
+recorded but not delivered (recorded as a certificate.delivery_failed event).
 
 Output files in --out-dir: cert.pem, chain.pem (intermediates), fullchain.pem, ca.pem (root),
 key.pem (0600, only when the key was generated here).
@@ -113,7 +120,12 @@ def issue(
         typer.Option("--batch", help="Issue every item of a TOML or JSON Lines file (or -)."),
     ] = None,
     keep_going: Annotated[
-        bool, typer.Option("--keep-going", help="With --batch: continue after a failed item.")
+        bool,
+        typer.Option(
+            "--keep-going",
+            help="With --batch: continue after an item refused at signing time"
+            " (a storage failure still stops).",
+        ),
     ] = False,
     dry_run: Annotated[
         bool,

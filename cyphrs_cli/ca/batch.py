@@ -47,7 +47,7 @@ if TYPE_CHECKING:
         CertificatePublicKeyTypes,
     )
 
-    from cyphrs_cli.ca.models import IssuedCertificate, Issuer, LeafRequest
+    from cyphrs_cli.ca.models import CertificatePlan, IssuedCertificate, Issuer, LeafRequest
     from cyphrs_cli.keystore.base import KeySpec
     from cyphrs_cli.ledger.db import Ledger
     from cyphrs_cli.policy.decide import PolicyIssuer
@@ -247,11 +247,14 @@ def validate_batch(
     force: bool,
     source: str = "batch",
     on_denied: Callable[[PolicyDenied, LeafRequest], None] | None = None,
+    check_plan: Callable[[CertificatePlan], None] | None = None,
 ) -> list[BatchItem]:
     """Check every item as the issuance path will, before anything is signed.
 
     Pure: reads profiles, CSR bytes already loaded and the output tree, writes nothing.
-    A policy refusal is handed to ``on_denied`` (the caller records it) and raised. Returns
+    A policy refusal is handed to ``on_denied`` (the caller records it) and raised;
+    ``check_plan`` asks the ledger (read-only) what only it knows, such as an agent
+    instance that already holds a valid certificate. Returns
     the items with their output directory (relative to ``out_dir``) set. Raises the first
     error, naming the item. Holds no key pair and keeps nothing per item beyond the item.
     """
@@ -273,7 +276,9 @@ def validate_batch(
                 item.order, profile, issuer.trust_domain, stand_in=stand_in
             )
             decision = decide(profile, request, issuer)
-            plan_leaf(request, profile, issuer, decision)
+            plan = plan_leaf(request, profile, issuer, decision)
+            if check_plan is not None:
+                check_plan(plan)
             if request.spiffe_id is not None:
                 first = spiffe_ids.setdefault(request.spiffe_id, item.index)
                 if first != item.index:

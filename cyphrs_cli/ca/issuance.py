@@ -126,7 +126,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
             )
 
     # Cheap early refusal (nothing signed); the check inside the transaction decides races.
-    _check_instance_unique(ledger.conn, plan, rfc3339(now))
+    check_instance_unique(ledger.conn, plan, rfc3339(now))
     serial = new_serial()
     issuer_name = issuer_cert.subject if issuer_cert is not None else plan.subject
     builder = (
@@ -147,7 +147,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
 
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
     with ledger.transaction() as conn:
-        _check_instance_unique(conn, plan, rfc3339(now))
+        check_instance_unique(conn, plan, rfc3339(now))
         authority_id = issuer.authority_id
         new = plan.new_authority
         if new is not None:
@@ -218,7 +218,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
     )
 
 
-def _check_instance_unique(conn: sqlite3.Connection, plan: CertificatePlan, now: str) -> None:
+def check_instance_unique(conn: sqlite3.Connection, plan: CertificatePlan, now: str) -> None:
     """One valid certificate per SPIFFE ID (agent instance): refuse a second unless the
     plan allows duplicates. Renewal supersedes its predecessor, so it never adds one.
 

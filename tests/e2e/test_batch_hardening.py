@@ -539,3 +539,25 @@ def test_keep_going_covers_refusals_at_signing_time(
             "SELECT count(*) FROM events WHERE type = 'policy.denied'"
         ).fetchone()[0]
     assert denied == attempted
+
+
+def test_instance_holding_a_valid_certificate_is_refused_before_signing(
+    tmp_path: Path,
+) -> None:
+    """The ledger's one-valid-certificate-per-instance rule is part of the pre-pass: a batch
+    whose third item names an instance that already has a certificate issues nothing."""
+    h = build_hierarchy(tmp_path / "ca", "p256")
+    assert h.issue("agent", "--workflow", "wf", "--instance", "taken", "--json").exit_code == 0
+    items: list[dict[str, object]] = [
+        {"workflow": "wf", "instance": "a"},
+        {"workflow": "wf", "instance": "b"},
+        {"workflow": "wf", "instance": "taken"},
+    ]
+    batch = _write_batch(tmp_path / "b.jsonl", items)
+    out = tmp_path / "out"
+    certs, events = _counts(h)
+    proc = run_cyphrs(*_batch_args(h, batch, out))
+    assert proc.returncode == ExitCode.CONFLICT, proc.stderr
+    assert b"item 3" in proc.stderr and b"already has a valid certificate" in proc.stderr
+    assert proc.stdout == b"" and not out.exists()
+    assert _counts(h) == (certs, events)

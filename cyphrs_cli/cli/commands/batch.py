@@ -32,12 +32,13 @@ def run_batch(
     from cyphrs_cli.ca.batch import issue_batch, parse_batch, pause_point, validate_batch
     from cyphrs_cli.ca.delivery import pem_bundle, write_confined
     from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
-    from cyphrs_cli.ca.issuance import record_denial
+    from cyphrs_cli.ca.issuance import check_instance_unique, record_denial
     from cyphrs_cli.cli.views import issued_view, pem_view
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import PolicyDenied, StorageError
     from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
     from cyphrs_cli.profiles.model import load_profiles
 
     base_dir = Path.cwd() if source == "-" else Path(source).parent
@@ -54,16 +55,19 @@ def run_batch(
         with open_ledger(ca_home) as ledger:
             record_denial(ledger, denial, request, facts)
 
-    items = validate_batch(
-        items,
-        profiles=profiles,
-        issuer=facts,
-        out_dir=out_dir,
-        stdout_ok=render.json_mode(),
-        force=force,
-        source=source,
-        on_denied=record_refusal,
-    )
+    with open_ledger(ca_home) as ledger:
+        now = rfc3339(utc_now())
+        items = validate_batch(
+            items,
+            profiles=profiles,
+            issuer=facts,
+            out_dir=out_dir,
+            stdout_ok=render.json_mode(),
+            force=force,
+            source=source,
+            on_denied=record_refusal,
+            check_plan=lambda plan: check_instance_unique(ledger.conn, plan, now),
+        )
     pause_point("batch-validated")
 
     failures: list[BatchOutcome] = []

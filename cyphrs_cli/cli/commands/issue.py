@@ -214,7 +214,7 @@ def _issue_one(
     secrets: SecretProvider,
 ) -> None:
     from cyphrs_cli.ca.delivery import check_output_dir
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
     from cyphrs_cli.ca.issuance import issue_leaf
     from cyphrs_cli.ca.orders import prepare_request
     from cyphrs_cli.cli.views import deliver_issued
@@ -228,7 +228,9 @@ def _issue_one(
     chosen = get_profile(ca_home.profiles_dir, order.profile)
     if out_dir is not None:
         check_output_dir(out_dir, with_key=order.csr_pem is None, force=force)
-    request, private_key = prepare_request(order, chosen, entry.trust_domain)
+    # The trust domain comes from the ledger (checked against config.toml), never the file.
+    trust_domain = issuer_facts(ca_home, config, entry.name).trust_domain
+    request, private_key = prepare_request(order, chosen, trust_domain)
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         issued = issue_leaf(ledger, signing, chosen, request)
@@ -245,7 +247,7 @@ def _issue_one(
 
 def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
     """Decide and plan without unlocking a key; a refusal exits 5 naming the rule."""
-    from cyphrs_cli.ca.hierarchy import issuer_facts
+    from cyphrs_cli.ca.hierarchy import issuer_facts, open_ledger
     from cyphrs_cli.ca.issuance import explain_leaf
     from cyphrs_cli.ca.orders import prepare_request
     from cyphrs_cli.ca.parsing import oid_name
@@ -258,6 +260,10 @@ def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
     config = load_config(ca_home)
     facts = issuer_facts(ca_home, config, issuer)
     chosen = get_profile(ca_home.profiles_dir, order.profile)
+    with open_ledger(ca_home) as ledger:
+        from cyphrs_cli.config.trust import check_profile
+
+        check_profile(ledger.conn, chosen)  # a dry run shows only what would really be signed
     request, _ = prepare_request(order, chosen, facts.trust_domain)
     decision, plan = explain_leaf(facts, chosen, request)
     would = {

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.config.settings import AuthorityEntry, HomeConfig
@@ -81,7 +82,7 @@ def _mismatch(what: str, hint: str | None = None) -> TrustStateMismatch:
     return TrustStateMismatch(
         what,
         hint=hint
-        or "restore the file from the ledger ('cyphrs config check' shows every difference)",
+        or "put back the ledger's version: cyphrs config restore (after cyphrs audit verify)",
     )
 
 
@@ -263,6 +264,75 @@ def check_trust_state(home: CaHome, config: HomeConfig, conn: sqlite3.Connection
     except CyphrsError as exc:
         problems.append(exc.message)
     return problems
+
+
+def restore_home_files(home: CaHome) -> list[str]:
+    """``config restore``: rewrite the caches from the ledger under its write lock —
+    ``certs/ALIAS.pem`` from each CA's recorded certificate (checked against its creation
+    event), the trust fields of config.toml, the claims OID, and each recorded home
+    profile's text. Entries config.toml names but the ledger does not are dropped. The
+    rewrite is recorded as a ``home.restored`` event; returns what was rewritten."""
+    from cyphrs_cli.config.settings import AuthorityEntry, load_config, save_config
+    from cyphrs_cli.fsutil import PRIVATE_FILE, PUBLIC_FILE, atomic_write, ensure_private_dir
+    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.events import LedgerEvent, append_event
+
+    changes: list[str] = []
+    with Ledger(home.ledger_path) as ledger, ledger.transaction() as conn:
+        config = load_config(home)
+        names = {
+            int(r["id"]): str(r["name"]) for r in conn.execute("SELECT id, name FROM authorities")
+        }
+        for row in conn.execute("SELECT * FROM authorities ORDER BY id").fetchall():
+            name = str(row["name"])
+            cert, _ = _ledger_certificate(conn, row)
+            pem = cert.public_bytes(_pem_encoding())
+            wanted = AuthorityEntry(
+                name,
+                str(row["role"]),
+                str(row["key_uri"]),
+                f"certs/{name}.pem",
+                parent=names.get(row["parent_id"]) if row["parent_id"] is not None else None,
+                trust_domain=row["trust_domain"],
+            )
+            if config.authorities.get(name) != wanted:
+                config.authorities[name] = wanted
+                changes.append(f"config.toml [authorities.{name}]")
+            path = home.resolve(wanted.cert_path)
+            if not path.is_file() or path.read_bytes() != pem:
+                ensure_private_dir(home.certs_dir)
+                atomic_write(path, pem, mode=PUBLIC_FILE)
+                changes.append(wanted.cert_path)
+        for ghost in sorted(set(config.authorities) - set(names.values())):
+            del config.authorities[ghost]
+            changes.append(f"config.toml [authorities.{ghost}] (not in the ledger) removed")
+        if config.default_issuer is not None and config.default_issuer not in config.authorities:
+            config.default_issuer = None
+            changes.append("config.toml default_issuer")
+        recorded_oid = recorded_claims_oid(conn)
+        if config.claims_oid not in (None, recorded_oid):
+            config.claims_oid = recorded_oid
+            changes.append("config.toml claims_oid")
+        save_config(home, config)
+        for name, event in recorded_profiles(conn).items():
+            text = str(json.loads(event["details"])["text"])
+            path = home.profiles_dir / f"{name}.toml"
+            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                ensure_private_dir(home.profiles_dir)
+                atomic_write(path, text.encode("utf-8"), mode=PRIVATE_FILE)
+                changes.append(f"profiles/{name}.toml")
+        if changes:
+            append_event(
+                conn,
+                LedgerEvent(type="home.restored", target="home", details={"rewritten": changes}),
+            )
+    return changes
+
+
+def _pem_encoding() -> serialization.Encoding:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.PEM
 
 
 # --- agent-claims OID ------------------------------------------------------------------

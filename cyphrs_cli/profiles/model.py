@@ -192,12 +192,15 @@ def parse_profile_text(name: str, text: str, *, source: str) -> Profile:
 
 
 def read_profile_file(path: Path) -> str:
+    """The exact text (no newline translation: the recorded hash covers every byte)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{path}: not UTF-8 text") from exc
     except FileNotFoundError as exc:
         raise NotFoundError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def load_profiles(profiles_dir: Path | None) -> dict[str, Profile]:

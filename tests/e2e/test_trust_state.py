@@ -262,14 +262,18 @@ def test_unrecorded_override_of_builtin_refused(fresh_hierarchy: Hierarchy, tmp_
     assert shown["ledger"]["matches"] is True and shown["ledger"]["recorded"]["recorded_by"]
     # Recorded, the override is in force and visible: each issuance names its text's hash.
     foreign = ("issue", "agent", "--spiffe-id", "spiffe://evil.example/agent/x/y", "--ttl", "900d")
-    code, err = _run(h, *foreign, "--passphrase-file", str(h.inter_pass), "--out-dir", str(tmp_path / "ok"))
+    code, err = _run(
+        h, *foreign, "--passphrase-file", str(h.inter_pass), "--out-dir", str(tmp_path / "ok")
+    )
     assert code == 0, err
     issued = _events(h, "certificate.issued")[-1]
     assert issued["profile_sha256"] == recorded["sha256"]
     # Withdrawn with a recorded command, the built-in applies again (24 h max).
     code, err = _run(h, "profiles", "remove", "agent")
     assert code == 0, err
-    code, err = _run(h, *foreign, "--passphrase-file", str(h.inter_pass), "--out-dir", str(tmp_path / "ok2"))
+    code, err = _run(
+        h, *foreign, "--passphrase-file", str(h.inter_pass), "--out-dir", str(tmp_path / "ok2")
+    )
     assert code == ExitCode.POLICY_DENIED, err
     # Deleting the file by hand instead is a mismatch with the ledger.
     code, err = _run(h, "profiles", "set", str(source), "--override-builtin")
@@ -279,9 +283,7 @@ def test_unrecorded_override_of_builtin_refused(fresh_hierarchy: Hierarchy, tmp_
     _assert_refused(code, err, "profiles/agent.toml is missing but the ledger records it")
 
 
-def test_profile_edited_after_recording_refused(
-    fresh_hierarchy: Hierarchy, tmp_path: Path
-) -> None:
+def test_profile_edited_after_recording_refused(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
     h = fresh_hierarchy
     source = tmp_path / "payments.toml"
     source.write_text(PROFILE)
@@ -334,7 +336,9 @@ def test_claims_oid_recorded_and_enforced(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate((tmp_path / "a" / "cert.pem").read_bytes())
     assert cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     shown = json.loads(
-        run_cyphrs("inspect", str(tmp_path / "a" / "cert.pem"), "--json", "--home", str(home)).stdout
+        run_cyphrs(
+            "inspect", str(tmp_path / "a" / "cert.pem"), "--json", "--home", str(home)
+        ).stdout
     )
     assert shown["objects"][0]["agent_claims"]["permissions"] == ["ledger:read"]
     with sqlite3.connect(home / "ledger.sqlite3") as conn:
@@ -354,9 +358,7 @@ def test_claims_oid_recorded_and_enforced(tmp_path: Path) -> None:
     for wrong in ("1.3.6.1.4.1.99999", "1.2.3.", "2.25.1234", "1.3.6.1.5.5.7.1.99", "3.1"):
         proc = run_cyphrs("config", "claims-oid", wrong, "--home", str(home), env=env)
         assert proc.returncode == ExitCode.INVALID_INPUT, (wrong, proc.stderr)
-    proc = run_cyphrs(
-        "config", "claims-oid", "1.3.6.1.4.1.99999.7.2", "--home", str(home), env=env
-    )
+    proc = run_cyphrs("config", "claims-oid", "1.3.6.1.4.1.99999.7.2", "--home", str(home), env=env)
     assert proc.returncode == 0, proc.stderr
     proc = run_cyphrs(
         "issue", "agent", "-w", "wf", "--passphrase-file", str(tmp_path / "i"),
@@ -416,3 +418,37 @@ def test_new_home_is_private_and_existing_open_dir_refused(tmp_path: Path) -> No
     proc = run_cyphrs(*args, "--home", str(shared), env={"CI": "true"})
     assert proc.returncode == ExitCode.STORAGE and b"group/world-writable" in proc.stderr
     assert list(shared.iterdir()) == []
+
+
+def test_restore_rewrites_the_caches_from_the_ledger(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    genuine_root, genuine_config = h.root_cert.read_bytes(), (h.home / "config.toml").read_text()
+    source = tmp_path / "payments.toml"
+    source.write_text(PROFILE)
+    assert _run(h, "profiles", "set", str(source))[0] == 0
+    h.root_cert.write_bytes(_impostor_root("Test Root CA"))
+    h.inter_cert.unlink()
+    _edit_config(h, 'trust_domain = "acme.internal"', 'trust_domain = "evil.example"')
+    (h.home / "profiles" / "payments.toml").write_text(PROFILE.replace("2h", "1000d"))
+    code, err = _run(h, "config", "check")
+    assert code == ExitCode.STORAGE, err
+    proc = run_cyphrs("config", "restore", "--json", "--home", str(h.home), env={"CI": "true"})
+    assert proc.returncode == 0, proc.stderr
+    rewritten = json.loads(proc.stdout)["rewritten"]
+    assert set(rewritten) >= {
+        "certs/test-root.pem",
+        "certs/test-inter.pem",
+        "config.toml [authorities.test-inter]",
+        "profiles/payments.toml",
+    }
+    assert h.root_cert.read_bytes() == genuine_root
+    assert (h.home / "profiles" / "payments.toml").read_text() == PROFILE
+    assert 'trust_domain = "acme.internal"' in (h.home / "config.toml").read_text()
+    assert (h.home / "config.toml").read_text() == genuine_config
+    assert _events(h, "home.restored")[-1]["rewritten"] == rewritten
+    code, err = _run(h, "config", "check")
+    assert code == 0, err
+    code, err = _issue(h, tmp_path / "ok")
+    assert code == 0, err

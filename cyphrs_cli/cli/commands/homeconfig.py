@@ -20,13 +20,16 @@ Examples:
 
   cyphrs config check
 
+  cyphrs audit verify && cyphrs config restore
+
   cyphrs config claims-oid
 
   cyphrs config claims-oid 1.3.6.1.4.1.99999.1.1
 
 config.toml, certs/*.pem and profiles/*.toml are caches of the ledger; 'config check' exits
-8 and names every file that differs. The claims OID is recorded in the ledger
-(home.claims_oid_set) and copied to config.toml.
+8 and names every file that differs; 'config restore' rewrites them from the ledger (run
+'cyphrs audit verify' first: restore trusts the ledger) and records that it did. The
+claims OID is recorded in the ledger (home.claims_oid_set) and copied to config.toml.
 
 {EXIT_CODE_HELP}"""
 
@@ -68,6 +71,27 @@ def check(
         raise TrustStateMismatch(
             problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
         )
+
+
+@config_app.command("restore", epilog=CONFIG_EPILOG)
+def restore(
+    home: HomeOption = None, json_output: JsonOption = False, quiet: QuietOption = False
+) -> None:
+    """Rewrite config.toml's trust fields, certs/ and recorded profiles from the ledger."""
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.trust import restore_home_files
+
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    changes = restore_home_files(ca_home)
+    if render.json_mode():
+        render.emit_json({"schema": "cyphrs.config-restore/v1", "rewritten": changes})
+        return
+    console = render.console()
+    if not changes:
+        console.print("Nothing to restore: the CA home's files match the ledger.")
+    for change in changes:
+        console.print(f"restored {change}")
 
 
 @config_app.command("claims-oid", epilog=CONFIG_EPILOG)

@@ -124,6 +124,14 @@ def check_home_permissions(home: CaHome) -> None:
 
 def prepare_home_dir(home: CaHome) -> None:
     """Before a command creates a home: an existing directory must be safe (same rule as
-    ``check_home_permissions``); a new one is made 0700 by the creating code."""
-    if home.root.exists():
-        check_home_permissions(home)
+    ``check_home_permissions``) and is made 0700; a new one is made 0700 by the creating
+    code."""
+    if not home.root.exists():
+        return
+    check_home_permissions(home)
+    if home.root.is_dir() and not home.is_initialised() and home.root.stat().st_uid == os.getuid():
+        # An existing directory becomes a CA home: private from now on, like a new one.
+        try:
+            home.root.chmod(0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot make {home.root} private: {exc.strerror}") from exc

@@ -93,7 +93,7 @@ def profile_from_toml(
     def fail(message: str) -> InvalidInputError:
         return InvalidInputError(f"profile {name!r} ({source}): {message}")
 
-    if not _PROFILE_NAME.match(name):
+    if not _PROFILE_NAME.fullmatch(name):
         raise fail("name must be lowercase letters, digits, '-' or '_'")
     names = data.get("names", {})
     try:

@@ -418,6 +418,21 @@ def test_new_home_is_private_and_existing_open_dir_refused(tmp_path: Path) -> No
     proc = run_cyphrs(*args, "--home", str(shared), env={"CI": "true"})
     assert proc.returncode == ExitCode.STORAGE and b"group/world-writable" in proc.stderr
     assert list(shared.iterdir()) == []
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    readable.chmod(0o755)
+    proc = run_cyphrs(*args, "--home", str(readable), env={"CI": "true"})
+    assert proc.returncode == 0, proc.stderr
+    assert readable.stat().st_mode & 0o777 == 0o700
+    # A profile name must be a whole-string match: no newline smuggled into a file name.
+    source = tmp_path / "p.toml"
+    source.write_text(PROFILE)
+    proc = run_cyphrs(
+        "profiles", "set", str(source), "--name", "ok\n", "--home", str(readable),
+        env={"CI": "true"},
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr
+    assert not (readable / "profiles").exists() or list((readable / "profiles").iterdir()) == []
 
 
 def test_restore_rewrites_the_caches_from_the_ledger(

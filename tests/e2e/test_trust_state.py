@@ -467,3 +467,62 @@ def test_restore_rewrites_the_caches_from_the_ledger(
     assert code == 0, err
     code, err = _issue(h, tmp_path / "ok")
     assert code == 0, err
+
+
+def test_inspect_judges_chains_by_the_ledger_not_certs(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A leaf from an impostor root whose certificate replaced certs/test-root.pem must not
+    be reported as chaining to this home."""
+    h = fresh_hierarchy
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
+    now = datetime.now(UTC)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    h.root_cert.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    proc = run_cyphrs("inspect", str(tmp_path / "leaf.pem"), "--json", "--home", str(h.home))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["objects"][0]["chains_to_home_root"] is False
+
+
+def test_ledger_certificate_row_must_match_its_creation_event(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """Swapping the file *and* the certificate row (pem + fingerprint) still leaves the
+    hash-chained authority.created event naming the genuine fingerprint."""
+    h = fresh_hierarchy
+    impostor = _impostor_root("Test Root CA")
+    cert = x509.load_pem_x509_certificate(impostor)
+    fp = "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        conn.execute(
+            "UPDATE certificates SET pem = ?, fingerprint = ? WHERE id ="
+            " (SELECT certificate_id FROM authorities WHERE name = 'test-root')",
+            (impostor.decode(), fp),
+        )
+    h.root_cert.write_bytes(impostor)
+    code, err = _issue(h, tmp_path / "x")
+    _assert_refused(code, err, "the ledger's certificate of 'test-root' does not match")
+    assert not (tmp_path / "x").exists()

@@ -86,6 +86,21 @@ def _mismatch(what: str, hint: str | None = None) -> TrustStateMismatch:
     )
 
 
+def _details(text: str, *keys: str) -> dict[str, Any]:
+    """An event's details, which must be a JSON object with ``keys``: an edited ledger is a
+    storage problem (exit 8), never a crash."""
+    try:
+        details = json.loads(text)
+    except (TypeError, ValueError):
+        details = None
+    if not isinstance(details, dict) or any(k not in details for k in keys):
+        raise _mismatch(
+            "the ledger holds an event whose details are not what cyphrs wrote",
+            hint="run 'cyphrs audit verify'; the ledger may have been edited",
+        )
+    return details
+
+
 def _fingerprint(cert: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import hashes
 
@@ -113,14 +128,22 @@ def _ledger_certificate(conn: sqlite3.Connection, row: sqlite3.Row) -> tuple[x50
     except ValueError as exc:
         raise _mismatch(f"the ledger's certificate of {name!r} is not a PEM certificate") from exc
     fp = _fingerprint(cert)
-    anchored = {
-        json.loads(details).get("fingerprint")
-        for (details,) in conn.execute(
-            "SELECT details FROM events WHERE type IN (?, ?)"
-            " AND json_extract(details, '$.certificate_id') = ?",
-            (*_CREATION_EVENTS, cert_row["id"]),
-        )
-    }
+    import sqlite3
+
+    try:
+        anchored = {
+            fingerprint
+            for (fingerprint,) in conn.execute(
+                "SELECT json_extract(details, '$.fingerprint') FROM events WHERE type IN (?, ?)"
+                " AND json_extract(details, '$.certificate_id') = ?",
+                (*_CREATION_EVENTS, cert_row["id"]),
+            )
+        }
+    except sqlite3.Error as exc:  # e.g. an edited event whose details are not JSON
+        raise _mismatch(
+            f"the ledger's creation event of {name!r} is unreadable ({exc})",
+            hint="run 'cyphrs audit verify'; the ledger may have been edited",
+        ) from exc
     if fp != cert_row["fingerprint"] or anchored != {fp}:
         raise _mismatch(
             f"the ledger's certificate of {name!r} does not match its recorded creation event",
@@ -315,7 +338,7 @@ def restore_home_files(home: CaHome) -> list[str]:
             changes.append("config.toml claims_oid")
         save_config(home, config)
         for name, event in recorded_profiles(conn).items():
-            text = str(json.loads(event["details"])["text"])
+            text = str(_details(event["details"], "text")["text"])
             path = home.profiles_dir / f"{name}.toml"
             if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
                 ensure_private_dir(home.profiles_dir)
@@ -368,7 +391,7 @@ def recorded_claims_oid(conn: sqlite3.Connection) -> str:
     ).fetchone()
     if row is None:
         return DEFAULT_CLAIMS_OID
-    return str(json.loads(row["details"])["oid"])
+    return str(_details(row["details"], "oid")["oid"])
 
 
 def check_claims_oid(home: CaHome, config: HomeConfig, conn: sqlite3.Connection) -> str:
@@ -433,7 +456,7 @@ def recorded_profiles(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
         " ORDER BY seq",
         (PROFILE_SET_EVENT, PROFILE_REMOVED_EVENT),
     ):
-        latest[json.loads(row["details"])["name"]] = row
+        latest[str(_details(row["details"], "name")["name"])] = row
     return {n: r for n, r in latest.items() if r["type"] == PROFILE_SET_EVENT}
 
 
@@ -442,7 +465,7 @@ def profile_record(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None
     row = recorded_profiles(conn).get(name)
     if row is None:
         return None
-    details = json.loads(row["details"])
+    details = _details(row["details"], "sha256", "overrides_builtin")
     return {
         "sha256": details["sha256"],
         "overrides_builtin": bool(details["overrides_builtin"]),

@@ -526,3 +526,20 @@ def test_ledger_certificate_row_must_match_its_creation_event(
     code, err = _issue(h, tmp_path / "x")
     _assert_refused(code, err, "the ledger's certificate of 'test-root' does not match")
     assert not (tmp_path / "x").exists()
+
+
+def test_edited_trust_events_are_exit_8_not_a_crash(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    source = tmp_path / "payments.toml"
+    source.write_text(PROFILE)
+    assert _run(h, "profiles", "set", str(source))[0] == 0
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        conn.execute("UPDATE events SET details = '[1]' WHERE type = 'profile.set'")
+    code, err = _issue(h, tmp_path / "x")
+    _assert_refused(code, err, "details are not what cyphrs wrote")
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        conn.execute("UPDATE events SET details = 'not json' WHERE type = 'authority.created'")
+    code, err = _issue(h, tmp_path / "x")
+    _assert_refused(code, err, "creation event of")

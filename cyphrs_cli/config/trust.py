@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID
@@ -25,6 +26,7 @@ from cyphrs_cli.errors import InvalidInputError, StorageError
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Callable
     from pathlib import Path
 
     from cryptography import x509
@@ -210,16 +212,25 @@ def anchored_authority(
     home: CaHome, config: HomeConfig, conn: sqlite3.Connection, name: str | None
 ) -> AnchoredAuthority:
     """The authority ``name`` (or the default issuer) and every CA above it, from the ledger,
-    after checking that config.toml, each certificate file and the claims OID agree.
+    after checking that config.toml, each certificate file, the claims OID and every home
+    profile file agree with it: no signature is made over a home whose caches differ.
 
     Raises:
         TrustStateMismatch: a cache in the home differs from the ledger (exit 8).
         NotFoundError: no such authority in config.toml.
     """
-    from cyphrs_cli.ledger.records import authority_by_name
-
     chosen = config.issuer(name).name
     claims_oid = check_claims_oid(home, config, conn)
+    check_profile_files(home, conn)
+    return _anchored_chain(home, config, conn, chosen, claims_oid)
+
+
+def _anchored_chain(
+    home: CaHome, config: HomeConfig, conn: sqlite3.Connection, chosen: str, claims_oid: str
+) -> AnchoredAuthority:
+    """The authority walk of ``anchored_authority``: each CA up to the root, checked."""
+    from cyphrs_cli.ledger.records import authority_by_name
+
     chain: list[tuple[sqlite3.Row, x509.Certificate, str]] = []
     current: str | None = chosen
     seen: set[str] = set()
@@ -268,24 +279,19 @@ def check_trust_state(home: CaHome, config: HomeConfig, conn: sqlite3.Connection
     from cyphrs_cli.errors import CyphrsError
 
     problems: list[str] = []
-    names = {r["name"] for r in conn.execute("SELECT name FROM authorities")}
-    for name in sorted(names | set(config.authorities)):
+
+    def collect(check: Callable[[], object]) -> None:
         try:
-            anchored_authority(home, config, conn, name)
+            check()
         except CyphrsError as exc:
             if exc.message not in problems:
                 problems.append(exc.message)
-    from cyphrs_cli.profiles.model import load_profiles
 
-    try:
-        profiles = load_profiles(home.profiles_dir)
-        for profile in profiles.values():
-            check_profile(conn, profile)
-        for name in recorded_profiles(conn):
-            if name not in profiles:
-                check_profile_present(conn, name, home)
-    except CyphrsError as exc:
-        problems.append(exc.message)
+    collect(lambda: check_claims_oid(home, config, conn))
+    collect(lambda: check_profile_files(home, conn))
+    names = {r["name"] for r in conn.execute("SELECT name FROM authorities")}
+    for name in sorted(names | set(config.authorities)):
+        collect(partial(_anchored_chain, home, config, conn, name, ""))
     return problems
 
 
@@ -475,35 +481,60 @@ def profile_record(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None
     }
 
 
+def _unrecorded(
+    name: str, record: dict[str, Any] | None, overrides_builtin: bool
+) -> TrustStateMismatch:
+    state = "is not recorded" if record is None else "differs from the profile recorded"
+    flag = " --override-builtin" if overrides_builtin else ""
+    return _mismatch(
+        f"profiles/{name}.toml {state} in the ledger; record it with"
+        f" 'cyphrs profiles set profiles/{name}.toml{flag}'",
+        hint="recording makes the profile text part of the hash-chained audit trail",
+    )
+
+
+def _missing(name: str) -> TrustStateMismatch:
+    return _mismatch(
+        f"profiles/{name}.toml is missing but the ledger records it",
+        hint=f"restore it (cyphrs config restore), or record its removal: cyphrs profiles"
+        f" remove {name}",
+    )
+
+
+def check_profile_files(home: CaHome, conn: sqlite3.Connection) -> None:
+    """Every ``profiles/*.toml`` must hash to the text last recorded under its name, and
+    every recorded profile must have its file (so a built-in cannot silently return).
+    Raw bytes only: an unparsable file is a mismatch here, not an input error."""
+    import hashlib
+
+    from cyphrs_cli.profiles.model import builtin_profile_names
+
+    recorded = {name: profile_record(conn, name) for name in recorded_profiles(conn)}
+    folder = home.profiles_dir
+    files = {p.stem: p for p in folder.glob("*.toml")} if folder.is_dir() else {}
+    for name, path in sorted(files.items()):
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise _mismatch(f"cannot read profiles/{name}.toml: {exc.strerror}") from exc
+        record = recorded.get(name)
+        if record is None or record["sha256"] != digest:
+            raise _unrecorded(name, record, name in builtin_profile_names())
+    for name in sorted(set(recorded) - set(files)):
+        raise _missing(name)
+
+
 def check_profile(conn: sqlite3.Connection, profile: Profile) -> None:
-    """A home profile must be the text last recorded under its name; a built-in must not
-    have been replaced in the ledger by a home profile that is now missing."""
+    """The profile object about to be signed under is the text last recorded under its
+    name (a home profile), or a built-in the ledger has not replaced. Checked on the
+    loaded text, so a file swapped after ``check_profile_files`` cannot slip through."""
     record = profile_record(conn, profile.name)
     if profile.source == "builtin":
         if record is not None:
-            raise _mismatch(
-                f"profiles/{profile.name}.toml is missing but the ledger records it"
-                f" (sha256 {str(record['sha256'])[:16]}…)",
-                hint=f"restore it, or record its removal: cyphrs profiles remove {profile.name}",
-            )
+            raise _missing(profile.name)
         return
     if record is None or record["sha256"] != profile.sha256:
-        state = "is not recorded" if record is None else "differs from the profile recorded"
-        flag = " --override-builtin" if profile.overrides_builtin else ""
-        raise _mismatch(
-            f"profiles/{profile.name}.toml {state} in the ledger; record it with"
-            f" 'cyphrs profiles set profiles/{profile.name}.toml{flag}'",
-            hint="recording makes the profile text part of the hash-chained audit trail",
-        )
-
-
-def check_profile_present(conn: sqlite3.Connection, name: str, home: CaHome) -> None:
-    """A profile the ledger records whose file has gone (and that is no built-in)."""
-    if profile_record(conn, name) is not None:
-        raise _mismatch(
-            f"profiles/{name}.toml is missing but the ledger records it",
-            hint=f"restore it, or record its removal: cyphrs profiles remove {name}",
-        )
+        raise _unrecorded(profile.name, record, profile.overrides_builtin)
 
 
 def record_profile(

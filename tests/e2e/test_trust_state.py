@@ -300,6 +300,23 @@ def test_profile_edited_after_recording_refused(fresh_hierarchy: Hierarchy, tmp_
         code, err, "profiles/payments.toml differs from the profile recorded in the ledger"
     )
     assert "cyphrs profiles set" in err
+    # A batch is checked as a whole before its first item: the agent item is not issued.
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(
+        json.dumps({"profile": "agent", "workflow": "wf", "name": "first"})
+        + "\n"
+        + json.dumps({"profile": "payments", "workflow": "pay", "name": "second"})
+        + "\n"
+    )
+    code, err = _run(
+        h, "issue", "--batch", str(batch), "--out-dir", str(tmp_path / "batch"),
+        "--passphrase-file", str(h.inter_pass),
+    )  # fmt: skip
+    assert code == ExitCode.STORAGE and "profiles/payments.toml differs" in err, err
+    assert not (tmp_path / "batch" / "first").exists()
+    # Every cache must match before any signature, CRLs included.
+    code, err = _run(h, "crl", "--passphrase-file", str(h.inter_pass))
+    _assert_refused(code, err, "profiles/payments.toml differs")
     # renew signs under the profile too
     code, err = _run(
         h, "renew", str(tmp_path / "a" / "cert.pem"), "--passphrase-file", str(h.inter_pass),
@@ -536,10 +553,10 @@ def test_edited_trust_events_are_exit_8_not_a_crash(
     source.write_text(PROFILE)
     assert _run(h, "profiles", "set", str(source))[0] == 0
     with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
-        conn.execute("UPDATE events SET details = '[1]' WHERE type = 'profile.set'")
-    code, err = _issue(h, tmp_path / "x")
-    _assert_refused(code, err, "details are not what cyphrs wrote")
-    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
         conn.execute("UPDATE events SET details = 'not json' WHERE type = 'authority.created'")
     code, err = _issue(h, tmp_path / "x")
     _assert_refused(code, err, "creation event of")
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        conn.execute("UPDATE events SET details = '[1]' WHERE type = 'profile.set'")
+    code, err = _issue(h, tmp_path / "x")
+    _assert_refused(code, err, "details are not what cyphrs wrote")

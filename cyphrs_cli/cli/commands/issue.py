@@ -247,7 +247,7 @@ def _issue_one(
 
 def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
     """Decide and plan without unlocking a key; a refusal exits 5 naming the rule."""
-    from cyphrs_cli.ca.hierarchy import issuer_facts, open_ledger
+    from cyphrs_cli.ca.hierarchy import issuer_facts
     from cyphrs_cli.ca.issuance import explain_leaf
     from cyphrs_cli.ca.orders import prepare_request
     from cyphrs_cli.ca.parsing import oid_name
@@ -260,10 +260,6 @@ def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
     config = load_config(ca_home)
     facts = issuer_facts(ca_home, config, issuer)
     chosen = get_profile(ca_home.profiles_dir, order.profile)
-    with open_ledger(ca_home) as ledger:
-        from cyphrs_cli.config.trust import check_profile
-
-        check_profile(ledger.conn, chosen)  # a dry run shows only what would really be signed
     request, _ = prepare_request(order, chosen, facts.trust_domain)
     decision, plan = explain_leaf(facts, chosen, request)
     would = {

@@ -16,6 +16,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may read the developer's real CA home or prompt on a terminal."""
     monkeypatch.delenv("CYPHRS_HOME", raising=False)
     monkeypatch.delenv("CYPHRS_TEST_FAULT", raising=False)
+    monkeypatch.delenv("CYPHRS_ALLOW_INSECURE_HOME", raising=False)
     monkeypatch.setenv("CI", "true")
 
 

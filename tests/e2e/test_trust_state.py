@@ -6,6 +6,7 @@ exit code is 8 and stderr is one line naming the file."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -560,3 +561,30 @@ def test_edited_trust_events_are_exit_8_not_a_crash(
         conn.execute("UPDATE events SET details = '[1]' WHERE type = 'profile.set'")
     code, err = _issue(h, tmp_path / "x")
     _assert_refused(code, err, "details are not what cyphrs wrote")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to hand a file to another uid")
+def test_home_file_owned_by_another_user_refused(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    os.chown(h.home / "certs", 12345, 12345)
+    code, err = _issue(h, tmp_path / "x")
+    _assert_refused(code, err, "is owned by uid 12345")
+    assert not (tmp_path / "x").exists()
+
+
+def test_sign_intermediate_refuses_a_swapped_root(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    from tests.helpers import openssl_csr
+
+    h = fresh_hierarchy
+    _, csr = openssl_csr(tmp_path, "/CN=Offline Agents CA")
+    h.root_cert.write_bytes(_impostor_root("Test Root CA"))
+    code, err = _run(
+        h, "sign-intermediate", str(csr), "--out", str(tmp_path / "signed.pem"),
+        "--passphrase-file", str(h.root_pass),
+    )  # fmt: skip
+    _assert_refused(code, err, "certs/test-root.pem differs")
+    assert not (tmp_path / "signed.pem").exists()

@@ -84,12 +84,12 @@ def _unsafe(path: Path) -> str | None:
     """Why ``path`` lets someone else change what this CA signs, or None."""
     try:
         info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            info = path.stat()  # judge what the link leads to
     except FileNotFoundError:
-        return None
+        return None if not path.is_symlink() else f"{path} is a dangling symbolic link"
     except OSError as exc:
         return f"{path} cannot be examined ({exc.strerror})"
-    if stat.S_ISLNK(info.st_mode):
-        info = path.stat()
     mode = stat.S_IMODE(info.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{path} is group/world-writable (mode {mode:04o})"
@@ -106,8 +106,12 @@ def check_home_permissions(home: CaHome) -> None:
     paths = [home.root, home.config_path, home.ledger_path]
     for folder in (home.keys_dir, home.certs_dir, home.profiles_dir, home.crls_dir):
         paths.append(folder)
-        if folder.is_dir():
+        try:
             paths.extend(sorted(folder.iterdir()))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot list {folder}: {exc.strerror}") from exc
     problems = [p for p in (_unsafe(path) for path in paths) if p is not None]
     if not problems:
         return

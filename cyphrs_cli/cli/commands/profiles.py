@@ -33,8 +33,8 @@ Examples:
   cyphrs profiles remove payments
 
 'profiles set FILE' validates FILE, records its SHA-256 (and text) in the ledger and installs
-it as <home>/profiles/NAME.toml. Issuance refuses (exit 8) a home profile whose text is not
-the one last recorded. Replacing a built-in needs --override-builtin.
+it as <home>/profiles/NAME.toml. Nothing is signed (exit 8) while a profile file differs
+from the text last recorded. Replacing a built-in needs --override-builtin.
 
 {EXIT_CODE_HELP}"""
 

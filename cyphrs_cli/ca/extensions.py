@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # Not the UUID arc 2.25.<uuid> the design first named: its 128-bit arc makes Go's x509
 # parser (arcs < 2^31) reject the whole certificate, and pkilint's DER decoder refuses it.
 # Provisional arc under RFC 5612's example enterprise number until cyphrs has its own
-# IANA PEN; see docs/design-notes.md.
+# IANA PEN; see docs/design-notes.md. A home may record its own organisation's OID instead
+# (``cyphrs config claims-oid``, ``init-root --claims-oid``); this is only the default.
 CYPHRS_OID_ARC = "1.3.6.1.4.1.32473.77"
 AGENT_CLAIMS_OID = CYPHRS_OID_ARC + ".1"
 
@@ -370,9 +371,11 @@ def leaf_extensions(
     claims: AgentClaims | None,
     subject_empty: bool,
     key_usage: tuple[str, ...] = ("digitalSignature",),
+    claims_oid: str = AGENT_CLAIMS_OID,
 ) -> list[tuple[x509.ExtensionType, bool]]:
     """End-entity set: not a CA; digitalSignature unless the profile adds usages the key
-    can honour (TLS 1.3 and ECDHE suites need nothing else)."""
+    can honour (TLS 1.3 and ECDHE suites need nothing else). ``claims_oid`` is the home's
+    recorded agent-claims OID (``config.trust``)."""
     from cryptography import x509
 
     extensions: list[tuple[x509.ExtensionType, bool]] = [
@@ -391,7 +394,7 @@ def leaf_extensions(
         extensions.append(
             (
                 x509.UnrecognizedExtension(
-                    x509.ObjectIdentifier(AGENT_CLAIMS_OID), encode_agent_claims(claims)
+                    x509.ObjectIdentifier(claims_oid), encode_agent_claims(claims)
                 ),
                 False,
             )

@@ -347,6 +347,8 @@ def create_intermediate(
 
 
 def load_certificate_file(home: CaHome, entry: AuthorityEntry) -> x509.Certificate:
+    """The certificate file config.toml names, as it is on disk (NOT checked against the
+    ledger: for display only; signing paths use ``load_issuer``/``issuer_facts``)."""
     from cryptography import x509
 
     path = home.resolve(entry.cert_path)
@@ -363,59 +365,55 @@ def load_issuer(
 ) -> Issuer:
     """Open an authority for signing: certificate, parents, and the unlocked signer.
 
+    Every trust fact comes from the ledger; ``config.trust.anchored_authority`` refuses
+    (exit 8) before any key is touched when config.toml or a certificate file disagrees.
     A wrong passphrase or PIN is recorded as a ``key.unlock_failed`` event before it is
     reported, so repeated guessing shows up in the audit trail.
     """
     from cyphrs_cli.ca.models import Issuer
+    from cyphrs_cli.config.trust import anchored_authority
     from cyphrs_cli.keystore.uri import open_keystore
-    from cyphrs_cli.ledger.records import authority_by_name
 
-    entry = config.issuer(name)
-    certificate = load_certificate_file(home, entry)
-    parents = []
-    parent = entry.parent
-    while parent is not None:
-        parent_entry = config.issuer(parent)
-        parents.append(load_certificate_file(home, parent_entry))
-        parent = parent_entry.parent
-    row = authority_by_name(ledger.conn, entry.name)
-    if row is None:
-        raise NotFoundError(f"the ledger has no record of authority {entry.name!r}")
+    anchored = anchored_authority(home, config, ledger.conn, name)
+    key_uri = anchored.key_uri
     try:
-        signer = open_keystore(entry.key_uri, home.root, secrets).open_signer(entry.key_uri)
+        signer = open_keystore(key_uri, home.root, secrets).open_signer(key_uri)
     except SecretError as exc:
         with ledger.transaction() as conn:
             append_event(
                 conn,
                 LedgerEvent(
                     type="key.unlock_failed",
-                    target=f"authority:{entry.name}",
+                    target=f"authority:{anchored.name}",
                     outcome="failure",
-                    details={"key_uri": entry.key_uri, "reason": exc.message},
+                    details={"key_uri": key_uri, "reason": exc.message},
                 ),
             )
         raise
-    if signer.public_key() != certificate.public_key():
+    if signer.public_key() != anchored.certificate.public_key():
         raise InvalidInputError(
-            f"the key at {entry.key_uri} does not match the certificate of {entry.name!r}"
+            f"the key at {key_uri} does not match the certificate of {anchored.name!r}"
         )
-    status = ledger.conn.execute(
-        "SELECT status FROM certificates WHERE id = ?", (row["certificate_id"],)
-    ).fetchone()
     return Issuer(
-        name=entry.name,
-        authority_id=int(row["id"]),
-        certificate=certificate,
+        name=anchored.name,
+        authority_id=anchored.authority_id,
+        certificate=anchored.certificate,
         signer=signer,
-        trust_domain=entry.trust_domain,
-        parents=tuple(parents),
-        revoked=status is not None and status["status"] == "revoked",
+        trust_domain=anchored.trust_domain,
+        parents=anchored.parents,
+        revoked=anchored.revoked,
+        claims_oid=anchored.claims_oid,
     )
 
 
 def issuer_facts(home: CaHome, config: HomeConfig, name: str | None) -> IssuerFacts:
-    """The issuer's certificate and trust domain, without unlocking its key."""
+    """The issuer's certificate, trust domain and claims OID from the ledger (files checked
+    against it), without unlocking its key."""
     from cyphrs_cli.ca.models import IssuerFacts
+    from cyphrs_cli.config.trust import anchored_authority
 
-    entry = config.issuer(name)
-    return IssuerFacts(entry.name, load_certificate_file(home, entry), entry.trust_domain)
+    with open_ledger(home) as ledger:
+        anchored = anchored_authority(home, config, ledger.conn, name)
+    return IssuerFacts(
+        anchored.name, anchored.certificate, anchored.trust_domain, anchored.claims_oid
+    )

@@ -188,6 +188,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
                     "not_after": row.not_after,
                     "replaces_id": plan.replaces_id,
                     "row_digest": row_digest(row),
+                    **({"profile_sha256": plan.profile_sha256} if plan.profile_sha256 else {}),
                     **({"authority": new.name, "key_uri": new.key.uri} if new else {}),
                 },
             ),
@@ -435,6 +436,7 @@ def plan_leaf(
         claims=claims,
         subject_empty=not common_name,
         key_usage=profile.key_usage,
+        claims_oid=issuer.claims_oid,
     )
     return CertificatePlan(
         profile=profile.name,
@@ -449,6 +451,7 @@ def plan_leaf(
         key_storage=request.key_storage,
         replaces_id=request.replaces_id,
         allow_duplicate=request.allow_duplicate,
+        profile_sha256=profile.sha256 or None,
     )
 
 
@@ -507,6 +510,9 @@ def issue_leaf(
     ledger: Ledger, issuer: Issuer, profile: Profile, request: LeafRequest
 ) -> IssuedCertificate:
     """Policy, plan, sign, record: the entry point for every end-entity certificate."""
+    from cyphrs_cli.config.trust import check_profile
+
+    check_profile(ledger.conn, profile)  # the profile text must be the one recorded
     decision = authorize_leaf(ledger, issuer, profile, request)
     try:
         return issue(ledger, issuer, plan_leaf(request, profile, issuer, decision))

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from cyphrs_cli.config.trust import DEFAULT_CLAIMS_OID
+
 if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import (
@@ -30,6 +32,8 @@ class Issuer:
     parents: tuple[x509.Certificate, ...] = ()
     # Set from the ledger: a revoked CA may still sign its last CRLs but nothing else.
     revoked: bool = False
+    # The agent-claims extension OID this home records (config.trust).
+    claims_oid: str = DEFAULT_CLAIMS_OID
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class IssuerFacts:
     name: str
     certificate: x509.Certificate | None
     trust_domain: str | None = None
+    claims_oid: str = DEFAULT_CLAIMS_OID
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class CertificatePlan:
     new_authority: NewAuthority | None = None
     # A leaf may share its SPIFFE ID with another valid certificate (--allow-duplicate).
     allow_duplicate: bool = False
+    # SHA-256 of the profile text signed under (leaves); carried by the issuance event.
+    profile_sha256: str | None = None
 
 
 @dataclass(frozen=True)

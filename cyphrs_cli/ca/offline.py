@@ -216,11 +216,11 @@ def import_intermediate(
     from cyphrs_cli.ca.hierarchy import (
         alias_from_name,
         check_new_alias,
-        load_certificate_file,
         open_ledger,
     )
     from cyphrs_cli.ca.issuance import fingerprint
     from cyphrs_cli.ca.parsing import load_certificates
+    from cyphrs_cli.config.trust import anchored_authority
     from cyphrs_cli.fsutil import home_lock
     from cyphrs_cli.keystore.base import KeyInfo
     from cyphrs_cli.keystore.uri import OFFLINE_URI
@@ -233,7 +233,12 @@ def import_intermediate(
         config = load_config(home)
         existing_root = config.root
         if existing_root is not None:
-            anchor = load_certificate_file(home, existing_root)
+            # The root as the ledger records it (the file must match it): a swapped
+            # certs/ROOT.pem can neither anchor the import nor pass unnoticed.
+            with open_ledger(home) as ledger:
+                anchor = anchored_authority(
+                    home, config, ledger.conn, existing_root.name
+                ).certificate
             if given_root is not None and fingerprint(given_root) != fingerprint(anchor):
                 raise ConflictError(
                     f"--root ({fingerprint(given_root)}) is not this home's root"

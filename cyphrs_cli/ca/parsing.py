@@ -98,10 +98,10 @@ def key_description(public_key: Any) -> dict[str, Any]:
     return {"type": type(public_key).__name__}
 
 
-def _extension_value(ext: x509.Extension[x509.ExtensionType]) -> Any:
+def _extension_value(ext: x509.Extension[x509.ExtensionType], claims_oid: str) -> Any:
     from cryptography import x509
 
-    from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID, decode_agent_claims
+    from cyphrs_cli.ca.extensions import decode_agent_claims
 
     value = ext.value
     if isinstance(value, x509.BasicConstraints):
@@ -134,14 +134,17 @@ def _extension_value(ext: x509.Extension[x509.ExtensionType]) -> Any:
             "excluded": [_general_name(n) for n in value.excluded_subtrees or []],
         }
     if isinstance(value, x509.UnrecognizedExtension):
-        if value.oid.dotted_string == AGENT_CLAIMS_OID:
+        if value.oid.dotted_string == claims_oid:
             return decode_agent_claims(value.value).to_json()
         return value.value.hex()
     return str(value)
 
 
-def certificate_summary(cert: x509.Certificate, *, now: datetime | None = None) -> dict[str, Any]:
-    """The stable, JSON-ready view of one certificate (schema cyphrs.inspect/v1)."""
+def certificate_summary(
+    cert: x509.Certificate, *, now: datetime | None = None, claims_oid: str | None = None
+) -> dict[str, Any]:
+    """The stable, JSON-ready view of one certificate (schema cyphrs.inspect/v1).
+    ``claims_oid``: the home's recorded agent-claims OID (default: the provisional one)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
@@ -150,17 +153,18 @@ def certificate_summary(cert: x509.Certificate, *, now: datetime | None = None) 
     from cyphrs_cli.ledger.events import utc_now
 
     now = now or utc_now()
+    claims_oid = claims_oid or AGENT_CLAIMS_OID
     extensions = []
     sans: list[str] = []
     claims = None
     is_ca = False
     for ext in cert.extensions:
-        value = _extension_value(ext)
+        value = _extension_value(ext, claims_oid)
         extensions.append(
             {
                 "oid": ext.oid.dotted_string,
                 "name": "agentClaims"
-                if ext.oid.dotted_string == AGENT_CLAIMS_OID
+                if ext.oid.dotted_string == claims_oid
                 else getattr(ext.oid, "_name", ext.oid.dotted_string),
                 "critical": ext.critical,
                 "value": value,
@@ -170,7 +174,7 @@ def certificate_summary(cert: x509.Certificate, *, now: datetime | None = None) 
             sans = value
         if isinstance(ext.value, x509.BasicConstraints):
             is_ca = ext.value.ca
-        if ext.oid.dotted_string == AGENT_CLAIMS_OID:
+        if ext.oid.dotted_string == claims_oid:
             claims = value
     spiffe = [s[4:] for s in sans if s.startswith("URI:spiffe://")]
     seconds_left = int((cert.not_valid_after_utc - now).total_seconds())

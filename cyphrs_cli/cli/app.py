@@ -18,6 +18,7 @@ from cyphrs_cli.cli import render
 from cyphrs_cli.cli.commands import (
     audit,
     authority,
+    homeconfig,
     inspect,
     issue,
     keys,
@@ -120,6 +121,13 @@ def root(
             "--home", help="CA home for every command (same as CYPHRS_HOME).", show_default=False
         ),
     ] = None,
+    allow_insecure_home: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure-home",
+            help="Only warn about a CA home others can write (or CYPHRS_ALLOW_INSECURE_HOME=1).",
+        ),
+    ] = False,
 ) -> None:
     """cyphrs: build and run a CA hierarchy for mTLS identities."""
     render.reset()
@@ -131,6 +139,8 @@ def root(
         # Commands read CYPHRS_HOME through their own --home option; a command-level
         # --home still wins because an explicit flag beats the environment.
         os.environ["CYPHRS_HOME"] = home
+    if allow_insecure_home:
+        os.environ["CYPHRS_ALLOW_INSECURE_HOME"] = "1"
 
 
 authority.register(app)
@@ -141,6 +151,7 @@ inspect.register(app)
 audit.register(app)
 keys.register(app)
 profiles.register(app)
+homeconfig.register(app)
 
 
 def main() -> None:

@@ -6,12 +6,17 @@ Resolution order: ``--home`` > ``CYPHRS_HOME`` > the platform's user data direct
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cyphrs_cli.errors import NotFoundError
+from cyphrs_cli.errors import NotFoundError, StorageError
 
 HOME_ENV = "CYPHRS_HOME"
+#: ``1`` downgrades the refusal of a group/world-writable (or foreign-owned) home to a
+#: warning; ``cyphrs --allow-insecure-home`` sets it.
+INSECURE_HOME_ENV = "CYPHRS_ALLOW_INSECURE_HOME"
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,22 @@ class CaHome:
     def profiles_dir(self) -> Path:
         return self.root / "profiles"
 
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
     def is_initialised(self) -> bool:
         return self.config_path.is_file()
 
     def require_initialised(self) -> None:
-        """Raise a clear not-found error instead of letting a later open create files."""
+        """Raise a clear not-found error instead of letting a later open create files, and
+        refuse a home that others can write (``check_home_permissions``)."""
         if not self.is_initialised():
             raise NotFoundError(
                 f"no CA home at {self.root}",
                 hint="run 'cyphrs init-root' first, or point --home / CYPHRS_HOME at one",
             )
+        check_home_permissions(self)
 
     def resolve(self, relative: str) -> Path:
         """Turn a home-relative path from config into an absolute one."""
@@ -67,3 +78,64 @@ def resolve_home(flag: str | None) -> CaHome:
     import platformdirs
 
     return CaHome(Path(platformdirs.user_data_dir("cyphrs", appauthor=False)))
+
+
+def _unsafe(path: Path) -> str | None:
+    """Why ``path`` lets someone else change what this CA signs, or None."""
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            info = path.stat()  # judge what the link leads to
+    except FileNotFoundError:
+        return None if not path.is_symlink() else f"{path} is a dangling symbolic link"
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror})"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is group/world-writable (mode {mode:04o})"
+    uid = os.getuid()
+    if info.st_uid not in (uid, 0):
+        return f"{path} is owned by uid {info.st_uid}, not by this user (uid {uid})"
+    return None
+
+
+def check_home_permissions(home: CaHome) -> None:
+    """Refuse (exit 8) a home whose directory, config, ledger, keys/, certs/, profiles/ or
+    the files in them can be written by another user: whoever can write them decides what
+    this CA signs. ``CYPHRS_ALLOW_INSECURE_HOME=1`` makes it a warning on stderr."""
+    paths = [home.root, home.config_path, home.ledger_path]
+    for folder in (home.keys_dir, home.certs_dir, home.profiles_dir, home.crls_dir):
+        paths.append(folder)
+        try:
+            paths.extend(sorted(folder.iterdir()))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot list {folder}: {exc.strerror}") from exc
+    problems = [p for p in (_unsafe(path) for path in paths) if p is not None]
+    if not problems:
+        return
+    first = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    if os.environ.get(INSECURE_HOME_ENV, "") not in ("", "0"):
+        sys.stderr.write(f"cyphrs: warning: insecure CA home: {first}\n")
+        return
+    raise StorageError(
+        f"refusing an insecure CA home: {first}",
+        hint="chmod go-w (and chown) it, or accept the risk with --allow-insecure-home"
+        f" / {INSECURE_HOME_ENV}=1",
+    )
+
+
+def prepare_home_dir(home: CaHome) -> None:
+    """Before a command creates a home: an existing directory must be safe (same rule as
+    ``check_home_permissions``) and is made 0700; a new one is made 0700 by the creating
+    code."""
+    if not home.root.exists():
+        return
+    check_home_permissions(home)
+    if home.root.is_dir() and not home.is_initialised() and home.root.stat().st_uid == os.getuid():
+        # An existing directory becomes a CA home: private from now on, like a new one.
+        try:
+            home.root.chmod(0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot make {home.root} private: {exc.strerror}") from exc

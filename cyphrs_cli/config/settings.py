@@ -1,7 +1,9 @@
 """``config.toml``: the registry of authorities in a CA home and per-home settings.
 
-Read with ``tomllib`` and written with ``tomli-w`` (atomically), so operators can edit it
-and completion can list authority names without opening the ledger.
+Read with ``tomllib`` and written with ``tomli-w`` (atomically), so completion can list
+authority names without opening the ledger. Its trust facts (role, key URI, certificate,
+parent, trust domain, claims OID) are a cache of the ledger: ``config.trust`` refuses to
+sign when they differ. Only conveniences such as ``default_issuer`` are config's own.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class HomeConfig:
 
     authorities: dict[str, AuthorityEntry] = field(default_factory=dict)
     default_issuer: str | None = None
+    # A cache of the ledger's claims OID (``config claims-oid`` writes both); None = unset.
+    claims_oid: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,6 +87,7 @@ def load_config(home: CaHome) -> HomeConfig:
     config = HomeConfig()
     ca = data.pop("ca", {})
     config.default_issuer = ca.get("default_issuer")
+    config.claims_oid = ca.get("claims_oid")
     for name, raw in data.pop("authorities", {}).items():
         try:
             config.authorities[name] = AuthorityEntry(
@@ -105,6 +110,8 @@ def save_config(home: CaHome, config: HomeConfig) -> None:
     ca: dict[str, Any] = {"config_version": CONFIG_VERSION}
     if config.default_issuer:
         ca["default_issuer"] = config.default_issuer
+    if config.claims_oid:
+        ca["claims_oid"] = config.claims_oid
     document: dict[str, Any] = {"ca": ca, **config.extra}
     document["authorities"] = {n: e.to_toml() for n, e in sorted(config.authorities.items())}
     atomic_write(home.config_path, tomli_w.dumps(document).encode(), mode=PRIVATE_FILE)

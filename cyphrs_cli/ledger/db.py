@@ -35,6 +35,13 @@ class Ledger:
         if not create and not path.exists():
             raise StorageError(f"ledger {path} is missing", hint="is this a cyphrs CA home?")
         self.path = path
+        if create and not path.exists():
+            # SQLite creates the file (and later -wal/-shm, which copy its mode) with the
+            # umask's mode; the ledger is private to the CA operator.
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise StorageError(f"cannot create ledger {path}: {exc.strerror}") from exc
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction

@@ -36,6 +36,9 @@ class PolicyIssuer(Protocol):
     @property
     def certificate(self) -> x509.Certificate | None: ...
 
+    @property
+    def claims_oid(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class PolicyDecision:

@@ -12,6 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class Profile:
     issuers: tuple[str, ...] = ()  # authority names allowed to use it; empty = any
     key_usage: tuple[str, ...] = ("digitalSignature",)
     source: str = "builtin"
+    # SHA-256 of the TOML text in force: home profiles must match the ledger's record of it.
+    sha256: str = ""
+    overrides_builtin: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,10 +75,19 @@ class Profile:
                 "spiffe_path_patterns": list(self.spiffe_path_patterns),
             },
             "issuers": list(self.issuers),
+            "sha256": self.sha256,
+            "overrides_builtin": self.overrides_builtin,
         }
 
 
-def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profile:
+def profile_from_toml(
+    name: str,
+    data: dict[str, Any],
+    *,
+    source: str,
+    sha256: str = "",
+    overrides_builtin: bool = False,
+) -> Profile:
     """Validate a parsed TOML table into a Profile; errors name the file and the field."""
 
     def fail(message: str) -> InvalidInputError:
@@ -136,9 +149,12 @@ def profile_from_toml(name: str, data: dict[str, Any], *, source: str) -> Profil
         issuers=tuple(data.get("issuers", ())),
         key_usage=key_usage,
         source=source,
+        sha256=sha256,
+        overrides_builtin=overrides_builtin,
     )
 
 
+@cache
 def _builtin_files() -> dict[str, str]:
     folder = resources.files("cyphrs_cli.profiles").joinpath("builtin")
     return {
@@ -148,20 +164,56 @@ def _builtin_files() -> dict[str, str]:
     }
 
 
+def builtin_profile_names() -> frozenset[str]:
+    return frozenset(_builtin_files())
+
+
+def profile_text_sha256(text: str) -> str:
+    """The hash the ledger records for a profile: SHA-256 of its UTF-8 TOML text."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_profile_text(name: str, text: str, *, source: str) -> Profile:
+    """One profile from its TOML text, carrying the text's hash and whether it replaces a
+    built-in of the same name."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"profile {name!r} ({source}): not valid TOML ({exc})") from exc
+    return profile_from_toml(
+        name,
+        data,
+        source=source,
+        sha256=profile_text_sha256(text),
+        overrides_builtin=source != "builtin" and name in _builtin_files(),
+    )
+
+
+def read_profile_file(path: Path) -> str:
+    """The exact text (no newline translation: the recorded hash covers every byte)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text") from exc
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
 def load_profiles(profiles_dir: Path | None) -> dict[str, Profile]:
-    """Built-ins overlaid by the home's own profiles (a home file wins over a built-in)."""
+    """Built-ins overlaid by the home's own profiles (a home file wins over a built-in, but
+    issuance refuses it until its text is recorded in the ledger: ``profiles set``)."""
     texts = {name: (text, "builtin") for name, text in _builtin_files().items()}
     if profiles_dir is not None and profiles_dir.is_dir():
         for path in sorted(profiles_dir.glob("*.toml")):
-            texts[path.stem] = (path.read_text(encoding="utf-8"), str(path))
-    profiles = {}
-    for name, (text, source) in texts.items():
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInputError(f"profile {name!r} ({source}): not valid TOML ({exc})") from exc
-        profiles[name] = profile_from_toml(name, data, source=source)
-    return profiles
+            texts[path.stem] = (read_profile_file(path), str(path))
+    return {
+        name: parse_profile_text(name, text, source=source)
+        for name, (text, source) in texts.items()
+    }
 
 
 def get_profile(profiles_dir: Path | None, name: str) -> Profile:

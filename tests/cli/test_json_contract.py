@@ -143,6 +143,16 @@ def test_command_outputs_match_their_schemas(contract_ca: Hierarchy, tmp_path: P
     assert_valid(checkpoint)
     _json("profiles", "list", *home)
     _json("profiles", "show", "agent", *home)
+    profile = tmp_path / "contract.toml"
+    profile.write_text(
+        'default_ttl = "1h"\nmin_ttl = "1m"\nmax_ttl = "2h"\nextended_key_usage = ["clientAuth"]\n'
+    )
+    _json("profiles", "set", str(profile), *home)
+    _json("profiles", "show", "contract", *home)
+    _json("profiles", "remove", "contract", *home)
+    _json("config", "check", *home)
+    _json("config", "claims-oid", *home)
+    _json("config", "restore", *home)
     _json(
         "issue",
         "agent",

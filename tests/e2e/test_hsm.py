@@ -358,10 +358,13 @@ def test_store_failures_are_exit_9(tokens: Tokens, tmp_path: Path, uri: str, mes
 
 def test_missing_object_is_exit_9(tokens: Tokens, tmp_path: Path) -> None:
     ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    # The key URI is a trust fact recorded in the ledger (config.toml only caches it), so
+    # the "key went missing" case is a URI that both agree on naming an absent object.
+    label = ca.inter_uri.split("object=")[1].split("?")[0]
     config = (ca.home / "config.toml").read_text()
-    (ca.home / "config.toml").write_text(
-        config.replace(ca.inter_uri.split("object=")[1].split("?")[0], "gone")
-    )
+    (ca.home / "config.toml").write_text(config.replace(label, "gone"))
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        conn.execute("UPDATE authorities SET key_uri = replace(key_uri, ?, 'gone')", (label,))
     proc = tokens.cyphrs(
         "issue",
         "agent",

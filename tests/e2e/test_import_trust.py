@@ -204,3 +204,24 @@ def test_concurrent_imports_of_one_request_record_it_once(flow: dict[str, Path])
     again = run_cyphrs(*args, "--home", str(flow["online"]))
     assert again.returncode == ExitCode.CONFLICT and b"already imported" in again.stderr
     assert cli("audit", "verify", "--home", str(flow["online"])).exit_code == 0
+
+
+def test_swapped_root_file_cannot_anchor_a_second_import(flow: dict[str, Path]) -> None:
+    """Once the home has its root, the anchor is the root the ledger records: replacing
+    certs/vault-root.pem with the forger's root (same name) neither lets the forged chain
+    in nor goes unnoticed (exit 8, naming the file)."""
+    assert _import(flow, flow["genuine"], "--root", str(flow["root"]))[0] == 0
+    tmp = flow["tmp"]
+    second = cli(
+        "create-intermediate", "--name", "Second CA", "--home", str(flow["online"]),
+        "--passphrase-file", str(tmp / "inter.pass"), "--csr-out", str(tmp / "second.csr"),
+    )  # fmt: skip
+    assert second.exit_code == 0, second.stderr
+    forged = _forge({**flow, "csr": tmp / "second.csr"}, include_root=True)
+    (flow["online"] / "certs" / "vault-root.pem").write_bytes(
+        (tmp / "forged-root.pem").read_bytes()
+    )
+    code, err = _import(flow, forged)
+    assert code == ExitCode.STORAGE and "vault-root.pem" in err, err
+    config = tomllib.loads((flow["online"] / "config.toml").read_text())
+    assert sorted(config["authorities"]) == ["agents-ca", "vault-root"]

@@ -49,9 +49,11 @@ ip_ranges = ["10.0.0.0/8"]
 @pytest.fixture(scope="module")
 def policy_ca(tmp_path_factory: pytest.TempPathFactory) -> Hierarchy:
     h = build_hierarchy(tmp_path_factory.mktemp("policy"))
-    (h.home / "profiles").mkdir()
-    (h.home / "profiles" / "payments.toml").write_text(PAYMENTS)
-    (h.home / "profiles" / "internal-web.toml").write_text(WEB)
+    for name, text in (("payments", PAYMENTS), ("internal-web", WEB)):
+        source = h.home.parent / f"{name}.toml"
+        source.write_text(text)
+        recorded = cli("profiles", "set", str(source), "--home", str(h.home))
+        assert recorded.exit_code == 0, recorded.stderr
     return h
 
 

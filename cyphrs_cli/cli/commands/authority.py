@@ -125,6 +125,13 @@ def init_root(
     pin_file: PinFileOption = None,
     pin_env: PinEnvOption = None,
     existing_key: ExistingKeyOption = False,
+    claims_oid: Annotated[
+        str | None,
+        typer.Option(
+            "--claims-oid",
+            help="Your organisation's OID for the agent-claims extension (recorded).",
+        ),
+    ] = None,
     no_input: NoInputOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -132,11 +139,15 @@ def init_root(
     """Create a CA home with a new self-signed root CA (key encrypted, or on a token)."""
     from cyphrs_cli.ca.hierarchy import create_root
     from cyphrs_cli.cli.secrets import secret_provider
-    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.home import prepare_home_dir, resolve_home
+    from cyphrs_cli.config.trust import set_claims_oid, validate_claims_oid
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.keystore.base import KeySpec
 
     ca_home = resolve_home(home)
+    if claims_oid is not None:
+        validate_claims_oid(claims_oid)
+    prepare_home_dir(ca_home)
     created = create_root(
         ca_home,
         common_name=name,
@@ -156,6 +167,8 @@ def init_root(
         ),
         existing_key=existing_key,
     )
+    if claims_oid is not None:
+        set_claims_oid(ca_home, claims_oid)
     _render_created("init-root", created, ca_home)
 
 
@@ -284,9 +297,11 @@ def create_intermediate(
 
 def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: Any) -> None:
     from cyphrs_cli.ca.offline import request_intermediate
+    from cyphrs_cli.config.home import prepare_home_dir
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
 
     refuse_existing([csr_out], force=force)
+    prepare_home_dir(home)
     alias, csr_pem = request_intermediate(
         home,
         common_name=request["name"],

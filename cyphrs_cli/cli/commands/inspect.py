@@ -33,14 +33,22 @@ def register(app: typer.Typer) -> None:
     app.command("inspect", epilog=INSPECT_EPILOG)(inspect)
 
 
-def _home_roots(home: CaHome) -> list[x509.Certificate]:
-    """Certificates of this home's authorities (empty when there is no home)."""
-    from cyphrs_cli.ca.hierarchy import load_certificate_file
-    from cyphrs_cli.config.settings import load_config
+def _home_authorities(home: CaHome) -> tuple[list[x509.Certificate], str | None]:
+    """This home's CA certificates and claims OID, as the ledger records them (not the
+    files in certs/, which are only caches); nothing when there is no home."""
+    from cryptography import x509
+
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.config.trust import recorded_claims_oid
 
     if not home.is_initialised():
-        return []
-    return [load_certificate_file(home, e) for e in load_config(home).authorities.values()]
+        return [], None
+    with open_ledger(home) as ledger:
+        rows = ledger.conn.execute(
+            "SELECT c.pem FROM authorities a JOIN certificates c ON c.id = a.certificate_id"
+        ).fetchall()
+        oid = recorded_claims_oid(ledger.conn)
+    return [x509.load_pem_x509_certificate(str(r["pem"]).encode()) for r in rows], oid
 
 
 def inspect(
@@ -80,9 +88,9 @@ def inspect(
         objects.append(csr_summary(load_csr(data, source=label)))
     else:
         certs = load_certificates(data, source=label)
-        authorities = _home_roots(ca_home)
+        authorities, claims_oid = _home_authorities(ca_home)
         for cert, record in zip(certs, _ledger_views(ca_home, certs), strict=True):
-            summary = certificate_summary(cert)
+            summary = certificate_summary(cert, claims_oid=claims_oid)
             roots = [c for c in authorities if c.subject == c.issuer]
             summary["chains_to_home_root"] = (
                 chains_to(cert, certs + authorities, roots) if authorities else None

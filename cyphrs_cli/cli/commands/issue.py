@@ -235,7 +235,7 @@ def _issue_one(
     secrets: SecretProvider,
 ) -> None:
     from cyphrs_cli.ca.delivery import check_output_dir
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
+    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
     from cyphrs_cli.ca.issuance import issue_leaf
     from cyphrs_cli.ca.orders import prepare_request
     from cyphrs_cli.cli.views import deliver_issued
@@ -249,7 +249,9 @@ def _issue_one(
     chosen = get_profile(ca_home.profiles_dir, order.profile)
     if out_dir is not None:
         check_output_dir(out_dir, with_key=order.csr_pem is None, force=force)
-    request, private_key = prepare_request(order, chosen, entry.trust_domain)
+    # The trust domain comes from the ledger (checked against config.toml), never the file.
+    trust_domain = issuer_facts(ca_home, config, entry.name).trust_domain
+    request, private_key = prepare_request(order, chosen, trust_domain)
     with open_ledger(ca_home) as ledger:
         signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
         issued = issue_leaf(ledger, signing, chosen, request)

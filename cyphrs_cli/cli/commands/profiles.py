@@ -1,8 +1,13 @@
-"""``profiles list`` and ``profiles show``: the issuance profiles this CA home offers."""
+"""``profiles list``, ``show``, ``set`` and ``remove``: the issuance profiles of a CA home.
+
+A home profile signs nothing until its text is recorded in the ledger (``profiles set``,
+a hash-chained ``profile.set`` event); see ``cyphrs_cli.config.trust``.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +16,9 @@ from cyphrs_cli.cli.completion import complete_profiles
 from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
+if TYPE_CHECKING:
+    from cyphrs_cli.config.home import CaHome
+
 PROFILES_EPILOG = f"""\
 Examples:
 
@@ -18,7 +26,15 @@ Examples:
 
   cyphrs profiles show agent --json
 
-Add or override profiles with TOML files in <home>/profiles/NAME.toml (see README).
+  cyphrs profiles set payments.toml
+
+  cyphrs profiles set agent.toml --override-builtin
+
+  cyphrs profiles remove payments
+
+'profiles set FILE' validates FILE, records its SHA-256 (and text) in the ledger and installs
+it as <home>/profiles/NAME.toml. Nothing is signed (exit 8) while a profile file differs
+from the text last recorded. Replacing a built-in needs --override-builtin.
 
 {EXIT_CODE_HELP}"""
 
@@ -42,7 +58,10 @@ def list_profiles(
     from cyphrs_cli.durations import format_duration
     from cyphrs_cli.profiles.model import load_profiles
 
-    profiles = load_profiles(resolve_home(home).profiles_dir)
+    ca_home = resolve_home(home)
+    if ca_home.is_initialised():
+        ca_home.require_initialised()  # refuses a home others can write
+    profiles = load_profiles(ca_home.profiles_dir)
     if render.json_mode():
         render.emit_json(
             {
@@ -73,9 +92,109 @@ def show_profile(
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.profiles.model import get_profile
 
-    profile = get_profile(resolve_home(home).profiles_dir, name)
-    document = {"schema": "cyphrs.profile-show/v1", "profile": profile.to_json()}
+    ca_home = resolve_home(home)
+    profile = get_profile(ca_home.profiles_dir, name)
+    record = _ledger_record(ca_home, name)
+    recorded = None
+    if record is not None:
+        recorded = {
+            "sha256": record["sha256"],
+            "overrides_builtin": record["overrides_builtin"],
+            "recorded_at": record["recorded_at"],
+            "recorded_by": record["recorded_by"],
+            "event_seq": record["seq"],
+        }
+    matches = recorded["sha256"] == profile.sha256 if recorded else profile.source == "builtin"
+    document = {
+        "schema": "cyphrs.profile-show/v1",
+        "profile": profile.to_json(),
+        "ledger": {"recorded": recorded, "matches": matches},
+    }
     if render.json_mode():
         render.emit_json(document)
         return
-    render.emit_text(json.dumps(profile.to_json(), indent=2) + "\n")
+    lines = [
+        f"sha256            {profile.sha256}",
+        f"source            {profile.source}",
+        f"overrides builtin {'yes' if profile.overrides_builtin else 'no'}",
+    ]
+    if recorded is not None:
+        lines.append(
+            f"recorded          {recorded['recorded_at']} by {recorded['recorded_by']}"
+            f" (event {recorded['event_seq']}){'' if matches else ' - FILE DIFFERS'}"
+        )
+    elif profile.source != "builtin":
+        lines.append("recorded          no - run 'cyphrs profiles set' before issuing with it")
+    render.emit_text("\n".join(lines) + "\n" + json.dumps(profile.to_json(), indent=2) + "\n")
+
+
+def _ledger_record(ca_home: CaHome, name: str) -> dict[str, Any] | None:
+    if not ca_home.is_initialised():
+        return None
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.config.trust import profile_record
+
+    ca_home.require_initialised()
+    with open_ledger(ca_home) as ledger:
+        return profile_record(ledger.conn, name)
+
+
+@profiles_app.command("set", epilog=PROFILES_EPILOG)
+def set_profile(
+    file: Annotated[Path, typer.Argument(help="Profile TOML file.", dir_okay=False)],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Profile name [default: the file's stem].")
+    ] = None,
+    override_builtin: Annotated[
+        bool,
+        typer.Option("--override-builtin", help="Allow replacing a built-in profile."),
+    ] = False,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Record a profile's text in the ledger and install it in the CA home."""
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.trust import record_profile
+
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    profile, changed = record_profile(
+        ca_home, file, name=name or file.stem, override_builtin=override_builtin
+    )
+    document = {
+        "schema": "cyphrs.profiles-set/v1",
+        "name": profile.name,
+        "sha256": profile.sha256,
+        "overrides_builtin": profile.overrides_builtin,
+        "changed": changed,
+    }
+    if render.json_mode():
+        render.emit_json(document)
+        return
+    verb = "Recorded" if changed else "Already recorded:"
+    render.console().print(
+        f"{verb} profile {profile.name} (sha256 {profile.sha256[:16]}…"
+        + (", overrides the built-in)" if profile.overrides_builtin else ")")
+    )
+
+
+@profiles_app.command("remove", epilog=PROFILES_EPILOG)
+def remove_profile(
+    name: Annotated[str, typer.Argument(autocompletion=complete_profiles)],
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Record that a home profile is withdrawn and delete its file (a built-in it replaced
+    applies again)."""
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.trust import remove_recorded_profile
+
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    remove_recorded_profile(ca_home, name)
+    if render.json_mode():
+        render.emit_json({"schema": "cyphrs.profiles-remove/v1", "name": name})
+        return
+    render.console().print(f"Removed profile {name}")

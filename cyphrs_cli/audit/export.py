@@ -39,6 +39,7 @@ from cyphrs_cli.ledger.events import (
     sha256_hex,
 )
 from cyphrs_cli.ledger.queries import REGISTER_COLUMNS, register_in_window
+from cyphrs_cli.safe_text import csv_safe
 
 if TYPE_CHECKING:
     from cyphrs_cli.ca.models import Issuer
@@ -71,14 +72,17 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
+        # csv_safe: every text cell is neutralised against spreadsheet formulas (OWASP).
         writer.writerow(
             [
-                ";".join(map(str, v))
+                csv_safe(";".join(map(str, v)))
                 if isinstance(v, list)
-                else json.dumps(v, sort_keys=True)
+                else csv_safe(json.dumps(v, sort_keys=True))
                 if isinstance(v, dict)
                 else ""
                 if v is None
+                else csv_safe(v)
+                if isinstance(v, str)
                 else v
                 for v in (row[c] for c in columns)
             ]

@@ -5,7 +5,7 @@ Called only after the ledger has committed the certificate (the issuance path's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,8 @@ class PemBundle:
     certificate: str
     chain: str  # intermediates, nearest first, without the root
     root: str
-    private_key: str | None
+    # An unencrypted PEM private key: never in repr() (tracebacks, logs, assertion output).
+    private_key: str | None = field(repr=False)
 
     @property
     def fullchain(self) -> str:

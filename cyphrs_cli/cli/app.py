@@ -39,7 +39,13 @@ class CyphrsGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["cyphrs.argv"] = list(args)
-        return list(super().parse_args(ctx, args))
+        try:
+            return list(super().parse_args(ctx, args))
+        except typer.TyperException as error:
+            if getattr(error, "exit_code", None) is None:
+                raise
+            _show_parser_error(error)
+            raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -59,7 +65,10 @@ class CyphrsGroup(TyperGroup):
                 render.set_json_mode(True)
                 render.print_error(UsageError(error.format_message()))
                 raise typer.Exit(int(ExitCode.USAGE)) from None
-            raise
+            if getattr(error, "exit_code", None) is None:
+                raise
+            _show_parser_error(error)
+            raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
         except typer.Exit:
             raise
         except KeyboardInterrupt:
@@ -75,6 +84,22 @@ class CyphrsGroup(TyperGroup):
                 )
             )
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _show_parser_error(error: Any) -> None:
+    """What click's ``show()`` prints (usage, help hint, message), but escaped.
+
+    Click echoes the offending argument ("No such option: ...", "Invalid value ...") and only
+    strips colour codes when stderr is not a terminal; an argument carrying escape sequences
+    or a newline would otherwise reach the terminal raw.
+    """
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        lines = ctx.get_usage().split("\n")
+        if ctx.command.get_help_option(ctx) is not None:
+            lines.append(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.")
+        render.print_raw_error("\n".join([*lines, ""]))
+    render.print_raw_error(f"Error: {error.format_message()}")
 
 
 app = typer.Typer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,13 +75,17 @@ def spec_of(key: CertificateIssuerPrivateKeyTypes) -> str:
 
 @dataclass
 class PendingFileKey:
-    """A software key held in memory until the ledger has recorded its certificate."""
+    """A software key held in memory until the ledger has recorded its certificate.
+
+    The passphrase and the key stay out of ``repr()``: a traceback under ``--debug``, a log
+    line or an assertion message must never show them.
+    """
 
     path: Path
     uri: str
-    passphrase: bytes
-    signer: CertificateIssuerPrivateKeyTypes
-    _encrypted: bytes
+    passphrase: bytes = field(repr=False)
+    signer: CertificateIssuerPrivateKeyTypes = field(repr=False)
+    _encrypted: bytes = field(repr=False)
 
     @property
     def info(self) -> KeyInfo:

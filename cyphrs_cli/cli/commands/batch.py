@@ -36,7 +36,7 @@ def run_batch(
     from cyphrs_cli.ca.batch import issue_batch, parse_batch
     from cyphrs_cli.ca.delivery import check_output_dir, pem_bundle, write_output_dir
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
-    from cyphrs_cli.cli.views import issued_view, pem_view
+    from cyphrs_cli.cli.views import issued_view, pem_view, refuse_key_on_terminal
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import UsageError
@@ -52,6 +52,8 @@ def run_batch(
             raise UsageError(f"batch item {item.index} has no out_dir; pass --out-dir or --json")
         if target is not None:
             check_output_dir(target, with_key=item.order.csr_pem is None, force=force)
+        elif item.order.csr_pem is None:
+            refuse_key_on_terminal(force=force)  # --json would print the generated key
 
     ca_home = resolve_home(home)
     config = load_config(ca_home)

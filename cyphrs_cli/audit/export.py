@@ -69,7 +69,9 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF records (RFC 4180 sec. 2): the writer then quotes any cell holding a CR or LF, so
+    # a value can never split or forge a row (with "\n" a bare CR went out unquoted).
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
         # csv_safe: every text cell is neutralised against spreadsheet formulas (OWASP).

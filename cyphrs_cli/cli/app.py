@@ -40,6 +40,13 @@ class CyphrsGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["cyphrs.argv"] = list(args)
         try:
+            _refuse_undecodable(args)
+        except CyphrsError as error:
+            if "--json" in args:
+                render.set_json_mode(True)
+            render.print_error(error)
+            raise typer.Exit(int(error.exit_code)) from None
+        try:
             return list(super().parse_args(ctx, args))
         except typer.TyperException as error:
             if getattr(error, "exit_code", None) is None:
@@ -84,6 +91,20 @@ class CyphrsGroup(TyperGroup):
                 )
             )
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _refuse_undecodable(args: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (PEP 383); no name, label
+    or path of ours may hold one (it could not be written to a certificate, the ledger or
+    the terminal), so refuse them here, once, for every command and option (exit 3)."""
+    from cyphrs_cli.errors import InvalidInputError
+
+    for index, arg in enumerate(args, start=1):
+        if any("\ud800" <= c <= "\udfff" for c in arg):
+            raise InvalidInputError(f"command-line argument {index} is not valid UTF-8 text")
+    for name, value in os.environ.items():
+        if name.startswith("CYPHRS_") and any("\ud800" <= c <= "\udfff" for c in value):
+            raise InvalidInputError(f"environment variable {name} is not valid UTF-8 text")
 
 
 def _show_parser_error(error: Any) -> None:

@@ -49,7 +49,7 @@ class CyphrsGroup(TyperGroup):
         try:
             return list(super().parse_args(ctx, args))
         except typer.TyperException as error:
-            if getattr(error, "exit_code", None) is None:
+            if not _escapable(error):
                 raise
             _show_parser_error(error)
             raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
@@ -72,7 +72,7 @@ class CyphrsGroup(TyperGroup):
                 render.set_json_mode(True)
                 render.print_error(UsageError(error.format_message()))
                 raise typer.Exit(int(ExitCode.USAGE)) from None
-            if getattr(error, "exit_code", None) is None:
+            if not _escapable(error):
                 raise
             _show_parser_error(error)
             raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
@@ -105,6 +105,13 @@ def _refuse_undecodable(args: list[str]) -> None:
     for name, value in os.environ.items():
         if name.startswith("CYPHRS_") and any("\ud800" <= c <= "\udfff" for c in value):
             raise InvalidInputError(f"environment variable {name} is not valid UTF-8 text")
+
+
+def _escapable(error: Exception) -> bool:
+    """A parser error that echoes user input; not the help page shown for missing args."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    return isinstance(error, ClickException) and not isinstance(error, NoArgsIsHelpError)
 
 
 def _show_parser_error(error: Any) -> None:

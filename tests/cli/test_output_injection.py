@@ -200,3 +200,11 @@ def test_csv_outputs_neutralise_formulas(fresh_hierarchy: Hierarchy, tmp_path: P
             assert "'" + formula in cells, f"{name}: {formula!r} not neutralised"
         assert "'@SUM(1)" in cells
         assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], name
+
+
+def test_help_for_missing_arguments_is_still_the_help_page() -> None:
+    """The escaped usage-error printer must not swallow click's no-args help page."""
+    for args in ((), ("keys",), ("audit",)):
+        proc = run_cyphrs(*args)
+        text = (proc.stdout + proc.stderr).decode()
+        assert "Usage:" in text and "Error:" not in text, args

@@ -45,6 +45,10 @@ HOSTILE = [
     "pkcs11:",
     "2026-13-45",
     "0x",
+    "nan",
+    "-nan",
+    "inf",
+    "9" * 30,
 ]
 
 # Templates: "{v}" is the hostile value; "{pass}" the issuing CA passphrase file.
@@ -66,6 +70,8 @@ TEMPLATES = [
     ("list", "--expiring-within", "{v}"),
     ("list", "--san", "{v}"),
     ("list", "--workflow", "{v}"),
+    ("list", "--limit", "{v}"),
+    ("renew", "--serial", "00", "--check", "--due-fraction", "{v}"),
     ("inspect", "--serial", "{v}"),
     ("renew", "--serial", "{v}", "--json"),
     ("revoke", "--serial", "{v}", "--reason", "superseded"),
@@ -288,3 +294,23 @@ def test_inspect_certificate_with_invalid_utf8_name(tmp_path: Path) -> None:
             proc = run_cyphrs("inspect", str(path), *extra)
             assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr.decode()
             assert b"internal" not in proc.stderr
+
+
+def test_numeric_options_out_of_range(victim: Hierarchy) -> None:
+    issued = victim.issue("agent", "--workflow", "numbers", "--json")
+    assert issued.exit_code == 0, issued.stderr
+    serial = issued.json()["certificate"]["serial"]
+    for fraction in ("nan", "-nan"):
+        result = cli(
+            "renew",
+            "--serial",
+            serial,
+            "--check",
+            "--due-fraction",
+            fraction,
+            "--home",
+            str(victim.home),
+        )
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+    result = cli("list", "--limit", "9" * 30, "--home", str(victim.home))
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.stderr

@@ -142,6 +142,8 @@ def renew(
     from cyphrs_cli.fsutil import read_input
     from cyphrs_cli.ledger.events import rfc3339, utc_now
 
+    if not 0.01 <= due_fraction <= 1.0:  # click's range check lets NaN through
+        raise UsageError("--due-fraction must be a number from 0.01 to 1")
     ca_home = resolve_home(home)
     config = load_config(ca_home)
     with open_ledger(ca_home) as ledger:

@@ -314,3 +314,13 @@ def test_numeric_options_out_of_range(victim: Hierarchy) -> None:
         assert result.exit_code == ExitCode.USAGE, result.stderr
     result = cli("list", "--limit", "9" * 30, "--home", str(victim.home))
     assert result.exit_code == ExitCode.INVALID_INPUT, result.stderr
+
+
+@pytest.mark.parametrize("option", ["--name", "--validity", "--key-uri", "--alias", "--key-type"])
+def test_hostile_init_root_values(victim: Hierarchy, tmp_path: Path, option: str) -> None:
+    for index, value in enumerate(HOSTILE):
+        home = tmp_path / f"home-{index}"
+        args = ["init-root", "--home", str(home), "--passphrase-file", str(victim.root_pass)]
+        args += [option, value] + (["--name", "Sweep Root"] if option != "--name" else [])
+        result = cli(*args)
+        _assert_expected_failure(args, result.exit_code, result.stderr)

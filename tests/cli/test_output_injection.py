@@ -208,3 +208,23 @@ def test_help_for_missing_arguments_is_still_the_help_page() -> None:
         proc = run_cyphrs(*args)
         text = (proc.stdout + proc.stderr).decode()
         assert "Usage:" in text and "Error:" not in text, args
+
+
+def test_home_profile_text_is_escaped(fresh_hierarchy: Hierarchy) -> None:
+    """Profile descriptions and file names come from files anyone with home access writes."""
+    folder = fresh_hierarchy.home / "profiles"
+    folder.mkdir(exist_ok=True)
+    (folder / "evil.toml").write_text(
+        'description = "\\u001b]0;owned\\u0007\\u001b[2J\\u202eevil\\r\\nFAKE"\n'
+        'extended_key_usage = ["clientAuth"]\n'
+        'default_ttl = "1h"\nmin_ttl = "1m"\nmax_ttl = "2h"\n'
+    )
+    for args in (("profiles", "list"), ("profiles", "show", "evil")):
+        proc = run_cyphrs(*args, "--home", str(fresh_hierarchy.home))
+        assert proc.returncode == 0, proc.stderr.decode()
+        _assert_clean(proc.stdout.decode() + proc.stderr.decode(), what=" ".join(args))
+    (folder / "evil.toml").unlink()
+    (folder / "ev\x1b[31mil.toml").write_text('extended_key_usage = ["clientAuth"]\n')
+    proc = run_cyphrs("profiles", "list", "--home", str(fresh_hierarchy.home))
+    assert proc.returncode == 3, proc.stderr.decode()
+    _assert_clean(proc.stderr.decode(), what="profile file name in an error")

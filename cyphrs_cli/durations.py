@@ -8,7 +8,11 @@ from datetime import timedelta
 from cyphrs_cli.errors import InvalidInputError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
-_PART = re.compile(r"(\d+)([smhdwy])")
+# ASCII digits only (``\d`` would take any Unicode digit) and at most 12 of them per part:
+# int() of a 5000-digit string raises, and timedelta overflows long before.
+_PART = re.compile(r"([0-9]{1,12})([smhdwy])")
+#: Far beyond any certificate lifetime, far below what datetime arithmetic can hold.
+MAX_DURATION = timedelta(days=100 * 365)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -22,6 +26,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise InvalidInputError(f"duration {text!r} must be positive")
+    if seconds > MAX_DURATION.total_seconds():
+        raise InvalidInputError(f"duration {text!r} is too long: at most 100y")
     return timedelta(seconds=seconds)
 
 

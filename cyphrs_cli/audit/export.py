@@ -39,6 +39,7 @@ from cyphrs_cli.ledger.events import (
     sha256_hex,
 )
 from cyphrs_cli.ledger.queries import REGISTER_COLUMNS, register_in_window
+from cyphrs_cli.safe_text import csv_safe
 
 if TYPE_CHECKING:
     from cyphrs_cli.ca.models import Issuer
@@ -68,17 +69,22 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF records (RFC 4180 sec. 2): the writer then quotes any cell holding a CR or LF, so
+    # a value can never split or forge a row (with "\n" a bare CR went out unquoted).
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
+        # csv_safe: every text cell is neutralised against spreadsheet formulas (OWASP).
         writer.writerow(
             [
-                ";".join(map(str, v))
+                csv_safe(";".join(map(str, v)))
                 if isinstance(v, list)
-                else json.dumps(v, sort_keys=True)
+                else csv_safe(json.dumps(v, sort_keys=True))
                 if isinstance(v, dict)
                 else ""
                 if v is None
+                else csv_safe(v)
+                if isinstance(v, str)
                 else v
                 for v in (row[c] for c in columns)
             ]

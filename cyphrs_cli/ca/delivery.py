@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,8 @@ class PemBundle:
     certificate: str
     chain: str  # intermediates, nearest first, without the root
     root: str
-    private_key: str | None
+    # An unencrypted PEM private key: never in repr() (tracebacks, logs, assertion output).
+    private_key: str | None = field(repr=False)
 
     @property
     def fullchain(self) -> str:

@@ -40,7 +40,20 @@ class CyphrsGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["cyphrs.argv"] = list(args)
-        return list(super().parse_args(ctx, args))
+        try:
+            _refuse_undecodable(args)
+        except CyphrsError as error:
+            if "--json" in args:
+                render.set_json_mode(True)
+            render.print_error(error)
+            raise typer.Exit(int(error.exit_code)) from None
+        try:
+            return list(super().parse_args(ctx, args))
+        except typer.TyperException as error:
+            if not _escapable(error):
+                raise
+            _show_parser_error(error)
+            raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -60,7 +73,10 @@ class CyphrsGroup(TyperGroup):
                 render.set_json_mode(True)
                 render.print_error(UsageError(error.format_message()))
                 raise typer.Exit(int(ExitCode.USAGE)) from None
-            raise
+            if not _escapable(error):
+                raise
+            _show_parser_error(error)
+            raise typer.Exit(int(getattr(error, "exit_code", ExitCode.USAGE))) from None
         except typer.Exit:
             raise
         except KeyboardInterrupt:
@@ -76,6 +92,43 @@ class CyphrsGroup(TyperGroup):
                 )
             )
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _refuse_undecodable(args: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (PEP 383); no name, label
+    or path of ours may hold one (it could not be written to a certificate, the ledger or
+    the terminal), so refuse them here, once, for every command and option (exit 3)."""
+    from cyphrs_cli.errors import InvalidInputError
+
+    for index, arg in enumerate(args, start=1):
+        if any("\ud800" <= c <= "\udfff" for c in arg):
+            raise InvalidInputError(f"command-line argument {index} is not valid UTF-8 text")
+    for name, value in os.environ.items():
+        if name.startswith("CYPHRS_") and any("\ud800" <= c <= "\udfff" for c in value):
+            raise InvalidInputError(f"environment variable {name} is not valid UTF-8 text")
+
+
+def _escapable(error: Exception) -> bool:
+    """A parser error that echoes user input; not the help page shown for missing args."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    return isinstance(error, ClickException) and not isinstance(error, NoArgsIsHelpError)
+
+
+def _show_parser_error(error: Any) -> None:
+    """What click's ``show()`` prints (usage, help hint, message), but escaped.
+
+    Click echoes the offending argument ("No such option: ...", "Invalid value ...") and only
+    strips colour codes when stderr is not a terminal; an argument carrying escape sequences
+    or a newline would otherwise reach the terminal raw.
+    """
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        lines = ctx.get_usage().split("\n")
+        if ctx.command.get_help_option(ctx) is not None:
+            lines.append(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.")
+        render.print_raw_error("\n".join([*lines, ""]))
+    render.print_raw_error(f"Error: {error.format_message()}")
 
 
 app = typer.Typer(

@@ -1,6 +1,10 @@
 """Output: data to stdout, talk to stderr; JSON for machines, Rich (created lazily) for people.
 
 Rich honours ``NO_COLOR`` itself; we also drop colour when the stream is not a terminal.
+Every string a human renderer prints goes through ``safe_text.terminal_safe`` here, in one
+place (the console's string-to-text step and the error printer), so no command can forget
+it: certificate names and ledger details are someone else's text and must not drive the
+terminal. ``--json`` output is exact (the encoder escapes control characters itself).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import CyphrsError
+from cyphrs_cli.safe_text import terminal_safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,13 +48,26 @@ def reset() -> None:
     _consoles.clear()
 
 
+def _safe_console_class() -> type[Console]:
+    """A Rich console whose every printed string (also table cells) is escaped first.
+
+    ``render_str`` is where Rich turns any ``str`` -- a ``print`` argument, a table cell, a
+    progress description -- into styled text, so overriding it covers all of them.
+    """
+    from rich.console import Console
+
+    class SafeConsole(Console):
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(terminal_safe(text), **kwargs)
+
+    return SafeConsole
+
+
 def console(*, stderr: bool = False) -> Console:
     if stderr not in _consoles:
-        from rich.console import Console
-
         # --quiet silences human output on both streams; --json output bypasses Rich.
         stream = sys.stderr if stderr else sys.stdout
-        _consoles[stderr] = Console(
+        _consoles[stderr] = _safe_console_class()(
             stderr=stderr,
             highlight=False,
             # Certificate names and labels are data: never let them be read as Rich markup.
@@ -97,4 +115,13 @@ def print_error(error: CyphrsError) -> None:
         sys.stderr.write(json.dumps(body, ensure_ascii=False) + "\n")
         return
     hint = f" (hint: {error.hint})" if error.hint else ""
-    sys.stderr.write(f"cyphrs: error: {error.message}{hint}\n")
+    # Messages quote what the user (or a file, or the ledger) gave: escape, keep one line.
+    sys.stderr.write(terminal_safe(f"cyphrs: error: {error.message}{hint}") + "\n")
+
+
+def print_raw_error(text: str) -> None:
+    """Text from the argument parser (usage, hint, message), escaped line by line."""
+    # split("\n"), not splitlines(): the latter would also break at U+2028, U+0085 ...
+    # which must be escaped, not obeyed.
+    for line in text.split("\n"):
+        sys.stderr.write(terminal_safe(line) + "\n")

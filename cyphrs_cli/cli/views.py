@@ -13,6 +13,24 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.models import IssuedCertificate
 
 
+def refuse_key_on_terminal(*, force: bool) -> None:
+    """Refuse to print a generated private key to a terminal (exit 2) unless ``--force``.
+
+    Called before anything is signed, by every path that would put a key on stdout: PEM
+    (``--out -``) and JSON (``--json`` without ``--out-dir``) alike -- a key on a screen ends
+    up in scroll-back, screen recordings and terminal logs.
+    """
+    import sys
+
+    from cyphrs_cli.errors import UsageError
+
+    if sys.stdout.isatty() and not force:
+        raise UsageError(
+            "refusing to print a private key to a terminal",
+            hint="redirect stdout, use --out-dir, or add --force",
+        )
+
+
 def issued_view(issued: IssuedCertificate) -> dict[str, Any]:
     from cyphrs_cli.ca.parsing import certificate_summary
     from cyphrs_cli.ledger.events import rfc3339

@@ -81,13 +81,16 @@ class PendingFileKey:
     ``commit`` creates the file exclusively (never replacing one, even another process's
     key written a moment earlier) and remembers which inode it made; ``discard`` removes
     that file only, so a failed creation can never delete a key it did not write.
+
+    The passphrase and the key stay out of ``repr()``: a traceback under ``--debug``, a log
+    line or an assertion message must never show them.
     """
 
     path: Path
     uri: str
-    passphrase: bytes
-    signer: CertificateIssuerPrivateKeyTypes
-    _encrypted: bytes
+    passphrase: bytes = field(repr=False)
+    signer: CertificateIssuerPrivateKeyTypes = field(repr=False)
+    _encrypted: bytes = field(repr=False)
     _written: tuple[int, int] | None = field(default=None, repr=False)
 
     @property

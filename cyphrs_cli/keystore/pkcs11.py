@@ -14,12 +14,10 @@ python-pkcs11 is imported only here, and this module only for ``pkcs11:`` URIs.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets as random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes
@@ -27,62 +25,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
-from cyphrs_cli.errors import ConflictError, InvalidInputError, KeyStoreError, SecretError
+from cyphrs_cli.errors import ConflictError, KeyStoreError, SecretError
 from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
+from cyphrs_cli.keystore.uri import MODULE_ENV, Pkcs11Uri
 
-MODULE_ENV = "CYPHRS_PKCS11_MODULE"
+__all__ = ["MODULE_ENV", "Pkcs11KeyStore", "Pkcs11Uri", "list_token_keys", "open_session"]
 AUDIT_ATTRIBUTES = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE", "LOCAL")
 _PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange)
-
-
-@dataclass(frozen=True)
-class Pkcs11Uri:
-    """The parts of an RFC 7512 URI that cyphrs uses (token and object by label)."""
-
-    token: str
-    object: str
-    module_path: str | None = None
-    pin_source: str | None = None
-
-    @classmethod
-    def parse(cls, uri: str, *, need_object: bool = True) -> Pkcs11Uri:
-        if not uri.startswith("pkcs11:"):
-            raise InvalidInputError(f"not a PKCS#11 URI: {uri!r}")
-        path, _, query = uri[len("pkcs11:") :].partition("?")
-        attrs: dict[str, str] = {}
-        for part in filter(None, path.split(";")):
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise InvalidInputError(f"malformed PKCS#11 URI attribute {part!r}")
-            attrs[key] = unquote(value)
-        params: dict[str, str] = {}
-        for part in filter(None, query.split("&")):
-            key, _, value = part.partition("=")
-            params[key] = unquote(value)
-        if "pin-value" in params:
-            raise InvalidInputError(
-                "PKCS#11 URIs with pin-value are refused: a PIN must not sit in a URI",
-                hint="use pin-source=file:PATH, --pin-file or --pin-env",
-            )
-        if "token" not in attrs or (need_object and "object" not in attrs):
-            raise InvalidInputError(f"PKCS#11 URI {uri!r} must name token= and object= (by label)")
-        return cls(
-            attrs["token"],
-            attrs.get("object", ""),
-            params.get("module-path"),
-            params.get("pin-source"),
-        )
-
-    def module(self) -> str:
-        path = self.module_path or os.environ.get(MODULE_ENV)
-        if not path:
-            raise KeyStoreError(
-                "no PKCS#11 module given",
-                hint=f"add ?module-path=/path/lib.so to the URI or set {MODULE_ENV}",
-            )
-        if not Path(path).is_file():
-            raise KeyStoreError(f"PKCS#11 module {path} not found")
-        return path
 
 
 _LIBS: dict[str, Any] = {}
@@ -328,9 +277,9 @@ class PendingTokenKey:
     """A key pair just generated on a token; ``discard`` destroys it again."""
 
     uri: str
-    signer: Any
-    private: Any
-    public: Any
+    signer: Any = field(repr=False)
+    private: Any = field(repr=False)
+    public: Any = field(repr=False)
     generated: bool = True
     _attributes: dict[str, bool] = field(default_factory=dict)
 
@@ -425,8 +374,12 @@ class Pkcs11KeyStore:
                 f"token {parsed.token!r} could not generate a {spec.name} key: {type(exc).__name__}"
             ) from exc
         public_key = public_key_of(public)
+        # The canonical URI, never the one given: it is what config.toml and the ledger keep.
         pending = PendingTokenKey(
-            uri, signer_for(private, public_key, session, parsed.token), private, public
+            parsed.canonical(),
+            signer_for(private, public_key, session, parsed.token),
+            private,
+            public,
         )
         pending._attributes = _key_attributes(private)
         return pending
@@ -437,7 +390,7 @@ class Pkcs11KeyStore:
         session = open_session(parsed, self._secrets)
         private, public = self._pair(session, parsed)
         pending = PendingTokenKey(
-            uri,
+            parsed.canonical(),
             signer_for(private, public_key_of(public), session, parsed.token),
             private,
             public,

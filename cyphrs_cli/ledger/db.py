@@ -6,6 +6,7 @@ module is what lets a PostgreSQL ledger replace SQLite later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -83,11 +84,21 @@ class Ledger:
             yield self.conn
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
-            raise StorageError(f"ledger write failed: {exc}") from exc
+            self._rollback()
+            raise StorageError(_write_failure(self.path, exc)) from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, never hiding the error that made us undo it.
+
+        After a failed COMMIT (disk full, I/O error) SQLite may already have rolled back, so
+        a ROLLBACK would itself fail ("no transaction is active") and replace the real cause.
+        """
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()
@@ -97,3 +108,16 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_failure(path: Path, exc: sqlite3.Error) -> str:
+    """One line naming the condition: disk full and I/O errors in words, then SQLite's text."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or "disk is full" in str(exc):
+        return (
+            f"ledger write failed: the disk holding {path} is full (nothing was recorded;"
+            " free some space and retry)"
+        )
+    if name.startswith("SQLITE_IOERR"):
+        return f"ledger write failed: I/O error on {path} ({exc}); nothing was recorded"
+    return f"ledger write failed: {exc}"

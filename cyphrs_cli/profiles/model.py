@@ -80,6 +80,34 @@ class Profile:
         }
 
 
+_TOP_KEYS = frozenset(
+    {
+        "description",
+        "extended_key_usage",
+        "default_ttl",
+        "min_ttl",
+        "max_ttl",
+        "key_types",
+        "key_usage",
+        "issuers",
+        "names",
+    }
+)
+_NAMES_KEYS = frozenset(
+    {
+        "spiffe",
+        "dns",
+        "ip",
+        "require_one_of",
+        "require_common_name",
+        "dns_patterns",
+        "ip_ranges",
+        "trust_domains",
+        "spiffe_path_patterns",
+    }
+)
+
+
 def profile_from_toml(
     name: str,
     data: dict[str, Any],
@@ -88,50 +116,98 @@ def profile_from_toml(
     sha256: str = "",
     overrides_builtin: bool = False,
 ) -> Profile:
-    """Validate a parsed TOML table into a Profile; errors name the file and the field."""
+    """Validate a parsed TOML table into a Profile; errors name the file and the field.
+
+    Every field has one type and an unknown key is refused (a misspelt ``max_tll`` must not
+    silently leave the default in force); a wrong type or value is exit 3 naming the field.
+    """
 
     def fail(message: str) -> InvalidInputError:
         return InvalidInputError(f"profile {name!r} ({source}): {message}")
 
     if not _PROFILE_NAME.fullmatch(name):
         raise fail("name must be lowercase letters, digits, '-' or '_'")
+    unknown_keys = sorted(set(data) - _TOP_KEYS)
+    if unknown_keys:
+        raise fail(f"unknown field {unknown_keys[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
     names = data.get("names", {})
-    try:
-        ttl = {k: parse_duration(str(data[k])) for k in ("default_ttl", "min_ttl", "max_ttl")}
-    except KeyError as exc:
-        raise fail(f"missing {exc.args[0]}") from exc
-    except InvalidInputError as exc:
-        raise fail(exc.message) from exc
+    if not isinstance(names, dict):
+        raise fail("[names] must be a table")
+    unknown_names = sorted(set(names) - _NAMES_KEYS)
+    if unknown_names:
+        raise fail(f"unknown field names.{unknown_names[0]}")
+
+    def text(table: dict[str, Any], key: str, label: str, default: str) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str):
+            raise fail(f"{label} must be a string")
+        return value
+
+    def strings(
+        table: dict[str, Any], key: str, label: str, default: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        value = table.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail(f"{label} must be a list of strings")
+        return tuple(value)
+
+    ttl = {}
+    for key in ("default_ttl", "min_ttl", "max_ttl"):
+        if key not in data:
+            raise fail(f"missing {key}")
+        raw = data[key]
+        if not isinstance(raw, str):
+            raise fail(f'{key} must be a duration string such as "4h"')
+        try:
+            ttl[key] = parse_duration(raw)
+        except InvalidInputError as exc:
+            raise fail(f"{key}: {exc.message}") from exc
     if not ttl["min_ttl"] <= ttl["default_ttl"] <= ttl["max_ttl"]:
         raise fail("need min_ttl <= default_ttl <= max_ttl")
-    rules = {k: str(names.get(k, "forbidden")) for k in ("spiffe", "dns", "ip")}
+    rules = {k: text(names, k, f"names.{k}", "forbidden") for k in ("spiffe", "dns", "ip")}
     for key, rule in rules.items():
         if rule not in _NAME_RULES:
             raise fail(f"names.{key} must be one of {', '.join(_NAME_RULES)}")
-    key_types = tuple(data.get("key_types", ["p256", "p384"]))
+    key_types = strings(data, "key_types", "key_types", ("p256", "p384"))
     for key_type in key_types:
-        KeySpec.parse(key_type)
-    ekus = tuple(data.get("extended_key_usage", []))
+        try:
+            KeySpec.parse(key_type)
+        except InvalidInputError as exc:
+            raise fail(f"key_types: {exc.message}") from exc
+    ekus = strings(data, "extended_key_usage", "extended_key_usage", ())
     if not ekus:
         raise fail("extended_key_usage must list at least one usage")
     from cyphrs_cli.ca.extensions import LEAF_KEY_USAGES, eku_oids
 
-    eku_oids(ekus)
-    key_usage = tuple(data.get("key_usage", ["digitalSignature"]))
+    try:
+        eku_oids(ekus)
+    except InvalidInputError as exc:
+        raise fail(f"extended_key_usage: {exc.message}") from exc
+    key_usage = strings(data, "key_usage", "key_usage", ("digitalSignature",))
     unknown = [u for u in key_usage if u not in LEAF_KEY_USAGES]
     if unknown or "digitalSignature" not in key_usage:
         raise fail(f"key_usage must include digitalSignature and only {', '.join(LEAF_KEY_USAGES)}")
-    for field_name in ("dns_patterns", "ip_ranges", "trust_domains", "spiffe_path_patterns"):
-        if not isinstance(names.get(field_name, []), list):
-            raise fail(f"names.{field_name} must be a list")
-    for cidr in names.get("ip_ranges", []):
+    lists = {
+        field_name: strings(names, field_name, f"names.{field_name}", ())
+        for field_name in (
+            "require_one_of",
+            "dns_patterns",
+            "ip_ranges",
+            "trust_domains",
+            "spiffe_path_patterns",
+        )
+    }
+    for cidr in lists["ip_ranges"]:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise fail(f"names.ip_ranges: {cidr!r} is not a network") from exc
+    require_cn = names.get("require_common_name", False)
+    if not isinstance(require_cn, bool):
+        raise fail("names.require_common_name must be true or false")
     return Profile(
         name=name,
-        description=str(data.get("description", "")),
+        description=text(data, "description", "description", ""),
         extended_key_usage=ekus,
         default_ttl=ttl["default_ttl"],
         min_ttl=ttl["min_ttl"],
@@ -140,13 +216,13 @@ def profile_from_toml(
         spiffe=rules["spiffe"],
         dns=rules["dns"],
         ip=rules["ip"],
-        require_one_of=tuple(names.get("require_one_of", ())),
-        require_common_name=bool(names.get("require_common_name", False)),
-        dns_patterns=tuple(names.get("dns_patterns", ())),
-        ip_ranges=tuple(names.get("ip_ranges", ())),
-        trust_domains=tuple(names.get("trust_domains", ())),
-        spiffe_path_patterns=tuple(names.get("spiffe_path_patterns", ())),
-        issuers=tuple(data.get("issuers", ())),
+        require_one_of=lists["require_one_of"],
+        require_common_name=require_cn,
+        dns_patterns=lists["dns_patterns"],
+        ip_ranges=lists["ip_ranges"],
+        trust_domains=lists["trust_domains"],
+        spiffe_path_patterns=lists["spiffe_path_patterns"],
+        issuers=strings(data, "issuers", "issuers", ()),
         key_usage=key_usage,
         source=source,
         sha256=sha256,

@@ -33,7 +33,7 @@ def run_batch(
     from cyphrs_cli.ca.delivery import pem_bundle, write_confined
     from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
     from cyphrs_cli.ca.issuance import check_instance_unique, record_denial
-    from cyphrs_cli.cli.views import issued_view, pem_view
+    from cyphrs_cli.cli.views import issued_view, pem_view, refuse_key_on_terminal
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import PolicyDenied, StorageError
@@ -45,6 +45,8 @@ def run_batch(
     items = parse_batch(
         read_input(source), source=source, default_profile=default_profile, base_dir=base_dir
     )
+    if out_dir is None and any(item.order.csr_pem is None for item in items):
+        refuse_key_on_terminal(force=force)  # --json would print the generated keys
     ca_home = resolve_home(home)
     config = load_config(ca_home)
     facts = issuer_facts(ca_home, config, issuer_name)

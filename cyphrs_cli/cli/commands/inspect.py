@@ -61,6 +61,8 @@ def inspect(
     quiet: QuietOption = False,
 ) -> None:
     """Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status."""
+    from cryptography import x509
+
     from cyphrs_cli.ca.chains import chains_to
     from cyphrs_cli.ca.parsing import (
         certificate_summary,
@@ -70,7 +72,7 @@ def inspect(
         load_csr,
     )
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.errors import InvalidInputError, UsageError
     from cyphrs_cli.fsutil import read_input
 
     if (source is None) == (serial is None):
@@ -84,19 +86,25 @@ def inspect(
         assert source is not None
         data = read_input(source)
         label = source
-    if is_csr(data):
-        objects.append(csr_summary(load_csr(data, source=label)))
-    else:
-        certs = load_certificates(data, source=label)
-        authorities, claims_oid = _home_authorities(ca_home)
-        for cert, record in zip(certs, _ledger_views(ca_home, certs), strict=True):
-            summary = certificate_summary(cert, claims_oid=claims_oid)
-            roots = [c for c in authorities if c.subject == c.issuer]
-            summary["chains_to_home_root"] = (
-                chains_to(cert, certs + authorities, roots) if authorities else None
-            )
-            summary["ledger"] = record
-            objects.append(summary)
+    # cryptography decodes names and extensions lazily: a structurally valid certificate
+    # with, say, invalid UTF-8 in a UTF8String fails only when a field is read. That is the
+    # input's fault (exit 3), not a bug.
+    try:
+        if is_csr(data):
+            objects.append(csr_summary(load_csr(data, source=label)))
+        else:
+            certs = load_certificates(data, source=label)
+            authorities, claims_oid = _home_authorities(ca_home)
+            for cert, record in zip(certs, _ledger_views(ca_home, certs), strict=True):
+                summary = certificate_summary(cert, claims_oid=claims_oid)
+                roots = [c for c in authorities if c.subject == c.issuer]
+                summary["chains_to_home_root"] = (
+                    chains_to(cert, certs + authorities, roots) if authorities else None
+                )
+                summary["ledger"] = record
+                objects.append(summary)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise InvalidInputError(f"{label}: malformed certificate or request field ({exc})") from exc
     document = {"schema": "cyphrs.inspect/v1", "source": label, "objects": objects}
     if render.json_mode():
         render.emit_json(document)

@@ -150,10 +150,10 @@ def issue(
     quiet: QuietOption = False,
 ) -> None:
     """Issue a short-lived certificate from a profile, recorded in the ledger before output."""
-    import sys
 
     from cyphrs_cli.ca.orders import LeafOrder
     from cyphrs_cli.cli.secrets import ca_key_secrets
+    from cyphrs_cli.cli.views import refuse_key_on_terminal
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
 
@@ -199,10 +199,8 @@ def issue(
         raise UsageError("--out - cannot be combined with --out-dir or --json")
     if out is None and out_dir is None and not json_output and not dry_run:
         raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
-    if out == "-" and csr is None and sys.stdout.isatty() and not force:
-        raise UsageError(
-            "refusing to print a private key to a terminal", hint="redirect stdout or add --force"
-        )
+    if csr is None and out_dir is None and (out == "-" or json_output) and not dry_run:
+        refuse_key_on_terminal(force=force)
     order = LeafOrder(
         profile=profile,
         common_name=cn,

@@ -131,13 +131,12 @@ def renew(
     quiet: QuietOption = False,
 ) -> None:
     """Renew a certificate: same identity and names, new serial, validity and (by default) key."""
-    import sys
 
     from cyphrs_cli.ca.delivery import check_output_dir
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.ca.renewal import renew_certificate, renewal_due_at
     from cyphrs_cli.cli.secrets import ca_key_secrets
-    from cyphrs_cli.cli.views import deliver_issued
+    from cyphrs_cli.cli.views import deliver_issued, refuse_key_on_terminal
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
@@ -145,6 +144,8 @@ def renew(
     from cyphrs_cli.fsutil import read_input
     from cyphrs_cli.ledger.events import rfc3339, utc_now
 
+    if not 0.01 <= due_fraction <= 1.0:  # click's range check lets NaN through
+        raise UsageError("--due-fraction must be a number from 0.01 to 1")
     ca_home = resolve_home(home)
     config = load_config(ca_home)
     with open_ledger(ca_home) as ledger:
@@ -174,11 +175,8 @@ def renew(
         if out is None and out_dir is None and not json_output:
             raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
         new_key = not reuse_key and csr is None
-        if out == "-" and new_key and sys.stdout.isatty() and not force:
-            raise UsageError(
-                "refusing to print a private key to a terminal",
-                hint="redirect stdout or add --force",
-            )
+        if new_key and out_dir is None and (out == "-" or json_output):
+            refuse_key_on_terminal(force=force)
         mode = "csr" if csr is not None else "reuse" if reuse_key else "new"
         if out_dir is not None:
             check_output_dir(out_dir, with_key=mode == "new", force=force)

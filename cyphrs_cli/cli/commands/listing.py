@@ -24,6 +24,9 @@ Statuses: valid, expired, revoked, superseded (renewed and not yet expired).
 {EXIT_CODE_HELP}"""
 
 
+MAX_LIMIT = 1_000_000_000
+
+
 def register(app: typer.Typer) -> None:
     app.command("list", epilog=LIST_EPILOG)(list_certificates)
 
@@ -68,6 +71,8 @@ def list_certificates(
         raise InvalidInputError(
             f"unknown status {status!r}", hint=f"choose one of {', '.join(STATUSES)}"
         )
+    if limit is not None and limit > MAX_LIMIT:  # SQLite integers are 64-bit
+        raise InvalidInputError(f"--limit must be at most {MAX_LIMIT}")
     if csv_output and json_output:
         raise UsageError("choose --csv or --json")
     ca_home = resolve_home(home)

@@ -1,0 +1,117 @@
+"""A generated private key is not printed to a terminal: --out - and --json alike.
+
+stdout is a real pseudo-terminal (``pty.openpty``) given to a real ``cyphrs`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Hierarchy, tool
+
+
+def _run_on_pty(*args: str) -> tuple[int, str, str]:
+    """Run cyphrs with stdout on a pty; return (exit code, what the terminal got, stderr)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [tool("cyphrs"), *args],
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "CI": "true"},
+        )
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode()
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace"), stderr
+
+
+def _common(h: Hierarchy) -> tuple[str, ...]:
+    return ("--home", str(h.home), "--passphrase-file", str(h.inter_pass))
+
+
+@pytest.mark.parametrize("output", [("--json",), ("--out", "-")])
+def test_issue_refuses_private_key_on_terminal(
+    hierarchy: Hierarchy, output: tuple[str, ...]
+) -> None:
+    before = hierarchy.ledger_rows()
+    code, terminal, stderr = _run_on_pty(
+        "issue", "agent", "--workflow", "tty-test", *output, *_common(hierarchy)
+    )
+    assert code == 2, stderr
+    assert "PRIVATE KEY" not in terminal
+    assert "terminal" in stderr
+    assert hierarchy.ledger_rows() == before  # refused before anything was signed
+
+
+def test_issue_json_on_terminal_with_force_prints_the_key(hierarchy: Hierarchy) -> None:
+    """The pty really is a terminal to cyphrs: with --force the key does reach it."""
+    code, terminal, stderr = _run_on_pty(
+        "issue", "agent", "--workflow", "tty-test", "--json", "--force", *_common(hierarchy)
+    )
+    assert code == 0, stderr
+    assert "PRIVATE KEY" in terminal
+
+
+def test_issue_json_with_out_dir_or_csr_is_fine_on_terminal(
+    hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    code, terminal, stderr = _run_on_pty(
+        "issue",
+        "agent",
+        "--workflow",
+        "tty-test",
+        "--json",
+        "--out-dir",
+        str(tmp_path / "o"),
+        *_common(hierarchy),
+    )
+    assert code == 0, stderr
+    assert "PRIVATE KEY" not in terminal
+    assert (tmp_path / "o" / "key.pem").exists()
+
+
+def test_renew_json_refuses_new_key_on_terminal(hierarchy: Hierarchy) -> None:
+    issued = hierarchy.issue("agent", "--workflow", "tty-renew", "--json")
+    assert issued.exit_code == 0, issued.stderr
+    serial = issued.json()["certificate"]["serial"]
+    before = hierarchy.ledger_rows()
+    code, terminal, stderr = _run_on_pty("renew", "--serial", serial, "--json", *_common(hierarchy))
+    assert code == 2, stderr
+    assert "PRIVATE KEY" not in terminal
+    assert hierarchy.ledger_rows() == before
+    # Reusing the key prints no private key: allowed on a terminal.
+    code, terminal, stderr = _run_on_pty(
+        "renew", "--serial", serial, "--json", "--reuse-key", *_common(hierarchy)
+    )
+    assert code == 0, stderr
+    assert "PRIVATE KEY" not in terminal
+
+
+def test_batch_json_refuses_private_key_on_terminal(hierarchy: Hierarchy, tmp_path: Path) -> None:
+    batch = tmp_path / "b.jsonl"
+    batch.write_text('{"profile": "agent", "workflow": "tty-batch"}\n')
+    before = hierarchy.ledger_rows()
+    code, terminal, stderr = _run_on_pty(
+        "issue", "--batch", str(batch), "--json", *_common(hierarchy)
+    )
+    assert code == 2, stderr
+    assert "PRIVATE KEY" not in terminal
+    assert hierarchy.ledger_rows() == before

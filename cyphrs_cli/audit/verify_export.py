@@ -199,8 +199,7 @@ def verify_bundle(
     at = _time(checkpoint.get("at"))
     if at is None:
         problems.append("checkpoint.json has no readable time; nothing could be anchored")
-        anchors = []
-    for root in anchors:
+    for root in anchors if at is not None else []:
         problem = path_problem(signer, pool, root, at)
         if problem is not None:
             problems.append(

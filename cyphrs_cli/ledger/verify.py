@@ -98,19 +98,44 @@ class Event:
 
 
 @dataclass(frozen=True)
+class HomeAuthority:
+    """One authority as ``config.toml`` and its certificate file describe it."""
+
+    name: str
+    key_uri: str
+    cert_fingerprint: str | None  # None: the file is missing or unreadable
+
+
+@dataclass(frozen=True)
 class HomeFacts:
     """What the CA home says exists, independently of the ledger: the authorities named
-    in ``config.toml`` and whether CA certificate files are present."""
+    in ``config.toml`` (with their certificate files) and whether CA files are present.
+    The ledger is the record; these files must agree with it."""
 
-    authorities: tuple[str, ...] = ()
+    authorities: tuple[HomeAuthority, ...] = ()
     has_ca_files: bool = False
 
     @classmethod
     def of(cls, home: CaHome, config: HomeConfig) -> HomeFacts:
-        certs = home.certs_dir
+        from cryptography.hazmat.primitives import serialization
+
+        from cyphrs_cli.ca.parsing import load_certificates
+        from cyphrs_cli.errors import InvalidInputError
+
+        entries = []
+        for name, entry in sorted(config.authorities.items()):
+            path = home.resolve(entry.cert_path)
+            try:
+                cert = load_certificates(path.read_bytes(), source=str(path))[0]
+                der = cert.public_bytes(serialization.Encoding.DER)
+                fp: str | None = sha256_hex(der)
+            except (OSError, InvalidInputError, IndexError):
+                fp = None
+            entries.append(HomeAuthority(name, entry.key_uri, fp))
+        certs_dir = home.certs_dir
         return cls(
-            authorities=tuple(sorted(config.authorities)),
-            has_ca_files=certs.is_dir() and any(certs.glob("*.pem")),
+            authorities=tuple(entries),
+            has_ca_files=certs_dir.is_dir() and any(certs_dir.glob("*.pem")),
         )
 
 
@@ -404,19 +429,41 @@ def _check_stored_checkpoints(
 
 
 def _check_home(conn: sqlite3.Connection, home: HomeFacts, report: LedgerVerification) -> None:
-    """A ledger that lost CAs the home still has was wiped, truncated or recreated."""
-    names = {r["name"] for r in conn.execute("SELECT name FROM authorities")}
-    if not names and (home.authorities or home.has_ca_files):
+    """A ledger that lost CAs the home still has was wiped, truncated or recreated; a
+    config entry or certificate file that differs from the ledger was swapped."""
+    rows = {
+        r["name"]: r
+        for r in conn.execute(
+            "SELECT a.name, a.key_uri, c.fingerprint FROM authorities a"
+            " LEFT JOIN certificates c ON c.id = a.certificate_id"
+        )
+    }
+    if not rows and (home.authorities or home.has_ca_files):
         report.problems.append(
             "the ledger records no CA but this home has CAs (config.toml / certs/):"
             " the ledger was wiped or recreated"
         )
         return
-    for name in home.authorities:
-        if name not in names:
+    for entry in home.authorities:
+        row = rows.get(entry.name)
+        if row is None:
             report.problems.append(
-                f"authority {name!r} is in config.toml but not in the ledger"
+                f"authority {entry.name!r} is in config.toml but not in the ledger"
                 " (ledger replaced or recreated?)"
+            )
+            continue
+        if entry.key_uri != row["key_uri"]:
+            report.problems.append(
+                f"authority {entry.name!r}: config.toml names a different key than the ledger"
+            )
+        stored = str(row["fingerprint"] or "").removeprefix("sha256:").replace(":", "").lower()
+        if entry.cert_fingerprint is None:
+            report.problems.append(
+                f"authority {entry.name!r}: its certificate file is missing or unreadable"
+            )
+        elif entry.cert_fingerprint != stored:
+            report.problems.append(
+                f"authority {entry.name!r}: its certificate file differs from the ledger's"
             )
 
 

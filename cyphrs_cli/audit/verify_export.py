@@ -199,7 +199,9 @@ def verify_bundle(
     at = _time(checkpoint.get("at"))
     if at is None:
         problems.append("checkpoint.json has no readable time; nothing could be anchored")
-    for root in anchors if at is not None else []:
+        anchors = []
+    for root in anchors:
+        assert at is not None
         problem = path_problem(signer, pool, root, at)
         if problem is not None:
             problems.append(

@@ -155,7 +155,7 @@ def test_zero_byte_ledger_is_refused_not_recreated(busy: Hierarchy, tmp_path: Pa
             str(tmp_path / "o"),
             "--passphrase-file",
             str(busy.inter_pass),
-        ),  # fmt: skip
+        ),
     ):
         result = run_cyphrs(*args, "--home", str(busy.home))
         assert result.returncode == ExitCode.STORAGE, (args, result.stderr)

@@ -118,8 +118,8 @@ def _manifest(bundle: Path) -> dict[str, object]:
 )
 def test_malformed_bundle_directories_are_invalid_input(
     bundle: Path,
-    busy: Hierarchy,
-    damage: str,  # noqa: F811
+    busy: Hierarchy,  # noqa: F811
+    damage: str,
 ) -> None:
     manifest = _manifest(bundle)
     files = manifest["files"]

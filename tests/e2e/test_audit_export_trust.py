@@ -230,3 +230,17 @@ def test_intact_archive_still_verifies(bundle: Path, busy: Hierarchy, tmp_path: 
     shutil.copy(archive, copy)
     result = _run("audit", "verify-export", copy, "--root", busy.root_cert)
     assert result.returncode == 0, result.stderr
+
+
+def test_export_checks_checkpoints_against_a_given_anchor(
+    busy: Hierarchy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    foreign = "sha256:" + "ef" * 32
+    refused = _export(busy, tmp_path / "a", "--root-fingerprint", foreign)
+    assert refused.returncode == ExitCode.STORAGE
+    assert b"is not a CA recorded in this ledger" in refused.stderr
+    made = _export(busy, tmp_path / "b", "--root", str(busy.root_cert))
+    assert made.returncode == 0, made.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["checkpoint_signatures_verified"] is True

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cyphrs_cli.errors import InvalidInputError
 from cyphrs_cli.ledger.events import (
     GENESIS_HASH,
     canonical_json,
@@ -475,14 +476,18 @@ def check_checkpoint(
     source: str,
     anchor: TrustAnchor | None,
     candidates: list[x509.Certificate],
+    revoked: dict[str, str] | None = None,
 ) -> None:
     """A checkpoint's event must still exist with the same hash; with an anchor, its
-    signer must path-validate to the anchor."""
+    signer must path-validate to the anchor and must not have been revoked (as this
+    ledger records it) when it signed."""
     from cyphrs_cli.audit.checkpoint import checkpoint_problem
 
     report.checkpoints += 1
     if anchor is not None:
         problem = checkpoint_problem(checkpoint, anchor, candidates)
+        if problem is None:
+            problem = _revoked_signer(checkpoint, revoked or {})
         if problem is not None:
             report.problems.append(f"{source}: {problem}")
             return
@@ -497,6 +502,36 @@ def check_checkpoint(
         )
     elif hashes.get(seq) != head:
         report.problems.append(f"{source}: event seq {seq} no longer has the checkpointed hash")
+
+
+def _revoked_signer(checkpoint: dict[str, Any], revoked: dict[str, str]) -> str | None:
+    """A signer this ledger records as revoked before the checkpoint's time (an anchored
+    checkpoint is well-formed, so its certificate and time parse)."""
+    from cryptography import x509
+
+    from cyphrs_cli.audit.checkpoint import fingerprint
+    from cyphrs_cli.times import parse_time
+
+    signer = x509.load_pem_x509_certificate(checkpoint["certificate"].encode())
+    revoked_at = revoked.get(fingerprint(signer))
+    if revoked_at is None:
+        return None
+    try:
+        # Times are kept to the second: a checkpoint in the revocation's own second is
+        # given the benefit of the doubt.
+        if parse_time(revoked_at) >= parse_time(checkpoint["at"]):
+            return None
+    except InvalidInputError:
+        pass
+    return f"signed by a certificate revoked at {revoked_at}"
+
+
+def _revoked_fingerprints(conn: sqlite3.Connection) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT c.fingerprint, r.revoked_at FROM revocations r"
+        " JOIN certificates c ON c.id = r.certificate_id"
+    )
+    return {str(r["fingerprint"]): str(r["revoked_at"]) for r in rows}
 
 
 def _ledger_ca_certificates(conn: sqlite3.Connection) -> list[x509.Certificate]:
@@ -560,9 +595,16 @@ def verify_ledger(
                 report.problems.append(
                     f"the pinned anchor {anchor.fingerprint} is not a CA recorded in this ledger"
                 )
+        revoked = _revoked_fingerprints(conn) if anchor is not None else None
         for source, document in [*stored, *external_checkpoints]:
             check_checkpoint(
-                document, hashes, report, source=source, anchor=anchor, candidates=candidates
+                document,
+                hashes,
+                report,
+                source=source,
+                anchor=anchor,
+                candidates=candidates,
+                revoked=revoked,
             )
     except sqlite3.DatabaseError as exc:
         report.problems.append(f"the ledger file is unreadable ({exc})")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -219,3 +221,31 @@ def test_init_root_prints_the_fingerprint_to_pin(tmp_path: Path) -> None:
         "audit", "verify", "--root-fingerprint", printed, "--home", tmp_path / "h", "--json"
     )
     assert verified.returncode == 0, verified.stdout
+
+
+def test_checkpoint_signed_after_its_signer_was_revoked_fails(
+    busy: Hierarchy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    _checkpoint(busy, before)
+    time.sleep(1.1)  # ledger times are kept to the second
+    revoked = _run("revoke", busy.inter_cert, "--reason", "key-compromise", "--home", busy.home)
+    assert revoked.returncode == 0, revoked.stderr
+    time.sleep(1.1)
+    made = _run(
+        "audit", "checkpoint", "--out", after, "--home", busy.home,
+        "--passphrase-file", busy.inter_pass,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("a revoked intermediate signs no checkpoints at all")
+    result = _run(
+        "audit", "verify", "--root", busy.root_cert, "--checkpoint", before,
+        "--checkpoint", after, "--json", "--home", busy.home,
+    )  # fmt: skip
+    assert result.returncode == ExitCode.CHECK_NOT_MET
+    problems = json.loads(result.stdout)["problems"]
+    assert any(
+        p.startswith(str(after)) and "signed by a certificate revoked" in p for p in problems
+    )
+    assert not any(p.startswith(str(before)) for p in problems), problems

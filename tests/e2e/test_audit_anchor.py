@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cyphrs_cli.errors import ExitCode
+from tests.cli.test_json_contract import assert_valid
 from tests.e2e.audit_attacks import (
     connect,
     forge_checkpoint,
@@ -172,6 +173,7 @@ def test_genuine_checkpoints_pass_against_root_file_and_fingerprint(
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
+        assert_valid(report)
         assert report["checkpoint_signatures_verified"] is True
         assert report["anchor"]["fingerprint"] == "sha256:" + fingerprint.replace(":", "").lower()
         assert report["checkpoints_checked"] == 4  # two stored, two given

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cyphrs_cli.errors import ExitCode
+from tests.cli.test_json_contract import assert_valid
 from tests.e2e.audit_attacks import connect
 from tests.e2e.test_audit import busy  # noqa: F401 - shared fixture
 from tests.helpers import Hierarchy, run_cyphrs
@@ -66,6 +67,7 @@ def test_verify_export_needs_an_anchor_and_names_it(bundle: Path, busy: Hierarch
 
     pinned = _run("audit", "verify-export", bundle, "--root", busy.root_cert, "--json")
     assert pinned.returncode == 0, pinned.stdout
+    assert_valid(json.loads(pinned.stdout))
     anchor = json.loads(pinned.stdout)["anchor"]
     assert anchor["source"] == f"--root {busy.root_cert}"
     assert anchor["fingerprint"].startswith("sha256:")
@@ -75,6 +77,7 @@ def test_verify_export_needs_an_anchor_and_names_it(bundle: Path, busy: Hierarch
 
     self_trust = _run("audit", "verify-export", bundle, "--trust-bundle-root", "--json")
     assert self_trust.returncode == 0
+    assert_valid(json.loads(self_trust.stdout))
     assert json.loads(self_trust.stdout)["anchor"]["source"].startswith("bundle root (self-trusted")
     human = _run("audit", "verify-export", bundle, "--trust-bundle-root")
     assert b"self-trusted" in human.stdout and b"self-consistent" in human.stderr

@@ -191,6 +191,21 @@ def test_ledger_deleted_and_recreated_by_a_command(busy: Hierarchy, tmp_path: Pa
     assert "the ledger records no CA but this home has CAs" in result.stdout.decode()
 
 
+def test_emptied_ledger_is_refused_when_the_home_has_cas(busy: Hierarchy) -> None:  # noqa: F811
+    _tamper(
+        busy,
+        "DELETE FROM revocations",
+        "DELETE FROM crls",
+        "DELETE FROM checkpoints",
+        "DELETE FROM certificates",
+        "DELETE FROM authorities",
+        "DELETE FROM events",
+    )
+    result = run_cyphrs("audit", "verify", "--home", str(busy.home))
+    assert result.returncode == ExitCode.CHECK_NOT_MET
+    assert b"the ledger records no CA but this home has CAs" in result.stderr
+
+
 def test_corrupted_page_fails_integrity(busy: Hierarchy) -> None:  # noqa: F811
     ledger = busy.home / "ledger.sqlite3"
     with sqlite3.connect(ledger) as conn:

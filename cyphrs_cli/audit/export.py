@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cyphrs_cli.errors import ConflictError, InvalidInputError
+from cyphrs_cli.errors import ConflictError, InvalidInputError, StorageError
 from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir
 from cyphrs_cli.ledger.events import (
     LedgerEvent,
@@ -42,8 +42,10 @@ from cyphrs_cli.ledger.queries import REGISTER_COLUMNS, register_in_window
 from cyphrs_cli.safe_text import csv_safe
 
 if TYPE_CHECKING:
+    from cyphrs_cli.audit.checkpoint import TrustAnchor
     from cyphrs_cli.ca.models import Issuer
     from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.verify import HomeFacts
 
 KEY_COLUMNS = (
     "name",
@@ -219,9 +221,24 @@ def _counts(
 
 
 def export_bundle(
-    ledger: Ledger, signer: Issuer, out_dir: Path, since: datetime, until: datetime, *, force: bool
+    ledger: Ledger,
+    signer: Issuer,
+    out_dir: Path,
+    since: datetime,
+    until: datetime,
+    *,
+    force: bool,
+    allow_unverified: bool = False,
+    anchor: TrustAnchor | None = None,
+    home: HomeFacts | None = None,
 ) -> ExportResult:
-    """Write a bundle for [since, until) to ``out_dir`` and record the export."""
+    """Write a bundle for [since, until) to ``out_dir`` and record the export.
+
+    A ledger that does not verify is refused before anything is signed or written: a
+    signed bundle of tampered records would lend them the CA's signature. With
+    ``allow_unverified`` the bundle is made for forensics, marked ``ledger_verified:
+    false`` with the problems listed, and ``verify-export`` rejects it.
+    """
     from cyphrs_cli.audit.checkpoint import create_checkpoint
     from cyphrs_cli.ca.signing import sign_document
     from cyphrs_cli.ledger.verify import verify_ledger
@@ -230,13 +247,22 @@ def export_bundle(
         raise InvalidInputError("the export window is empty: --until must be after --since")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ConflictError(f"{out_dir} is not empty", hint="use --force or another directory")
-    verification = verify_ledger(ledger.conn).to_json()
+    verification = verify_ledger(ledger.conn, anchor=anchor, home=home).to_json()
+    if not verification["ok"] and not allow_unverified:
+        problems = verification["problems"]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StorageError(
+            f"the ledger does not verify, nothing exported: {problems[0]}{more}",
+            hint="run 'cyphrs audit verify'; --allow-unverified exports a marked bundle",
+        )
     files, counts = build_bundle_files(ledger.conn, since, until, verification)
     manifest = {
         "schema": "cyphrs.audit-manifest/v1",
         "window": {"since": rfc3339(since), "until": rfc3339(until)},
         "counts": counts,
         "ledger_verified": verification["ok"],
+        "ledger_problems": verification["problems"],
+        "checkpoint_signatures_verified": verification["checkpoint_signatures_verified"],
         "files": {
             name: {"sha256": sha256_hex(data), "bytes": len(data)}
             for name, data in sorted(files.items())
@@ -305,15 +331,34 @@ def write_archive(directory: Path, archive: Path) -> str:
 
 
 def extract_archive(archive: Path, target: Path) -> Path:
-    """Unpack a bundle archive safely (no links, no paths outside ``target``)."""
+    """Unpack a bundle archive safely: one top directory, regular files and directories
+    only, no absolute or climbing names; anything else is invalid input (exit 3)."""
     import tarfile
+    import zlib
 
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            members = tar.getmembers()
+            tops = set()
+            for member in members:
+                parts = Path(member.name).parts
+                if (
+                    not parts
+                    or member.name.startswith(("/", "\\"))
+                    or ".." in parts
+                    or not (member.isfile() or member.isdir())
+                ):
+                    raise InvalidInputError(
+                        f"{archive}: refusing archive member {member.name!r}"
+                        " (absolute, climbing, a link or a special file)"
+                    )
+                tops.add(parts[0])
             if len(tops) != 1:
                 raise InvalidInputError(f"{archive}: not a cyphrs bundle archive")
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError) as exc:
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise InvalidInputError(f"{archive}: unreadable archive ({exc})") from exc
-    return target / tops.pop()
+    top = target / tops.pop()
+    if not top.is_dir():
+        raise InvalidInputError(f"{archive}: not a cyphrs bundle archive")
+    return top

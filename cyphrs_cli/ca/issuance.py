@@ -23,6 +23,7 @@ from cyphrs_cli.errors import ConflictError, CyphrsError, InvalidInputError, Pol
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
 from cyphrs_cli.ledger.records import (
     CertificateRow,
+    authority_row_digest,
     insert_authority,
     insert_certificate,
     row_digest,
@@ -189,7 +190,16 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
                     "replaces_id": plan.replaces_id,
                     "row_digest": row_digest(row),
                     **({"profile_sha256": plan.profile_sha256} if plan.profile_sha256 else {}),
-                    **({"authority": new.name, "key_uri": new.key.uri} if new else {}),
+                    **(
+                        {
+                            "authority": new.name,
+                            "key_uri": new.key.uri,
+                            "authority_id": authority_id,
+                            "authority_digest": authority_row_digest(conn, authority_id),
+                        }
+                        if new and authority_id is not None
+                        else {}
+                    ),
                 },
             ),
         )

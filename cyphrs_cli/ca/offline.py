@@ -426,7 +426,12 @@ def _record_ca(
     """Authority row, certificate row and ``authority.imported`` event; returns the
     authority id. A root is its own issuing authority; an intermediate's is its parent."""
     from cyphrs_cli.ca.issuance import certificate_row
-    from cyphrs_cli.ledger.records import insert_authority, insert_certificate, row_digest
+    from cyphrs_cli.ledger.records import (
+        authority_row_digest,
+        insert_authority,
+        insert_certificate,
+        row_digest,
+    )
 
     now = rfc3339(utc_now())
     authority_id = insert_authority(
@@ -467,6 +472,8 @@ def _record_ca(
                 "role": role,
                 "key_uri": key.uri,
                 "row_digest": row_digest(row),
+                "authority_id": authority_id,
+                "authority_digest": authority_row_digest(conn, authority_id),
             },
         ),
     )

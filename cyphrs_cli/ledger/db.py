@@ -29,12 +29,28 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _refuse_unusable(path: Path) -> None:
+    """Opening an existing ledger must never create one: a missing or empty file means
+    the ledger was lost (deleted, truncated), and a fresh schema would hide that."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StorageError(f"ledger {path} is missing", hint="is this a cyphrs CA home?") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open ledger {path}: {exc}") from exc
+    if size == 0:
+        raise StorageError(
+            f"ledger {path} is empty (0 bytes): it was truncated or wiped",
+            hint="restore the ledger from a backup; nothing was changed",
+        )
+
+
 class Ledger:
     """One open ledger file. Use as a context manager; writes go through ``transaction``."""
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
-        if not create and not path.exists():
-            raise StorageError(f"ledger {path} is missing", hint="is this a cyphrs CA home?")
+        if not create:
+            _refuse_unusable(path)
         self.path = path
         if create and not path.exists():
             # SQLite creates the file (and later -wal/-shm, which copy its mode) with the
@@ -53,9 +69,22 @@ class Ledger:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA foreign_keys = ON")
+            if not create:
+                self._refuse_schemaless()
             self._migrate()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open ledger {path}: {exc}") from exc
+
+    def _refuse_schemaless(self) -> None:
+        """A file with no cyphrs schema is not a ledger we may turn into one: only the
+        commands that create a CA home (``create=True``) lay down a fresh schema."""
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            self.conn.close()
+            raise StorageError(
+                f"ledger {self.path} has no cyphrs schema: it was wiped or replaced",
+                hint="restore the ledger from a backup; nothing was changed",
+            )
 
     def _migrate(self) -> None:
         (current,) = self.conn.execute("PRAGMA user_version").fetchone()

@@ -155,3 +155,25 @@ def find_certificate(
         )
     row: sqlite3.Row = rows[0]
     return row
+
+
+def authority_digest(row: sqlite3.Row | dict[str, Any]) -> str:
+    """SHA-256 of an ``authorities`` row as stored (every column, ``id`` included).
+
+    The event that creates or changes an authority carries this digest, so an edited key
+    URI, key attributes, trust domain or certificate id is detectable. NULL columns are
+    left out: a migration that adds a nullable column keeps every earlier digest valid,
+    while giving such a column a value later still changes the digest.
+    """
+    if isinstance(row, sqlite3.Row):
+        values = dict(zip(row.keys(), tuple(row), strict=True))
+    else:
+        values = dict(row)
+    return sha256_hex(canonical_json({k: v for k, v in values.items() if v is not None}))
+
+
+def authority_row_digest(conn: sqlite3.Connection, authority_id: int) -> str:
+    """The digest of authority ``authority_id`` as it stands in this transaction."""
+    row = conn.execute("SELECT * FROM authorities WHERE id = ?", (authority_id,)).fetchone()
+    assert row is not None
+    return authority_digest(row)

@@ -138,7 +138,7 @@ def test_command_outputs_match_their_schemas(contract_ca: Hierarchy, tmp_path: P
         *home,
         *secret,
     )
-    _json("audit", "verify-export", str(tmp_path / "bundle"))
+    _json("audit", "verify-export", str(tmp_path / "bundle"), "--trust-bundle-root")
     checkpoint = json.loads((tmp_path / "bundle" / "checkpoint.json").read_text())
     assert_valid(checkpoint)
     _json("profiles", "list", *home)

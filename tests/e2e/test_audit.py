@@ -121,13 +121,17 @@ def test_truncated_tail_is_caught_by_a_checkpoint(busy: Hierarchy, tmp_path: Pat
     )
     assert made.exit_code == 0, made.stderr
     seq = json.loads(cp.read_text())["seq"]
-    assert _verify(busy, "--checkpoint", str(cp))[0] == 0
-    # An attacker drops the newest events and the stored checkpoint alike.
-    _sql(busy, "DELETE FROM events WHERE seq >= ?", seq - 1)
-    _sql(busy, "DELETE FROM checkpoints")
+    assert _verify(busy, "--root", str(busy.root_cert), "--checkpoint", str(cp))[0] == 0
+    # An attacker drops the newest events, the rows they recorded and the stored
+    # checkpoint alike.
+    with sqlite3.connect(busy.home / "ledger.sqlite3") as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM events WHERE seq >= ?", (seq - 1,))
+        conn.execute("DELETE FROM checkpoints")
+        conn.execute("DELETE FROM crls")
     code, report = _verify(busy)
-    assert code == 0, "without an outside checkpoint a clean truncation is invisible"
-    code, report = _verify(busy, "--checkpoint", str(cp))
+    assert code == 0, report["problems"]
+    code, report = _verify(busy, "--root", str(busy.root_cert), "--checkpoint", str(cp))
     assert code == ExitCode.CHECK_NOT_MET
     assert any("truncated or rewritten" in p for p in report["problems"])
 
@@ -150,7 +154,7 @@ def test_forged_checkpoint_is_rejected(busy: Hierarchy, tmp_path: Path) -> None:
     doc = json.loads(cp.read_text())
     doc["head_hash"] = "00" * 32
     cp.write_text(json.dumps(doc))
-    code, report = _verify(busy, "--checkpoint", str(cp))
+    code, report = _verify(busy, "--root", str(busy.root_cert), "--checkpoint", str(cp))
     assert code == ExitCode.CHECK_NOT_MET and "signature does not verify" in report["problems"][0]
 
 
@@ -219,7 +223,7 @@ def test_modified_bundle_fails_verification(busy: Hierarchy, tmp_path: Path, vic
     _export(busy, bundle, "--since", "2000-01-01")
     path = bundle / victim
     path.write_bytes(path.read_bytes().replace(b"a", b"b", 1))
-    result = cli("audit", "verify-export", str(bundle))
+    result = cli("audit", "verify-export", str(bundle), "--root", str(busy.root_cert))
     assert result.exit_code == ExitCode.CHECK_NOT_MET
     assert result.stderr.startswith("cyphrs: error: bundle verification failed")
 
@@ -303,5 +307,5 @@ def test_archive_is_reproducible_and_verifies(busy: Hierarchy, tmp_path: Path) -
             import io
 
             dst.addfile(member, io.BytesIO(data))
-    result = cli("audit", "verify-export", str(tampered))
+    result = cli("audit", "verify-export", str(tampered), "--root", str(busy.root_cert))
     assert result.exit_code == ExitCode.CHECK_NOT_MET and "keys.csv was modified" in result.stderr

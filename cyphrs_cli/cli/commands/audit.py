@@ -26,11 +26,16 @@ from cyphrs_cli.errors import EXIT_CODE_HELP
 VERIFY_EPILOG = f"""\
 Examples:
 
-  cyphrs audit verify
+  cyphrs audit verify --root-fingerprint sha256:3f1c...
 
-  cyphrs audit verify --checkpoint bundle/checkpoint.json --json
+  cyphrs audit verify --root acme-root.pem --checkpoint /safe/cp.json --json
+
+Checkpoint signatures are verified only against a CA pinned from outside the ledger
+(--root FILE or --root-fingerprint, the fingerprint init-root printed); without one,
+verify says that they were not verified, and --checkpoint is refused (exit 2).
 
 Exit 0: the ledger verifies. Exit 10: it does not; the first problem is named.
+Exit 8: the ledger file is missing, empty or has no cyphrs schema.
 
 {EXIT_CODE_HELP}"""
 
@@ -41,6 +46,11 @@ Examples:
 
   cyphrs audit verify-export q4-evidence --root acme-root.pem
 
+audit-export refuses (exit 8) a ledger that does not verify, unless --allow-unverified,
+which marks the bundle; verify-export rejects a marked bundle (exit 10). verify-export
+needs an anchor (--root or --root-fingerprint), or --trust-bundle-root to accept the
+bundle's own root explicitly (exit 2 otherwise). A malformed bundle exits 3.
+
 {EXIT_CODE_HELP}"""
 
 CHECKPOINT_EPILOG = f"""\
@@ -48,7 +58,7 @@ Examples:
 
   cyphrs audit checkpoint --out /var/backups/cyphrs/cp-$(date +%F).json
 
-  cyphrs audit verify --checkpoint /var/backups/cyphrs/cp-2026-11-29.json
+  cyphrs audit verify --root acme-root.pem --checkpoint /var/backups/cyphrs/cp-2026-11-29.json
 
 Keep checkpoints outside the CA host: a truncated ledger is only detectable against one.
 
@@ -59,6 +69,30 @@ audit_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        dir_okay=False,
+        help="This home's root certificate, obtained outside the CA host (the trust anchor).",
+    ),
+]
+RootFingerprintOption = Annotated[
+    str | None,
+    typer.Option(
+        "--root-fingerprint",
+        metavar="sha256:HEX",
+        help="SHA-256 fingerprint of this home's root, as init-root printed it (trust anchor).",
+    ),
+]
+
+
+def _anchor_text(anchor: dict[str, Any] | None) -> str:
+    if anchor is None:
+        return "none"
+    return f"{anchor['fingerprint']} ({anchor['source']})"
 
 
 def register(app: typer.Typer) -> None:
@@ -81,38 +115,61 @@ def verify(
         list[Path] | None,
         typer.Option(
             "--checkpoint",
-            help="A checkpoint.json handed out earlier (repeatable).",
+            help="A checkpoint.json handed out earlier (repeatable; needs an anchor).",
             dir_okay=False,
         ),
     ] = None,
+    root: RootOption = None,
+    root_fingerprint: RootFingerprintOption = None,
     home: HomeOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Walk the hash chain and the records it covers; name the first broken link."""
+    """Walk the hash chain and every table it covers; name the first broken link."""
+    from cyphrs_cli.audit.checkpoint import load_anchor
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.errors import InvalidInputError
-    from cyphrs_cli.ledger.verify import verify_ledger
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.errors import InvalidInputError, UsageError
+    from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
 
+    anchor = load_anchor(str(root) if root else None, root_fingerprint)
+    if checkpoint and anchor is None:
+        raise UsageError(
+            "--checkpoint needs a trust anchor: a checkpoint proves nothing unless its signer"
+            " is pinned",
+            hint="add --root ROOT.pem or --root-fingerprint sha256:... (printed by init-root)",
+        )
     external = []
     for path in checkpoint or []:
         try:
             external.append((str(path), json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInputError(f"{path}: not a readable checkpoint ({exc})") from exc
     ca_home = resolve_home(home)
     ca_home.require_initialised()
+    config = load_config(ca_home)
+    facts = HomeFacts.of(ca_home, config)
     with open_ledger(ca_home) as ledger:
-        result = verify_ledger(ledger.conn, external).to_json()
+        result = verify_ledger(ledger.conn, external, anchor=anchor, home=facts).to_json()
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.audit-verify/v1", **result})
     elif result["ok"]:
         render.console().print(
             f"Ledger verified: {result['events_checked']} events, "
             f"{result['certificates_checked']} certificates, "
+            f"{result['authorities_checked']} authorities, {result['crls_checked']} CRLs, "
             f"{result['checkpoints_checked']} checkpoint(s); head seq {result['head']['seq']}"
         )
+        if result["checkpoint_signatures_verified"]:
+            render.console().print(
+                f"Checkpoint signatures verified against {_anchor_text(result['anchor'])}"
+            )
+        else:
+            render.note(
+                "warning: checkpoint signatures were NOT verified (no trust anchor); pass"
+                " --root or --root-fingerprint"
+            )
     _fail_unless_ok(result, "ledger verification")
 
 
@@ -162,26 +219,40 @@ def checkpoint(
 @audit_app.command("verify-export", epilog=EXPORT_EPILOG)
 def verify_export(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz archive.")],
-    root: Annotated[
-        Path | None, typer.Option("--root", dir_okay=False, help="Root certificate you trust.")
-    ] = None,
+    root: RootOption = None,
+    root_fingerprint: RootFingerprintOption = None,
+    trust_bundle_root: Annotated[
+        bool,
+        typer.Option(
+            "--trust-bundle-root",
+            help="No anchor: accept the root inside the bundle (proves self-consistency only).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Check an export bundle offline: file hashes, signatures, event chain, counts."""
     import tempfile
 
+    from cyphrs_cli.audit.checkpoint import load_anchor
     from cyphrs_cli.audit.export import extract_archive
     from cyphrs_cli.audit.verify_export import verify_bundle
-    from cyphrs_cli.ca.parsing import load_certificates
-    from cyphrs_cli.errors import NotFoundError
+    from cyphrs_cli.errors import NotFoundError, UsageError
 
-    anchor = load_certificates(root.read_bytes(), source=str(root))[0] if root else None
+    anchor = load_anchor(str(root) if root else None, root_fingerprint)
+    if anchor is not None and trust_bundle_root:
+        raise UsageError("--trust-bundle-root contradicts --root / --root-fingerprint")
+    if anchor is None and not trust_bundle_root:
+        raise UsageError(
+            "verify-export needs a trust anchor: the bundle's own root proves nothing",
+            hint="pass --root ROOT.pem or --root-fingerprint sha256:..., or --trust-bundle-root",
+        )
     if bundle.is_file():
         with tempfile.TemporaryDirectory() as scratch:
-            result = verify_bundle(extract_archive(bundle, Path(scratch)), anchor)
+            unpacked = extract_archive(bundle, Path(scratch))
+            result = verify_bundle(unpacked, anchor, trust_bundle_root=trust_bundle_root)
     elif bundle.is_dir():
-        result = verify_bundle(bundle, anchor)
+        result = verify_bundle(bundle, anchor, trust_bundle_root=trust_bundle_root)
     else:
         raise NotFoundError(f"{bundle} is neither a bundle directory nor an archive")
     if render.json_mode():
@@ -191,6 +262,12 @@ def verify_export(
             f"Bundle verified: {result['files_checked']} files, {result['events_checked']} events,"
             f" window {result['window']['since']} to {result['window']['until']}"
         )
+        render.console().print(f"Trust anchor: {_anchor_text(result['anchor'])}")
+        if trust_bundle_root:
+            render.note(
+                "warning: anchored only in the bundle's own root; this proves the bundle is"
+                " self-consistent, not that it comes from your CA"
+            )
     _fail_unless_ok(result, "bundle verification")
 
 
@@ -207,6 +284,16 @@ def audit_export(
     archive: Annotated[
         bool, typer.Option("--archive", help="Also write OUT.tar.gz (reproducible) next to OUT.")
     ] = False,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unverified",
+            help="Export a ledger that does not verify (forensics); the bundle is marked and"
+            " verify-export rejects it.",
+        ),
+    ] = False,
+    root: RootOption = None,
+    root_fingerprint: RootFingerprintOption = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
@@ -220,19 +307,23 @@ def audit_export(
     """Export evidence for a time window: registers, events, CRLs, HTML report, signed manifest."""
     from datetime import timedelta
 
+    from cyphrs_cli.audit.checkpoint import load_anchor
     from cyphrs_cli.audit.export import export_bundle
     from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.ledger.events import utc_now
+    from cyphrs_cli.ledger.verify import HomeFacts
     from cyphrs_cli.times import parse_time
 
     # Times are kept to the second and the window's end is exclusive: the default end is
     # the next second, so everything recorded so far is in.
     window = (parse_time(since), parse_time(until) if until else utc_now() + timedelta(seconds=1))
+    anchor = load_anchor(str(root) if root else None, root_fingerprint)
     ca_home = resolve_home(home)
     config = load_config(ca_home)
+    facts = HomeFacts.of(ca_home, config)
     with open_ledger(ca_home) as ledger:
         signer = load_issuer(
             ca_home,
@@ -241,7 +332,16 @@ def audit_export(
             issuer,
             ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         )
-        result = export_bundle(ledger, signer, out, *window, force=force)
+        result = export_bundle(
+            ledger,
+            signer,
+            out,
+            *window,
+            force=force,
+            allow_unverified=allow_unverified,
+            anchor=anchor,
+            home=facts,
+        )
     archive_info = None
     if archive:
         from cyphrs_cli.audit.export import write_archive
@@ -268,4 +368,7 @@ def audit_export(
         f" {summary['directory']} (open report.html)"
     )
     if not summary["ledger_verified"]:
-        render.note("warning: the ledger did not verify; see report.html")
+        render.note(
+            "warning: the ledger did not verify; the bundle is marked (ledger_verified: false)"
+            " and verify-export rejects it; see report.html"
+        )

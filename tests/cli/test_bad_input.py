@@ -55,14 +55,17 @@ def _assert_refused(result: object, code: ExitCode, out: Path, h: Hierarchy, bef
     ],
 )
 def test_issue_refusals(
-    hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode
+    fresh_hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode
 ) -> None:
-    out = tmp_path / "out"
-    before = hierarchy.ledger_rows()
-    _assert_refused(hierarchy.issue(*args, "--out-dir", str(out)), code, out, hierarchy, before)
+    # A private hierarchy: a before/after row count on the shared one would depend on what
+    # other tests (in another order, or another xdist worker) add to it meanwhile.
+    h, out = fresh_hierarchy, tmp_path / "out"
+    before = h.ledger_rows()
+    _assert_refused(h.issue(*args, "--out-dir", str(out)), code, out, h, before)
 
 
-def test_malformed_csr(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_malformed_csr(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     bad = tmp_path / "bad.csr"
     bad.write_text(
         "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n"
@@ -74,7 +77,8 @@ def test_malformed_csr(hierarchy: Hierarchy, tmp_path: Path) -> None:
     _assert_refused(result, ExitCode.INVALID_INPUT, out, hierarchy, before)
 
 
-def test_csr_with_bad_signature(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_csr_with_bad_signature(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     out, before = tmp_path / "out", hierarchy.ledger_rows()
     result = hierarchy.issue(
         "server",
@@ -124,7 +128,8 @@ def test_csr_from_stdin_uses_only_its_public_key(hierarchy: Hierarchy, tmp_path:
     assert result.json()["certificate"]["pem"]["private_key"] is None
 
 
-def test_existing_output_needs_force(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_existing_output_needs_force(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     out = tmp_path / "out"
     out.mkdir()
     (out / "cert.pem").write_text("keep me")

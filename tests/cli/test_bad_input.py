@@ -273,3 +273,28 @@ def test_dns_names(hierarchy: Hierarchy, name: str, ok: bool) -> None:
     assert result.exit_code == (0 if ok else ExitCode.INVALID_INPUT), result.stderr
     if name.startswith("bücher"):
         assert "punycode" in json.loads(result.stderr)["error"]["hint"]
+
+
+@pytest.mark.parametrize("command", ["verify-export", "import-intermediate"])
+def test_missing_root_file_is_not_found(tmp_path: Path, command: str) -> None:
+    """``--root`` naming no file is the user's mistake: exit 6, one line naming the file."""
+    missing = tmp_path / "no-such-root.pem"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    cert = tmp_path / "signed.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    home = tmp_path / "home"
+    if command == "verify-export":
+        args = ["audit", "verify-export", str(bundle), "--root", str(missing)]
+    else:
+        args = ["import-intermediate", str(cert), "--root", str(missing), "--home", str(home)]
+    for extra in ([], ["--json"]):
+        result = cli(*args, *extra)
+        assert result.exit_code == ExitCode.NOT_FOUND, result.stderr
+        assert result.stdout == ""
+        if extra:
+            assert json.loads(result.stderr)["error"]["slug"] == "not-found"
+        else:
+            assert result.stderr.startswith("cyphrs: error: ") and result.stderr.count("\n") == 1
+        assert str(missing) in result.stderr and "internal error" not in result.stderr
+    assert not home.exists()

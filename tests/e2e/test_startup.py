@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
 from pathlib import Path
 
 # Modules that cost start-up time and that only command bodies may import. rich is imported

@@ -175,8 +175,12 @@ def verify_export(
     from cyphrs_cli.audit.verify_export import verify_bundle
     from cyphrs_cli.ca.parsing import load_certificates
     from cyphrs_cli.errors import NotFoundError
+    from cyphrs_cli.fsutil import read_input
 
-    anchor = load_certificates(root.read_bytes(), source=str(root))[0] if root else None
+    # A missing or unreadable --root is the user's (exit 6 / 8), not a bug; never stdin.
+    anchor = None
+    if root is not None:
+        anchor = load_certificates(read_input(str(root.absolute())), source=str(root))[0]
     if bundle.is_file():
         with tempfile.TemporaryDirectory() as scratch:
             result = verify_bundle(extract_archive(bundle, Path(scratch)), anchor)

@@ -174,6 +174,19 @@ def _no_export(*_: object, **__: object) -> Any:
     raise KeyStoreError("a PKCS#11 key never leaves its token")
 
 
+def _token_sign(private: Any, data: bytes, **mechanism: Any) -> bytes:
+    """C_SignInit/C_Sign on the token. Whatever the token says at this point (object gone,
+    session closed, token removed, device error) is a key-store failure (exit 9), never an
+    internal error: the key was found and unlocked, but the token would not sign."""
+    try:
+        return bytes(private.sign(data, **mechanism))
+    except p11.PKCS11Error as exc:
+        raise KeyStoreError(
+            f"the PKCS#11 token failed to sign: {type(exc).__name__}",
+            hint="check that the token is present and still holds the CA key",
+        ) from exc
+
+
 class TokenEcKey(ec.EllipticCurvePrivateKey):
     """ECDSA through CKM_ECDSA on a host-computed digest."""
 
@@ -190,7 +203,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
             hasher = hashes.Hash(algorithm)
             hasher.update(bytes(data))
             digest = hasher.finalize()
-        raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
+        raw = _token_sign(self._private, digest, mechanism=Mechanism.ECDSA)
         half = len(raw) // 2
         r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         return utils.encode_dss_signature(r, s)
@@ -242,7 +255,7 @@ class TokenRsaKey(rsa.RSAPrivateKey):
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise KeyStoreError("pre-hashed RSA signing is not supported with token keys")
         if isinstance(padding_, padding.PKCS1v15) and algorithm.name in _RSA_PKCS1:
-            return bytes(self._private.sign(data, mechanism=_RSA_PKCS1[algorithm.name]))
+            return _token_sign(self._private, bytes(data), mechanism=_RSA_PKCS1[algorithm.name])
         if isinstance(padding_, padding.PSS) and algorithm.name in _RSA_PSS:
             from pkcs11 import MGF
 
@@ -253,10 +266,11 @@ class TokenRsaKey(rsa.RSAPrivateKey):
                 "sha512": Mechanism.SHA512,
             }[algorithm.name]
             salt = _pss_salt_length(padding_, algorithm, self._public.key_size)
-            return bytes(
-                self._private.sign(
-                    data, mechanism=_RSA_PSS[algorithm.name], mechanism_param=(hash_mech, mgf, salt)
-                )
+            return _token_sign(
+                self._private,
+                bytes(data),
+                mechanism=_RSA_PSS[algorithm.name],
+                mechanism_param=(hash_mech, mgf, salt),
             )
         raise KeyStoreError(
             f"unsupported RSA signature: {type(padding_).__name__}/{algorithm.name}"
@@ -297,7 +311,7 @@ class TokenEd25519Key(ed25519.Ed25519PrivateKey):
         self._private, self._public = private, public_key
 
     def sign(self, data: Any) -> bytes:
-        return bytes(self._private.sign(bytes(data), mechanism=Mechanism.EDDSA))
+        return _token_sign(self._private, bytes(data), mechanism=Mechanism.EDDSA)
 
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public
@@ -312,7 +326,10 @@ class TokenEd25519Key(ed25519.Ed25519PrivateKey):
 
 
 def signer_for(private: Any, public_key: Any, session: Any, token: str) -> Any:
-    """Wrap a token key, after checking the token offers the mechanism it needs."""
+    """Wrap a token key, after checking the token offers the mechanism it needs and the key
+    may sign at all (python-pkcs11 gives a key without CKA_SIGN no ``sign`` method)."""
+    if not callable(getattr(private, "sign", None)):
+        raise KeyStoreError(f"the key on token {token!r} is not allowed to sign (CKA_SIGN false)")
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         _require_mechanism(session, Mechanism.ECDSA, token)
         return TokenEcKey(private, public_key)

@@ -53,4 +53,3 @@ def test_version_is_static() -> None:
 
     declared = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
     assert proc.stdout == f"cyphrs {declared}\n"
-

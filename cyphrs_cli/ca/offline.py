@@ -166,7 +166,7 @@ def sign_intermediate(
             ttl=ttl,
             extensions=ca_extensions(
                 public_key,
-                root.certificate.public_key(),
+                root.certificate,
                 path_length=path_length,
                 permitted_uri_domains=(trust_domain,) if name_constraints and trust_domain else (),
                 permitted_dns=permitted_dns if name_constraints else (),

@@ -100,3 +100,36 @@ def test_times() -> None:
     assert parse_time("2026-11-01T05:00:00+02:00").hour == 3
     with pytest.raises(InvalidInputError):
         parse_time("yesterday")
+
+
+def test_serial_hex_pads_to_whole_octets() -> None:
+    assert serial_hex(0xAB) == "ab"  # even: unchanged
+    assert serial_hex(0xABC) == "0abc"  # odd: one leading zero
+    assert serial_hex(0) == "00"
+    assert serial_hex((1 << 159) - 1) == "7f" + "ff" * 19
+
+
+def test_bad_serial_message() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        parse_serial("0xZZ")
+    assert caught.value.message == "'0xZZ' is not a hexadecimal serial number"
+
+
+def test_smallest_durations_and_messages() -> None:
+    assert parse_duration("1s") == timedelta(seconds=1)
+    assert parse_duration("0h1s") == timedelta(seconds=1)
+    with pytest.raises(InvalidInputError) as caught:
+        parse_duration("4x")
+    assert caught.value.message == "invalid duration '4x'"
+    assert caught.value.hint == "use a number with a unit: 90s, 15m, 4h, 7d, 1y"
+    with pytest.raises(InvalidInputError) as caught:
+        parse_duration("0m")
+    assert caught.value.message == "duration '0m' must be positive"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(1, "1s"), (59, "59s"), (60, "1m"), (3600, "1h"), (86400 + 1, "1d1s"), (90061, "1d1h")],
+)
+def test_format_duration_keeps_two_largest_units(seconds: int, text: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == text

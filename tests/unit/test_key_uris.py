@@ -19,6 +19,8 @@ from cyphrs_cli.keystore.uri import open_keystore, scheme_of
         ("pkcs11:token=t;object=o", "pkcs11"),
         ("offline:", "offline"),
         ("offline:anything", "offline"),
+        ("pkcs11:token=t;object=o?pin-source=file:/run/pin", "pkcs11"),  # later colons
+        ("file:c:/keys/root.pem", "file"),
     ],
 )
 def test_schemes(uri: str, scheme: str) -> None:
@@ -32,25 +34,44 @@ def test_unsupported_schemes(uri: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         scheme_of(uri)
     assert caught.value.message == f"unsupported key URI {uri!r}"
-    assert caught.value.hint is not None and "pkcs11:" in caught.value.hint
+    assert caught.value.hint == "use file:<path> or pkcs11:token=...;object=..."
 
 
 def test_offline_keys_cannot_be_opened(tmp_path: Path) -> None:
-    with pytest.raises(KeyStoreError, match="offline"):
+    with pytest.raises(KeyStoreError) as caught:
         open_keystore("offline:", tmp_path, lambda purpose: b"")
+    assert caught.value.message == "this CA's key is offline (kept on another host)"
+    assert caught.value.hint == "sign with it on the host that holds the key"
 
 
-def test_file_uris_open_the_file_store(tmp_path: Path) -> None:
+def test_file_uris_open_the_file_store_of_this_home(tmp_path: Path) -> None:
+    """The store resolves relative key paths in the home and asks the given provider."""
+    from cyphrs_cli.keystore.base import KeySpec
     from cyphrs_cli.keystore.file import FileKeyStore
 
-    assert isinstance(open_keystore("file:k.pem", tmp_path, lambda purpose: b""), FileKeyStore)
+    asked: list[str] = []
+
+    def provider(purpose: str) -> bytes:
+        asked.append(purpose)
+        return b"a passphrase long enough"
+
+    store = open_keystore("file:keys/k.pem", tmp_path, provider)
+    assert isinstance(store, FileKeyStore)
+    assert store.path_of("file:keys/k.pem") == tmp_path / "keys" / "k.pem"
+    pending = store.create_key(KeySpec.parse("p256"), "file:keys/k.pem")
+    assert asked == ["new passphrase for k.pem"]
+    assert pending.info.uri == "file:keys/k.pem"
 
 
 def test_pkcs11_uris_open_the_token_store(tmp_path: Path) -> None:
     from cyphrs_cli.keystore.pkcs11 import Pkcs11KeyStore
 
-    store = open_keystore("pkcs11:token=t;object=o", tmp_path, lambda purpose: b"")
+    def provider(purpose: str) -> bytes:
+        return b"1234"
+
+    store = open_keystore("pkcs11:token=t;object=o", tmp_path, provider)
     assert isinstance(store, Pkcs11KeyStore)
+    assert store._secrets is provider  # the PIN comes from the caller's provider
 
 
 def test_token_and_object() -> None:

@@ -273,3 +273,105 @@ def test_first_failing_rule_is_reported() -> None:
     profile = _profile(spiffe="required")
     assert _denied(profile, _request(key_type="rsa3072", ttl=48 * H)) == "p.key_types"
     assert _denied(profile, _request(ttl=48 * H)) == "p.max_ttl"
+
+
+def _message(profile: Profile, request: LeafRequest, issuer: IssuerFacts = ISSUER) -> str:
+    with pytest.raises(PolicyDenied) as caught:
+        decide(profile, request, issuer)
+    return caught.value.message
+
+
+SPIFFE = "spiffe://acme.internal/agent/w/i"
+
+
+@pytest.mark.parametrize(
+    ("profile", "request_", "message"),
+    [
+        (
+            {"issuers": ("a", "b")},
+            {},
+            "issuer 'issuing' may not use profile 'p' (rule p.issuers)",
+        ),
+        (
+            {},
+            {"key_type": "rsa3072"},
+            "key type rsa3072 is not allowed by profile 'p' (allowed: p256, p384)"
+            " (rule p.key_types)",
+        ),
+        (
+            {},
+            {"ttl": 25 * H},
+            "TTL 1d1h exceeds the 'p' maximum of 1d (rule p.max_ttl)",
+        ),
+        (
+            {},
+            {"ttl": timedelta(minutes=1)},
+            "TTL 1m is below the 'p' minimum of 5m (rule p.min_ttl)",
+        ),
+        ({"dns": "required"}, {}, "profile 'p' requires a dns name (rule p.names.dns)"),
+        (
+            {"ip": "forbidden"},
+            {"ip_addresses": ("10.0.0.1",)},
+            "profile 'p' forbids ip names (rule p.names.ip)",
+        ),
+        (
+            {"require_one_of": ("dns", "ip")},
+            {"common_name": "x"},
+            "profile 'p' needs one of: dns, ip (rule p.names.require_one_of)",
+        ),
+        (
+            {"require_common_name": True},
+            {},
+            "profile 'p' requires a common name (--cn) (rule p.names.require_common_name)",
+        ),
+        (
+            {"dns_patterns": ("*.a.internal", "*.b.internal")},
+            {"dns_names": ("x.c.internal",)},
+            "DNS name 'x.c.internal' matches none of *.a.internal, *.b.internal"
+            " (rule p.names.dns_patterns)",
+        ),
+        (
+            {"ip_ranges": ("10.0.0.0/24", "10.1.0.0/24")},
+            {"ip_addresses": ("10.2.0.1",)},
+            "IP address 10.2.0.1 is outside 10.0.0.0/24, 10.1.0.0/24 (rule p.names.ip_ranges)",
+        ),
+        (
+            {"trust_domains": ("a.internal", "b.internal")},
+            {"spiffe_id": SPIFFE},
+            "trust domain 'acme.internal' is not permitted (permitted: a.internal, b.internal)"
+            " (rule p.names.trust_domains)",
+        ),
+        (
+            {"spiffe_path_patterns": ("/x/*", "/y/*")},
+            {"spiffe_id": SPIFFE},
+            "SPIFFE path '/agent/w/i' matches none of /x/*, /y/* (rule p.names.spiffe_path_patterns)",
+        ),
+    ],
+)
+def test_refusal_messages(
+    profile: dict[str, object], request_: dict[str, object], message: str
+) -> None:
+    assert _message(_profile(**profile), _request(**request_)) == message
+
+
+def test_refusal_messages_about_the_issuer() -> None:
+    assert _message(_profile(), _request(spiffe_id=SPIFFE), IssuerFacts("bare", None, None)) == (
+        "issuer 'bare' has no SPIFFE trust domain (rule bare.trust_domain)"
+    )
+    issuer = _constrained(["acme.internal"], ["acme.internal"])
+    outside = _request(spiffe_id="spiffe://other.internal/x")
+    assert _message(_profile(trust_domains=("other.internal",)), outside, issuer) == (
+        "SPIFFE ID host 'other.internal' is outside the issuer's name constraints"
+        " (rule constrained.name_constraints)"
+    )
+    assert _message(_profile(), _request(dns_names=("a.example",)), issuer) == (
+        "DNS name 'a.example' is outside the issuer's name constraints"
+        " (rule constrained.name_constraints)"
+    )
+
+
+def test_ip_ranges_with_host_bits_are_networks() -> None:
+    """Profiles may write 10.0.0.5/24 (host bits set): it means 10.0.0.0/24, as at load."""
+    profile = _profile(ip_ranges=("10.0.0.5/24",))
+    decide(profile, _request(ip_addresses=("10.0.0.200",)), ISSUER)
+    assert _denied(profile, _request(ip_addresses=("10.0.1.1",))) == "p.names.ip_ranges"

@@ -174,7 +174,7 @@ def _no_export(*_: object, **__: object) -> Any:
     raise KeyStoreError("a PKCS#11 key never leaves its token")
 
 
-def _token_sign(private: Any, data: bytes, **mechanism: Any) -> bytes:
+def _token_sign(private: Any, token: str, data: bytes, **mechanism: Any) -> bytes:
     """C_SignInit/C_Sign on the token. Whatever the token says at this point (object gone,
     session closed, token removed, device error) is a key-store failure (exit 9), never an
     internal error: the key was found and unlocked, but the token would not sign."""
@@ -182,7 +182,7 @@ def _token_sign(private: Any, data: bytes, **mechanism: Any) -> bytes:
         return bytes(private.sign(data, **mechanism))
     except p11.PKCS11Error as exc:
         raise KeyStoreError(
-            f"the PKCS#11 token failed to sign: {type(exc).__name__}",
+            f"token {token!r} failed to sign: {type(exc).__name__}",
             hint="check that the token is present and still holds the CA key",
         ) from exc
 
@@ -190,8 +190,8 @@ def _token_sign(private: Any, data: bytes, **mechanism: Any) -> bytes:
 class TokenEcKey(ec.EllipticCurvePrivateKey):
     """ECDSA through CKM_ECDSA on a host-computed digest."""
 
-    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
@@ -203,7 +203,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
             hasher = hashes.Hash(algorithm)
             hasher.update(bytes(data))
             digest = hasher.finalize()
-        raw = _token_sign(self._private, digest, mechanism=Mechanism.ECDSA)
+        raw = _token_sign(self._private, self._token, digest, mechanism=Mechanism.ECDSA)
         half = len(raw) // 2
         r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         return utils.encode_dss_signature(r, s)
@@ -243,8 +243,8 @@ _RSA_PSS = {
 class TokenRsaKey(rsa.RSAPrivateKey):
     """RSA PKCS#1 v1.5 or PSS with the token's combined SHA-2 mechanisms."""
 
-    def __init__(self, private: Any, public_key: rsa.RSAPublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: rsa.RSAPublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(
         self,
@@ -255,7 +255,9 @@ class TokenRsaKey(rsa.RSAPrivateKey):
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise KeyStoreError("pre-hashed RSA signing is not supported with token keys")
         if isinstance(padding_, padding.PKCS1v15) and algorithm.name in _RSA_PKCS1:
-            return _token_sign(self._private, bytes(data), mechanism=_RSA_PKCS1[algorithm.name])
+            return _token_sign(
+                self._private, self._token, bytes(data), mechanism=_RSA_PKCS1[algorithm.name]
+            )
         if isinstance(padding_, padding.PSS) and algorithm.name in _RSA_PSS:
             from pkcs11 import MGF
 
@@ -268,6 +270,7 @@ class TokenRsaKey(rsa.RSAPrivateKey):
             salt = _pss_salt_length(padding_, algorithm, self._public.key_size)
             return _token_sign(
                 self._private,
+                self._token,
                 bytes(data),
                 mechanism=_RSA_PSS[algorithm.name],
                 mechanism_param=(hash_mech, mgf, salt),
@@ -307,11 +310,11 @@ def _pss_salt_length(pss: padding.PSS, algorithm: hashes.HashAlgorithm, key_bits
 class TokenEd25519Key(ed25519.Ed25519PrivateKey):
     """Pure EdDSA through CKM_EDDSA."""
 
-    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(self, data: Any) -> bytes:
-        return _token_sign(self._private, bytes(data), mechanism=Mechanism.EDDSA)
+        return _token_sign(self._private, self._token, bytes(data), mechanism=Mechanism.EDDSA)
 
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public
@@ -332,12 +335,12 @@ def signer_for(private: Any, public_key: Any, session: Any, token: str) -> Any:
         raise KeyStoreError(f"the key on token {token!r} is not allowed to sign (CKA_SIGN false)")
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         _require_mechanism(session, Mechanism.ECDSA, token)
-        return TokenEcKey(private, public_key)
+        return TokenEcKey(private, public_key, label=token)
     if isinstance(public_key, rsa.RSAPublicKey):
         _require_mechanism(session, Mechanism.SHA256_RSA_PKCS, token)
-        return TokenRsaKey(private, public_key)
+        return TokenRsaKey(private, public_key, label=token)
     _require_mechanism(session, Mechanism.EDDSA, token)
-    return TokenEd25519Key(private, public_key)
+    return TokenEd25519Key(private, public_key, label=token)
 
 
 @dataclass

@@ -717,7 +717,9 @@ def test_key_destroyed_between_unlock_and_sign_is_exit_9(tokens: Tokens, tmp_pat
     assert signed >= 1 and all(ok[:signed]) and not any(ok[signed:]), ok
     for failed in items[signed:]:
         assert failed["error"]["code"] == 9 and failed["error"]["slug"] == "keystore", failed
-        assert "failed to sign" in failed["error"]["message"], failed
+        assert failed["error"]["message"].startswith(
+            "token 'issuing-token' failed to sign: "
+        ), failed
     assert proc.returncode == 9, err.decode()
     assert b"internal error" not in err
     with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:

@@ -54,3 +54,12 @@ def hierarchy(hierarchies: dict[str, Hierarchy], session_dir: Path) -> Hierarchy
 def fresh_hierarchy(tmp_path: Path) -> Hierarchy:
     """A private hierarchy for tests that tamper with or count the ledger."""
     return build_hierarchy(tmp_path, "p256")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Print the random-order seed last as well: ``-q`` hides pytest-randomly's header line."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(
+            f"random order seed {seed}: replay with pytest -p randomly --randomly-seed={seed}"
+        )

@@ -134,15 +134,15 @@ def load_anchor(root_file: str | None, root_fingerprint: str | None) -> TrustAnc
 
     from cyphrs_cli.ca.parsing import load_certificates
     from cyphrs_cli.errors import InvalidInputError, UsageError
+    from cyphrs_cli.fsutil import read_input
 
     pinned = normalise_fingerprint(root_fingerprint) if root_fingerprint is not None else None
     if root_file is None:
         return TrustAnchor(pinned, "--root-fingerprint") if pinned else None
     path = Path(root_file)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read the root certificate ({exc})") from exc
+    # A missing file is exit 6 and an unreadable one exit 8, like every other input file;
+    # the absolute path keeps a file named "-" from being read as standard input.
+    data = read_input(str(path.absolute()))
     certs = load_certificates(data, source=str(path))
     if len(certs) != 1:
         raise InvalidInputError(f"{path}: expected exactly one certificate, found {len(certs)}")

@@ -263,6 +263,24 @@ def decode_agent_claims(der: bytes) -> AgentClaims:
         raise InvalidInputError(f"malformed agent claims extension: {exc}") from exc
 
 
+def authority_key_identifier(
+    issuer: x509.Certificate | CertificatePublicKeyTypes,
+) -> x509.AuthorityKeyIdentifier:
+    """The AKI for what ``issuer`` signs: the SKI its certificate carries, whatever method
+    computed it (an imported CA may use RFC 7093 SHA-256 ids), since path builders match
+    AKI to SKI byte for byte; RFC 5280 method 1 of the key only when there is no certificate
+    yet (a root signing itself) or it has no SKI."""
+    from cryptography import x509
+
+    if isinstance(issuer, x509.Certificate):
+        try:
+            ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer)  # type: ignore[arg-type]
+
+
 def key_identifier(public_key: CertificatePublicKeyTypes) -> bytes:
     """RFC 5280 method 1 (SHA-1 of the subjectPublicKey BIT STRING), as OpenSSL does."""
     from cryptography import x509
@@ -272,7 +290,7 @@ def key_identifier(public_key: CertificatePublicKeyTypes) -> bytes:
 
 def ca_extensions(
     public_key: CertificatePublicKeyTypes,
-    issuer_public_key: CertificatePublicKeyTypes,
+    issuer: x509.Certificate | CertificatePublicKeyTypes,
     *,
     path_length: int | None,
     permitted_uri_domains: tuple[str, ...] = (),
@@ -287,7 +305,7 @@ def ca_extensions(
         (x509.BasicConstraints(ca=True, path_length=path_length), True),
         (_key_usage(cert_sign=True), True),
         (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), False),  # type: ignore[arg-type]
+        (authority_key_identifier(issuer), False),
     ]
     if extended_key_usage:
         extensions.append((x509.ExtendedKeyUsage(eku_oids(extended_key_usage)), False))
@@ -364,7 +382,7 @@ def leaf_key_usages(
 
 def leaf_extensions(
     public_key: CertificatePublicKeyTypes,
-    issuer_public_key: CertificatePublicKeyTypes,
+    issuer: x509.Certificate | CertificatePublicKeyTypes,
     *,
     sans: list[x509.GeneralName],
     extended_key_usage: tuple[str, ...],
@@ -388,7 +406,7 @@ def leaf_extensions(
         extensions.append((x509.SubjectAlternativeName(sans), subject_empty))
     extensions += [
         (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), False),  # type: ignore[arg-type]
+        (authority_key_identifier(issuer), False),
     ]
     if claims is not None:
         extensions.append(

@@ -120,7 +120,7 @@ def _create_ca(
     issuer = issuer_for or Issuer(
         name=entry.name, authority_id=None, certificate=None, signer=pending.signer
     )
-    issuer_public = issuer.certificate.public_key() if issuer.certificate else public_key
+    issuer_of = issuer.certificate or public_key  # AKI: the issuer's SKI, or its own key
     plan = CertificatePlan(
         profile=entry.role,
         subject=subject,
@@ -128,7 +128,7 @@ def _create_ca(
         ttl=ttl,
         extensions=ca_extensions(
             public_key,
-            issuer_public,
+            issuer_of,
             path_length=path_length,
             permitted_uri_domains=permitted_uri,
             permitted_dns=permitted_dns,

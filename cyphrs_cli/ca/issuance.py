@@ -440,7 +440,7 @@ def plan_leaf(
         claims = AgentClaims(request.workflow, request.permissions, requester, utc_now())
     extensions = leaf_extensions(
         request.public_key,
-        issuer.certificate.public_key(),
+        issuer.certificate,
         sans=general_names,
         extended_key_usage=profile.extended_key_usage,
         claims=claims,

@@ -175,7 +175,7 @@ def sign_intermediate(
             ttl=ttl,
             extensions=ca_extensions(
                 public_key,
-                root.certificate.public_key(),
+                root.certificate,
                 path_length=path_length,
                 permitted_uri_domains=subtrees_uri,
                 permitted_dns=subtrees_dns,

@@ -114,6 +114,7 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
     """Build, sign, self-check and record the issuer's next CRL."""
     from cryptography import x509
 
+    from cyphrs_cli.ca.extensions import authority_key_identifier
     from cyphrs_cli.ca.issuance import fault_point, signature_hash
 
     assert issuer.certificate is not None and issuer.authority_id is not None
@@ -148,7 +149,7 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
         .last_update(now)
         .next_update(next_update)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.certificate.public_key()),  # type: ignore[arg-type]
+            authority_key_identifier(issuer.certificate),
             critical=False,
         )
         .add_extension(x509.CRLNumber(number), critical=False)

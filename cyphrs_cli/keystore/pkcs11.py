@@ -123,11 +123,24 @@ def _no_export(*_: object, **__: object) -> Any:
     raise KeyStoreError("a PKCS#11 key never leaves its token")
 
 
+def _token_sign(private: Any, token: str, data: bytes, **mechanism: Any) -> bytes:
+    """C_SignInit/C_Sign on the token. Whatever the token says at this point (object gone,
+    session closed, token removed, device error) is a key-store failure (exit 9), never an
+    internal error: the key was found and unlocked, but the token would not sign."""
+    try:
+        return bytes(private.sign(data, **mechanism))
+    except p11.PKCS11Error as exc:
+        raise KeyStoreError(
+            f"token {token!r} failed to sign: {type(exc).__name__}",
+            hint="check that the token is present and still holds the CA key",
+        ) from exc
+
+
 class TokenEcKey(ec.EllipticCurvePrivateKey):
     """ECDSA through CKM_ECDSA on a host-computed digest."""
 
-    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
@@ -139,7 +152,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
             hasher = hashes.Hash(algorithm)
             hasher.update(bytes(data))
             digest = hasher.finalize()
-        raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
+        raw = _token_sign(self._private, self._token, digest, mechanism=Mechanism.ECDSA)
         half = len(raw) // 2
         r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         return utils.encode_dss_signature(r, s)
@@ -179,8 +192,8 @@ _RSA_PSS = {
 class TokenRsaKey(rsa.RSAPrivateKey):
     """RSA PKCS#1 v1.5 or PSS with the token's combined SHA-2 mechanisms."""
 
-    def __init__(self, private: Any, public_key: rsa.RSAPublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: rsa.RSAPublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(
         self,
@@ -191,7 +204,9 @@ class TokenRsaKey(rsa.RSAPrivateKey):
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise KeyStoreError("pre-hashed RSA signing is not supported with token keys")
         if isinstance(padding_, padding.PKCS1v15) and algorithm.name in _RSA_PKCS1:
-            return bytes(self._private.sign(data, mechanism=_RSA_PKCS1[algorithm.name]))
+            return _token_sign(
+                self._private, self._token, bytes(data), mechanism=_RSA_PKCS1[algorithm.name]
+            )
         if isinstance(padding_, padding.PSS) and algorithm.name in _RSA_PSS:
             from pkcs11 import MGF
 
@@ -202,10 +217,12 @@ class TokenRsaKey(rsa.RSAPrivateKey):
                 "sha512": Mechanism.SHA512,
             }[algorithm.name]
             salt = _pss_salt_length(padding_, algorithm, self._public.key_size)
-            return bytes(
-                self._private.sign(
-                    data, mechanism=_RSA_PSS[algorithm.name], mechanism_param=(hash_mech, mgf, salt)
-                )
+            return _token_sign(
+                self._private,
+                self._token,
+                bytes(data),
+                mechanism=_RSA_PSS[algorithm.name],
+                mechanism_param=(hash_mech, mgf, salt),
             )
         raise KeyStoreError(
             f"unsupported RSA signature: {type(padding_).__name__}/{algorithm.name}"
@@ -242,11 +259,11 @@ def _pss_salt_length(pss: padding.PSS, algorithm: hashes.HashAlgorithm, key_bits
 class TokenEd25519Key(ed25519.Ed25519PrivateKey):
     """Pure EdDSA through CKM_EDDSA."""
 
-    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey) -> None:
-        self._private, self._public = private, public_key
+    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey, *, label: str) -> None:
+        self._private, self._public, self._token = private, public_key, label
 
     def sign(self, data: Any) -> bytes:
-        return bytes(self._private.sign(bytes(data), mechanism=Mechanism.EDDSA))
+        return _token_sign(self._private, self._token, bytes(data), mechanism=Mechanism.EDDSA)
 
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public
@@ -261,15 +278,18 @@ class TokenEd25519Key(ed25519.Ed25519PrivateKey):
 
 
 def signer_for(private: Any, public_key: Any, session: Any, token: str) -> Any:
-    """Wrap a token key, after checking the token offers the mechanism it needs."""
+    """Wrap a token key, after checking the token offers the mechanism it needs and the key
+    may sign at all (python-pkcs11 gives a key without CKA_SIGN no ``sign`` method)."""
+    if not callable(getattr(private, "sign", None)):
+        raise KeyStoreError(f"the key on token {token!r} is not allowed to sign (CKA_SIGN false)")
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         _require_mechanism(session, Mechanism.ECDSA, token)
-        return TokenEcKey(private, public_key)
+        return TokenEcKey(private, public_key, label=token)
     if isinstance(public_key, rsa.RSAPublicKey):
         _require_mechanism(session, Mechanism.SHA256_RSA_PKCS, token)
-        return TokenRsaKey(private, public_key)
+        return TokenRsaKey(private, public_key, label=token)
     _require_mechanism(session, Mechanism.EDDSA, token)
-    return TokenEd25519Key(private, public_key)
+    return TokenEd25519Key(private, public_key, label=token)
 
 
 @dataclass

@@ -55,14 +55,17 @@ def _assert_refused(result: object, code: ExitCode, out: Path, h: Hierarchy, bef
     ],
 )
 def test_issue_refusals(
-    hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode
+    fresh_hierarchy: Hierarchy, tmp_path: Path, args: list[str], code: ExitCode
 ) -> None:
-    out = tmp_path / "out"
-    before = hierarchy.ledger_rows()
-    _assert_refused(hierarchy.issue(*args, "--out-dir", str(out)), code, out, hierarchy, before)
+    # A private hierarchy: a before/after row count on the shared one would depend on what
+    # other tests (in another order, or another xdist worker) add to it meanwhile.
+    h, out = fresh_hierarchy, tmp_path / "out"
+    before = h.ledger_rows()
+    _assert_refused(h.issue(*args, "--out-dir", str(out)), code, out, h, before)
 
 
-def test_malformed_csr(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_malformed_csr(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     bad = tmp_path / "bad.csr"
     bad.write_text(
         "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n"
@@ -74,7 +77,8 @@ def test_malformed_csr(hierarchy: Hierarchy, tmp_path: Path) -> None:
     _assert_refused(result, ExitCode.INVALID_INPUT, out, hierarchy, before)
 
 
-def test_csr_with_bad_signature(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_csr_with_bad_signature(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     out, before = tmp_path / "out", hierarchy.ledger_rows()
     result = hierarchy.issue(
         "server",
@@ -124,7 +128,8 @@ def test_csr_from_stdin_uses_only_its_public_key(hierarchy: Hierarchy, tmp_path:
     assert result.json()["certificate"]["pem"]["private_key"] is None
 
 
-def test_existing_output_needs_force(hierarchy: Hierarchy, tmp_path: Path) -> None:
+def test_existing_output_needs_force(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    hierarchy = fresh_hierarchy
     out = tmp_path / "out"
     out.mkdir()
     (out / "cert.pem").write_text("keep me")
@@ -268,3 +273,28 @@ def test_dns_names(hierarchy: Hierarchy, name: str, ok: bool) -> None:
     assert result.exit_code == (0 if ok else ExitCode.INVALID_INPUT), result.stderr
     if name.startswith("bücher"):
         assert "punycode" in json.loads(result.stderr)["error"]["hint"]
+
+
+@pytest.mark.parametrize("command", ["verify-export", "import-intermediate"])
+def test_missing_root_file_is_not_found(tmp_path: Path, command: str) -> None:
+    """``--root`` naming no file is the user's mistake: exit 6, one line naming the file."""
+    missing = tmp_path / "no-such-root.pem"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    cert = tmp_path / "signed.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    home = tmp_path / "home"
+    if command == "verify-export":
+        args = ["audit", "verify-export", str(bundle), "--root", str(missing)]
+    else:
+        args = ["import-intermediate", str(cert), "--root", str(missing), "--home", str(home)]
+    for extra in ([], ["--json"]):
+        result = cli(*args, *extra)
+        assert result.exit_code == ExitCode.NOT_FOUND, result.stderr
+        assert result.stdout == ""
+        if extra:
+            assert json.loads(result.stderr)["error"]["slug"] == "not-found"
+        else:
+            assert result.stderr.startswith("cyphrs: error: ") and result.stderr.count("\n") == 1
+        assert str(missing) in result.stderr and "internal error" not in result.stderr
+    assert not home.exists()

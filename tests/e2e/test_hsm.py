@@ -588,3 +588,143 @@ def test_existing_token_key_is_adopted_and_never_destroyed(tokens: Tokens, tmp_p
         f"pkcs11:token=root-token?module-path={tokens.module}",
     )
     assert label in [k["label"] for k in json.loads(listing.stdout)["keys"]]
+
+
+TOKEN_EDIT_PROBE = r"""
+import sys
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+lib = pkcs11.lib(sys.argv[1])
+action, label = sys.argv[2], sys.argv[3]
+with lib.get_token(token_label="issuing-token").open(user_pin="472019", rw=True) as session:
+    key = session.get_key(label=label, object_class=ObjectClass.PRIVATE_KEY)
+    if action == "no-sign":
+        key[Attribute.SIGN] = False
+    else:
+        key.destroy()
+print("done")
+"""
+
+
+def _edit_token_key(tokens: Tokens, action: str, label: str) -> None:
+    """Change the token from another process, as an operator or another tool would."""
+    proc = subprocess.run(
+        [os.sys.executable, "-c", TOKEN_EDIT_PROBE, tokens.module, action, label],
+        env={**os.environ, **tokens.env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.stdout.strip() == "done", proc.stderr
+
+
+def _label(uri: str) -> str:
+    return uri.split("object=")[1].split("?")[0]
+
+
+def test_token_refusing_to_sign_is_exit_9(tokens: Tokens, tmp_path: Path) -> None:
+    """The key is found and the session logged in, but C_SignInit fails on the token
+    (CKA_SIGN cleared): a key-store error (exit 9, one line), nothing recorded or written."""
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    _edit_token_key(tokens, "no-sign", _label(ca.inter_uri))
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        before = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
+    for extra in ((), ("--json",)):
+        proc = tokens.cyphrs(
+            "issue",
+            "agent",
+            "--home",
+            str(ca.home),
+            "--workflow",
+            "signfail",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--pin-file",
+            str(tokens.pin_file),
+            *extra,
+            check=False,
+        )
+        assert proc.returncode == 9, proc.stderr
+        if extra:
+            error = json.loads(proc.stderr)["error"]
+            assert error["slug"] == "keystore" and "issuing-token" in error["message"]
+        else:
+            assert "issuing-token" in _error(proc) and "internal error" not in _error(proc)
+        assert proc.stdout == b""
+    crl = tokens.cyphrs(
+        "crl", "--home", str(ca.home), "--pin-file", str(tokens.pin_file), check=False
+    )
+    assert crl.returncode == 9 and "internal error" not in _error(crl)
+    assert not (tmp_path / "o").exists()
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        assert conn.execute("SELECT count(*) FROM certificates").fetchone()[0] == before
+        assert conn.execute("SELECT count(*) FROM crls").fetchone()[0] == 0
+
+
+def _blocked_in_pipe_write(pid: int) -> bool:
+    try:
+        # "pipe_write" before Linux 6.x, "anon_pipe_write" after.
+        return Path(f"/proc/{pid}/wchan").read_text().strip().endswith("pipe_write")
+    except OSError:
+        return False
+
+
+def test_key_destroyed_between_unlock_and_sign_is_exit_9(tokens: Tokens, tmp_path: Path) -> None:
+    """A batch unlocks the token once, then signs item after item. The JSON lines of the first
+    items fill the (shrunk) stdout pipe, so the process blocks between two items; meanwhile
+    another process destroys the CA key on the token. The next signature then fails inside
+    the token (C_SignInit on a handle whose object is gone): exit 9 per item, never 1."""
+    import fcntl
+    import time
+
+    ca = _hsm_hierarchy(tokens, tmp_path, "p256")
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("".join(f'{{"workflow": "gone", "instance": "i{i}"}}\n' for i in range(6)))
+    proc = subprocess.Popen(
+        [
+            tool("cyphrs"),
+            "issue",
+            "agent",
+            "--batch",
+            str(batch),
+            "--keep-going",
+            "--json",
+            "--home",
+            str(ca.home),
+            "--pin-file",
+            str(tokens.pin_file),
+        ],
+        env={**os.environ, **tokens.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
+        deadline = time.monotonic() + 60
+        while not _blocked_in_pipe_write(proc.pid):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "cyphrs never blocked writing item 1"
+            time.sleep(0.05)
+        _edit_token_key(tokens, "destroy", _label(ca.inter_uri))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    items = [line for line in lines if line["schema"] == "cyphrs.issue-batch-item/v1"]
+    ok = [item["ok"] for item in items]
+    assert len(ok) == 6 and False in ok, items
+    signed = ok.index(False)  # items signed before the key vanished
+    assert signed >= 1 and all(ok[:signed]) and not any(ok[signed:]), ok
+    for failed in items[signed:]:
+        assert failed["error"]["code"] == 9 and failed["error"]["slug"] == "keystore", failed
+        assert failed["error"]["message"].startswith(
+            "token 'issuing-token' failed to sign: "
+        ), failed
+    assert proc.returncode == 9, err.decode()
+    assert b"internal error" not in err
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        leaves = conn.execute("SELECT count(*) FROM certificates WHERE is_ca = 0").fetchone()[0]
+    assert leaves == signed

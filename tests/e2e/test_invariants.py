@@ -159,3 +159,68 @@ def test_intermediate_validity_is_clamped_to_the_root(tmp_path: Path) -> None:
         str(tmp_path / "i"),
     )
     assert leaf.exit_code == 0 and leaf.json()["certificate"]["not_after"] <= authority["not_after"]
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_leaf_private_keys_are_0600_whatever_the_umask(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """key.pem is 0600 from issue, issue --force over a 0644 file, renew and batch, even
+    when the process runs with umask 0; the public files are 0644."""
+    import os
+    import subprocess
+
+    from tests.helpers import tool
+
+    h = fresh_hierarchy
+    home = ("--home", str(h.home), "--passphrase-file", str(h.inter_pass))
+
+    def cyphrs(*args: str) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [tool("cyphrs"), *args, *home],
+            capture_output=True,
+            check=False,
+            umask=0,
+            env={**os.environ, "CI": "true"},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    first = tmp_path / "first"
+    cyphrs("issue", "agent", "--workflow", "modes", "--instance", "m1", "--out-dir", str(first))
+    assert _mode(first / "key.pem") == 0o600
+    for name in ("cert.pem", "chain.pem", "fullchain.pem", "ca.pem"):
+        assert _mode(first / name) == 0o644, name
+
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    (forced / "key.pem").write_text("old")
+    (forced / "key.pem").chmod(0o644)
+    cyphrs(
+        "issue",
+        "agent",
+        "--workflow",
+        "modes",
+        "--instance",
+        "m2",
+        "--out-dir",
+        str(forced),
+        "--force",
+    )
+    assert _mode(forced / "key.pem") == 0o600
+    assert (forced / "key.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+    serial = serial_hex(_load(first / "cert.pem").serial_number)
+    renewed = tmp_path / "renewed"
+    cyphrs("renew", "--serial", serial, "--out-dir", str(renewed))
+    assert _mode(renewed / "key.pem") == 0o600
+
+    batch = tmp_path / "b.jsonl"
+    batch.write_text('{"workflow": "modes-batch", "instance": "b1"}\n')
+    cyphrs("issue", "agent", "--batch", str(batch), "--out-dir", str(tmp_path / "batch"))
+    keys = list((tmp_path / "batch").rglob("key.pem"))
+    assert len(keys) == 1 and _mode(keys[0]) == 0o600

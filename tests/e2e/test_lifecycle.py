@@ -340,3 +340,59 @@ def test_a_revoked_intermediate_issues_nothing_but_still_publishes_its_crl(
         last = conn.execute("SELECT type, details FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     assert last[0] == "policy.denied" and json.loads(last[1])["rule"] == "test-inter.revoked"
     assert cli("crl", "--home", str(h.home), "--passphrase-file", str(h.inter_pass)).exit_code == 0
+
+
+def _openssl_crl(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["openssl", "crl", *args], input=data, capture_output=True, check=False)
+
+
+def test_crl_der_is_read_by_openssl_as_der(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    """``crl --der`` writes DER that openssl reads with -inform DER (and only that way), whose
+    signature verifies, and that makes openssl refuse the revoked leaf."""
+    h = fresh_hierarchy
+    victim = _agent(h, tmp_path / "victim")
+    leaf = x509.load_pem_x509_certificate((victim / "cert.pem").read_bytes())
+    revoked = cli(
+        "revoke", str(victim / "cert.pem"), "--reason", "key-compromise", "--home", str(h.home)
+    )
+    assert revoked.exit_code == 0, revoked.stderr
+    der_path = _crl(h, tmp_path / "crl.der", "--der")
+    data = der_path.read_bytes()
+    assert data[:1] == b"\x30" and b"-----BEGIN" not in data  # a DER SEQUENCE, not PEM
+    check = _openssl_crl(
+        "-inform", "DER", "-in", str(der_path), "-verify", "-noout", "-CAfile", str(h.inter_cert)
+    )
+    assert check.returncode == 0 and b"verify OK" in check.stdout + check.stderr, check.stderr
+    text = _openssl_crl("-inform", "DER", "-in", str(der_path), "-noout", "-text")
+    assert text.returncode == 0, text.stderr
+    assert format(leaf.serial_number, "X").encode() in text.stdout.replace(b":", b"").upper()
+    assert b"Key Compromise" in text.stdout
+    assert _openssl_crl("-inform", "PEM", "-in", str(der_path), "-noout").returncode != 0
+    # The same CRL as PEM (converted by openssl, not by us) puts the leaf out of service.
+    pem_path = tmp_path / "crl.pem"
+    converted = _openssl_crl(
+        "-inform", "DER", "-in", str(der_path), "-outform", "PEM", "-out", str(pem_path)
+    )
+    assert converted.returncode == 0, converted.stderr
+    proc = openssl_verify(
+        victim / "ca.pem",
+        victim / "chain.pem",
+        victim / "cert.pem",
+        "sslclient",
+        "-crl_check",
+        "-CRLfile",
+        str(pem_path),
+    )
+    assert "error 23 at 0 depth" in proc.stdout + proc.stderr
+    crl = x509.load_der_x509_crl(data)
+    assert crl.is_signature_valid(
+        x509.load_pem_x509_certificate(h.inter_cert.read_bytes()).public_key()  # type: ignore[arg-type]
+    )
+    # To standard output as raw bytes, from a real process (no text-mode mangling).
+    streamed = run_cyphrs(
+        "crl", "--der", "--out", "-", "--home", str(h.home), "--passphrase-file", str(h.inter_pass)
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    parsed = x509.load_der_x509_crl(streamed.stdout)
+    assert parsed.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None
+    assert _openssl_crl("-inform", "DER", "-noout", data=streamed.stdout).returncode == 0

@@ -186,3 +186,132 @@ def test_sign_intermediate_refuses_a_bad_csr(
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert json.loads(result.stderr)["error"]["slug"] == "invalid-input"
     assert not (tmp_path / "x.pem").exists()
+
+
+def _sha256_key_id(public_key: object) -> bytes:
+    """RFC 7093 section 2 method 1: the leftmost 160 bits of SHA-256 of the subjectPublicKey
+    BIT STRING; not the SHA-1 (RFC 5280 method 1) that cyphrs and OpenSSL compute."""
+    from asn1crypto import keys
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import load_der_x509_certificate  # noqa: F401
+
+    der = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bits = keys.PublicKeyInfo.load(der)["public_key"].contents[1:]  # drop the unused-bits octet
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(bits)
+    return digest.finalize()[:20]
+
+
+def test_leaves_carry_the_issuers_own_ski_as_aki(tmp_path: Path) -> None:
+    """An intermediate signed by an outside root whose tooling derives key identifiers with
+    SHA-256 (RFC 7093), not SHA-1: every leaf's AKI must be the SKI the intermediate's
+    certificate actually carries, or path builders that match AKI to SKI cannot chain it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    inter_pass = tmp_path / "inter.pass"
+    inter_pass.write_text(INTER_PASS)
+    online, csr_path = tmp_path / "online", tmp_path / "agents.csr"
+    request = cli(
+        "create-intermediate",
+        "--name",
+        "Agents CA",
+        "--trust-domain",
+        "acme.internal",
+        "--home",
+        str(online),
+        "--passphrase-file",
+        str(inter_pass),
+        "--csr-out",
+        str(csr_path),
+    )
+    assert request.exit_code == 0, request.stderr
+    csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Outside Root")])
+    root_ski = _sha256_key_id(root_key.public_key())
+    now = datetime.datetime.now(datetime.UTC)
+    ku = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(ku, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(root_ski), critical=False)
+        .sign(root_key, hashes.SHA384())
+    )
+    inter_ski = _sha256_key_id(csr.public_key())
+    sha1 = x509.SubjectKeyIdentifier.from_public_key(csr.public_key()).digest  # type: ignore[arg-type]
+    assert inter_ski != sha1
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(root_name)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(ku, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(inter_ski), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(root_ski, None, None), critical=False)
+        .sign(root_key, hashes.SHA384())
+    )
+    signed, root_file = tmp_path / "agents.pem", tmp_path / "root.pem"
+    signed.write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+    root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    imported = cli(
+        "import-intermediate", str(signed), "--root", str(root_file), "--home", str(online)
+    )
+    assert imported.exit_code == 0, imported.stderr
+
+    for profile, args in (
+        ("agent", ["--workflow", "aki", "--instance", "a1"]),
+        ("server", ["--dns", "api.acme.internal"]),
+        ("client", ["--cn", "aki-client"]),
+    ):
+        out = tmp_path / profile
+        issued = cli(
+            "issue",
+            profile,
+            *args,
+            "--home",
+            str(online),
+            "--passphrase-file",
+            str(inter_pass),
+            "--out-dir",
+            str(out),
+        )
+        assert issued.exit_code == 0, issued.stderr
+        leaf = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        assert aki.key_identifier == inter_ski, profile
+        purpose = "sslserver" if profile == "server" else "sslclient"
+        proc = openssl_verify(out / "ca.pem", out / "chain.pem", out / "cert.pem", purpose)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    crl = cli(
+        "crl",
+        "--home",
+        str(online),
+        "--passphrase-file",
+        str(inter_pass),
+        "--out",
+        str(tmp_path / "crl.pem"),
+    )
+    assert crl.exit_code == 0, crl.stderr
+    crl_aki = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes()).extensions
+    assert crl_aki.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == (
+        inter_ski
+    )

@@ -128,3 +128,59 @@ def test_cryptography_client_verifier_sees_one_spiffe_id(
         n.value for n in verified.subjects or [] if isinstance(n, x509.UniformResourceIdentifier)
     ]
     assert len(uris) == 1 and uris[0].startswith("spiffe://acme.internal/agent/payments-recon/")
+
+
+def _cert_with_uris(path: Path, uris: list[str]) -> Path:
+    """A leaf built directly with cryptography (not by cyphrs) carrying the given URI SANs."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    issuer = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Lint Probe CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("uris", "bad"),
+    [
+        (["spiffe://acme.internal/agent/payments/i-1"], 0),
+        (["spiffe://acme.internal/a b"], 1),  # space: not a SPIFFE ID, not a URI
+        (["spiffe://ACME.internal/agent/x"], 1),  # SPIFFE trust domains are lowercase
+        (["spiffe://acme.internal/agent/../x"], 1),  # dot segments are forbidden
+        (["http://exa mple/"], 1),  # not SPIFFE at all
+        (["spiffe://acme.internal/agent/ok", "spiffe://acme.internal/%41"], 1),
+    ],
+)
+def test_pkilint_helper_reports_bad_uris(tmp_path: Path, uris: list[str], bad: int) -> None:
+    """The SPIFFE allowance in tests/helpers.py covers only URIs our parser accepts."""
+    cert = _cert_with_uris(tmp_path / "probe.pem", uris)
+    findings = pkilint_findings("lint_pkix_cert", str(cert))
+    assert findings.count("pkix.invalid_uri_syntax") == bad, findings

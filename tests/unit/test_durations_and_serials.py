@@ -41,13 +41,43 @@ def test_format_duration() -> None:
     assert format_duration(timedelta(seconds=-61)) == "-1m1s"
 
 
+def _der_integer_content(value: int) -> bytes:
+    """The content octets of a DER INTEGER, as asn1crypto (an independent encoder) writes it."""
+    from asn1crypto import core
+
+    return bytes(core.Integer(value).contents)
+
+
 def test_serials_are_positive_wide_and_short() -> None:
     serials = {new_serial() for _ in range(2000)}
     assert len(serials) == 2000
     for serial in serials:
         assert MIN_SERIAL <= serial < 1 << SERIAL_BITS
-        assert len(serial.to_bytes(20, "big")) == 20  # fits 20 octets, top bit clear
+        # RFC 5280 4.1.2.2: at most 20 octets *as encoded*, and positive. A value with bit 159
+        # set would need a leading 0x00 octet (21 octets); the top bit of the first content
+        # octet set would make the INTEGER negative.
+        content = _der_integer_content(serial)
+        assert len(content) <= 20, serial
+        assert content[0] & 0x80 == 0, serial
     assert max(s.bit_length() for s in serials) > 150  # really 159 random bits
+    # The draws use the top bit position: some serial fills all 20 octets (bit 159 clear).
+    assert max(len(_der_integer_content(s)) for s in serials) == 20
+
+
+@pytest.mark.parametrize(
+    ("value", "octets", "fits"),
+    [
+        ((1 << 159) - 1, 20, True),  # the largest serial new_serial can draw
+        (1 << 159, 21, False),  # one more bit: the DER form needs a 0x00 pad, 21 octets
+        ((1 << 160) - 1, 21, False),
+    ],
+)
+def test_der_length_check_can_fail(value: int, octets: int, fits: bool) -> None:
+    """The 20-octet check above is a real check: one bit wider than SERIAL_BITS breaks it."""
+    content = _der_integer_content(value)
+    assert len(content) == octets
+    assert (len(content) <= 20 and content[0] & 0x80 == 0) is fits
+    assert (value < 1 << SERIAL_BITS) is fits
 
 
 def test_serial_text_forms() -> None:
@@ -70,3 +100,36 @@ def test_times() -> None:
     assert parse_time("2026-11-01T05:00:00+02:00").hour == 3
     with pytest.raises(InvalidInputError):
         parse_time("yesterday")
+
+
+def test_serial_hex_pads_to_whole_octets() -> None:
+    assert serial_hex(0xAB) == "ab"  # even: unchanged
+    assert serial_hex(0xABC) == "0abc"  # odd: one leading zero
+    assert serial_hex(0) == "00"
+    assert serial_hex((1 << 159) - 1) == "7f" + "ff" * 19
+
+
+def test_bad_serial_message() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        parse_serial("0xZZ")
+    assert caught.value.message == "'0xZZ' is not a hexadecimal serial number"
+
+
+def test_smallest_durations_and_messages() -> None:
+    assert parse_duration("1s") == timedelta(seconds=1)
+    assert parse_duration("0h1s") == timedelta(seconds=1)
+    with pytest.raises(InvalidInputError) as caught:
+        parse_duration("4x")
+    assert caught.value.message == "invalid duration '4x'"
+    assert caught.value.hint == "use a number with a unit: 90s, 15m, 4h, 7d, 1y"
+    with pytest.raises(InvalidInputError) as caught:
+        parse_duration("0m")
+    assert caught.value.message == "duration '0m' must be positive"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(1, "1s"), (59, "59s"), (60, "1m"), (3600, "1h"), (86400 + 1, "1d1s"), (90061, "1d1h")],
+)
+def test_format_duration_keeps_two_largest_units(seconds: int, text: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == text

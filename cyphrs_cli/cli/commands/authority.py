@@ -416,7 +416,7 @@ def import_intermediate(
         ca_home,
         read_input(certificate),
         source=certificate,
-        root_pem=read_input(str(root)) if root else None,
+        root_pem=read_input(str(root.absolute())) if root else None,
     )
     if render.json_mode():
         render.emit_json(

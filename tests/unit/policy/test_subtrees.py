@@ -22,3 +22,9 @@ from cyphrs_cli.policy.decide import _within
 )
 def test_within(name: str, base: str, exact: bool, inside: bool) -> None:
     assert _within(name, base, exact_host=exact) is inside
+
+
+def test_trailing_dots_on_either_side() -> None:
+    assert _within("api.acme.internal", "acme.internal.")
+    assert _within("api.acme.internal.", ".acme.internal.")
+    assert not _within("acme.internal ", "acme.internal")  # only dots are stripped

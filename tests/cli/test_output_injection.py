@@ -24,7 +24,10 @@ CR_PAYLOAD = "ok\rFAKE-OK"
 LF_PAYLOAD = "ok\nserial 00 valid"
 BIDI_PAYLOAD = "user\u202etxt.exe"
 C1_PAYLOAD = "x\x9b31my"
-FORMULAS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+FORMULAS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)"]
+# Formula prefixes that are control characters: issuance refuses them, so they are planted
+# into a ledger copy for ``list --csv``.
+CONTROL_FORMULAS = ["\t=1", "\r=1"]
 RAW_CONTROLS = ["\x1b", "\r", "\x07", "\x9b", "\u202e", "\u2066"]
 
 
@@ -48,29 +51,59 @@ def _issue(h: Hierarchy, *args: str) -> dict[str, object]:
     return certificate
 
 
+def _foreign_agent_cert(path: Path, requester: str) -> Path:
+    """A certificate made outside cyphrs whose agent-claims extension carries ``requester``:
+    issuance refuses such text, but ``inspect`` reads any file and must show it safely."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID, AgentClaims, encode_agent_claims
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign")])
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    claims = AgentClaims("inject", ("read",), requester, now)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(9)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier(AGENT_CLAIMS_OID), encode_agent_claims(claims)
+            ),
+            False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 @pytest.mark.parametrize("payload", [ESC_PAYLOAD, CR_PAYLOAD, LF_PAYLOAD, BIDI_PAYLOAD, C1_PAYLOAD])
-def test_requester_escapes_stay_out_of_inspect_and_list(
+def test_requester_escapes_are_refused_and_never_shown_raw(
     fresh_hierarchy: Hierarchy, tmp_path: Path, payload: str
 ) -> None:
     h = fresh_hierarchy
+    # Issuance refuses the text (exit 3), and its one error line shows it escaped.
     proc = run_cyphrs(
-        "issue",
-        "agent",
-        "--workflow",
-        "inject",
-        "--requester",
-        payload,
-        "--out-dir",
-        str(tmp_path / "o"),
-        "--home",
-        str(h.home),
-        "--passphrase-file",
-        str(h.inter_pass),
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    _assert_clean(proc.stdout.decode(), what="issue output")
+        "issue", "agent", "--workflow", "inject", "--requester", payload,
+        "--out-dir", str(tmp_path / "o"), "--home", str(h.home),
+        "--passphrase-file", str(h.inter_pass),
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr.decode()
+    _assert_clean(proc.stderr.decode(), what="issue error")
+    assert proc.stderr.decode().count("\n") == 1 and not (tmp_path / "o").exists()
 
-    shown = run_cyphrs("inspect", str(tmp_path / "o" / "cert.pem"), "--home", str(h.home))
+    cert = _foreign_agent_cert(tmp_path / "foreign.pem", payload)
+    shown = run_cyphrs("inspect", str(cert), "--home", str(h.home))
     assert shown.returncode == 0, shown.stderr.decode()
     out = shown.stdout.decode()
     _assert_clean(out, what="inspect")
@@ -78,14 +111,8 @@ def test_requester_escapes_stay_out_of_inspect_and_list(
     (row,) = [line for line in out.splitlines() if line.startswith("  requester")]
     assert "\\x" in row or "\\u" in row
 
-    listed = run_cyphrs("list", "--home", str(h.home))
-    assert listed.returncode == 0, listed.stderr.decode()
-    _assert_clean(listed.stdout.decode(), what="list")
-
     # JSON stays exact: the real value, escaped only by the JSON encoder.
-    as_json = run_cyphrs(
-        "inspect", str(tmp_path / "o" / "cert.pem"), "--home", str(h.home), "--json"
-    )
+    as_json = run_cyphrs("inspect", str(cert), "--home", str(h.home), "--json")
     claims = json.loads(as_json.stdout)["objects"][0]["agent_claims"]
     assert claims["requester"] == payload
 
@@ -200,6 +227,23 @@ def test_csv_outputs_neutralise_formulas(fresh_hierarchy: Hierarchy, tmp_path: P
             assert "'" + formula in cells, f"{name}: {formula!r} not neutralised"
         assert "'@SUM(1)" in cells
         assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], name
+
+    home = tmp_path / "copy"
+    shutil.copytree(h.home, home)
+    with sqlite3.connect(home / "ledger.sqlite3") as conn:
+        for formula, (cert_id,) in zip(
+            CONTROL_FORMULAS,
+            conn.execute("SELECT id FROM certificates LIMIT 2").fetchall(),
+            strict=True,
+        ):
+            conn.execute("UPDATE certificates SET requester = ? WHERE id = ?", (formula, cert_id))
+    planted = run_cyphrs("list", "--csv", "--home", str(home))
+    assert planted.returncode == 0, planted.stderr.decode()
+    rows = list(csv.reader(io.StringIO(planted.stdout.decode(), newline="")))
+    assert {len(r) for r in rows} == {len(rows[0])}
+    cells = _csv_cells(planted.stdout.decode())
+    for formula in CONTROL_FORMULAS:
+        assert formula not in cells and "'" + formula in cells, formula
 
 
 def test_help_for_missing_arguments_is_still_the_help_page() -> None:

@@ -58,7 +58,7 @@ def _read(bundle: Path, name: str) -> bytes:
 def _json_object(bundle: Path, name: str, data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _malformed(bundle, f"{name} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise _malformed(bundle, f"{name} is not a JSON object")
@@ -224,7 +224,14 @@ def verify_bundle(
             seq = event["seq"]
             if not isinstance(seq, int):
                 raise TypeError("seq")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        except (
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            RecursionError,
+        ):
             problems.append(f"events.jsonl: line {number} is not a well-formed event")
             break
         events_checked += 1

@@ -116,6 +116,8 @@ def _records(data: bytes, source: str) -> list[dict[str, Any]]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InvalidInputError(f"{source}: line {number} is not JSON ({exc.msg})") from exc
+            except RecursionError as exc:  # a deeply nested JSON "bomb"
+                raise InvalidInputError(f"{source}: line {number} nests too deeply") from exc
             if not isinstance(value, dict):
                 raise InvalidInputError(f"{source}: line {number} is not a JSON object")
             records.append(value)

@@ -94,7 +94,7 @@ def _details(text: str, *keys: str) -> dict[str, Any]:
     storage problem (exit 8), never a crash."""
     try:
         details = json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         details = None
     if not isinstance(details, dict) or any(k not in details for k in keys):
         raise _mismatch(

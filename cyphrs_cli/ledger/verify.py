@@ -163,7 +163,7 @@ def _walk_chain(conn: sqlite3.Connection, report: LedgerVerification) -> dict[in
             return hashes
         try:
             body = event_body(row)
-        except (json.JSONDecodeError, TypeError, ValueError):
+        except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
             report.problems.append(f"event seq {seq}: details are not valid JSON")
             return hashes
         try:
@@ -190,7 +190,7 @@ def _load_events(conn: sqlite3.Connection, report: LedgerVerification) -> list[E
     for row in conn.execute("SELECT seq, type, details FROM events ORDER BY seq"):
         try:
             details = json.loads(row["details"])
-        except (json.JSONDecodeError, TypeError):
+        except (json.JSONDecodeError, TypeError, RecursionError):
             details = None
         if not isinstance(details, dict):
             report.problems.append(
@@ -410,7 +410,7 @@ def _check_stored_checkpoints(
             report.problems.append(f"{label} does not match its event seq {found[0]}")
         try:
             document = json.loads(text)
-        except (json.JSONDecodeError, TypeError):
+        except (json.JSONDecodeError, TypeError, RecursionError):
             report.problems.append(f"{label}: unreadable")
             continue
         if not isinstance(document, dict) or (

@@ -122,6 +122,8 @@ HOSTILE_FILES = {
     "csr-garbage": b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
     "huge-line": b"A" * 200_000,
     "json-bomb": b"[" * 10_000,
+    # Deeper than the JSON parser's recursion limit, inside a JSON Lines object.
+    "jsonl-bomb": b'{"a": ' + b"[" * 100_000 + b"\n",
     "toml-garbage": b"[[certificate]]\nprofile = 5\nname = []\n",
     "jsonl-types": b'{"profile": 5, "ttl": [], "dns": "x", "permissions": "p"}\n',
     "jsonl-nested": b'{"profile": "agent", "workflow": {"a": 1}}\n',

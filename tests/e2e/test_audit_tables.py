@@ -263,3 +263,23 @@ def test_odd_event_details_are_problems_not_crashes(
     assert result.returncode == ExitCode.CHECK_NOT_MET, result.stderr
     problems = json.loads(result.stdout)["problems"]
     assert any(f"event seq {seq}" in p for p in problems), problems
+
+
+def test_deeply_nested_details_are_problems_not_crashes(tmp_path: Path) -> None:
+    """A JSON "bomb" (nesting deeper than the parser's recursion limit) planted in the
+    ledger is a finding for audit verify (exit 10) and a refused trust state for signing
+    (exit 8), never an internal error."""
+    h = build_hierarchy(tmp_path / "ca")
+    bomb = "[" * 100_000 + "]" * 100_000
+    conn = connect(h.home / "ledger.sqlite3")
+    conn.execute(
+        "UPDATE events SET details = ? WHERE seq = (SELECT max(seq) FROM events"
+        " WHERE type = 'authority.created')",
+        (bomb,),
+    )
+    conn.close()
+    result = run_cyphrs("audit", "verify", "--json", "--home", str(h.home))
+    assert result.returncode == ExitCode.CHECK_NOT_MET, result.stderr
+    assert json.loads(result.stdout)["problems"]
+    issued = h.issue("agent", "--workflow", "w", "--json")
+    assert issued.exit_code == ExitCode.STORAGE, issued.stderr

@@ -202,7 +202,11 @@ def test_passphrases_never_leak(tmp_path: Path) -> None:
         *inter_env,
         expect=5,
     )
-    w.run("issue", "agent", "--batch", str(batch), "--json", *issuer, *home, *wrong_env, expect=4)
+    # A batch with a refused item is refused before any key is unlocked (exit 5), so the
+    # wrong-passphrase path needs a clean one.
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text('{"workflow": "bl", "instance": "b2"}\n')
+    w.run("issue", "agent", "--batch", str(clean), "--json", *issuer, *home, *wrong_env, expect=4)
 
     listed = w.run("list", "--json", *home)
     leaves = [c for c in json.loads(listed)["certificates"] if not c["is_ca"]]
@@ -215,7 +219,8 @@ def test_passphrases_never_leak(tmp_path: Path) -> None:
     w.run("crl", "--issuer", "leak-root", *home, *root_env)
     w.run("audit", "checkpoint", *issuer, *home, *inter_env, "--out", str(tmp_path / "cp.json"))
     w.run("audit", "verify", *home)
-    w.run("audit", "verify", *home, "--checkpoint", str(tmp_path / "cp.json"))
+    root_pem = str(tmp_path / "home" / "certs" / "leak-root.pem")
+    w.run("audit", "verify", *home, "--checkpoint", str(tmp_path / "cp.json"), "--root", root_pem)
     bundle = tmp_path / "bundle"
     w.run(
         "audit-export",
@@ -304,7 +309,7 @@ def test_passphrases_never_leak(tmp_path: Path) -> None:
         *home,
         *root_env,
     )
-    w.run("import-intermediate", str(signed), *online)
+    w.run("import-intermediate", str(signed), *online, "--root", root_pem)
     w.run(
         "issue",
         "agent",

@@ -93,6 +93,7 @@ def test_allowed_request_reports_ttl_and_every_rule_that_allowed_it() -> None:
     assert decision.allowed_by == (
         "p.issuers: issuing may use it",
         "p.key_types: p256 allowed",
+        "limits.ec_curve: secp256r1",
         "p.max_ttl: 4h <= 1d",
         "p.min_ttl: 4h >= 5m",
         "p.names.spiffe: optional",
@@ -166,7 +167,9 @@ def test_require_one_of() -> None:
 def test_require_common_name() -> None:
     profile = _profile(require_common_name=True)
     assert _denied(profile, _request()) == "p.names.require_common_name"
-    assert _denied(profile, _request(common_name="")) == "p.names.require_common_name"
+    # An empty CN is malformed input (exit 3) before it is a policy question.
+    with pytest.raises(InvalidInputError, match="common name must be 1-64 characters"):
+        decide(profile, _request(common_name=""), ISSUER)
     decide(profile, _request(common_name="deployer"), ISSUER)
 
 
@@ -361,11 +364,12 @@ def test_refusal_messages_about_the_issuer() -> None:
     issuer = _constrained(["acme.internal"], ["acme.internal"])
     outside = _request(spiffe_id="spiffe://other.internal/x")
     assert _message(_profile(trust_domains=("other.internal",)), outside, issuer) == (
-        "SPIFFE ID host 'other.internal' is outside the issuer's name constraints"
+        "SPIFFE ID host 'other.internal' is outside the name constraints of issuer"
+        " 'constrained'"
         " (rule constrained.name_constraints)"
     )
     assert _message(_profile(), _request(dns_names=("a.example",)), issuer) == (
-        "DNS name 'a.example' is outside the issuer's name constraints"
+        "DNS name 'a.example' is outside the name constraints of issuer 'constrained'"
         " (rule constrained.name_constraints)"
     )
 

@@ -144,7 +144,7 @@ class CrlRequest:
 @dataclass(frozen=True)
 class CrlResult:
     published: PublishedCrl
-    path: Path  # crls/ALIAS.crl in the CA home
+    path: Path  # crls/ALIAS.crl.pem in the CA home (the DER copy beside it)
 
 
 @dataclass(frozen=True)

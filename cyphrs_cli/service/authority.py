@@ -179,7 +179,12 @@ class Authority:
         return self.signing_issuer(self.issuer_name)
 
     def signing_issuer(self, name: str) -> Issuer:
-        """Any CA of this home, unlocked once with this authority's secrets and kept."""
+        """Any CA of this home, unlocked once with this authority's secrets and kept.
+
+        Its revocation is re-read from the ledger on every call: an intermediate revoked
+        while this authority is open (by another process) must stop signing at once, not
+        when the front end restarts.
+        """
         with self._lock:
             found = self._issuers.get(name)
             if found is None:
@@ -187,7 +192,19 @@ class Authority:
 
                 found = load_issuer(self._home, self.config, self.ledger, name, self._secrets)
                 self._issuers[name] = found
-            return found
+        if not found.revoked and found.authority_id is not None:
+            status = self.ledger.conn.execute(
+                "SELECT c.status FROM authorities a JOIN certificates c"
+                " ON c.id = a.certificate_id WHERE a.id = ?",
+                (found.authority_id,),
+            ).fetchone()
+            if status is not None and status[0] == "revoked":
+                from dataclasses import replace
+
+                found = replace(found, revoked=True)
+                with self._lock:
+                    self._issuers[name] = found
+        return found
 
     # -- use cases ------------------------------------------------------------------
 

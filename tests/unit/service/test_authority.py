@@ -302,3 +302,21 @@ def test_close_ends_every_thread_connection(home: CaHome) -> None:
     thread.start()
     thread.join()
     assert refused and "closed" in str(refused[0])
+
+
+def test_an_issuer_revoked_while_open_stops_signing(
+    opened: Callable[..., Authority], fresh_hierarchy: Hierarchy
+) -> None:
+    """A long-lived authority (a server) must not keep signing with an intermediate that
+    another process revoked after it was opened: the refusal is exit 5, recorded."""
+    ca = opened()
+    ca.issue(IssueRequest(_agent("before")))
+    other = opened(unlock=False)
+    intermediate = fresh_hierarchy.inter_cert.read_bytes()
+    other.revoke(RevokeRequest(CertificateTarget(certificate=intermediate), "ca-compromise"))
+    certificates = _count(ca.home)
+    with pytest.raises(PolicyDenied, match="revoked"):
+        ca.issue(IssueRequest(_agent("after")))
+    assert _count(ca.home) == certificates
+    denied = "SELECT count(*) FROM events WHERE type = 'policy.denied'"
+    assert _count(ca.home, denied) == 1

@@ -114,14 +114,17 @@ class TokenSession:
             ) from exc
 
     def private_key(self, label: str) -> Any:
-        """The private key object labelled ``label`` in the current session (kept)."""
+        """The private key object labelled ``label`` in the current session (kept), to sign
+        with: a key gone from the token is a signing failure (exit 9)."""
         with self._lock:
             found = self._private.get(label)
             if found is None:
                 found = _find(self.session(), label, ObjectClass.PRIVATE_KEY)
                 if found is None:
                     raise KeyStoreError(
-                        f"no private key labelled {label!r} on token {self.label!r}"
+                        f"token {self.label!r} failed to sign: it holds no private key"
+                        f" labelled {label!r} (any more)",
+                        hint="check that the token is present and still holds the CA key",
                     )
                 self._private[label] = found
             return found

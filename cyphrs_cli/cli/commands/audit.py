@@ -144,7 +144,8 @@ def verify(
     for path in checkpoint or []:
         try:
             external.append((str(path), json.loads(path.read_text())))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            # RecursionError: a deeply nested array ("[[[[...") is hostile input, not a bug.
             raise InvalidInputError(f"{path}: not a readable checkpoint ({exc})") from exc
     ca_home = resolve_home(home)
     ca_home.require_initialised()

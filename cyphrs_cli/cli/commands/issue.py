@@ -153,8 +153,11 @@ def issue(
     from cyphrs_cli.ca.orders import LeafOrder
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.cli.views import refuse_key_on_terminal, render_issued
+    from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import IssueRequest
 
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     if batch is not None:
@@ -216,15 +219,12 @@ def issue(
         csr_source=csr or "CSR",
         allow_duplicate=allow_duplicate,
     )
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.service.authority import Authority
-
+    # unlock=False: the key is unlocked only once the order, profile and outputs passed,
+    # and never for --dry-run.
     with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets, unlock=False) as ca:
         if dry_run:
             _render_dry_run(ca.dry_run(order))
             return
-        from cyphrs_cli.service.requests import IssueRequest
-
         result = ca.issue(IssueRequest(order, out_dir=out_dir, force=force))
     render_issued(
         result, out=out, command="issue", headline="Issued {profile} certificate {serial}"

@@ -75,8 +75,11 @@ def _serials(rows: list[dict[str, object]]) -> set[str]:
 @pytest.fixture(scope="module")
 def listed(tmp_path_factory: pytest.TempPathFactory) -> Listed:
     h = build_hierarchy(tmp_path_factory.mktemp("list"))
-    (h.home / "profiles").mkdir()
-    (h.home / "profiles" / "short.toml").write_text(SHORT)
+    # Home profiles are recorded in the ledger (trust state); a file dropped in is refused.
+    source = h.home.parent / "short.toml"
+    source.write_text(SHORT)
+    recorded = cli("profiles", "set", str(source), "--home", str(h.home))
+    assert recorded.exit_code == 0, recorded.stderr
     ca_serials = _serials(_list(h))
     assert len(ca_serials) == 2  # root and intermediate
     s = {}

@@ -157,7 +157,9 @@ class PlainConsole:
         plain = all(isinstance(o, str) for o in objects) and not kwargs
         if plain and (style is None or not self._colour_possible()):
             if not self._quiet:
-                self.stream.write(terminal_safe(sep.join(objects)) + end)
+                stream = self.stream
+                stream.write(terminal_safe(sep.join(objects)) + end)
+                stream.flush()  # as Rich does: keeps stdout and stderr lines in order
             return
         self.rich.print(*objects, sep=sep, end=end, style=style, **kwargs)
 

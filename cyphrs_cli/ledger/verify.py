@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -746,6 +746,43 @@ def _check_integrity(conn: sqlite3.Connection, report: LedgerVerification) -> bo
     return True
 
 
+def _integrity_in_background(conn: sqlite3.Connection) -> Callable[[LedgerVerification], bool]:
+    """Start ``_check_integrity`` on a second connection; the returned function waits for
+    it and adds its problems to a report (False: the file is too damaged to read)."""
+    import threading
+    from pathlib import Path
+
+    path = next((str(r[2]) for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+    if not path:  # an in-memory database has no second connection: check it here
+        return lambda report: _check_integrity(conn, report)
+    found = LedgerVerification()
+    outcome: list[bool] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            # mode=ro: a file that vanished meanwhile is an error, never a new empty one.
+            other = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True)
+            try:
+                outcome.append(_check_integrity(other, found))
+            finally:
+                other.close()
+        except BaseException as exc:  # reported by the caller's thread, never lost
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="cyphrs-integrity-check", daemon=True)
+    thread.start()
+
+    def finish(report: LedgerVerification) -> bool:
+        thread.join()
+        if failure or not outcome:  # could not open a second connection: check inline
+            return _check_integrity(conn, report)
+        report.problems += found.problems
+        return outcome[0]
+
+    return finish
+
+
 def _checkpointed_seqs(conn: sqlite3.Connection, external: Sequence[tuple[str, Any]]) -> set[int]:
     """The event seqs that stored and given checkpoints name: the only hashes kept."""
     documents: list[Any] = [document for _, document in external]
@@ -769,17 +806,34 @@ def verify_ledger(
     home: HomeFacts | None = None,
 ) -> LedgerVerification:
     report = LedgerVerification(anchor=anchor.to_json() if anchor is not None else None)
+    # SQLite's integrity check reads the whole file (a third of the time at a million
+    # events): it runs on its own read-only connection in a thread (SQLite releases the
+    # GIL) while this thread walks the events; its problems still come first, and a file
+    # it finds unreadable still ends the verification with that one problem.
+    integrity = _integrity_in_background(conn)
+    walked = LedgerVerification()
+    walk: _Walk | None = None
+    walk_error: sqlite3.DatabaseError | None = None
+    certificate_problems: list[str] = []
     try:
-        if not _check_integrity(conn, report):
+        walk = _Walk(conn, walked, _checkpointed_seqs(conn, external_checkpoints))
+        walk.run()
+        certificate_problems = walk.certificate_problems()
+    except sqlite3.DatabaseError as exc:
+        walk_error = exc
+    try:
+        if not integrity(report):
             return report
         if home is not None:
             _check_home(conn, home, report)
-        walk = _Walk(conn, report, _checkpointed_seqs(conn, external_checkpoints))
-        walk.run()
+        if walk_error is not None or walk is None:
+            raise walk_error or sqlite3.DatabaseError("unreadable")
+        report.events, report.certificates = walked.events, walked.certificates
+        report.head_seq, report.head_hash = walked.head_seq, walked.head_hash
         hashes, events = walk.hashes, walk.kept
         report.problems += walk.chain_problems
         report.problems += walk.load_problems
-        report.problems += walk.certificate_problems()
+        report.problems += certificate_problems
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
         stored = _check_stored_checkpoints(conn, events, report)

@@ -88,16 +88,36 @@ def test_completion_is_lean(tmp_path: Path) -> None:
     command, an option and an --issuer value imports nothing heavy."""
     for words, cword in (("cyphrs is", 1), ("cyphrs issue agent --w", 3), ("cyphrs list --iss", 2)):
         env = {
-            "_CYPHRS_COMPLETE": "bash_complete",
+            "_CYPHRS_COMPLETE": "complete_bash",
             "COMP_WORDS": words,
             "COMP_CWORD": str(cword),
             "CYPHRS_HOME": str(tmp_path),
         }
         assert _imported_after(_run_main(), env=env) == [], words
+    assert "issue" in _completion("cyphrs is", 1, tmp_path)
     env = {
-        "_CYPHRS_COMPLETE": "bash_complete",
+        "_CYPHRS_COMPLETE": "complete_bash",
         "COMP_WORDS": "cyphrs issue agent --issuer ",
         "COMP_CWORD": "4",
         "CYPHRS_HOME": str(tmp_path),
     }
     assert _imported_after(_run_main(), env=env) == []
+
+
+def _completion(words: str, cword: int, home: Path) -> str:
+    env = {
+        **os.environ,
+        "_CYPHRS_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(cword),
+        "CYPHRS_HOME": str(home),
+    }
+    code = _run_main()
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return proc.stdout

@@ -171,8 +171,7 @@ def main() -> None:
             ],
         }
         results: dict[str, object] = {
-            name: time_command([CYPHRS, "list", *args], runs, env)
-            for name, args in queries.items()
+            name: time_command([CYPHRS, "list", *args], runs, env) for name, args in queries.items()
         }
         ledger = str(Path(ca["home"]) / "ledger.sqlite3")
         full = [peak([CYPHRS, "list", "--json"], env) for _ in range(3)]

@@ -42,9 +42,13 @@ def main() -> None:
             "TAB: cyphrs i<TAB>": time_command(
                 [CYPHRS],
                 runs,
-                {**env, "_CYPHRS_COMPLETE": "complete_bash", "COMP_WORDS": "cyphrs i",
-                 "COMP_CWORD": "1"},
-            ),  # fmt: skip
+                {
+                    **env,
+                    "_CYPHRS_COMPLETE": "complete_bash",
+                    "COMP_WORDS": "cyphrs i",
+                    "COMP_CWORD": "1",
+                },
+            ),
             "cyphrs issue agent": time_command(
                 [
                     CYPHRS,

@@ -17,20 +17,66 @@ from typer.core import TyperGroup
 
 from cyphrs_cli import __version__
 from cyphrs_cli.cli import render
-from cyphrs_cli.cli.commands import (
-    audit,
-    authority,
-    homeconfig,
-    inspect,
-    issue,
-    keys,
-    lifecycle,
-    listing,
-    profiles,
-)
 from cyphrs_cli.errors import EXIT_CODE_HELP, CyphrsError, ExitCode, UsageError
 
 DEBUG_ENV = "CYPHRS_DEBUG"
+
+#: Every subcommand, in help order: the module of ``cyphrs_cli.cli.commands`` whose
+#: ``register`` defines it, and the first paragraph of its help (what ``--help`` and TAB
+#: completion show). Modules are imported only when one of their commands runs or its own
+#: help is asked for; ``tests/e2e/test_startup.py`` checks this table against the commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init-root": (
+        "authority",
+        "Create a CA home with a new self-signed root CA (key encrypted, or on a token).",
+    ),
+    "create-intermediate": (
+        "authority",
+        "Create an intermediate CA signed by this home's root (pathLen 0 by default).",
+    ),
+    "sign-intermediate": (
+        "authority",
+        "On the root's host: sign an intermediate CSR made elsewhere (offline-root flow).",
+    ),
+    "import-intermediate": (
+        "authority",
+        "Finish the offline-root flow: record the signed intermediate for its pending key.",
+    ),
+    "issue": (
+        "issue",
+        "Issue a short-lived certificate from a profile, recorded in the ledger before output.",
+    ),
+    "renew": (
+        "lifecycle",
+        "Renew a certificate: same identity and names, new serial, validity and (by default)"
+        " key.",
+    ),
+    "revoke": (
+        "lifecycle",
+        "Revoke a certificate (leaf or intermediate); recorded at once, listed on the next CRL.",
+    ),
+    "crl": (
+        "lifecycle",
+        "Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger.",
+    ),
+    "list": ("listing", "List certificates from the ledger, newest first, with renewal links."),
+    "inspect": (
+        "inspect",
+        "Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status.",
+    ),
+    "audit-export": (
+        "audit",
+        "Export evidence for a time window: registers, events, CRLs, HTML report, signed"
+        " manifest.",
+    ),
+    "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
+    "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
+    "profiles": ("profiles", "Issuance profiles: built-in and the CA home's own."),
+    "config": (
+        "homeconfig",
+        "The CA home's trust state: check the files against the ledger, set the claims OID.",
+    ),
+}
 
 
 def _debug() -> bool:
@@ -38,7 +84,68 @@ def _debug() -> bool:
 
 
 class CyphrsGroup(TyperGroup):
-    """Runs a subcommand and maps what it raises to one stderr line and an exit code."""
+    """Runs a subcommand and maps what it raises to one stderr line and an exit code.
+
+    Subcommands are loaded lazily from ``COMMANDS``: the root's help and completion of
+    command names need only that table, and running ``cyphrs list`` imports only the
+    module that defines ``list``.
+    """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self._load(COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def _load(self, module_name: str) -> None:
+        import importlib
+
+        import typer.main
+
+        module = importlib.import_module(f"cyphrs_cli.cli.commands.{module_name}")
+        # The module registers on a scratch app with the root's settings; its click
+        # commands (and sub-groups) then join this group.
+        scratch = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+        module.register(scratch)
+        for name, command in typer.main.get_group(scratch).commands.items():
+            self.commands.setdefault(name, command)
+
+    def load_all(self) -> None:
+        """Every command (generated docs walk the whole tree)."""
+        for module_name in dict.fromkeys(m for m, _ in COMMANDS.values()):
+            self._load(module_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in COMMANDS:
+            self.load_all()  # an unknown name: so the error can suggest a close match
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """What click writes (one line per command, cut to the width), from ``COMMANDS``."""
+        from typer._click.utils import make_default_short_help
+
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, make_default_short_help(text, limit).strip())
+            for name, (_, text) in COMMANDS.items()
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        """Command names (with their help) from ``COMMANDS``; options as click does."""
+        from typer._click.shell_completion import CompletionItem
+
+        results = [
+            CompletionItem(name, help=make_short(text))
+            for name, (_, text) in COMMANDS.items()
+            if name.startswith(incomplete)
+        ]
+        # Skip TyperGroup's own command listing (it would load every module).
+        results.extend(super(TyperGroup, self).shell_complete(ctx, incomplete))
+        return results
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["cyphrs.argv"] = list(args)
@@ -211,13 +318,10 @@ def typer_context() -> Any:
     return get_current_context()
 
 
-authority.register(app)
-issue.register(app)
-lifecycle.register(app)
-listing.register(app)
-inspect.register(app)
-audit.register(app)
-keys.register(app)
-profiles.register(app)
-homeconfig.register(app)
+
+
+def make_short(text: str) -> str:
+    from typer._click.utils import make_default_short_help
+
+    return make_default_short_help(text).strip()
 

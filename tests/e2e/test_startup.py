@@ -121,3 +121,38 @@ def _completion(words: str, cword: int, home: Path) -> str:
         env=env,
     )
     return proc.stdout
+
+
+def test_lazy_command_table_matches_the_commands() -> None:
+    """The root help and name completion come from ``root.COMMANDS``: every command's
+    module and first help paragraph there must be what loading the module defines."""
+    import importlib
+
+    import typer
+    import typer.main
+
+    from cyphrs_cli.cli.root import COMMANDS
+
+    defined: dict[str, tuple[str, str]] = {}
+    for module_name in dict.fromkeys(m for m, _ in COMMANDS.values()):
+        module = importlib.import_module(f"cyphrs_cli.cli.commands.{module_name}")
+        scratch = typer.Typer(rich_markup_mode=None)
+        module.register(scratch)
+        for name, command in typer.main.get_group(scratch).commands.items():
+            assert not command.hidden and not command.deprecated and command.short_help is None
+            defined[name] = (module_name, (command.help or "").split("\n\n")[0])
+    assert defined == COMMANDS
+    assert list(defined) == list(COMMANDS)  # help order = registration order
+
+
+def test_root_help_and_one_command_load_only_their_modules() -> None:
+    """``cyphrs --help`` loads no command module; ``cyphrs list --help`` only listing."""
+    modules = tuple(
+        f"cyphrs_cli.cli.commands.{m}"
+        for m in ("audit", "authority", "homeconfig", "inspect", "issue", "keys", "lifecycle",
+                  "listing", "profiles", "batch")
+    )  # fmt: skip
+    assert _imported_after(_run_main("--help"), modules) == []
+    assert _imported_after(_run_main("list", "--help"), modules) == [
+        "cyphrs_cli.cli.commands.listing"
+    ]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import CYPHRS, demo_hierarchy, time_command
 
 # The floor for `list --json`: the same query and row shape with nothing but sqlite3+json.
-FLOOR = """
+FLOOR = r"""
 import json, sqlite3, sys
 from cyphrs_cli.ledger.queries import _SELECT, _NAMES
 conn = sqlite3.connect(sys.argv[1])

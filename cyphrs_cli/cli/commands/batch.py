@@ -195,6 +195,6 @@ def _progress(total: int) -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=render.console(stderr=True),
+        console=render.console(stderr=True).rich,
         transient=True,
     )

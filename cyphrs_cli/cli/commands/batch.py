@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.cli import render
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from cyphrs_cli.ca.models import Issuer
-    from cyphrs_cli.config.home import CaHome
-    from cyphrs_cli.config.settings import HomeConfig
     from cyphrs_cli.keystore.base import SecretProvider
-    from cyphrs_cli.ledger.db import Ledger
-    from cyphrs_cli.policy.decide import PolicyIssuer
-    from cyphrs_cli.profiles.model import Profile
-    from cyphrs_cli.service.batch import ItemResult
-
-
-@dataclass(frozen=True)
-class _Context:
-    """Satisfies ``service.batch.BatchContext`` until the service ``Authority`` is merged."""
-
-    home: CaHome
-    config: HomeConfig
-    ledger: Ledger
-    facts: PolicyIssuer
-    profiles: Mapping[str, Profile]
-
-
-@dataclass(frozen=True)
-class _Authority(_Context):
-    """Satisfies ``service.batch.BatchAuthority``: the context plus the unlocked issuer."""
-
-    issuer: Issuer
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.batch import CheckedBatch, ItemResult
 
 
 def run_batch(
@@ -52,19 +26,14 @@ def run_batch(
 ) -> None:
     """Check the whole batch (nothing signed, no key generated), unlock the issuer once,
     then issue it group by group, each group recorded before it is written or printed."""
-    import json
     import sys
 
     from cyphrs_cli.ca.batch import pause_point
-    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
-    from cyphrs_cli.cli.views import issued_view, pem_view, refuse_key_on_terminal
+    from cyphrs_cli.cli.views import refuse_key_on_terminal
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
-    from cyphrs_cli.errors import StorageError
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.profiles.model import load_profiles
+    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.batch import BatchRequest, check_batch
-    from cyphrs_cli.service.batch import run_batch as issue_checked
 
     base_dir = Path.cwd() if source == "-" else Path(source).parent
     request = BatchRequest(
@@ -85,14 +54,26 @@ def run_batch(
         )
         if any(item.order.csr_pem is None for item in items):
             refuse_key_on_terminal(force=force)  # --json would print the generated keys
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    facts = issuer_facts(ca_home, config, issuer_name)
-    profiles = load_profiles(ca_home.profiles_dir)
-    with open_ledger(ca_home) as ledger:
-        context = _Context(ca_home, config, ledger, facts, profiles)
-        checked = check_batch(context, request)
-    pause_point("batch-validated")
+    # One Authority serves the check (no key unlocked) and then the issuance (the issuer
+    # is unlocked on first use, after every item was checked).
+    authority = Authority.open(
+        resolve_home(home), issuer=issuer_name, secrets=secrets, unlock=False
+    )
+    with authority:
+        checked = check_batch(authority, request)
+        pause_point("batch-validated")
+        _issue_and_render(authority, checked)
+
+
+def _issue_and_render(authority: Authority, checked: CheckedBatch) -> None:
+    """Issue the checked batch group by group and render each item's line as its group
+    is delivered, then the summary; the first failure becomes the exit code."""
+    import json
+    import sys
+
+    from cyphrs_cli.cli.views import issued_view, pem_view
+    from cyphrs_cli.errors import StorageError
+    from cyphrs_cli.service.batch import run_batch as issue_checked
 
     progress = _progress(checked.count)
     task: Any = None
@@ -147,17 +128,14 @@ def run_batch(
             _silence_stdout()
             raise StorageError(f"cannot write to standard output: {exc.strerror}") from exc
 
-    with open_ledger(ca_home) as ledger:
-        issuer = load_issuer(ca_home, config, ledger, issuer_name, secrets)
-        authority = _Authority(ca_home, config, ledger, facts, profiles, issuer)
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("issuing", total=checked.count)
+    try:
+        summary = issue_checked(authority, checked, emit=emit)
+    finally:
         if progress is not None:
-            progress.start()
-            task = progress.add_task("issuing", total=checked.count)
-        try:
-            summary = issue_checked(authority, checked, emit=emit)
-        finally:
-            if progress is not None:
-                progress.stop()
+            progress.stop()
     if render.json_mode():
         line = {
             "schema": "cyphrs.issue-batch-summary/v1",

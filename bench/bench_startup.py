@@ -1,5 +1,9 @@
 """Start-up and single-issuance wall time of the cyphrs process.
 
+Every figure is also given as a ratio to ``python -c pass`` measured in the same run
+(goals: ``--version`` <= 2x; ``--help``, a subcommand's ``--help`` and a TAB completion
+<= 6x; one ``issue agent --out-dir`` <= 9x).
+
 Run: .venv/bin/python bench/bench_startup.py [runs]
 """
 
@@ -24,6 +28,27 @@ def main() -> None:
             "python -c pass": time_command([sys.executable, "-c", "pass"], runs),
             "cyphrs --version": time_command([CYPHRS, "--version"], runs),
             "cyphrs --help": time_command([CYPHRS, "--help"], runs),
+            "cyphrs issue agent --help": time_command([CYPHRS, "issue", "agent", "--help"], runs),
+            "TAB: cyphrs issue agent --issuer <TAB>": time_command(
+                [CYPHRS],
+                runs,
+                {
+                    **env,
+                    "_CYPHRS_COMPLETE": "complete_bash",
+                    "COMP_WORDS": "cyphrs issue agent --issuer ",
+                    "COMP_CWORD": "4",
+                },
+            ),
+            "TAB: cyphrs i<TAB>": time_command(
+                [CYPHRS],
+                runs,
+                {
+                    **env,
+                    "_CYPHRS_COMPLETE": "complete_bash",
+                    "COMP_WORDS": "cyphrs i",
+                    "COMP_CWORD": "1",
+                },
+            ),
             "cyphrs issue agent": time_command(
                 [
                     CYPHRS,
@@ -55,6 +80,9 @@ def main() -> None:
                 env,
             ),
         }
+        floor = results["python -c pass"]["median_ms"]
+        for result in results.values():
+            result["x_python_c_pass"] = round(result["median_ms"] / floor, 2)
         print(json.dumps({"runs": runs, "results": results}, indent=2))
 
 

@@ -96,6 +96,7 @@ def generate(target: Path) -> dict[Path, str]:
     for shell, name in SHELLS.items():
         files[target / "completions" / name] = completion_script(shell)
     root = typer.main.get_command(app)
+    root.load_all()  # type: ignore[attr-defined]  # subcommands are loaded lazily
     for path, command in _leaves(root, ["cyphrs"]):
         files[target / "man" / f"{'-'.join(path)}.1"] = man_page(path, command, __version__)
     return files

@@ -223,11 +223,20 @@ def check_confined_outputs(target: Path, *, with_key: bool, force: bool) -> None
 
 
 def write_confined(
-    out_dir: Path, relative: PurePosixPath, bundle: PemBundle, *, force: bool
+    out_dir: Path,
+    relative: PurePosixPath,
+    bundle: PemBundle,
+    *,
+    force: bool,
+    sync: bool = True,
 ) -> dict[str, str]:
     """Write the bundle into ``out_dir/relative`` without following any link below
     ``out_dir``; without ``force`` an existing file is never replaced (``linkat`` fails on
-    one that appeared after the check). Returns {role: path}; raises ``StorageError``."""
+    one that appeared after the check). Returns {role: path}; raises ``StorageError``.
+
+    ``sync=False`` (group delivery) skips the per-file and per-directory fsyncs: the
+    caller makes the whole group durable at once with ``sync_outputs`` before it reports
+    any item of the group delivered."""
     ensure_private_dir(out_dir)
     target = out_dir
     try:
@@ -252,12 +261,13 @@ def write_confined(
         # The key first: a certificate on disk without its key would be useless and confusing.
         for role in sorted(files, key=lambda r: r != "private_key"):
             name, text, mode = files[role]
-            _write_at(dir_fd, target / name, text.encode(), mode, force=force)
+            _write_at(dir_fd, target / name, text.encode(), mode, force=force, sync=sync)
             written[role] = str(target / name)
-        try:
-            os.fsync(dir_fd)
-        except OSError as exc:
-            raise _storage_error(target, exc) from exc
+        if sync:
+            try:
+                os.fsync(dir_fd)
+            except OSError as exc:
+                raise _storage_error(target, exc) from exc
         return written
     finally:
         os.close(dir_fd)
@@ -289,7 +299,9 @@ def _enter(dir_fd: int, part: str, path: Path) -> int:
         raise _storage_error(path, exc) from exc
 
 
-def _write_at(dir_fd: int, path: Path, data: bytes, mode: int, *, force: bool) -> None:
+def _write_at(
+    dir_fd: int, path: Path, data: bytes, mode: int, *, force: bool, sync: bool = True
+) -> None:
     """fsynced write of one file relative to ``dir_fd``: temporary name, then rename
     (``force``) or hard link (never replaces), so readers never see half a file."""
     tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
@@ -304,7 +316,8 @@ def _write_at(dir_fd: int, path: Path, data: bytes, mode: int, *, force: bool) -
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if force:
@@ -315,4 +328,54 @@ def _write_at(dir_fd: int, path: Path, data: bytes, mode: int, *, force: bool) -
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
+        raise _storage_error(path, exc) from exc
+
+
+def sync_outputs(out_dir: Path, written: list[dict[str, str]]) -> None:
+    """Make a group's files durable with one call: ``syncfs(2)`` on the file system that
+    holds ``out_dir`` (Linux; since 5.8 it reports write-back errors), which flushes every
+    file and directory entry the group wrote in one journal commit instead of six fsyncs
+    per certificate. Elsewhere, or if ``syncfs`` is missing, each file and each directory
+    is fsynced once. Raises ``StorageError`` (nothing of the group may then be reported
+    delivered)."""
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _storage_error(out_dir, exc) from exc
+    try:
+        if _syncfs(fd):
+            return
+    finally:
+        os.close(fd)
+    directories: set[str] = set()
+    for files in written:
+        for path in files.values():
+            directories.add(os.path.dirname(path))
+            _fsync_path(Path(path), os.O_RDONLY | os.O_NOFOLLOW)
+    for directory in sorted(directories, key=len, reverse=True):
+        _fsync_path(Path(directory), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(fd)`` through libc; False where the call does not exist."""
+    import ctypes
+
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # the C library already loaded
+    except (OSError, AttributeError, TypeError):
+        return False
+    if syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise StorageError(f"cannot make the output files durable: {os.strerror(code)}")
+    return True
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
         raise _storage_error(path, exc) from exc

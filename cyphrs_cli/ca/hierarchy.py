@@ -74,10 +74,10 @@ class CaCreated:
     cert_path: str
 
 
-def open_ledger(home: CaHome, *, create: bool = False) -> Ledger:
+def open_ledger(home: CaHome, *, create: bool = False, shared: bool = False) -> Ledger:
     from cyphrs_cli.ledger.db import Ledger
 
-    return Ledger(home.ledger_path, create=create)
+    return Ledger(home.ledger_path, create=create, shared=shared)
 
 
 def _write_outputs(

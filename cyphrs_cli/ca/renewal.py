@@ -1,7 +1,8 @@
 """Renewal: the same identity, profile and names under a new serial and validity.
 
 A renewal is an ordinary leaf request (so it passes today's policy again) that names the
-certificate it replaces; the issuance transaction marks the old one ``superseded``.
+certificate it replaces; the issuance transaction marks the old one ``superseded``. The use
+case (which CA signs, output checks, delivery) is ``service.lifecycle.renew``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ from cyphrs_cli.errors import ConflictError, UsageError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-    from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
-    from cyphrs_cli.config.home import CaHome
-    from cyphrs_cli.config.settings import HomeConfig
-    from cyphrs_cli.keystore.base import SecretProvider
-    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ca.models import LeafRequest
 
 DEFAULT_DUE_FRACTION = 2 / 3
 
@@ -120,32 +117,3 @@ def renewal_request(
         replaces_id=int(row["id"]),
     )
     return request, private_key
-
-
-def renew_certificate(
-    home: CaHome,
-    config: HomeConfig,
-    ledger: Ledger,
-    row: sqlite3.Row,
-    *,
-    public_key_mode: str,
-    csr_pem: bytes | None,
-    ttl: timedelta | None,
-    requester: str | None,
-    secrets: SecretProvider,
-) -> tuple[IssuedCertificate, CertificateIssuerPrivateKeyTypes | None]:
-    """Issue the successor of ``row`` through the one issuance path, signed by its issuer."""
-    from cyphrs_cli.ca.hierarchy import load_issuer
-    from cyphrs_cli.ca.issuance import issue_leaf
-    from cyphrs_cli.profiles.model import get_profile
-
-    check_renewable(row, ledger.conn)
-    request, private_key = renewal_request(
-        row, public_key_mode=public_key_mode, csr_pem=csr_pem, ttl=ttl, requester=requester
-    )
-    authority = ledger.conn.execute(
-        "SELECT name FROM authorities WHERE id = ?", (row["authority_id"],)
-    ).fetchone()
-    issuer = load_issuer(home, config, ledger, authority["name"], secrets)
-    profile = get_profile(home.profiles_dir, row["profile"])
-    return issue_leaf(ledger, issuer, profile, request), private_key

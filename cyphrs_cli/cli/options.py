@@ -10,11 +10,24 @@ import typer
 from cyphrs_cli.cli import render
 from cyphrs_cli.cli.completion import complete_authorities
 
+
+def _root_home(ctx: typer.Context, value: str | None) -> str | None:
+    """``cyphrs --home X cmd``: X unless the command's own --home was given (it beats the
+    root flag, which beats CYPHRS_HOME). Read from this invocation's context, not os.environ."""
+    from typer._click.core import ParameterSource
+
+    root_home = render.output(ctx).home
+    if root_home and ctx.get_parameter_source("home") is not ParameterSource.COMMANDLINE:
+        return root_home
+    return value
+
+
 HomeOption = Annotated[
     str | None,
     typer.Option(
         "--home",
         envvar="CYPHRS_HOME",
+        callback=_root_home,
         help="CA home directory [default: platform data dir].",
         show_default=False,
     ),

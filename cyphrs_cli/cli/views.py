@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-
     from cyphrs_cli.ca.delivery import PemBundle
     from cyphrs_cli.ca.models import IssuedCertificate
+    from cyphrs_cli.service.requests import IssueResult
 
 
 def refuse_key_on_terminal(*, force: bool) -> None:
@@ -62,31 +59,27 @@ def pem_view(bundle: PemBundle) -> dict[str, str | None]:
     }
 
 
-def deliver_issued(
-    issued: IssuedCertificate,
-    private_key: CertificateIssuerPrivateKeyTypes | None,
+def render_issued(
+    result: IssueResult,
     *,
-    out_dir: Path | None,
     out: str | None,
     command: str,
     headline: str,
-    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Hand a recorded certificate over: files, PEM on stdout, --json, or a human summary.
-
-    Only ever called after the ledger commit (issue and renew share it).
-    """
-    from cyphrs_cli.ca.delivery import pem_bundle, write_output_dir
+    """Show a recorded (and, with --out-dir, written) certificate: PEM on stdout with
+    ``--out -``, --json, or a human summary. Issue and renew share it."""
     from cyphrs_cli.cli import render
 
-    bundle = pem_bundle(issued, private_key)
-    view = {**issued_view(issued), **(extra or {})}
-    if out_dir is not None:
-        view["files"] = write_output_dir(out_dir, bundle)
+    issued, bundle = result.issued, result.bundle
+    view = issued_view(issued)
+    if result.replaces is not None:
+        view["replaces"] = result.replaces
+    if result.files is not None:
+        view["files"] = result.files
     if out == "-":
         render.emit_text(bundle.fullchain + (bundle.private_key or ""))
     elif render.json_mode():
-        if out_dir is None:
+        if result.files is None:
             view["pem"] = pem_view(bundle)
         render.emit_json({"schema": f"cyphrs.{command}/v1", "certificate": view})
     else:

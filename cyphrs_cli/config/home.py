@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from cyphrs_cli.errors import NotFoundError, StorageError
 
 HOME_ENV = "CYPHRS_HOME"
 #: ``1`` downgrades the refusal of a group/world-writable (or foreign-owned) home to a
-#: warning; ``cyphrs --allow-insecure-home`` sets it.
+#: warning.
 INSECURE_HOME_ENV = "CYPHRS_ALLOW_INSECURE_HOME"
+#: ``cyphrs --allow-insecure-home``: the same for one invocation (set and reset by the CLI's
+#: root command), never through the process environment.
+ALLOW_INSECURE_HOME: ContextVar[bool] = ContextVar("cyphrs_allow_insecure_home", default=False)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def check_home_permissions(home: CaHome) -> None:
     if not problems:
         return
     first = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-    if os.environ.get(INSECURE_HOME_ENV, "") not in ("", "0"):
+    if ALLOW_INSECURE_HOME.get() or os.environ.get(INSECURE_HOME_ENV, "") not in ("", "0"):
         sys.stderr.write(f"cyphrs: warning: insecure CA home: {first}\n")
         return
     raise StorageError(

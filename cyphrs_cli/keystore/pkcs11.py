@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets as random
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes
@@ -29,47 +31,128 @@ from cyphrs_cli.errors import ConflictError, KeyStoreError, SecretError
 from cyphrs_cli.keystore.base import KeyInfo, KeySpec, SecretProvider
 from cyphrs_cli.keystore.uri import MODULE_ENV, Pkcs11Uri
 
-__all__ = ["MODULE_ENV", "Pkcs11KeyStore", "Pkcs11Uri", "list_token_keys", "open_session"]
+__all__ = ["MODULE_ENV", "Pkcs11KeyStore", "Pkcs11Uri", "TokenSession", "list_token_keys"]
 AUDIT_ATTRIBUTES = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE", "LOCAL")
 _PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange)
+T = TypeVar("T")
 
 
-_LIBS: dict[str, Any] = {}
-_SESSIONS: dict[tuple[str, str], Any] = {}
+#: What a token says when the session we hold is gone (closed underneath, logged out,
+#: token pulled and re-inserted): reopening the session and logging in again may help.
+#: Anything else (key not allowed to sign, mechanism refused, device error) would fail
+#: again the same way, so it is reported at once.
+_SESSION_LOST = (
+    p11.SessionClosed,
+    p11.SessionHandleInvalid,
+    p11.UserNotLoggedIn,
+    p11.DeviceRemoved,
+    p11.TokenNotPresent,
+    p11.ObjectHandleInvalid,
+    p11.KeyHandleInvalid,
+)
 
 
-def _lib(path: str) -> Any:
-    if path not in _LIBS:
+class TokenSession:
+    """One logged-in read-write session on one token, owned by the key store that opened
+    it (no process-wide cache). Calls are serialised by its lock (a PKCS#11 session runs
+    one operation at a time, so threads sharing a signer take turns); a call that finds
+    the session lost reopens it and logs in again once; ``close`` ends it.
+
+    PKCS#11 login state belongs to the whole process, not to a session: when another
+    store of this process is already logged in to the token, the session opens without
+    logging in and shares that login.
+    """
+
+    def __init__(self, parsed: Pkcs11Uri, secrets: SecretProvider) -> None:
+        self._parsed = parsed
+        self._secrets = secrets
+        self._lock = threading.RLock()
+        self._session: Any = None
+        self._private: dict[str, Any] = {}  # label -> key object of the current session
+
+    @property
+    def label(self) -> str:
+        return self._parsed.token
+
+    def session(self) -> Any:
+        """The open session, opened (and logged in) on first use."""
+        with self._lock:
+            if self._session is None:
+                self._session = self._open()
+            return self._session
+
+    def _open(self) -> Any:
+        parsed = self._parsed
+        module = parsed.module()
         try:
-            _LIBS[path] = pkcs11.lib(path)
+            library = pkcs11.lib(module)
         except (RuntimeError, OSError, p11.PKCS11Error) as exc:
-            raise KeyStoreError(f"cannot load PKCS#11 module {path}: {exc}") from exc
-    return _LIBS[path]
+            raise KeyStoreError(f"cannot load PKCS#11 module {module}: {exc}") from exc
+        try:
+            token = library.get_token(token_label=parsed.token)
+        except p11.NoSuchToken as exc:
+            raise KeyStoreError(f"no PKCS#11 token labelled {parsed.token!r} in {module}") from exc
+        except p11.MultipleTokensReturned as exc:
+            raise KeyStoreError(f"several tokens are labelled {parsed.token!r}") from exc
+        except p11.PKCS11Error as exc:
+            raise KeyStoreError(
+                f"cannot reach token {parsed.token!r}: {type(exc).__name__}"
+            ) from exc
+        pin = _pin(parsed, self._secrets)
+        try:
+            try:
+                return token.open(user_pin=pin.decode(), rw=True)
+            except p11.UserAlreadyLoggedIn:
+                return token.open(rw=True)
+        except _PIN_ERRORS as exc:
+            raise SecretError(f"wrong PIN for token {parsed.token!r}") from exc
+        except p11.PinLocked as exc:
+            raise KeyStoreError(f"the user PIN of token {parsed.token!r} is locked") from exc
+        except p11.PKCS11Error as exc:
+            raise KeyStoreError(
+                f"cannot open token {parsed.token!r}: {type(exc).__name__}"
+            ) from exc
 
+    def private_key(self, label: str) -> Any:
+        """The private key object labelled ``label`` in the current session (kept), to sign
+        with: a key gone from the token is a signing failure (exit 9)."""
+        with self._lock:
+            found = self._private.get(label)
+            if found is None:
+                found = _find(self.session(), label, ObjectClass.PRIVATE_KEY)
+                if found is None:
+                    raise KeyStoreError(
+                        f"token {self.label!r} failed to sign: it holds no private key"
+                        f" labelled {label!r} (any more)",
+                        hint="check that the token is present and still holds the CA key",
+                    )
+                self._private[label] = found
+            return found
 
-def open_session(parsed: Pkcs11Uri, secrets: SecretProvider) -> Any:
-    """A logged-in read-write session on the token, shared for the life of the process."""
-    module = parsed.module()
-    cache_key = (module, parsed.token)
-    if cache_key in _SESSIONS:
-        return _SESSIONS[cache_key]
-    try:
-        token = _lib(module).get_token(token_label=parsed.token)
-    except p11.NoSuchToken as exc:
-        raise KeyStoreError(f"no PKCS#11 token labelled {parsed.token!r} in {module}") from exc
-    except p11.MultipleTokensReturned as exc:
-        raise KeyStoreError(f"several tokens are labelled {parsed.token!r}") from exc
-    pin = _pin(parsed, secrets)
-    try:
-        session = token.open(user_pin=pin.decode(), rw=True)
-    except _PIN_ERRORS as exc:
-        raise SecretError(f"wrong PIN for token {parsed.token!r}") from exc
-    except p11.PinLocked as exc:
-        raise KeyStoreError(f"the user PIN of token {parsed.token!r} is locked") from exc
-    except p11.PKCS11Error as exc:
-        raise KeyStoreError(f"cannot open token {parsed.token!r}: {type(exc).__name__}") from exc
-    _SESSIONS[cache_key] = session
-    return session
+    def remember(self, label: str, private: Any) -> None:
+        with self._lock:
+            self._private[label] = private
+
+    def run(self, action: Callable[[TokenSession], T]) -> T:
+        """``action`` under the lock; after a lost session, once more on a new one."""
+        with self._lock:
+            try:
+                return action(self)
+            except _SESSION_LOST:
+                self._drop()
+            return action(self)
+
+    def _drop(self) -> None:
+        """Forget the session (closing what is left of it) so the next use reopens."""
+        session, self._session = self._session, None
+        self._private.clear()
+        if session is not None:
+            with contextlib.suppress(p11.PKCS11Error):
+                session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
 
 
 def _pin(parsed: Pkcs11Uri, secrets: SecretProvider) -> bytes:
@@ -123,24 +206,38 @@ def _no_export(*_: object, **__: object) -> Any:
     raise KeyStoreError("a PKCS#11 key never leaves its token")
 
 
-def _token_sign(private: Any, token: str, data: bytes, **mechanism: Any) -> bytes:
-    """C_SignInit/C_Sign on the token. Whatever the token says at this point (object gone,
-    session closed, token removed, device error) is a key-store failure (exit 9), never an
-    internal error: the key was found and unlocked, but the token would not sign."""
+def _token_sign(tokens: TokenSession, label: str, data: bytes, **mechanism: Any) -> bytes:
+    """C_SignInit/C_Sign on the token, on a reopened session if the first one was lost.
+    Whatever the token says then (object gone, token removed, device error, key not
+    allowed to sign) is a key-store failure (exit 9), never an internal error: the key was
+    found and unlocked, but the token would not sign."""
     try:
-        return bytes(private.sign(data, **mechanism))
+        return tokens.run(lambda t: bytes(t.private_key(label).sign(data, **mechanism)))
     except p11.PKCS11Error as exc:
         raise KeyStoreError(
-            f"token {token!r} failed to sign: {type(exc).__name__}",
+            f"token {tokens.label!r} failed to sign: {type(exc).__name__}",
             hint="check that the token is present and still holds the CA key",
         ) from exc
 
 
-class TokenEcKey(ec.EllipticCurvePrivateKey):
+class _TokenKey:
+    """What every token key shares: its session, its label, and ``close``."""
+
+    _tokens: TokenSession
+    _label: str
+
+    def close(self) -> None:
+        """End the token session (an ``Authority`` calls this when it closes)."""
+        self._tokens.close()
+
+
+class TokenEcKey(_TokenKey, ec.EllipticCurvePrivateKey):
     """ECDSA through CKM_ECDSA on a host-computed digest."""
 
-    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey, *, label: str) -> None:
-        self._private, self._public, self._token = private, public_key, label
+    def __init__(
+        self, tokens: TokenSession, label: str, public_key: ec.EllipticCurvePublicKey
+    ) -> None:
+        self._tokens, self._label, self._public = tokens, label, public_key
 
     def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
@@ -152,7 +249,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
             hasher = hashes.Hash(algorithm)
             hasher.update(bytes(data))
             digest = hasher.finalize()
-        raw = _token_sign(self._private, self._token, digest, mechanism=Mechanism.ECDSA)
+        raw = _token_sign(self._tokens, self._label, digest, mechanism=Mechanism.ECDSA)
         half = len(raw) // 2
         r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         return utils.encode_dss_signature(r, s)
@@ -189,11 +286,11 @@ _RSA_PSS = {
 }
 
 
-class TokenRsaKey(rsa.RSAPrivateKey):
+class TokenRsaKey(_TokenKey, rsa.RSAPrivateKey):
     """RSA PKCS#1 v1.5 or PSS with the token's combined SHA-2 mechanisms."""
 
-    def __init__(self, private: Any, public_key: rsa.RSAPublicKey, *, label: str) -> None:
-        self._private, self._public, self._token = private, public_key, label
+    def __init__(self, tokens: TokenSession, label: str, public_key: rsa.RSAPublicKey) -> None:
+        self._tokens, self._label, self._public = tokens, label, public_key
 
     def sign(
         self,
@@ -205,7 +302,7 @@ class TokenRsaKey(rsa.RSAPrivateKey):
             raise KeyStoreError("pre-hashed RSA signing is not supported with token keys")
         if isinstance(padding_, padding.PKCS1v15) and algorithm.name in _RSA_PKCS1:
             return _token_sign(
-                self._private, self._token, bytes(data), mechanism=_RSA_PKCS1[algorithm.name]
+                self._tokens, self._label, bytes(data), mechanism=_RSA_PKCS1[algorithm.name]
             )
         if isinstance(padding_, padding.PSS) and algorithm.name in _RSA_PSS:
             from pkcs11 import MGF
@@ -218,8 +315,8 @@ class TokenRsaKey(rsa.RSAPrivateKey):
             }[algorithm.name]
             salt = _pss_salt_length(padding_, algorithm, self._public.key_size)
             return _token_sign(
-                self._private,
-                self._token,
+                self._tokens,
+                self._label,
                 bytes(data),
                 mechanism=_RSA_PSS[algorithm.name],
                 mechanism_param=(hash_mech, mgf, salt),
@@ -256,14 +353,16 @@ def _pss_salt_length(pss: padding.PSS, algorithm: hashes.HashAlgorithm, key_bits
     raise KeyStoreError("unsupported PSS salt length for a token key")
 
 
-class TokenEd25519Key(ed25519.Ed25519PrivateKey):
+class TokenEd25519Key(_TokenKey, ed25519.Ed25519PrivateKey):
     """Pure EdDSA through CKM_EDDSA."""
 
-    def __init__(self, private: Any, public_key: ed25519.Ed25519PublicKey, *, label: str) -> None:
-        self._private, self._public, self._token = private, public_key, label
+    def __init__(
+        self, tokens: TokenSession, label: str, public_key: ed25519.Ed25519PublicKey
+    ) -> None:
+        self._tokens, self._label, self._public = tokens, label, public_key
 
     def sign(self, data: Any) -> bytes:
-        return _token_sign(self._private, self._token, bytes(data), mechanism=Mechanism.EDDSA)
+        return _token_sign(self._tokens, self._label, bytes(data), mechanism=Mechanism.EDDSA)
 
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public
@@ -277,19 +376,23 @@ class TokenEd25519Key(ed25519.Ed25519PrivateKey):
         return self
 
 
-def signer_for(private: Any, public_key: Any, session: Any, token: str) -> Any:
-    """Wrap a token key, after checking the token offers the mechanism it needs and the key
-    may sign at all (python-pkcs11 gives a key without CKA_SIGN no ``sign`` method)."""
+def signer_for(tokens: TokenSession, label: str, private: Any, public_key: Any) -> Any:
+    """Wrap the token key ``label``, after checking the token offers the mechanism it
+    needs and the key may sign at all (python-pkcs11 gives a key without CKA_SIGN no
+    ``sign`` method)."""
+    token = tokens.label
     if not callable(getattr(private, "sign", None)):
         raise KeyStoreError(f"the key on token {token!r} is not allowed to sign (CKA_SIGN false)")
+    tokens.remember(label, private)
+    session = tokens.session()
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         _require_mechanism(session, Mechanism.ECDSA, token)
-        return TokenEcKey(private, public_key, label=token)
+        return TokenEcKey(tokens, label, public_key)
     if isinstance(public_key, rsa.RSAPublicKey):
         _require_mechanism(session, Mechanism.SHA256_RSA_PKCS, token)
-        return TokenRsaKey(private, public_key, label=token)
+        return TokenRsaKey(tokens, label, public_key)
     _require_mechanism(session, Mechanism.EDDSA, token)
-    return TokenEd25519Key(private, public_key, label=token)
+    return TokenEd25519Key(tokens, label, public_key)
 
 
 @dataclass
@@ -349,10 +452,19 @@ class Pkcs11KeyStore:
 
     def __init__(self, secrets: SecretProvider) -> None:
         self._secrets = secrets
+        self._tokens: dict[tuple[str, str], TokenSession] = {}
+
+    def tokens(self, parsed: Pkcs11Uri) -> TokenSession:
+        """This store's session on the token ``parsed`` names (one per module and token)."""
+        key = (parsed.module(), parsed.token)
+        if key not in self._tokens:
+            self._tokens[key] = TokenSession(parsed, self._secrets)
+        return self._tokens[key]
 
     def create_key(self, spec: KeySpec, uri: str) -> PendingTokenKey:
         parsed = Pkcs11Uri.parse(uri)
-        session = open_session(parsed, self._secrets)
+        tokens = self.tokens(parsed)
+        session = tokens.session()
         if _find(session, parsed.object, ObjectClass.PRIVATE_KEY) is not None:
             raise ConflictError(
                 f"token {parsed.token!r} already holds a key labelled {parsed.object!r}",
@@ -397,7 +509,7 @@ class Pkcs11KeyStore:
         # The canonical URI, never the one given: it is what config.toml and the ledger keep.
         pending = PendingTokenKey(
             parsed.canonical(),
-            signer_for(private, public_key, session, parsed.token),
+            signer_for(tokens, parsed.object, private, public_key),
             private,
             public,
         )
@@ -407,11 +519,11 @@ class Pkcs11KeyStore:
     def adopt_key(self, uri: str) -> PendingTokenKey:
         """Use a key pair that already exists on the token (never destroyed on failure)."""
         parsed = Pkcs11Uri.parse(uri)
-        session = open_session(parsed, self._secrets)
-        private, public = self._pair(session, parsed)
+        tokens = self.tokens(parsed)
+        private, public = self._pair(tokens.session(), parsed)
         pending = PendingTokenKey(
             parsed.canonical(),
-            signer_for(private, public_key_of(public), session, parsed.token),
+            signer_for(tokens, parsed.object, private, public_key_of(public)),
             private,
             public,
             generated=False,
@@ -428,15 +540,15 @@ class Pkcs11KeyStore:
 
     def open_signer(self, uri: str) -> Any:
         parsed = Pkcs11Uri.parse(uri)
-        session = open_session(parsed, self._secrets)
-        private, public = self._pair(session, parsed)
-        return signer_for(private, public_key_of(public), session, parsed.token)
+        tokens = self.tokens(parsed)
+        private, public = self._pair(tokens.session(), parsed)
+        return signer_for(tokens, parsed.object, private, public_key_of(public))
 
 
 def list_token_keys(uri: str, secrets: SecretProvider) -> list[dict[str, Any]]:
     """Every private key on the token named by ``uri`` (object= is ignored)."""
     parsed = Pkcs11Uri.parse(uri, need_object=False)
-    session = open_session(parsed, secrets)
+    session = TokenSession(parsed, secrets).session()
     keys = []
     # One search at a time per session: materialise before the nested look-ups.
     for private in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):

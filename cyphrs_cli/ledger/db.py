@@ -48,7 +48,13 @@ def _refuse_unusable(path: Path) -> None:
 class Ledger:
     """One open ledger file. Use as a context manager; writes go through ``transaction``."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, shared: bool = False) -> None:
+        """Open (or with ``create``, lay down) the ledger at ``path``.
+
+        ``shared`` lets a thread other than the opening one *close* the connection (an
+        ``Authority`` opens one connection per thread and closes them all at the end);
+        it must still be used by one thread at a time.
+        """
         if not create:
             _refuse_unusable(path)
         self.path = path
@@ -63,7 +69,12 @@ class Ledger:
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
-            self.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_ms / 1000)
+            self.conn = sqlite3.connect(
+                path,
+                isolation_level=None,
+                timeout=timeout_ms / 1000,
+                check_same_thread=not shared,
+            )
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
             self.conn.execute("PRAGMA journal_mode = WAL")

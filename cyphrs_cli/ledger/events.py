@@ -13,12 +13,16 @@ import json
 import os
 import socket
 import sqlite3
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 GENESIS_HASH = "0" * 64
 ACTOR_ENV = "CYPHRS_ACTOR"
+# ``cyphrs --actor NAME``: set for one invocation (and reset after it) by the CLI's root
+# command, so a flag never leaks into the next in-process invocation or other threads.
+ACTOR_OVERRIDE: ContextVar[str | None] = ContextVar("cyphrs_actor", default=None)
 # CI systems that say who triggered a job; the first one present names the actor.
 _CI_ACTOR_VARS = ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CIRCLE_USERNAME")
 
@@ -41,8 +45,8 @@ def rfc3339(moment: datetime) -> str:
 
 
 def default_actor() -> str:
-    """``CYPHRS_ACTOR`` > a CI system's user variable > the OS user."""
-    explicit = os.environ.get(ACTOR_ENV)
+    """``--actor`` > ``CYPHRS_ACTOR`` > a CI system's user variable > the OS user."""
+    explicit = ACTOR_OVERRIDE.get() or os.environ.get(ACTOR_ENV)
     if explicit:
         return explicit
     for var in _CI_ACTOR_VARS:

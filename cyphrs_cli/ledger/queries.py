@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,17 +43,41 @@ REGISTER_COLUMNS = (
     "issued_at",
 )
 
-_SELECT = """
-SELECT c.*, a.name AS issuer_name, r.revoked_at AS revoked_at, r.reason AS revocation_reason,
-       prev.serial AS replaces_serial, next.serial AS replaced_by_serial,
-       next.issued_at AS replaced_at,
-       a.key_uri AS issuer_key_uri
+# Only the columns the register shows (never ``pem``: a listing of 100k rows would read
+# and drop ~100 MB of it), in the order ``_register_tuple`` reads them by position.
+_COLUMNS = (
+    "a.name AS issuer_name",
+    "c.serial",
+    "c.fingerprint",
+    "c.subject",
+    "c.sans",
+    "c.spiffe_id",
+    "c.workflow",
+    "c.permissions",
+    "c.profile",
+    "c.is_ca",
+    "c.key_algorithm",
+    "c.signature_algorithm",
+    "c.not_before",
+    "c.not_after",
+    "r.revoked_at AS revoked_at",
+    "r.reason AS revocation_reason",
+    "prev.serial AS replaces_serial",
+    "next.serial AS replaced_by_serial",
+    "next.issued_at AS replaced_at",
+    "c.requester",
+    "c.key_storage",
+    "c.issued_at",
+)
+_FROM = """
 FROM certificates c
 LEFT JOIN authorities a ON a.id = c.authority_id
 LEFT JOIN revocations r ON r.certificate_id = c.id
 LEFT JOIN certificates prev ON prev.id = c.replaces_id
 LEFT JOIN certificates next ON next.replaces_id = c.id
 """
+_SELECT = "SELECT " + ", ".join(_COLUMNS) + _FROM
+_NAMES = tuple(column.rsplit(" ", 1)[-1].removeprefix("c.") for column in _COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -75,54 +100,93 @@ def _key_bits(algorithm: str) -> int | None:
     return {"p256": 256, "p384": 384, "ed25519": 256}.get(algorithm)
 
 
-def register_row(row: sqlite3.Row, as_of: str) -> dict[str, Any]:
+def register_row(row: sqlite3.Row | dict[str, Any], as_of: str) -> dict[str, Any]:
     """One certificate as the register (list --json, audit exports) shows it, as of a time.
 
-    Revocations and renewals recorded after ``as_of`` are left out, so an export of a past
-    window says what was true at its end, whatever happened since.
+    ``row`` holds the columns of ``_SELECT`` by name. Revocations and renewals recorded
+    after ``as_of`` are left out, so an export of a past window says what was true at its
+    end, whatever happened since.
     """
-    revoked_at = row["revoked_at"] if row["revoked_at"] and row["revoked_at"] <= as_of else None
-    replaced = row["replaced_at"] is not None and row["replaced_at"] <= as_of
+    return _register_tuple(tuple(row[name] for name in _NAMES), as_of)
+
+
+def _register_tuple(row: tuple[Any, ...], as_of: str) -> dict[str, Any]:
+    """``register_row`` over a plain row of ``_SELECT`` (by position: no per-row name lookup
+    on the 100k-row path)."""
+    (
+        issuer_name,
+        serial,
+        fingerprint,
+        subject,
+        sans,
+        spiffe_id,
+        workflow,
+        permissions,
+        profile,
+        is_ca,
+        key_algorithm,
+        signature_algorithm,
+        not_before,
+        not_after,
+        revoked_at,
+        revocation_reason,
+        replaces_serial,
+        replaced_by_serial,
+        replaced_at,
+        requester,
+        key_storage,
+        issued_at,
+    ) = row
+    revoked_at = revoked_at if revoked_at and revoked_at <= as_of else None
+    replaced = replaced_at is not None and replaced_at <= as_of
     if revoked_at:
         status = "revoked"
-    elif row["not_after"] < as_of:
+    elif not_after < as_of:
         status = "expired"
     elif replaced:
         status = "superseded"
     else:
         status = "valid"
     return {
-        "issuer": row["issuer_name"],
-        "serial": row["serial"],
-        "fingerprint": row["fingerprint"],
-        "subject": row["subject"],
-        "sans": json.loads(row["sans"]),
-        "spiffe_id": row["spiffe_id"],
-        "workflow": row["workflow"],
-        "permissions": json.loads(row["permissions"]) if row["permissions"] else [],
-        "profile": row["profile"],
-        "is_ca": bool(row["is_ca"]),
-        "key_algorithm": row["key_algorithm"],
-        "key_bits": _key_bits(row["key_algorithm"]),
-        "signature_algorithm": row["signature_algorithm"],
-        "not_before": row["not_before"],
-        "not_after": row["not_after"],
+        "issuer": issuer_name,
+        "serial": serial,
+        "fingerprint": fingerprint,
+        "subject": subject,
+        "sans": json.loads(sans),
+        "spiffe_id": spiffe_id,
+        "workflow": workflow,
+        "permissions": json.loads(permissions) if permissions else [],
+        "profile": profile,
+        "is_ca": bool(is_ca),
+        "key_algorithm": key_algorithm,
+        "key_bits": _key_bits(key_algorithm),
+        "signature_algorithm": signature_algorithm,
+        "not_before": not_before,
+        "not_after": not_after,
         "status": status,
         "revoked_at": revoked_at,
-        "revocation_reason": row["revocation_reason"] if revoked_at else None,
-        "replaces": row["replaces_serial"],
-        "replaced_by": row["replaced_by_serial"] if replaced else None,
-        "requester": row["requester"],
+        "revocation_reason": revocation_reason if revoked_at else None,
+        "replaces": replaces_serial,
+        "replaced_by": replaced_by_serial if replaced else None,
+        "requester": requester,
         # generated | csr | reused for leaves; the key URI for CA certificates.
-        "key_storage": row["key_storage"],
-        "issued_at": row["issued_at"],
+        "key_storage": key_storage,
+        "issued_at": issued_at,
     }
 
 
 def list_certificates(
     conn: sqlite3.Connection, query: CertificateFilter, now: datetime
 ) -> list[dict[str, Any]]:
-    """Certificates matching ``query``, newest first; every filter is index-backed but SAN."""
+    """Certificates matching ``query``, newest first, as a list (small results)."""
+    return list(iter_certificates(conn, query, now))
+
+
+def iter_certificates(
+    conn: sqlite3.Connection, query: CertificateFilter, now: datetime
+) -> Iterator[dict[str, Any]]:
+    """Certificates matching ``query``, newest first, one at a time straight off the cursor
+    (constant memory however many match); every filter is index-backed but SAN."""
     now_text = rfc3339(now)
     where: list[str] = []
     args: list[Any] = []
@@ -164,18 +228,24 @@ def list_certificates(
     if query.limit is not None:
         sql += " LIMIT ?"
         args.append(query.limit)
-    return [register_row(row, now_text) for row in conn.execute(sql, args)]
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples: _register_tuple reads by position
+    cursor.arraysize = 512
+    for row in cursor.execute(sql, args):
+        yield _register_tuple(row, now_text)
 
 
 def register_in_window(
     conn: sqlite3.Connection, since: datetime, until: datetime
 ) -> list[dict[str, Any]]:
     """Certificates whose validity overlaps the window, oldest first, as of its end."""
-    rows = conn.execute(
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    rows = cursor.execute(
         _SELECT + " WHERE c.issued_at < ? AND c.not_after >= ? ORDER BY c.issued_at, c.id",
         (rfc3339(until), rfc3339(since)),
     )
-    return [register_row(row, rfc3339(until)) for row in rows]
+    return [_register_tuple(row, rfc3339(until)) for row in rows]
 
 
 def ledger_record(conn: sqlite3.Connection, fingerprint: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from cyphrs_cli.ledger.events import canonical_json, sha256_hex
@@ -63,7 +63,7 @@ class CertificateRow:
 
 def row_digest(row: CertificateRow | sqlite3.Row | dict[str, Any]) -> str:
     values = (
-        asdict(row)
+        _as_dict(row)
         if isinstance(row, CertificateRow)
         else {k: row[k] for k in CERT_IMMUTABLE_COLUMNS}
     )
@@ -73,7 +73,7 @@ def row_digest(row: CertificateRow | sqlite3.Row | dict[str, Any]) -> str:
 def insert_certificate(conn: sqlite3.Connection, row: CertificateRow) -> int:
     columns = ", ".join(CERT_IMMUTABLE_COLUMNS)
     marks = ", ".join("?" for _ in CERT_IMMUTABLE_COLUMNS)
-    values = asdict(row)
+    values = _as_dict(row)
     cursor = conn.execute(
         f"INSERT INTO certificates ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
         [values[c] for c in CERT_IMMUTABLE_COLUMNS],
@@ -177,3 +177,9 @@ def authority_row_digest(conn: sqlite3.Connection, authority_id: int) -> str:
     row = conn.execute("SELECT * FROM authorities WHERE id = ?", (authority_id,)).fetchone()
     assert row is not None
     return authority_digest(row)
+
+
+def _as_dict(row: CertificateRow) -> dict[str, Any]:
+    """``dataclasses.asdict`` without its deep copy: every field is a str, int or None
+    (the deep copy was a tenth of a batch item's CPU time)."""
+    return {f.name: getattr(row, f.name) for f in fields(row)}

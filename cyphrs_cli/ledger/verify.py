@@ -23,9 +23,10 @@ malformed one is a reported problem, never a crash.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,9 @@ from cyphrs_cli.errors import InvalidInputError
 from cyphrs_cli.ledger.events import (
     GENESIS_HASH,
     canonical_json,
-    chain_hash,
-    event_body,
     sha256_hex,
 )
-from cyphrs_cli.ledger.records import authority_digest, row_digest
+from cyphrs_cli.ledger.records import CERT_IMMUTABLE_COLUMNS, authority_digest, row_digest
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -148,138 +147,318 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _walk_chain(conn: sqlite3.Connection, report: LedgerVerification) -> dict[int, str]:
-    """Verify links; returns {seq: hash} for the verified prefix."""
-    hashes: dict[int, str] = {}
-    expected_seq, prev = 1, GENESIS_HASH
-    for row in conn.execute("SELECT * FROM events ORDER BY seq"):
+_EVENT_COLUMNS = (
+    "seq, at, type, actor, host, outcome, target, params_hash, details, prev_hash, hash"
+)
+
+
+_encode_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
+def _json_scalar(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)`` for a SQLite scalar, without its overhead."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _body_hash(prev: str, row: tuple[Any, ...], details_json: bytes) -> str:
+    """``chain_hash(prev, event_body(row))`` with the details serialised once (their
+    canonical form is also what ``params_hash`` covers).
+
+    ``canonical_json`` sorts keys and uses no spaces, so the body's canonical form is the
+    fixed key order below with each value serialised alone; the other columns are SQLite
+    scalars, whose JSON form does not depend on ``sort_keys`` or separators. A test
+    compares this with ``chain_hash`` on hostile values and on every event of a ledger.
+    """
+    seq, at, type_, actor, host, outcome, target, params_hash = row[:8]
+    digest = hashlib.sha256(bytes.fromhex(prev))
+    digest.update(f'{{"actor":{_json_scalar(actor)},"at":{_json_scalar(at)},"details":'.encode())
+    digest.update(details_json)
+    digest.update(
+        f',"host":{_json_scalar(host)},"outcome":{_json_scalar(outcome)},'
+        f'"params_hash":{_json_scalar(params_hash)},"seq":{_json_scalar(seq)},'
+        f'"target":{_json_scalar(target)},"type":{_json_scalar(type_)}}}'.encode()
+    )
+    return digest.hexdigest()
+
+
+_SERIAL = 2 + CERT_IMMUTABLE_COLUMNS.index("serial")
+
+
+class _Walk:
+    """One pass over the events (in ``seq`` order) that does, at once, what used to be a
+    chain walk, a load of every event and a certificate check:
+
+    * the chain: links, ``params_hash`` and ``hash`` until the first break (as before);
+    * each event's details parsed once, kept only for the few event types the authority,
+      CRL and checkpoint checks read (not one object per event);
+    * certificate rows merged with their issuance events as both streams advance (rows
+      in ``id`` order on a second cursor): rows and events written together pair up at
+      once, so memory holds only what is out of order, never a map of every certificate;
+    * hashes kept only for the event ``seq``s that checkpoints name.
+
+    Problems are collected per check and concatenated in the order of the checks they
+    replace, so the report reads as before.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, report: LedgerVerification, wanted: set[int]
+    ) -> None:
+        self.conn = conn
+        self.report = report
+        self.wanted = wanted
+        self.hashes: dict[int, str] = {}
+        self.chain_problems: list[str] = []
+        self.load_problems: list[str] = []
+        self.kept: list[Event] = []  # authority, CRL and checkpoint events only
+        # certificates
+        self.malformed_issuance: list[str] = []
+        self.pending: dict[int, tuple[int, Any, Any]] = {}  # event seen, row not yet
+        self.waiting: dict[int, tuple[Any, str]] = {}  # row seen, event not yet
+        self.row_problems: dict[int, str] = {}
+        self.missing: dict[int, tuple[int, Any]] = {}  # events whose row does not exist
+        self.max_event_cert = -1
+        self.last_row_id: int | None = None
+        self.malformed_revocations: list[str] = []
+        self.revoked: dict[int, tuple[Any, Any, Any]] = {}  # id -> revoked_at, reason, serial
+        self.superseded: set[int | None] = set()
+        self.unusual_status: dict[int, tuple[Any, Any]] = {}  # id -> serial, status
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        cursor.arraysize = 1024
+        columns = ", ".join(CERT_IMMUTABLE_COLUMNS)
+        # id, status, then the columns row_digest covers, by position (no per-row dicts).
+        self.rows = iter(
+            cursor.execute(f"SELECT id, status, {columns} FROM certificates ORDER BY id")  # noqa: S608
+        )
+        self.next_row: tuple[Any, ...] | None = next(self.rows, None)
+
+    # -- events ---------------------------------------------------------------------------
+    def run(self) -> None:
+        expected_seq, prev, chained = 1, GENESIS_HASH, True
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        cursor.arraysize = 1024
+        for row in cursor.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"):  # noqa: S608
+            seq, type_, raw = row[0], row[2], row[8]
+            parsed: Any = None
+            parse_error = False
+            if isinstance(raw, str):
+                try:
+                    parsed = json.loads(raw)
+                except (json.JSONDecodeError, RecursionError):
+                    parse_error = True
+            if chained:
+                chained = self._chain(row, expected_seq, prev, raw, parsed, parse_error)
+                if chained:
+                    prev, expected_seq = row[10], seq + 1
+            if not isinstance(raw, str):
+                try:
+                    parsed = json.loads(raw)
+                except (json.JSONDecodeError, TypeError, RecursionError):
+                    parsed = None
+            if not isinstance(parsed, dict):
+                self.load_problems.append(
+                    f"event seq {seq} ({type_}): details are not a JSON object"
+                )
+                continue
+            self._event(Event(seq, str(type_), parsed))
+        self._rows_up_to(None)
+
+    def _chain(
+        self,
+        row: tuple[Any, ...],
+        expected_seq: int,
+        prev: str,
+        raw: Any,
+        parsed: Any,
+        parse_error: bool,
+    ) -> bool:
+        report = self.report
         report.events += 1
-        seq = row["seq"]
+        seq = row[0]
         if seq != expected_seq:
-            report.problems.append(f"event seq {expected_seq} is missing (next present: {seq})")
-            return hashes
-        if row["prev_hash"] != prev:
-            report.problems.append(f"event seq {seq}: prev_hash does not link to event {seq - 1}")
-            return hashes
-        try:
-            body = event_body(row)
-        except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
-            report.problems.append(f"event seq {seq}: details are not valid JSON")
-            return hashes
-        try:
-            intact_details = sha256_hex(canonical_json(body["details"])) == row["params_hash"]
-            intact = chain_hash(prev, body) == row["hash"]
-        except (TypeError, ValueError):
-            report.problems.append(f"event seq {seq}: unreadable content")
-            return hashes
-        if not intact_details:
-            report.problems.append(f"event seq {seq}: details do not match params_hash")
-            return hashes
-        if not intact:
-            report.problems.append(f"event seq {seq}: hash does not match its content")
-            return hashes
-        hashes[seq] = row["hash"]
-        prev, expected_seq = row["hash"], seq + 1
-        report.head_seq, report.head_hash = seq, row["hash"]
-    return hashes
-
-
-def _load_events(conn: sqlite3.Connection, report: LedgerVerification) -> list[Event]:
-    """Every event with JSON-object details; others are reported once, here."""
-    events = []
-    for row in conn.execute("SELECT seq, type, details FROM events ORDER BY seq"):
-        try:
-            details = json.loads(row["details"])
-        except (json.JSONDecodeError, TypeError, RecursionError):
-            details = None
-        if not isinstance(details, dict):
-            report.problems.append(
-                f"event seq {row['seq']} ({row['type']}): details are not a JSON object"
+            self.chain_problems.append(f"event seq {expected_seq} is missing (next present: {seq})")
+            return False
+        if row[9] != prev:
+            self.chain_problems.append(
+                f"event seq {seq}: prev_hash does not link to event {seq - 1}"
             )
-            continue
-        events.append(Event(row["seq"], str(row["type"]), details))
-    return events
+            return False
+        if parse_error:
+            self.chain_problems.append(f"event seq {seq}: details are not valid JSON")
+            return False
+        try:
+            details_json = canonical_json(parsed if isinstance(raw, str) else raw)
+            intact_details = sha256_hex(details_json) == row[7]
+            intact = _body_hash(prev, row, details_json) == row[10]
+        except (TypeError, ValueError):
+            self.chain_problems.append(f"event seq {seq}: unreadable content")
+            return False
+        if not intact_details:
+            self.chain_problems.append(f"event seq {seq}: details do not match params_hash")
+            return False
+        if not intact:
+            self.chain_problems.append(f"event seq {seq}: hash does not match its content")
+            return False
+        if seq in self.wanted:
+            self.hashes[seq] = row[10]
+        report.head_seq, report.head_hash = seq, row[10]
+        return True
+
+    def _event(self, event: Event) -> None:
+        kind, details = event.type, event.details
+        if kind in ISSUANCE_EVENTS:
+            self._issuance(event)
+        if kind == "certificate.renewed" and details.get("replaces_id") is not None:
+            self.superseded.add(_int(details.get("replaces_id")))
+        elif kind == "certificate.revoked":
+            cert_id = _int(details.get("certificate_id"))
+            if cert_id is None or _str(details.get("revoked_at")) is None:
+                self.malformed_revocations.append(
+                    _malformed_text(event, "certificate_id/revoked_at")
+                )
+            else:
+                self.revoked[cert_id] = (
+                    details.get("revoked_at"),
+                    details.get("reason"),
+                    details.get("serial"),
+                )
+        if (
+            "authority_digest" in details
+            or kind in AUTHORITY_EVENTS
+            or kind in ("crl.published", "audit.checkpoint")
+        ):
+            self.kept.append(event)
+
+    # -- certificates ---------------------------------------------------------------------
+    def _issuance(self, event: Event) -> None:
+        cert_id = _int(event.details.get("certificate_id"))
+        if cert_id is None:
+            self.malformed_issuance.append(_malformed_text(event, "certificate_id"))
+            return
+        digest, serial = event.details.get("row_digest"), event.details.get("serial")
+        if cert_id in self.waiting:  # its row came first
+            row_serial, row_hash = self.waiting.pop(cert_id)
+            self._compare(cert_id, row_serial, row_hash, event.seq, digest)
+        elif self.last_row_id is not None and cert_id <= self.last_row_id:
+            # The row's turn has passed: a second event for one certificate (the last
+            # event wins, as it always has), or an event for a row that does not exist.
+            row = self.conn.execute("SELECT * FROM certificates WHERE id = ?", (cert_id,))
+            found = row.fetchone()
+            if found is None:
+                self.pending.pop(cert_id, None)
+                self.missing[cert_id] = (event.seq, serial)
+            else:
+                self.row_problems.pop(cert_id, None)
+                self._compare(cert_id, found["serial"], row_digest(found), event.seq, digest)
+        else:
+            self.pending[cert_id] = (event.seq, digest, serial)
+            self.max_event_cert = max(self.max_event_cert, cert_id)
+            self._rows_up_to(self.max_event_cert)
+
+    def _compare(self, cert_id: int, serial: Any, actual: str, seq: int, expected: Any) -> None:
+        if actual != expected:
+            self.row_problems[cert_id] = (
+                f"certificate id {cert_id} (serial {serial}) does not match its"
+                f" issuance event seq {seq}"
+            )
+
+    def _rows_up_to(self, limit: int | None) -> None:
+        """Check certificate rows up to ``limit`` (all remaining rows when None)."""
+        while self.next_row is not None and (limit is None or self.next_row[0] <= limit):
+            row = self.next_row
+            self.next_row = next(self.rows, None)
+            self.report.certificates += 1
+            cert_id, status, serial = row[0], row[1], row[_SERIAL]
+            self.last_row_id = cert_id
+            if status != "valid":
+                self.unusual_status[cert_id] = (serial, status)
+            # == row_digest(row): canonical_json sorts the keys whatever order they come in.
+            values = dict(zip(CERT_IMMUTABLE_COLUMNS, row[2:], strict=True))
+            actual = sha256_hex(canonical_json(values))
+            found = self.pending.pop(cert_id, None)
+            if found is None:
+                self.waiting[cert_id] = (serial, actual)
+            else:
+                self._compare(cert_id, serial, actual, found[0], found[1])
+
+    def certificate_problems(self) -> list[str]:
+        out = list(self.malformed_issuance)
+        for cert_id, (serial, _) in self.waiting.items():
+            self.row_problems[cert_id] = (
+                f"certificate id {cert_id} (serial {serial}) has no issuance event"
+            )
+        out += [self.row_problems[k] for k in sorted(self.row_problems)]
+        missing = {**self.missing, **{k: (v[0], v[2]) for k, v in self.pending.items()}}
+        for cert_id, (seq, serial) in sorted(missing.items()):
+            out.append(
+                f"certificate id {cert_id} (serial {serial}) recorded by event seq {seq} is missing"
+            )
+        out += self.malformed_revocations
+        stored = {
+            r["certificate_id"]: (r["revoked_at"], r["reason"])
+            for r in self.conn.execute("SELECT * FROM revocations")
+        }
+        for cert_id, (revoked_at, reason, serial) in self.revoked.items():
+            if stored.get(cert_id) != (revoked_at, reason):
+                out.append(
+                    f"revocation of certificate id {cert_id} (serial {serial}) does"
+                    " not match its event"
+                )
+        for cert_id in stored.keys() - self.revoked.keys():
+            out.append(f"revocation of certificate id {cert_id} has no event")
+        # Statuses: a 'valid' row is wrong only if an event revoked or superseded it, so
+        # only those ids and the rows not 'valid' need a look (no second pass).
+        suspects = (
+            set(self.unusual_status)
+            | set(self.revoked)
+            | {i for i in self.superseded if i is not None}
+        )
+        for cert_id in sorted(suspects):
+            if cert_id in self.unusual_status:
+                serial, status = self.unusual_status[cert_id]
+            else:
+                row = self.conn.execute(
+                    "SELECT serial, status FROM certificates WHERE id = ?", (cert_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                serial, status = row["serial"], row["status"]
+            expected = (
+                "revoked"
+                if cert_id in self.revoked
+                else "superseded"
+                if cert_id in self.superseded
+                else "valid"
+            )
+            if status != expected:
+                out.append(
+                    f"certificate id {cert_id} (serial {serial}) has status {status!r};"
+                    f" its events say {expected!r}"
+                )
+        return out
 
 
-def _malformed(report: LedgerVerification, event: Event, missing: str) -> None:
-    report.problems.append(
+def _malformed_text(event: Event, missing: str) -> str:
+    return (
         f"event seq {event.seq} ({event.type}): malformed details ({missing} missing or"
         " of the wrong type)"
     )
 
 
+def _malformed(report: LedgerVerification, event: Event, missing: str) -> None:
+    report.problems.append(_malformed_text(event, missing))
+
+
 def _of_type(events: list[Event], *types: str) -> list[Event]:
     return [e for e in events if e.type in types]
-
-
-def _check_certificates(
-    conn: sqlite3.Connection, events: list[Event], report: LedgerVerification
-) -> None:
-    issued: dict[int, tuple[int, dict[str, Any]]] = {}
-    for event in _of_type(events, *ISSUANCE_EVENTS):
-        cert_id = _int(event.details.get("certificate_id"))
-        if cert_id is None:
-            _malformed(report, event, "certificate_id")
-            continue
-        issued[cert_id] = (event.seq, event.details)
-    seen: set[int] = set()
-    for row in conn.execute("SELECT * FROM certificates ORDER BY id"):
-        report.certificates += 1
-        seen.add(row["id"])
-        found = issued.get(row["id"])
-        if found is None:
-            report.problems.append(
-                f"certificate id {row['id']} (serial {row['serial']}) has no issuance event"
-            )
-        elif row_digest(row) != found[1].get("row_digest"):
-            report.problems.append(
-                f"certificate id {row['id']} (serial {row['serial']}) does not match its"
-                f" issuance event seq {found[0]}"
-            )
-    for cert_id, (seq, details) in sorted(issued.items()):
-        if cert_id not in seen:
-            report.problems.append(
-                f"certificate id {cert_id} (serial {details.get('serial')}) recorded by event"
-                f" seq {seq} is missing"
-            )
-
-    revoked: dict[int, dict[str, Any]] = {}
-    for event in _of_type(events, "certificate.revoked"):
-        cert_id = _int(event.details.get("certificate_id"))
-        if cert_id is None or _str(event.details.get("revoked_at")) is None:
-            _malformed(report, event, "certificate_id/revoked_at")
-            continue
-        revoked[cert_id] = event.details
-    superseded = {
-        _int(e.details.get("replaces_id"))
-        for e in _of_type(events, "certificate.renewed")
-        if e.details.get("replaces_id") is not None
-    }
-    stored = {
-        r["certificate_id"]: (r["revoked_at"], r["reason"])
-        for r in conn.execute("SELECT * FROM revocations")
-    }
-    for cert_id, details in revoked.items():
-        if stored.get(cert_id) != (details.get("revoked_at"), details.get("reason")):
-            report.problems.append(
-                f"revocation of certificate id {cert_id} (serial {details.get('serial')}) does"
-                " not match its event"
-            )
-    for cert_id in stored.keys() - revoked.keys():
-        report.problems.append(f"revocation of certificate id {cert_id} has no event")
-    for row in conn.execute("SELECT id, serial, status FROM certificates"):
-        expected = (
-            "revoked"
-            if row["id"] in revoked
-            else "superseded"
-            if row["id"] in superseded
-            else "valid"
-        )
-        if row["status"] != expected:
-            report.problems.append(
-                f"certificate id {row['id']} (serial {row['serial']}) has status {row['status']!r};"
-                f" its events say {expected!r}"
-            )
 
 
 def _check_authorities(
@@ -567,6 +746,58 @@ def _check_integrity(conn: sqlite3.Connection, report: LedgerVerification) -> bo
     return True
 
 
+def _integrity_in_background(conn: sqlite3.Connection) -> Callable[[LedgerVerification], bool]:
+    """Start ``_check_integrity`` on a second connection; the returned function waits for
+    it and adds its problems to a report (False: the file is too damaged to read)."""
+    import threading
+    from pathlib import Path
+
+    path = next((str(r[2]) for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+    if not path:  # an in-memory database has no second connection: check it here
+        return lambda report: _check_integrity(conn, report)
+    found = LedgerVerification()
+    outcome: list[bool] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            # mode=ro: a file that vanished meanwhile is an error, never a new empty one.
+            other = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True)
+            try:
+                outcome.append(_check_integrity(other, found))
+            finally:
+                other.close()
+        except BaseException as exc:  # reported by the caller's thread, never lost
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="cyphrs-integrity-check", daemon=True)
+    thread.start()
+
+    def finish(report: LedgerVerification) -> bool:
+        thread.join()
+        if failure or not outcome:  # could not open a second connection: check inline
+            return _check_integrity(conn, report)
+        report.problems += found.problems
+        return outcome[0]
+
+    return finish
+
+
+def _checkpointed_seqs(conn: sqlite3.Connection, external: Sequence[tuple[str, Any]]) -> set[int]:
+    """The event seqs that stored and given checkpoints name: the only hashes kept."""
+    documents: list[Any] = [document for _, document in external]
+    for (text,) in conn.execute("SELECT document FROM checkpoints"):
+        try:
+            documents.append(json.loads(text))
+        except (json.JSONDecodeError, TypeError, RecursionError):
+            continue
+    return {
+        seq
+        for seq in (_int(d.get("seq")) for d in documents if isinstance(d, dict))
+        if seq is not None
+    }
+
+
 def verify_ledger(
     conn: sqlite3.Connection,
     external_checkpoints: Sequence[tuple[str, Any]] = (),
@@ -575,14 +806,34 @@ def verify_ledger(
     home: HomeFacts | None = None,
 ) -> LedgerVerification:
     report = LedgerVerification(anchor=anchor.to_json() if anchor is not None else None)
+    # SQLite's integrity check reads the whole file (a third of the time at a million
+    # events): it runs on its own read-only connection in a thread (SQLite releases the
+    # GIL) while this thread walks the events; its problems still come first, and a file
+    # it finds unreadable still ends the verification with that one problem.
+    integrity = _integrity_in_background(conn)
+    walked = LedgerVerification()
+    walk: _Walk | None = None
+    walk_error: sqlite3.DatabaseError | None = None
+    certificate_problems: list[str] = []
     try:
-        if not _check_integrity(conn, report):
+        walk = _Walk(conn, walked, _checkpointed_seqs(conn, external_checkpoints))
+        walk.run()
+        certificate_problems = walk.certificate_problems()
+    except sqlite3.DatabaseError as exc:
+        walk_error = exc
+    try:
+        if not integrity(report):
             return report
         if home is not None:
             _check_home(conn, home, report)
-        hashes = _walk_chain(conn, report)
-        events = _load_events(conn, report)
-        _check_certificates(conn, events, report)
+        if walk_error is not None or walk is None:
+            raise walk_error or sqlite3.DatabaseError("unreadable")
+        report.events, report.certificates = walked.events, walked.certificates
+        report.head_seq, report.head_hash = walked.head_seq, walked.head_hash
+        hashes, events = walk.hashes, walk.kept
+        report.problems += walk.chain_problems
+        report.problems += walk.load_problems
+        report.problems += certificate_problems
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
         stored = _check_stored_checkpoints(conn, events, report)

@@ -51,10 +51,14 @@ def test_every_command_offers_json_and_quiet() -> None:
     from cyphrs_cli.cli.app import app
 
     def leaves(command: Any, path: str) -> list[tuple[str, Any]]:
-        subcommands = getattr(command, "commands", None)
-        if not subcommands:
+        # click's group API (list_commands/get_command): the root loads commands lazily.
+        if not hasattr(command, "list_commands"):
             return [(path, command)]
-        return [leaf for name, sub in subcommands.items() for leaf in leaves(sub, f"{path} {name}")]
+        return [
+            leaf
+            for name in command.list_commands(None)
+            for leaf in leaves(command.get_command(None, name), f"{path} {name}")
+        ]
 
     missing = [
         path

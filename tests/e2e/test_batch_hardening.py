@@ -335,7 +335,8 @@ def test_delivery_failure_after_commit_is_recorded_and_exits_8(
     fresh_hierarchy: Hierarchy, tmp_path: Path
 ) -> None:
     """A file appears where item 2's directory should be, after validation: item 2 is
-    recorded, cannot be written, and the ledger says so; item 1 stays delivered."""
+    recorded, cannot be written, and the ledger says so; items 1 and 3, committed in the
+    same group, are still delivered, and the batch stops after the group."""
     h, out = fresh_hierarchy, tmp_path / "out"
     batch = _write_batch(tmp_path / "b.jsonl", [{"workflow": f"wf{i}"} for i in range(3)])
     before = h.ledger_rows()
@@ -347,17 +348,20 @@ def test_delivery_failure_after_commit_is_recorded_and_exits_8(
     code, stdout, stderr = _run_paused(h, batch, out, plant)
     assert code == ExitCode.STORAGE, stderr
     lines = [json.loads(line) for line in stdout.splitlines()]
-    assert [line.get("ok") for line in lines[:-1]] == [True, False]
+    assert [line.get("ok") for line in lines[:-1]] == [True, False, True]
     assert lines[1]["error"]["code"] == ExitCode.STORAGE
     for line in lines:
         assert_valid(line)
-    assert lines[-1]["not_attempted"] == 1
-    assert (out / "00001" / "cert.pem").exists() and (out / "00001" / "key.pem").exists()
-    assert h.ledger_rows() == before + 2
+    assert lines[-1]["not_attempted"] == 0
+    for name in ("00001", "00003"):
+        assert (out / name / "cert.pem").exists() and (out / name / "key.pem").exists()
+    assert h.ledger_rows() == before + 3
     failures = _delivery_failures(h)
     assert len(failures) == 1
     with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
-        serial = conn.execute("SELECT serial FROM certificates ORDER BY id DESC LIMIT 1").fetchone()
+        serial = conn.execute(
+            "SELECT serial FROM certificates ORDER BY id DESC LIMIT 1 OFFSET 1"
+        ).fetchone()
     assert failures[0]["serial"] == serial[0]
     assert failures[0]["target"] == f"certificate:{serial[0]}"
     assert failures[0]["batch_item"] == 2 and failures[0]["reason"]
@@ -440,9 +444,9 @@ def test_closed_stdout_after_commit_is_recorded_and_exits_8(
     assert proc.wait(timeout=120) == ExitCode.STORAGE, stderr
     error = json.loads(stderr)["error"]
     assert "recorded as certificate.delivery_failed" in error["message"]
-    assert h.ledger_rows() == before + 1
+    assert h.ledger_rows() == before + 2  # one group: both committed, neither delivered
     failures = _delivery_failures(h)
-    assert [f["batch_item"] for f in failures] == [1]
+    assert [f["batch_item"] for f in failures] == [1, 2]
     assert "standard output" in str(failures[0]["reason"])
 
 
@@ -485,9 +489,9 @@ def test_full_disk_after_commit_is_recorded_and_exits_8(
     stderr = proc.stderr.decode()
     assert proc.returncode == ExitCode.STORAGE, stderr
     assert "No space left on device" in stderr
-    assert h.ledger_rows() == before + 1  # the batch stops at the first storage failure
+    assert h.ledger_rows() == before + 2  # one group, committed; the batch stops after it
     failures = _delivery_failures(h)
-    assert [f["batch_item"] for f in failures] == [1]
+    assert [f["batch_item"] for f in failures] == [1, 2]
     assert "No space left" in str(failures[0]["reason"])
     leftovers = [p for p in full_tmpfs.rglob("*") if p.is_file() and p.name != "filler"]
     assert leftovers == []  # no half-written key or temporary file is left behind

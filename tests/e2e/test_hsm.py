@@ -670,16 +670,20 @@ def _blocked_in_pipe_write(pid: int) -> bool:
 
 
 def test_key_destroyed_between_unlock_and_sign_is_exit_9(tokens: Tokens, tmp_path: Path) -> None:
-    """A batch unlocks the token once, then signs item after item. The JSON lines of the first
-    items fill the (shrunk) stdout pipe, so the process blocks between two items; meanwhile
-    another process destroys the CA key on the token. The next signature then fails inside
-    the token (C_SignInit on a handle whose object is gone): exit 9 per item, never 1."""
+    """A batch unlocks the token once, then signs group after group. The JSON lines of the
+    first group fill the (shrunk) stdout pipe, so the process blocks between two groups;
+    meanwhile another process destroys the CA key on the token. The next signature then
+    fails inside the token (C_SignInit on a handle whose object is gone): exit 9 per item,
+    never 1."""
     import fcntl
     import time
 
+    from cyphrs_cli.service.batch import DEFAULT_GROUP_SIZE
+
     ca = _hsm_hierarchy(tokens, tmp_path, "p256")
     batch = tmp_path / "b.jsonl"
-    batch.write_text("".join(f'{{"workflow": "gone", "instance": "i{i}"}}\n' for i in range(6)))
+    n = DEFAULT_GROUP_SIZE + 6  # two groups: the key vanishes between them
+    batch.write_text("".join(f'{{"workflow": "gone", "instance": "i{i}"}}\n' for i in range(n)))
     proc = subprocess.Popen(
         [
             tool("cyphrs"),
@@ -715,7 +719,7 @@ def test_key_destroyed_between_unlock_and_sign_is_exit_9(tokens: Tokens, tmp_pat
     lines = [json.loads(line) for line in out.decode().splitlines()]
     items = [line for line in lines if line["schema"] == "cyphrs.issue-batch-item/v1"]
     ok = [item["ok"] for item in items]
-    assert len(ok) == 6 and False in ok, items
+    assert len(ok) == n and False in ok, items
     signed = ok.index(False)  # items signed before the key vanished
     assert signed >= 1 and all(ok[:signed]) and not any(ok[signed:]), ok
     for failed in items[signed:]:

@@ -191,26 +191,16 @@ def checkpoint(
     quiet: QuietOption = False,
 ) -> None:
     """Sign the ledger's current head (seq, hash, time) with a CA key and print it."""
-    from cyphrs_cli.audit.checkpoint import create_checkpoint
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
+    from cyphrs_cli.service.authority import Authority
 
     if out is not None:
         refuse_existing([out], force=force)
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    with open_ledger(ca_home) as ledger:
-        signer = load_issuer(
-            ca_home,
-            config,
-            ledger,
-            issuer,
-            ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
-        )
-        document = create_checkpoint(ledger, signer)
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+    with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets) as ca:
+        document = ca.checkpoint().document
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if out is not None:
         atomic_write(out, text.encode(), mode=PUBLIC_FILE)
@@ -306,49 +296,29 @@ def audit_export(
     quiet: QuietOption = False,
 ) -> None:
     """Export evidence for a time window: registers, events, CRLs, HTML report, signed manifest."""
-    from datetime import timedelta
-
     from cyphrs_cli.audit.checkpoint import load_anchor
-    from cyphrs_cli.audit.export import export_bundle
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
-    from cyphrs_cli.ledger.events import utc_now
-    from cyphrs_cli.ledger.verify import HomeFacts
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import ExportRequest
     from cyphrs_cli.times import parse_time
 
-    # Times are kept to the second and the window's end is exclusive: the default end is
-    # the next second, so everything recorded so far is in.
-    window = (parse_time(since), parse_time(until) if until else utc_now() + timedelta(seconds=1))
-    anchor = load_anchor(str(root) if root else None, root_fingerprint)
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    facts = HomeFacts.of(ca_home, config)
-    with open_ledger(ca_home) as ledger:
-        signer = load_issuer(
-            ca_home,
-            config,
-            ledger,
-            issuer,
-            ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
-        )
-        result = export_bundle(
-            ledger,
-            signer,
-            out,
-            *window,
-            force=force,
-            allow_unverified=allow_unverified,
-            anchor=anchor,
-            home=facts,
-        )
+    request = ExportRequest(
+        out,
+        parse_time(since),
+        parse_time(until) if until else None,
+        force=force,
+        allow_unverified=allow_unverified,
+        anchor=load_anchor(str(root) if root else None, root_fingerprint),
+        archive=archive,
+    )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+    with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets) as ca:
+        exported = ca.export(request)
+    result = exported.result
     archive_info = None
-    if archive:
-        from cyphrs_cli.audit.export import write_archive
-
-        archive_path = out.with_name(out.name + ".tar.gz")
-        archive_info = {"path": str(archive_path), "sha256": write_archive(out, archive_path)}
+    if exported.archive_path is not None:
+        archive_info = {"path": str(exported.archive_path), "sha256": exported.archive_sha256}
     summary = {
         "directory": str(result.directory),
         "archive": archive_info,

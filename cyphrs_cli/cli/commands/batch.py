@@ -1,4 +1,4 @@
-"""``issue --batch``: the CLI side of batch issuance (progress, per-item output, summary)."""
+"""``issue --batch``: parse the options, call the batch use case, render its lines."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 from cyphrs_cli.cli import render
 
 if TYPE_CHECKING:
-    from cyphrs_cli.ca.batch import BatchOutcome
-    from cyphrs_cli.ca.models import LeafRequest
     from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.batch import CheckedBatch, ItemResult
 
 
 def run_batch(
@@ -24,148 +24,143 @@ def run_batch(
     keep_going: bool,
     secrets: SecretProvider,
 ) -> None:
-    """Parse and validate the whole batch (nothing signed, no key generated), unlock the
-    issuer once, then issue item by item, each recorded before it is written or printed."""
+    """Check the whole batch (nothing signed, no key generated), unlock the issuer once,
+    then issue it group by group, each group recorded before it is written or printed."""
+    import sys
+
+    from cyphrs_cli.ca.batch import pause_point
+    from cyphrs_cli.cli.views import refuse_key_on_terminal
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.batch import BatchRequest, check_batch
+
+    base_dir = Path.cwd() if source == "-" else Path(source).parent
+    request = BatchRequest(
+        data=read_input(source),
+        source=source,
+        base_dir=base_dir,
+        default_profile=default_profile,
+        out_dir=out_dir,
+        stdout=render.json_mode(),
+        force=force,
+        keep_going=keep_going,
+    )
+    if out_dir is None and sys.stdout.isatty() and not force:
+        from cyphrs_cli.ca.batch import iter_batch
+
+        items = iter_batch(
+            request.data, source=source, default_profile=default_profile, base_dir=base_dir
+        )
+        if any(item.order.csr_pem is None for item in items):
+            refuse_key_on_terminal(force=force)  # --json would print the generated keys
+    # One Authority serves the check (no key unlocked) and then the issuance (the issuer
+    # is unlocked on first use, after every item was checked).
+    authority = Authority.open(
+        resolve_home(home), issuer=issuer_name, secrets=secrets, unlock=False
+    )
+    with authority:
+        checked = check_batch(authority, request)
+        pause_point("batch-validated")
+        _issue_and_render(authority, checked)
+
+
+def _issue_and_render(authority: Authority, checked: CheckedBatch) -> None:
+    """Issue the checked batch group by group and render each item's line as its group
+    is delivered, then the summary; the first failure becomes the exit code."""
     import json
     import sys
 
-    from cyphrs_cli.ca.batch import issue_batch, parse_batch, pause_point, validate_batch
-    from cyphrs_cli.ca.delivery import pem_bundle, write_confined
-    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
-    from cyphrs_cli.ca.issuance import check_instance_unique, record_denial
-    from cyphrs_cli.cli.views import issued_view, pem_view, refuse_key_on_terminal
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
-    from cyphrs_cli.errors import PolicyDenied, StorageError
-    from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.ledger.events import rfc3339, utc_now
-    from cyphrs_cli.profiles.model import load_profiles
+    from cyphrs_cli.cli.views import issued_view, pem_view
+    from cyphrs_cli.errors import StorageError
+    from cyphrs_cli.service.batch import run_batch as issue_checked
 
-    base_dir = Path.cwd() if source == "-" else Path(source).parent
-    items = parse_batch(
-        read_input(source), source=source, default_profile=default_profile, base_dir=base_dir
-    )
-    if out_dir is None and any(item.order.csr_pem is None for item in items):
-        refuse_key_on_terminal(force=force)  # --json would print the generated keys
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    facts = issuer_facts(ca_home, config, issuer_name)
-    profiles = load_profiles(ca_home.profiles_dir)
+    progress = _progress(checked.count)
+    task: Any = None
+    stdout_gone = False
 
-    def record_refusal(denial: PolicyDenied, request: LeafRequest) -> None:
-        # A batch is a request, not a question: its refusal is evidence, as for one issue.
-        with open_ledger(ca_home) as ledger:
-            record_denial(ledger, denial, request, facts)
-
-    with open_ledger(ca_home) as ledger:
-        now = rfc3339(utc_now())
-        items = validate_batch(
-            items,
-            profiles=profiles,
-            issuer=facts,
-            out_dir=out_dir,
-            stdout_ok=render.json_mode(),
-            force=force,
-            source=source,
-            on_denied=record_refusal,
-            check_plan=lambda plan: check_instance_unique(ledger.conn, plan, now),
-        )
-    pause_point("batch-validated")
-
-    failures: list[BatchOutcome] = []
-    progress = _progress(len(items))
-
-    def deliver(outcome: BatchOutcome) -> None:
-        assert outcome.issued is not None
-        item = outcome.item
-        bundle = pem_bundle(outcome.issued, outcome.private_key)
-        view = issued_view(outcome.issued)
-        if out_dir is not None and item.out_dir is not None:
-            view["files"] = write_confined(out_dir, item.out_dir, bundle, force=force)
-        else:
-            view["pem"] = pem_view(bundle)
-        if render.json_mode():
-            line = {
+    def emit(result: ItemResult) -> None:
+        nonlocal stdout_gone
+        if result.error is None:
+            assert result.issued is not None
+            if not render.json_mode():
+                _advance(progress, task)
+                return
+            view = issued_view(result.issued)
+            if result.files is not None:
+                view["files"] = result.files
+            elif result.bundle is not None:
+                view["pem"] = pem_view(result.bundle)
+            line: dict[str, Any] = {
                 "schema": "cyphrs.issue-batch-item/v1",
-                "index": item.index,
-                "name": item.name,
+                "index": result.index,
+                "name": result.name,
                 "ok": True,
                 "certificate": view,
             }
-            try:
-                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-            except OSError as exc:
-                _silence_stdout()
-                raise StorageError(f"cannot write to standard output: {exc.strerror}") from exc
-
-    def report(outcome: BatchOutcome) -> None:
-        item = outcome.item
-        if outcome.error is not None:
-            failures.append(outcome)
-            if render.json_mode():
-                line: dict[str, Any] = {
-                    "schema": "cyphrs.issue-batch-item/v1",
-                    "index": item.index,
-                    "name": item.name,
-                    "ok": False,
-                    "error": {
-                        "code": int(outcome.error.exit_code),
-                        "slug": outcome.error.slug,
-                        "message": outcome.error.message,
-                    },
-                }
-                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-            else:
+        else:
+            _advance(progress, task)
+            if not render.json_mode():
                 render.console(stderr=True).print(
-                    f"item {item.index} ({item.name}) failed: {outcome.error.message}",
+                    f"item {result.index} ({result.name}) failed: {result.error.message}",
                     markup=False,
                     highlight=False,
                 )
-        if progress is not None:
-            progress.advance(task, 1)
-
-    with open_ledger(ca_home) as ledger:
-        issuer = load_issuer(ca_home, config, ledger, issuer_name, secrets)
-        if progress is not None:
-            progress.start()
-            task = progress.add_task("issuing", total=len(items))
+                return
+            line = {
+                "schema": "cyphrs.issue-batch-item/v1",
+                "index": result.index,
+                "name": result.name,
+                "ok": False,
+                "error": {
+                    "code": int(result.error.exit_code),
+                    "slug": result.error.slug,
+                    "message": result.error.message,
+                },
+            }
+        if stdout_gone:
+            raise StorageError("standard output is closed")
         try:
-            result = issue_batch(
-                ledger,
-                issuer,
-                profiles,
-                items,
-                deliver=deliver,
-                report=report,
-                keep_going=keep_going,
-            )
-        finally:
-            if progress is not None:
-                progress.stop()
-    summary = {
-        "schema": "cyphrs.issue-batch-summary/v1",
-        "items": result.items,
-        "issued": result.issued,
-        "failed": len(result.failures),
-        "not_attempted": result.items - result.attempted,
-    }
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        except OSError as exc:
+            stdout_gone = True
+            _silence_stdout()
+            raise StorageError(f"cannot write to standard output: {exc.strerror}") from exc
+
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("issuing", total=checked.count)
+    try:
+        summary = issue_checked(authority, checked, emit=emit)
+    finally:
+        if progress is not None:
+            progress.stop()
     if render.json_mode():
-        sys.stdout.write(json.dumps(summary) + "\n")
+        line = {
+            "schema": "cyphrs.issue-batch-summary/v1",
+            "items": summary.items,
+            "issued": summary.issued,
+            "failed": summary.failed,
+            "not_attempted": summary.not_attempted,
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
     else:
         render.console().print(
-            f"Issued {result.issued} of {result.items} certificate(s)"
-            + (f"; {len(result.failures)} failed" if result.failures else "")
-            + (f"; {summary['not_attempted']} not attempted" if summary["not_attempted"] else "")
+            f"Issued {summary.issued} of {summary.items} certificate(s)"
+            + (f"; {summary.failed} failed" if summary.failed else "")
+            + (f"; {summary.not_attempted} not attempted" if summary.not_attempted else "")
         )
-    if result.failures:
-        first = result.failures[0]
+    first = summary.first_failure
+    if first is not None:
         assert first.error is not None
-        first.error.message = (
-            f"batch item {first.item.index} ({first.item.name}): {first.error.message}"
-        )
+        first.error.message = f"batch item {first.index} ({first.name}): {first.error.message}"
         raise first.error
+
+
+def _advance(progress: Any, task: Any) -> None:
+    if progress is not None:
+        progress.advance(task, 1)
 
 
 def _silence_stdout() -> None:
@@ -195,6 +190,6 @@ def _progress(total: int) -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=render.console(stderr=True),
+        console=render.console(stderr=True).rich,
         transient=True,
     )

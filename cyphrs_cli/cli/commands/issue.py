@@ -24,8 +24,7 @@ from cyphrs_cli.cli.options import (
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    from cyphrs_cli.ca.orders import LeafOrder
-    from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.service.requests import DryRunResult
 
 ISSUE_EPILOG = f"""\
 Examples:
@@ -153,9 +152,12 @@ def issue(
 
     from cyphrs_cli.ca.orders import LeafOrder
     from cyphrs_cli.cli.secrets import ca_key_secrets
-    from cyphrs_cli.cli.views import refuse_key_on_terminal
+    from cyphrs_cli.cli.views import refuse_key_on_terminal, render_issued
+    from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import IssueRequest
 
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     if batch is not None:
@@ -217,79 +219,32 @@ def issue(
         csr_source=csr or "CSR",
         allow_duplicate=allow_duplicate,
     )
-    if dry_run:
-        _dry_run(order, issuer, home)
-        return
-    _issue_one(order, issuer, home, out_dir, out, force, secrets)
-
-
-def _issue_one(
-    order: LeafOrder,
-    issuer: str | None,
-    home: str | None,
-    out_dir: Path | None,
-    out: str | None,
-    force: bool,
-    secrets: SecretProvider,
-) -> None:
-    from cyphrs_cli.ca.delivery import check_output_dir
-    from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
-    from cyphrs_cli.ca.issuance import issue_leaf
-    from cyphrs_cli.ca.orders import prepare_request
-    from cyphrs_cli.cli.views import deliver_issued
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
-    from cyphrs_cli.profiles.model import get_profile
-
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    entry = config.issuer(issuer)
-    chosen = get_profile(ca_home.profiles_dir, order.profile)
-    if out_dir is not None:
-        check_output_dir(out_dir, with_key=order.csr_pem is None, force=force)
-    # The trust domain comes from the ledger (checked against config.toml), never the file.
-    trust_domain = issuer_facts(ca_home, config, entry.name).trust_domain
-    request, private_key = prepare_request(order, chosen, trust_domain)
-    with open_ledger(ca_home) as ledger:
-        signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
-        issued = issue_leaf(ledger, signing, chosen, request)
-
-    deliver_issued(
-        issued,
-        private_key,
-        out_dir=out_dir,
-        out=out,
-        command="issue",
-        headline="Issued {profile} certificate {serial}",
+    # unlock=False: the key is unlocked only once the order, profile and outputs passed,
+    # and never for --dry-run.
+    with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets, unlock=False) as ca:
+        if dry_run:
+            _render_dry_run(ca.dry_run(order))
+            return
+        result = ca.issue(IssueRequest(order, out_dir=out_dir, force=force))
+    render_issued(
+        result, out=out, command="issue", headline="Issued {profile} certificate {serial}"
     )
 
 
-def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
-    """Decide and plan without unlocking a key; a refusal exits 5 naming the rule."""
-    from cyphrs_cli.ca.hierarchy import issuer_facts
-    from cyphrs_cli.ca.issuance import explain_leaf
-    from cyphrs_cli.ca.orders import prepare_request
+def _render_dry_run(result: DryRunResult) -> None:
     from cyphrs_cli.ca.parsing import oid_name
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import format_duration
-    from cyphrs_cli.profiles.model import get_profile
 
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    facts = issuer_facts(ca_home, config, issuer)
-    chosen = get_profile(ca_home.profiles_dir, order.profile)
-    request, _ = prepare_request(order, chosen, facts.trust_domain)
-    decision, plan = explain_leaf(facts, chosen, request)
+    decision, plan = result.decision, result.plan
     would = {
         "profile": plan.profile,
-        "issuer": facts.name,
+        "issuer": result.issuer,
         "subject": plan.subject.rfc4514_string(),
         "sans": list(plan.sans),
         "spiffe_id": plan.spiffe_id,
         "agent_claims": plan.claims.to_json() if plan.claims else None,
         "ttl_seconds": int(plan.ttl.total_seconds()),
-        "key_type": request.key_type,
+        "key_type": result.key_type,
         "extensions": [{"name": oid_name(e.oid), "critical": c} for e, c in plan.extensions],
     }
     if render.json_mode():
@@ -303,7 +258,7 @@ def _dry_run(order: LeafOrder, issuer: str | None, home: str | None) -> None:
         )
         return
     console = render.console()
-    console.print(f"Would issue a certificate with profile {plan.profile} from {facts.name}:")
+    console.print(f"Would issue a certificate with profile {plan.profile} from {result.issuer}:")
     console.print(f"  subject      {would['subject'] or '(empty)'}")
     console.print(f"  names        {', '.join(plan.sans) or '-'}")
     console.print(f"  lifetime     {format_duration(decision.ttl)}")

@@ -23,7 +23,9 @@ from cyphrs_cli.cli.options import (
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    import sqlite3
+    from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import CertificateTarget
 
 RENEW_EPILOG = f"""\
 Examples:
@@ -72,22 +74,32 @@ def register(app: typer.Typer) -> None:
     app.command("crl", epilog=CRL_EPILOG)(crl)
 
 
-def target_row(conn: sqlite3.Connection, source: str | None, serial: str | None) -> sqlite3.Row:
-    """The ledger row named by a certificate file (or -) or by --serial, exactly one."""
-    from cyphrs_cli.ca.issuance import fingerprint
-    from cyphrs_cli.ca.parsing import load_certificates
-    from cyphrs_cli.ca.serials import parse_serial
+def _target(source: str | None, serial: str | None) -> CertificateTarget:
+    """The certificate named on the command line: a file (or - for stdin) or --serial."""
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.ledger.records import find_certificate
+    from cyphrs_cli.service.requests import CertificateTarget
 
     if (source is None) == (serial is None):
         raise UsageError("name the certificate by file (or -) or by --serial, exactly one")
     if serial is not None:
-        return find_certificate(conn, serial=parse_serial(serial))
+        return CertificateTarget(serial=serial)
     assert source is not None
-    cert = load_certificates(read_input(source), source=source)[0]
-    return find_certificate(conn, fingerprint=fingerprint(cert))
+    return CertificateTarget(certificate=read_input(source), source=source)
+
+
+def _open(
+    home: str | None, secrets: SecretProvider | None = None, issuer: str | None = None
+) -> Authority:
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.service.authority import Authority
+
+    def no_secrets(purpose: str) -> bytes:  # revoke and --check never unlock a key
+        raise AssertionError(f"no secret expected here ({purpose})")
+
+    return Authority.open(
+        resolve_home(home), issuer=issuer, secrets=secrets or no_secrets, unlock=False
+    )
 
 
 CertArgument = Annotated[
@@ -132,76 +144,57 @@ def renew(
 ) -> None:
     """Renew a certificate: same identity and names, new serial, validity and (by default) key."""
 
-    from cyphrs_cli.ca.delivery import check_output_dir
-    from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.ca.renewal import renew_certificate, renewal_due_at
     from cyphrs_cli.cli.secrets import ca_key_secrets
-    from cyphrs_cli.cli.views import deliver_issued, refuse_key_on_terminal
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.cli.views import refuse_key_on_terminal, render_issued
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.errors import CheckNotMet, UsageError
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.ledger.events import rfc3339, utc_now
+    from cyphrs_cli.ledger.events import rfc3339
+    from cyphrs_cli.service.requests import RenewalCheckRequest, RenewRequest
 
     if not 0.01 <= due_fraction <= 1.0:  # click's range check lets NaN through
         raise UsageError("--due-fraction must be a number from 0.01 to 1")
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    with open_ledger(ca_home) as ledger:
-        row = target_row(ledger.conn, source, serial)
-        if check:
-            due_at = renewal_due_at(row, due_fraction)
-            now = utc_now()
-            due = now >= due_at or row["status"] == "revoked"
-            if render.json_mode():
-                render.emit_json(
-                    {
-                        "schema": "cyphrs.renew-check/v1",
-                        "serial": row["serial"],
-                        "due": due,
-                        "due_at": rfc3339(due_at),
-                        "status": row["status"],
-                    }
-                )
-            if not due:
-                raise CheckNotMet(f"renewal of {row['serial']} is not due until {rfc3339(due_at)}")
-            render.note(f"renewal of {row['serial']} is due (since {rfc3339(due_at)})")
-            return
-        if reuse_key and csr is not None:
-            raise UsageError("--reuse-key and --csr exclude each other")
-        if out not in (None, "-") or (out == "-" and (out_dir or json_output)):
-            raise UsageError("--out takes only '-', without --out-dir or --json")
-        if out is None and out_dir is None and not json_output:
-            raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
-        new_key = not reuse_key and csr is None
-        if new_key and out_dir is None and (out == "-" or json_output):
-            refuse_key_on_terminal(force=force)
-        mode = "csr" if csr is not None else "reuse" if reuse_key else "new"
-        if out_dir is not None:
-            check_output_dir(out_dir, with_key=mode == "new", force=force)
-        secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-        issued, private_key = renew_certificate(
-            ca_home,
-            config,
-            ledger,
-            row,
-            public_key_mode=mode,
-            csr_pem=read_input(csr) if csr else None,
-            ttl=parse_duration(ttl) if ttl else None,
-            requester=requester,
-            secrets=secrets,
-        )
-
-    deliver_issued(
-        issued,
-        private_key,
+    target = _target(source, serial)
+    if check:
+        with _open(home) as ca:
+            answer = ca.check_renewal(RenewalCheckRequest(target, due_fraction))
+        if render.json_mode():
+            render.emit_json(
+                {
+                    "schema": "cyphrs.renew-check/v1",
+                    "serial": answer.serial,
+                    "due": answer.due,
+                    "due_at": rfc3339(answer.due_at),
+                    "status": answer.status,
+                }
+            )
+        if not answer.due:
+            raise CheckNotMet(
+                f"renewal of {answer.serial} is not due until {rfc3339(answer.due_at)}"
+            )
+        render.note(f"renewal of {answer.serial} is due (since {rfc3339(answer.due_at)})")
+        return
+    if reuse_key and csr is not None:
+        raise UsageError("--reuse-key and --csr exclude each other")
+    if out not in (None, "-") or (out == "-" and (out_dir or json_output)):
+        raise UsageError("--out takes only '-', without --out-dir or --json")
+    if out is None and out_dir is None and not json_output:
+        raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
+    if not reuse_key and csr is None and out_dir is None and (out == "-" or json_output):
+        refuse_key_on_terminal(force=force)
+    request = RenewRequest(
+        target,
+        reuse_key=reuse_key,
+        csr_pem=read_input(csr) if csr else None,
+        ttl=parse_duration(ttl) if ttl else None,
+        requester=requester,
         out_dir=out_dir,
-        out=out,
-        command="renew",
-        headline="Renewed " + row["serial"] + " as {serial}",
-        extra={"replaces": row["serial"]},
+        force=force,
     )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+    with _open(home, secrets) as ca:
+        result = ca.renew(request)
+    render_issued(result, out=out, command="renew", headline="Renewed {replaces} as {serial}")
 
 
 def revoke(
@@ -215,17 +208,12 @@ def revoke(
     quiet: QuietOption = False,
 ) -> None:
     """Revoke a certificate (leaf or intermediate); recorded at once, listed on the next CRL."""
-    from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.ca.revocation import normalise_reason, revoke_certificate
-    from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.ledger.events import rfc3339
+    from cyphrs_cli.service.requests import RevokeRequest
 
-    reason = normalise_reason(reason)
-    ca_home = resolve_home(home)
-    ca_home.require_initialised()
-    with open_ledger(ca_home) as ledger:
-        row = target_row(ledger.conn, source, serial)
-        revocation = revoke_certificate(ledger, row, reason)
+    request = RevokeRequest(_target(source, serial), reason)  # checks the reason first
+    with _open(home) as ca:
+        revocation = ca.revoke(request)
     document = {
         "serial": revocation.serial,
         "revoked_at": rfc3339(revocation.revoked_at),
@@ -267,31 +255,19 @@ def crl(
 
     from cryptography.hazmat.primitives import serialization
 
-    from cyphrs_cli.ca.hierarchy import load_issuer, open_ledger
-    from cyphrs_cli.ca.revocation import publish_crl, store_crl
     from cyphrs_cli.cli.secrets import ca_key_secrets
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.durations import parse_duration
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, home_lock, refuse_existing
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
     from cyphrs_cli.ledger.events import rfc3339
+    from cyphrs_cli.service.requests import CrlRequest
 
-    ca_home = resolve_home(home)
-    config = load_config(ca_home)
-    entry = config.issuer(issuer)
-    if out not in (None, "-"):
-        refuse_existing([Path(out)], force=force)
-    default = "30d" if entry.role == "root" else "24h"
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-    lifetime = parse_duration(validity or default)
-    with open_ledger(ca_home) as ledger:
-        signing = load_issuer(ca_home, config, ledger, entry.name, secrets)
-        assert signing.certificate is not None
-        # Allocation, signing, recording and the files in crls/ form one serialised
-        # step, so a slower publisher can never overwrite a newer CRL with an older one.
-        with home_lock(ca_home.root):
-            published = publish_crl(ledger, signing, lifetime)
-            stored = store_crl(ca_home, published, signing.certificate)
+    with _open(home, secrets, issuer) as ca:
+        ca.issuer_name  # noqa: B018 -- an unknown --issuer is refused first (exit 6)
+        if out not in (None, "-"):
+            refuse_existing([Path(out)], force=force)
+        result = ca.crl(CrlRequest(parse_duration(validity) if validity else None))
+    published, stored = result.published, result.path
     data = published.crl.public_bytes(
         serialization.Encoding.DER if der else serialization.Encoding.PEM
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -56,15 +58,13 @@ def list_certificates(
     quiet: QuietOption = False,
 ) -> None:
     """List certificates from the ledger, newest first, with renewal links."""
-    import sys
-
     from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.errors import InvalidInputError, UsageError
     from cyphrs_cli.ledger.events import utc_now
     from cyphrs_cli.ledger.queries import STATUSES, CertificateFilter
-    from cyphrs_cli.ledger.queries import list_certificates as query
+    from cyphrs_cli.ledger.queries import iter_certificates as query
     from cyphrs_cli.times import parse_time
 
     if status is not None and status not in STATUSES:
@@ -91,34 +91,126 @@ def list_certificates(
     )
     with open_ledger(ca_home) as ledger:
         rows = query(ledger.conn, criteria, utc_now())
-    if render.json_mode():
-        render.emit_json({"schema": "cyphrs.list/v1", "count": len(rows), "certificates": rows})
-    elif csv_output:
-        from cyphrs_cli.audit.export import register_csv
+        if render.json_mode():
+            _stream_json(rows)
+        elif csv_output:
+            _stream_csv(rows)
+        elif sys.stdout.isatty():
+            _print_terminal_table(rows)
+        else:
+            _print_plain_table(rows)
 
-        sys.stdout.write(register_csv(rows).decode())
-    else:
-        _print_table(rows)
+
+#: Rows a terminal table shows before it stops and says how to see the rest.
+TERMINAL_ROWS = 1000
 
 
-def _print_table(rows: list[dict[str, object]]) -> None:
+def _stream_json(rows: Iterator[dict[str, Any]]) -> None:
+    """The ``cyphrs.list/v1`` document, written one certificate per line as the cursor
+    yields it (constant memory); ``count`` comes after the array, once it is known.
+
+    An error in the middle (a storage error, a broken pipe) leaves an unterminated document
+    on stdout and the error on stderr with its exit code; a reader sees invalid JSON, never
+    a shorter list that parses.
+    """
+    import json
+
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    write = sys.stdout.write
+    write('{"schema":"cyphrs.list/v1","certificates":[')
+    count = 0
+    for row in rows:
+        write(("\n" if count == 0 else ",\n") + encode(row))
+        count += 1
+    write(f"\n],\"count\":{count}}}\n")
+    sys.stdout.flush()
+
+
+def _stream_csv(rows: Iterator[dict[str, Any]]) -> None:
+    """CSV in chunks: ``register_csv`` (shared with the exports) per chunk, one header."""
+    from itertools import islice
+
+    from cyphrs_cli.audit.export import register_csv
+
+    first = True
+    while chunk := list(islice(rows, 1000)):
+        text = register_csv(chunk).decode()
+        if not first:
+            text = text.split("\r\n", 1)[1]  # the header row (column names, never quoted)
+        sys.stdout.write(text)
+        first = False
+    if first:
+        sys.stdout.write(register_csv([]).decode())
+    sys.stdout.flush()
+
+
+COLUMNS = ("serial", "profile", "identity", "not after", "status", "replaces")
+
+
+def _cells(row: dict[str, Any], *, short: bool) -> tuple[str, ...]:
+    sans = row["sans"]
+    identity = row["spiffe_id"] or (sans[0] if isinstance(sans, list) and sans else row["subject"])
+    serial, replaces = str(row["serial"]), str(row["replaces"] or "")
+    if short:
+        # A terminal is read by people; piped output is read by tools (and `revoke --serial`
+        # needs the whole serial), so only the terminal cuts it.
+        serial = serial[:16] + "…"
+        replaces = replaces[:16] + "…" if replaces else ""
+    return (
+        serial,
+        str(row["profile"]),
+        str(identity),
+        str(row["not_after"]),
+        str(row["status"]),
+        replaces,
+    )
+
+
+def _print_plain_table(rows: Iterator[dict[str, Any]]) -> None:
+    """Aligned plain text with full serials for pipes and files: no Rich, one string per
+    cell kept (not a renderable per row), every cell escaped like the terminal's."""
+    from cyphrs_cli.safe_text import terminal_safe
+
+    table = [tuple(terminal_safe(c) for c in _cells(row, short=False)) for row in rows]
+    widths = [len(h) for h in COLUMNS]
+    for cells in table:
+        for i, cell in enumerate(cells):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+    out = sys.stdout
+    last = len(COLUMNS) - 1
+
+    def line(cells: tuple[str, ...]) -> str:
+        return (
+            "  ".join(c.ljust(widths[i]) if i < last else c for i, c in enumerate(cells)).rstrip()
+            + "\n"
+        )
+
+    if not render.quiet():  # --quiet silences human output, as the Rich console does
+        out.write(line(COLUMNS))
+        for cells in table:
+            out.write(line(cells))
+        out.flush()
+    render.note(f"{len(table)} certificate(s)")
+
+
+def _print_terminal_table(rows: Iterator[dict[str, Any]]) -> None:
+    """A Rich table of at most ``TERMINAL_ROWS`` rows; the rest are counted, not rendered."""
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("serial", "profile", "identity", "not after", "status", "replaces"):
+    for column in COLUMNS:
         table.add_column(column)
+    total = 0
     for row in rows:
-        sans = row["sans"]
-        identity = row["spiffe_id"] or (
-            sans[0] if isinstance(sans, list) and sans else row["subject"]
-        )
-        table.add_row(
-            str(row["serial"])[:16] + "…",
-            str(row["profile"]),
-            str(identity),
-            str(row["not_after"]),
-            str(row["status"]),
-            (str(row["replaces"])[:16] + "…") if row["replaces"] else "",
-        )
+        total += 1
+        if total <= TERMINAL_ROWS:
+            table.add_row(*_cells(row, short=True))
     render.console().print(table)
-    render.note(f"{len(rows)} certificate(s)")
+    if total > TERMINAL_ROWS:
+        render.note(
+            f"{total} certificate(s); showing the newest {TERMINAL_ROWS}"
+            " (narrow with filters or --limit, or pipe / use --json or --csv for all)"
+        )
+    else:
+        render.note(f"{total} certificate(s)")

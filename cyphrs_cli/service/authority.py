@@ -1,0 +1,277 @@
+"""The ``Authority``: one CA home opened once, serving every use case.
+
+Front ends (the CLI today, ``serve`` later) open an ``Authority`` on a home and call its
+methods -- ``issue``, ``dry_run``, ``check_renewal``, ``renew``, ``revoke``, ``crl``,
+``checkpoint``, ``export`` -- with the typed requests of ``service.requests``; they parse
+input and render results, and decide nothing. Decisions (policy, what is due, CRL
+validity, output checks before signing) live in these use cases and in ``ca/`` beneath.
+
+What is loaded when: opening holds the ledger and nothing else; ``config``, ``profiles``
+and ``facts`` are read on first use and kept; the issuing key is unlocked at ``open``
+when ``unlock`` (the server's case: a bad passphrase fails at start, not at the first
+request) or on first use otherwise (so ``dry_run`` never touches a key). Every trust
+fact comes from the ledger through ``config.trust.anchored_authority``: a home whose
+files disagree with the ledger is refused before anything is signed.
+
+Threads: several threads may call one ``Authority`` at once. Each thread gets its own
+SQLite connection (``ledger`` is per thread), so writers serialise on SQLite's
+``BEGIN IMMEDIATE`` lock exactly as separate processes do -- the path the concurrency
+tests already prove -- while signing runs in parallel. Lazy loading is guarded by one
+lock. A software key is a pyca/cryptography object, safe for concurrent signing; a
+PKCS#11 key serialises its calls on its session (``keystore.pkcs11.TokenSession``).
+What is cached (config, profiles, anchored facts) is read once: a long-lived front end
+reopens the ``Authority`` to see changed profiles or a new intermediate.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from cyphrs_cli.ca.models import Issuer, IssuerFacts
+    from cyphrs_cli.ca.revocation import Revocation
+    from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.config.settings import HomeConfig
+    from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.profiles.model import Profile
+    from cyphrs_cli.service.requests import (
+        CheckpointResult,
+        CrlRequest,
+        CrlResult,
+        DryRunResult,
+        ExportRequest,
+        ExportSummary,
+        IssueRequest,
+        IssueResult,
+        LeafOrder,
+        RenewalCheck,
+        RenewalCheckRequest,
+        RenewRequest,
+        RevokeRequest,
+    )
+
+
+class Authority:
+    """A CA home opened for use: see the module docstring. Use as a context manager."""
+
+    def __init__(self, home: CaHome, *, issuer: str | None, secrets: SecretProvider) -> None:
+        self._home = home
+        self._issuer_name = issuer
+        self._secrets = secrets
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._ledgers: list[Ledger] = []
+        self._config: HomeConfig | None = None
+        self._profiles: dict[str, Profile] | None = None
+        self._facts: IssuerFacts | None = None
+        self._issuers: dict[str, Issuer] = {}
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        home: CaHome,
+        *,
+        issuer: str | None = None,
+        secrets: SecretProvider,
+        unlock: bool = True,
+    ) -> Authority:
+        """Open ``home`` for signing as ``issuer`` (default: the home's default issuer).
+
+        Raises:
+            CyphrsError: not a CA home (6), a missing or unusable ledger (8), a home whose
+                files disagree with the ledger (8), a wrong passphrase or PIN (4) or an
+                unavailable key store (9) when ``unlock``.
+        """
+        home.require_initialised()
+        authority = cls(home, issuer=issuer, secrets=secrets)
+        try:
+            authority.ledger  # noqa: B018 -- open (and check) the ledger now
+            if unlock:
+                authority.issuer  # noqa: B018
+        except BaseException:
+            authority.close()
+            raise
+        return authority
+
+    # -- what the use cases share ---------------------------------------------------
+
+    @property
+    def home(self) -> CaHome:
+        return self._home
+
+    @property
+    def ledger(self) -> Ledger:
+        """This thread's ledger connection (opened on first use, closed by ``close``)."""
+        ledger: Ledger | None = getattr(self._local, "ledger", None)
+        if ledger is None:
+            from cyphrs_cli.ca.hierarchy import open_ledger
+            from cyphrs_cli.errors import UsageError
+
+            with self._lock:
+                if self._closed:
+                    raise UsageError("this authority has been closed")
+                ledger = open_ledger(self._home, shared=True)
+                self._ledgers.append(ledger)
+            self._local.ledger = ledger
+        return ledger
+
+    @property
+    def config(self) -> HomeConfig:
+        with self._lock:
+            if self._config is None:
+                from cyphrs_cli.config.settings import load_config
+
+                self._config = load_config(self._home)
+            return self._config
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        """Built-in and home profiles (home files are checked against the ledger when a
+        certificate is signed under them)."""
+        with self._lock:
+            if self._profiles is None:
+                from cyphrs_cli.profiles.model import load_profiles
+
+                self._profiles = load_profiles(self._home.profiles_dir)
+            return self._profiles
+
+    def profile(self, name: str) -> Profile:
+        """The profile ``name``, or NotFoundError (exit 6) listing the known ones."""
+        profiles = self.profiles
+        if name not in profiles:
+            raise NotFoundError(
+                f"unknown profile {name!r}", hint=f"known profiles: {', '.join(sorted(profiles))}"
+            )
+        return profiles[name]
+
+    @property
+    def issuer_name(self) -> str:
+        """The alias of the CA this authority signs as (config's default if none given)."""
+        return self.config.issuer(self._issuer_name).name
+
+    @property
+    def facts(self) -> IssuerFacts:
+        """The issuer's ledger-anchored facts (certificate, trust domain, claims OID), for
+        policy and planning: no key is unlocked to get them."""
+        with self._lock:
+            if self._facts is None:
+                from cyphrs_cli.ca.models import IssuerFacts
+                from cyphrs_cli.config.trust import anchored_authority
+
+                anchored = anchored_authority(
+                    self._home, self.config, self.ledger.conn, self.issuer_name
+                )
+                self._facts = IssuerFacts(
+                    anchored.name, anchored.certificate, anchored.trust_domain, anchored.claims_oid
+                )
+            return self._facts
+
+    @property
+    def issuer(self) -> Issuer:
+        """The unlocked issuing CA (as ``ca.hierarchy.load_issuer`` returns it)."""
+        return self.signing_issuer(self.issuer_name)
+
+    def signing_issuer(self, name: str) -> Issuer:
+        """Any CA of this home, unlocked once with this authority's secrets and kept.
+
+        Its revocation is re-read from the ledger on every call: an intermediate revoked
+        while this authority is open (by another process) must stop signing at once, not
+        when the front end restarts.
+        """
+        with self._lock:
+            found = self._issuers.get(name)
+            if found is None:
+                from cyphrs_cli.ca.hierarchy import load_issuer
+
+                found = load_issuer(self._home, self.config, self.ledger, name, self._secrets)
+                self._issuers[name] = found
+        if not found.revoked and found.authority_id is not None:
+            status = self.ledger.conn.execute(
+                "SELECT c.status FROM authorities a JOIN certificates c"
+                " ON c.id = a.certificate_id WHERE a.id = ?",
+                (found.authority_id,),
+            ).fetchone()
+            if status is not None and status[0] == "revoked":
+                from dataclasses import replace
+
+                found = replace(found, revoked=True)
+                with self._lock:
+                    self._issuers[name] = found
+        return found
+
+    # -- use cases ------------------------------------------------------------------
+
+    def issue(self, request: IssueRequest) -> IssueResult:
+        """Issue one leaf: validate, decide, sign, record, then write its files."""
+        from cyphrs_cli.service.issuing import issue_one
+
+        return issue_one(self, request)
+
+    def dry_run(self, order: LeafOrder) -> DryRunResult:
+        """Decide and plan ``order`` without unlocking a key or recording anything."""
+        from cyphrs_cli.service.issuing import dry_run
+
+        return dry_run(self, order)
+
+    def check_renewal(self, request: RenewalCheckRequest) -> RenewalCheck:
+        from cyphrs_cli.service.lifecycle import check_renewal
+
+        return check_renewal(self, request)
+
+    def renew(self, request: RenewRequest) -> IssueResult:
+        from cyphrs_cli.service.lifecycle import renew
+
+        return renew(self, request)
+
+    def revoke(self, request: RevokeRequest) -> Revocation:
+        from cyphrs_cli.service.lifecycle import revoke
+
+        return revoke(self, request)
+
+    def crl(self, request: CrlRequest) -> CrlResult:
+        from cyphrs_cli.service.lifecycle import publish
+
+        return publish(self, request)
+
+    def checkpoint(self) -> CheckpointResult:
+        from cyphrs_cli.service.evidence import checkpoint
+
+        return checkpoint(self)
+
+    def export(self, request: ExportRequest) -> ExportSummary:
+        from cyphrs_cli.service.evidence import export
+
+        return export(self, request)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every ledger connection and token session this authority opened."""
+        with self._lock:
+            self._closed = True
+            ledgers, self._ledgers = self._ledgers, []
+            issuers, self._issuers = list(self._issuers.values()), {}
+        for issuer in issuers:
+            close = getattr(issuer.signer, "close", None)
+            if callable(close):
+                close()
+        for ledger in ledgers:
+            ledger.close()
+
+    def __enter__(self) -> Authority:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

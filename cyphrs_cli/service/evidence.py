@@ -1,0 +1,51 @@
+"""Use cases that produce audit evidence: a signed checkpoint of the ledger's head, and
+an export bundle for a time window (signed manifest, registers, events, CRLs, report)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import CheckpointResult, ExportRequest, ExportSummary
+
+
+def checkpoint(authority: Authority) -> CheckpointResult:
+    """Sign (seq, head hash, time) with the issuer's key; recorded as an event."""
+    from cyphrs_cli.audit.checkpoint import create_checkpoint
+    from cyphrs_cli.service.requests import CheckpointResult
+
+    return CheckpointResult(create_checkpoint(authority.ledger, authority.issuer))
+
+
+def export(authority: Authority, request: ExportRequest) -> ExportSummary:
+    """Write the bundle (refused on a ledger that does not verify unless
+    ``allow_unverified``) and, with ``archive``, a reproducible ``OUT.tar.gz`` next to it.
+
+    Times are kept to the second and the window's end is exclusive: the default end is
+    the next second, so everything recorded so far is in.
+    """
+    from datetime import timedelta
+
+    from cyphrs_cli.audit.export import export_bundle, write_archive
+    from cyphrs_cli.ledger.events import utc_now
+    from cyphrs_cli.ledger.verify import HomeFacts
+    from cyphrs_cli.service.requests import ExportSummary
+
+    until = request.until or utc_now() + timedelta(seconds=1)
+    facts = HomeFacts.of(authority.home, authority.config)
+    result = export_bundle(
+        authority.ledger,
+        authority.issuer,
+        request.out_dir,
+        request.since,
+        until,
+        force=request.force,
+        allow_unverified=request.allow_unverified,
+        anchor=request.anchor,
+        home=facts,
+    )
+    if not request.archive:
+        return ExportSummary(result)
+    path = request.out_dir.with_name(request.out_dir.name + ".tar.gz")
+    return ExportSummary(result, path, write_archive(request.out_dir, path))

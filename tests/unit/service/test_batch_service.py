@@ -1,0 +1,96 @@
+"""The batch use case called directly (no CLI): groups are committed before they are
+handed out, a group's size is honoured, and requests that make no sense are refused.
+
+A real hierarchy (built by the real CLI), a real SQLite ledger read through a second
+connection as the oracle for "recorded before output".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cyphrs_cli.ca.hierarchy import issuer_facts, load_issuer, open_ledger
+from cyphrs_cli.ca.models import Issuer
+from cyphrs_cli.config.home import CaHome, resolve_home
+from cyphrs_cli.config.settings import HomeConfig, load_config
+from cyphrs_cli.errors import UsageError
+from cyphrs_cli.ledger.db import Ledger
+from cyphrs_cli.policy.decide import PolicyIssuer
+from cyphrs_cli.profiles.model import Profile, load_profiles
+from cyphrs_cli.service.batch import BatchRequest, ItemResult, check_batch, run_batch
+from tests.helpers import Hierarchy
+
+
+@dataclass(frozen=True)
+class _Authority:
+    home: CaHome
+    config: HomeConfig
+    ledger: Ledger
+    facts: PolicyIssuer
+    profiles: Mapping[str, Profile]
+    issuer: Issuer
+
+
+def _open(h: Hierarchy, ledger: Ledger) -> _Authority:
+    home = resolve_home(str(h.home))
+    config = load_config(home)
+    secret = h.inter_pass.read_bytes().strip()
+    issuer = load_issuer(home, config, ledger, None, lambda _prompt: secret)
+    facts = issuer_facts(home, config, None)
+    return _Authority(home, config, ledger, facts, load_profiles(home.profiles_dir), issuer)
+
+
+def _request(tmp_path: Path, n: int, **options: object) -> BatchRequest:
+    data = b"".join(b'{"workflow": "svc", "instance": "i%d"}\n' % i for i in range(n))
+    return BatchRequest(
+        data=data,
+        source="svc.jsonl",
+        base_dir=tmp_path,
+        default_profile="agent",
+        stdout=True,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_each_group_is_recorded_before_any_of_its_items_is_emitted(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    oracle = sqlite3.connect(h.home / "ledger.sqlite3")
+    before = h.ledger_rows()
+    seen: list[tuple[int, int]] = []  # (index, certificates recorded when it was emitted)
+
+    def emit(result: ItemResult) -> None:
+        assert result.error is None and result.issued is not None
+        assert result.bundle is not None and result.bundle.private_key is not None
+        (recorded,) = oracle.execute(
+            "SELECT count(*) FROM certificates WHERE serial = ?", (result.issued.serial,)
+        ).fetchone()
+        assert recorded == 1  # committed (visible to another connection) before output
+        (total,) = oracle.execute("SELECT count(*) FROM certificates").fetchone()
+        seen.append((result.index, total - before))
+
+    with open_ledger(resolve_home(str(h.home))) as ledger:
+        authority = _open(h, ledger)
+        checked = check_batch(authority, _request(tmp_path, 7, group_size=3))
+        assert checked.count == 7
+        summary = run_batch(authority, checked, emit=emit)
+    assert (summary.items, summary.issued, summary.failed, summary.not_attempted) == (7, 7, 0, 0)
+    # Groups of 3: the whole group is in the ledger when its first item is emitted.
+    assert seen == [(1, 3), (2, 3), (3, 3), (4, 6), (5, 6), (6, 6), (7, 7)]
+
+
+@pytest.mark.parametrize("options", [{"group_size": 0}, {"group_size": 5000}, {"group_seconds": 0}])
+def test_a_group_that_cannot_work_is_refused(
+    fresh_hierarchy: Hierarchy, tmp_path: Path, options: dict[str, object]
+) -> None:
+    h = fresh_hierarchy
+    before = h.ledger_rows("events")
+    with open_ledger(resolve_home(str(h.home))) as ledger, pytest.raises(UsageError):
+        check_batch(_open(h, ledger), _request(tmp_path, 1, **options))
+    assert h.ledger_rows("events") == before

@@ -146,6 +146,8 @@ def _refused(uri: str, **kwargs: bool) -> InvalidInputError:
         f"pkcs11:token=t;object=k?{MODULE}&pin%value={PIN}",  # '%' without hex digits
         f"pkcs11:token=t;object=k?{MODULE}&pinvalue123={PIN}",  # 11 letters and digits
         f"pkcs11:token=t;object=k?{MODULE}&pin%C3value={PIN}",  # invalid UTF-8 in the name
+        # Undecodable bytes are dropped, not spelled out: "pinvalue12", not "pinffvalue12".
+        f"pkcs11:token=t;object=k?{MODULE}&pin%FFvalue12={PIN}",
     ],
 )
 def test_pin_refusal_comes_first_and_is_exact(uri: str) -> None:
@@ -267,6 +269,10 @@ def test_accepted_uris_parse_to_their_parts() -> None:
     assert Pkcs11Uri.parse("pkcs11:token=t;object=k?") == Pkcs11Uri("t", "k")
     assert Pkcs11Uri.parse("pkcs11:token=t;object=k;type=private") == Pkcs11Uri("t", "k")
     assert Pkcs11Uri.parse("pkcs11:token=a%25b;object=%41") == Pkcs11Uri("a%b", "A")
+    # RFC 7512 allows '=' inside values (pk11-v-res-avail, pk11-q-res-avail).
+    assert Pkcs11Uri.parse("pkcs11:token=a=b;object=k?pin-source=file:/p=1") == Pkcs11Uri(
+        "a=b", "k", None, "file:/p=1"
+    )
     assert Pkcs11Uri.parse("pkcs11:token=t?pin-source=/p", need_object=False) == Pkcs11Uri(
         "t", "", None, "/p"
     )
@@ -290,3 +296,5 @@ def test_canonical_encodes_each_part() -> None:
     assert both.canonical() == "pkcs11:token=t;object=k?module-path=C:/p11.so&pin-source=file:/p"
     assert Pkcs11Uri.parse(both.canonical()) == both
     assert Pkcs11Uri("t", "", "/m.so").canonical() == "pkcs11:token=t?module-path=/m.so"
+    # A '/' in a label is data, not a path separator: encoded in token and object alike.
+    assert Pkcs11Uri("a/b", "c/d").canonical() == "pkcs11:token=a%2Fb;object=c%2Fd"

@@ -382,3 +382,53 @@ def test_name_subtrees_sort_general_names_by_type() -> None:
     )
     assert NameSubtrees(dns=("a",)) and NameSubtrees(uri=("a",))
     assert NameSubtrees(ip=(ipaddress.ip_network("10.0.0.0/8"),))
+
+
+def _rsa_of_size(bits: int, exponent: int = 65537) -> rsa.RSAPublicKey:
+    """An RSA public key of exactly ``bits`` bits without generating one (an 8192-bit
+    key takes minutes); only the size and exponent are read by the floors."""
+    return rsa.RSAPublicNumbers(exponent, (1 << (bits - 1)) | 1).public_key()
+
+
+def test_key_strength_refusals_and_bounds_are_exact() -> None:
+    for bits in (2048, 8192):
+        allowed: list[str] = []
+        _check_key_strength(_request(public_key=_rsa_of_size(bits)), allowed)
+        assert allowed == [f"limits.rsa: e=65537, {bits} bits"]
+    for bits in (2047, 8193):
+        with pytest.raises(PolicyDenied) as denied:
+            _check_key_strength(_request(public_key=_rsa_of_size(bits)), [])
+        assert denied.value.message == (
+            f"RSA key size {bits} is outside 2048-8192 bits (rule limits.rsa_size)"
+        )
+    with pytest.raises(PolicyDenied) as denied:
+        _check_key_strength(_request(public_key=_rsa_of_size(2048, exponent=3)), [])
+    assert denied.value.message == (
+        "RSA public exponent 3 is not allowed (only 65537) (rule limits.rsa_exponent)"
+    )
+    with pytest.raises(PolicyDenied) as denied:
+        _check_key_strength(
+            _request(public_key=ec.generate_private_key(ec.SECP256K1()).public_key()), []
+        )
+    assert denied.value.message == (
+        "EC curve secp256k1 is not allowed (P-256, P-384 or P-521 only) (rule limits.ec_curve)"
+    )
+
+
+def test_excluded_uri_subtrees_name_one_host_only() -> None:
+    """RFC 5280 4.2.1.10: a URI constraint's bare host excludes that host, not its
+    subdomains (a leading '.' would)."""
+    issuer = _constrained_issuer(
+        [x509.DNSName("acme.internal")], [x509.UniformResourceIdentifier("acme.internal")]
+    )
+    assert _check(issuer, spiffe_id="spiffe://sub.acme.internal/x") == INSIDE
+    below = _constrained_issuer(
+        [x509.DNSName("acme.internal")], [x509.UniformResourceIdentifier(".acme.internal")]
+    )
+    assert _denial(below, spiffe_id="spiffe://sub.acme.internal/x") == (
+        f"SPIFFE ID host 'sub.acme.internal' is excluded by {NC}"
+    )
+
+
+def test_only_ip_networks_are_ip_subtrees() -> None:
+    assert name_subtrees([x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]).ip == ()

@@ -133,3 +133,11 @@ def test_smallest_durations_and_messages() -> None:
 )
 def test_format_duration_keeps_two_largest_units(seconds: int, text: str) -> None:
     assert format_duration(timedelta(seconds=seconds)) == text
+
+
+def test_duration_ceiling_is_exactly_100_years() -> None:
+    """MAX_DURATION (100 years of 365 days) is allowed; one second more is refused."""
+    assert parse_duration("100y") == timedelta(days=36500)
+    with pytest.raises(InvalidInputError) as caught:
+        parse_duration("100y1s")
+    assert caught.value.message == "duration '100y1s' is too long: at most 100y"

@@ -150,3 +150,27 @@ def test_module_comes_from_the_uri_or_the_environment(
     assert Pkcs11Uri("t", "o").module() == str(library)
     with pytest.raises(KeyStoreError, match="not found"):
         Pkcs11Uri("t", "o", str(tmp_path / "missing.so")).module()
+
+
+def test_module_refusals_are_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MODULE_ENV, raising=False)
+    with pytest.raises(KeyStoreError) as caught:
+        Pkcs11Uri("t", "o").module()
+    assert caught.value.message == "no PKCS#11 module given"
+    assert caught.value.hint == (
+        "add ?module-path=/path/lib.so to the URI or set CYPHRS_PKCS11_MODULE"
+    )
+    monkeypatch.setenv(MODULE_ENV, "")
+    with pytest.raises(KeyStoreError, match="no PKCS#11 module given"):
+        Pkcs11Uri("t", "o").module()
+    missing = tmp_path / "missing.so"
+    monkeypatch.setenv(MODULE_ENV, str(missing))
+    with pytest.raises(KeyStoreError) as caught:
+        Pkcs11Uri("t", "o").module()
+    assert caught.value.message == f"PKCS#11 module {missing} not found"
+    # A directory is not a module; the URI's path wins over the environment.
+    with pytest.raises(KeyStoreError, match="not found"):
+        Pkcs11Uri("t", "o", str(tmp_path)).module()
+    library = tmp_path / "lib.so"
+    library.write_bytes(b"")
+    assert Pkcs11Uri("t", "o", str(library)).module() == str(library)

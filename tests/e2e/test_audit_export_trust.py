@@ -108,6 +108,7 @@ def _manifest(bundle: Path) -> dict[str, object]:
         "missing-signature",
         "missing-listed-file",
         "manifest-not-json",
+        "manifest-nested-too-deep",
         "manifest-is-a-list",
         "files-not-a-dict",
         "file-entry-wrong-type",
@@ -133,6 +134,9 @@ def test_malformed_bundle_directories_are_invalid_input(
         (bundle / "signature.json").unlink()
     elif damage == "missing-listed-file":
         (bundle / "certificates.csv").unlink()
+    elif damage == "manifest-nested-too-deep":
+        # Deeper than the JSON parser's recursion limit: hostile input, not a crash.
+        (bundle / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     elif damage == "manifest-not-json":
         (bundle / "manifest.json").write_text("{not json")
     elif damage == "manifest-is-a-list":

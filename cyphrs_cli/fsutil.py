@@ -42,9 +42,21 @@ def atomic_write(path: Path, data: bytes, *, mode: int = PUBLIC_FILE) -> None:
     The temporary file is created with ``mode`` from the start (never world-readable
     first), fsynced, renamed over the target, and the directory is fsynced.
     """
-    directory = path.parent
+    tmp_name, _ = _durable_temp(path, data, mode, suffix=".tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _durable_temp(path: Path, data: bytes, mode: int, *, suffix: str) -> tuple[str, os.stat_result]:
+    """A unique temporary file beside ``path`` holding ``data``, with ``mode`` from the
+    start (never readable by others first) and fsynced; returns its name and its stat."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
     try:
@@ -53,12 +65,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = PUBLIC_FILE) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            return tmp_name, os.fstat(handle.fileno())
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -85,23 +92,13 @@ def write_new_file(path: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> tupl
     cannot both "win" and nobody's file is overwritten. Returns ``(st_dev, st_ino)`` so the
     caller can later remove exactly the file it made and nothing someone else put there.
     """
-    directory = path.parent
+    tmp_name, made = _durable_temp(path, data, mode, suffix=".new")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=directory)
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            made = os.fstat(handle.fileno())
         try:
             os.link(tmp_name, path)
         except FileExistsError as exc:
             raise ConflictError(f"{path} already exists; refusing to overwrite it") from exc
-        _fsync_dir(directory)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
     finally:

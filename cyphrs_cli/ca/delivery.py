@@ -54,6 +54,18 @@ class PemBundle:
     def fullchain(self) -> str:
         return self.certificate + self.chain
 
+    def files(self) -> list[tuple[str, str, str, int]]:
+        """(role, file name, PEM text, mode) of an output directory, the key first: a
+        certificate on disk without its key would be useless and confusing."""
+        files = [("private_key", "key.pem", self.private_key, PRIVATE_FILE)]
+        files += [
+            ("certificate", "cert.pem", self.certificate, PUBLIC_FILE),
+            ("chain", "chain.pem", self.chain, PUBLIC_FILE),
+            ("fullchain", "fullchain.pem", self.fullchain, PUBLIC_FILE),
+            ("ca", "ca.pem", self.root, PUBLIC_FILE),
+        ]
+        return [(role, name, text, mode) for role, name, text, mode in files if text is not None]
+
 
 def pem_bundle(
     issued: IssuedCertificate, private_key: CertificateIssuerPrivateKeyTypes | None
@@ -93,18 +105,8 @@ def check_output_dir(out_dir: Path, *, with_key: bool, force: bool) -> None:
 def write_output_dir(out_dir: Path, bundle: PemBundle) -> dict[str, str]:
     """Write the bundle (key 0600) and return {role: path}."""
     ensure_private_dir(out_dir)
-    files = {
-        "certificate": ("cert.pem", bundle.certificate, PUBLIC_FILE),
-        "chain": ("chain.pem", bundle.chain, PUBLIC_FILE),
-        "fullchain": ("fullchain.pem", bundle.fullchain, PUBLIC_FILE),
-        "ca": ("ca.pem", bundle.root, PUBLIC_FILE),
-    }
-    if bundle.private_key is not None:
-        files["private_key"] = ("key.pem", bundle.private_key, PRIVATE_FILE)
     written = {}
-    # The key first: a certificate on disk without its key would be useless and confusing.
-    for role in sorted(files, key=lambda r: r != "private_key"):
-        name, text, mode = files[role]
+    for role, name, text, mode in bundle.files():
         atomic_write(out_dir / name, text.encode(), mode=mode)
         written[role] = str(out_dir / name)
     return written
@@ -249,18 +251,8 @@ def write_confined(
             child = _enter(dir_fd, part, target)
             os.close(dir_fd)
             dir_fd = child
-        files = {
-            "certificate": ("cert.pem", bundle.certificate, PUBLIC_FILE),
-            "chain": ("chain.pem", bundle.chain, PUBLIC_FILE),
-            "fullchain": ("fullchain.pem", bundle.fullchain, PUBLIC_FILE),
-            "ca": ("ca.pem", bundle.root, PUBLIC_FILE),
-        }
-        if bundle.private_key is not None:
-            files["private_key"] = ("key.pem", bundle.private_key, PRIVATE_FILE)
         written = {}
-        # The key first: a certificate on disk without its key would be useless and confusing.
-        for role in sorted(files, key=lambda r: r != "private_key"):
-            name, text, mode = files[role]
+        for role, name, text, mode in bundle.files():
             _write_at(dir_fd, target / name, text.encode(), mode, force=force, sync=sync)
             written[role] = str(target / name)
         if sync:

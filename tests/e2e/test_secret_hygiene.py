@@ -337,32 +337,30 @@ def test_passphrases_never_leak(tmp_path: Path) -> None:
     assert scanned > 20 and w.runs > 40
 
 
-def test_token_pins_never_leak(tmp_path: Path) -> None:
-    """The same for a SoftHSM2 token: PIN from --pin-file, --pin-env, a pin-source URI."""
-    from tests.e2e.test_hsm import _module
-
-    w = Watch(tmp_path, ["user-pin", "wrong-pin"])
+def _leak_token(tmp_path: Path, user_pin: str) -> dict[str, str]:
+    """A fresh SoftHSM2 token labelled "leak" in ``tmp_path``; the environment that
+    selects it."""
     tokens = tmp_path / "tokens"
     tokens.mkdir()
     conf = tmp_path / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
     env = {"SOFTHSM2_CONF": str(conf)}
     subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            "leak",
-            "--pin",
-            w.secrets["user-pin"],
-            "--so-pin",
-            secrets.token_hex(8),
-        ],
+        ["softhsm2-util", "--init-token", "--free", "--label", "leak",
+         "--pin", user_pin, "--so-pin", secrets.token_hex(8)],
         env={**os.environ, **env},
         check=True,
         capture_output=True,
-    )
+    )  # fmt: skip
+    return env
+
+
+def test_token_pins_never_leak(tmp_path: Path) -> None:
+    """The same for a SoftHSM2 token: PIN from --pin-file, --pin-env, a pin-source URI."""
+    from tests.e2e.test_hsm import _module
+
+    w = Watch(tmp_path, ["user-pin", "wrong-pin"])
+    env = _leak_token(tmp_path, w.secrets["user-pin"])
     module = _module()
     home = ("--home", str(tmp_path / "home"))
     pin_file = ("--pin-file", str(w.files["user-pin"]))
@@ -480,27 +478,7 @@ def test_a_pin_inside_a_key_uri_is_never_stored(tmp_path: Path, spelling: str) -
     from tests.e2e.test_hsm import _module
 
     w = Watch(tmp_path, ["user-pin"])
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    env = {"SOFTHSM2_CONF": str(conf)}
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            "leak",
-            "--pin",
-            w.secrets["user-pin"],
-            "--so-pin",
-            secrets.token_hex(8),
-        ],
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-    )
+    env = _leak_token(tmp_path, w.secrets["user-pin"])
     uri = "pkcs11:token=leak;object=root" + spelling.format(
         module=_module(), pin=w.secrets["user-pin"]
     )

@@ -41,6 +41,12 @@ def _assert_refused(code: int, stderr: str, names: str) -> None:
 
 def _impostor_root(subject_cn: str) -> bytes:
     """Another self-signed CA with the very same subject: only the fingerprint tells."""
+    return _impostor_root_and_key(subject_cn)[0].public_bytes(serialization.Encoding.PEM)
+
+
+def _impostor_root_and_key(
+    subject_cn: str,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
     now = datetime.now(UTC)
@@ -55,7 +61,7 @@ def _impostor_root(subject_cn: str) -> bytes:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return cert, key
 
 
 def _cert_count(h: Hierarchy) -> int:
@@ -493,20 +499,8 @@ def test_inspect_judges_chains_by_the_ledger_not_certs(
     """A leaf from an impostor root whose certificate replaced certs/test-root.pem must not
     be reported as chaining to this home."""
     h = fresh_hierarchy
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
-    now = datetime.now(UTC)
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    root, key = _impostor_root_and_key("Test Root CA")
+    name, now = root.subject, datetime.now(UTC)
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()

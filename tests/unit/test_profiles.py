@@ -28,7 +28,7 @@ def _data(text: str = MINIMAL, **extra: Any) -> dict[str, Any]:
 
 def test_builtins_load_with_their_documented_limits() -> None:
     profiles = load_profiles(None)
-    assert sorted(profiles) == ["agent", "client", "server"]
+    assert sorted(profiles) == ["agent", "client", "ocsp-responder", "server"]
     agent = profiles["agent"]
     assert agent.source == "builtin"
     assert agent.spiffe == "required" and agent.dns == "forbidden" and agent.ip == "forbidden"

@@ -82,7 +82,8 @@ def parse_request(der: bytes) -> OcspQuery:
         serial = request.serial_number
         name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
         extensions = list(request.extensions)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, NotImplementedError) as exc:
+        # NotImplementedError: cryptography's word for a request with several CertIDs.
         raise InvalidInputError(f"not a supported OCSP request: {exc}") from exc
     if algorithm.name not in _HASH_NAMES:
         raise InvalidInputError(f"unsupported CertID hash {algorithm.name}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from cyphrs_cli.errors import CyphrsError, InvalidInputError, NotFoundError
+from cyphrs_cli.errors import CyphrsError, InvalidInputError, NotFoundError, StorageError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -266,7 +266,12 @@ class StatusService:
                 return latest  # another thread renewed while this one waited
             try:
                 fresh = self._issue_delegate(ca)
+            except StorageError:
+                raise  # the ledger is busy or failing: try later, nothing remembered
             except CyphrsError:
+                # The CA cannot sign here (its key is offline or locked with another
+                # passphrase, it expired): remember it for a while, so anonymous requests
+                # cannot make it record a failed unlock each time.
                 self._unavailable[ca.name] = self._clock() + UNAVAILABLE_RETRY
                 return current if usable else None
             self._delegates[ca.name] = fresh
@@ -353,17 +358,32 @@ class StatusService:
             stored = self._latest_crl(ca)
             if stored is not None and self._fresh(stored):
                 return stored.der
+            blocked_until = self._unavailable.get(ca.name)
             try:
-                self._authority.signing_issuer(ca.name)  # unlock before taking the lock
+                if blocked_until is not None and self._clock() < blocked_until:
+                    raise NotFoundError(f"{ca.name!r} cannot publish a CRL here now")
+                try:
+                    self._authority.signing_issuer(ca.name)  # unlock before taking the lock
+                except StorageError:
+                    raise
+                except CyphrsError:
+                    self._unavailable[ca.name] = self._clock() + UNAVAILABLE_RETRY
+                    raise
                 with home_lock(self._authority.home.root):
                     stored = self._latest_crl(ca)
                     if stored is not None and self._fresh(stored):
                         return stored.der
                     result = publish_locked(self._authority, CrlRequest(issuer=ca.name))
-            except CyphrsError:
+            except StorageError:
+                raise
+            except CyphrsError as exc:
+                # An offline root still has its last CRL: serve it until its nextUpdate.
                 if stored is not None and self._clock() < stored.next_update:
                     return stored.der
-                raise
+                raise NotFoundError(
+                    f"no current CRL of {ca.name!r}, and its key cannot sign here",
+                    hint=f"publish it where the key is: cyphrs crl --issuer {ca.name}",
+                ) from exc
         from cryptography.hazmat.primitives import serialization
 
         return result.published.crl.public_bytes(serialization.Encoding.DER)

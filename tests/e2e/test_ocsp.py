@@ -544,3 +544,40 @@ def test_ca_certificates_and_trust_bundle(status_ca: Hierarchy, authority: Autho
         authority.ca_certificate("../../etc/passwd")
     with pytest.raises(NotFoundError):
         authority.current_crl("nope")
+
+
+def test_offline_root_crl_is_served_until_next_update(
+    status_ca: Hierarchy, authority: Authority
+) -> None:
+    """The root's key is not unlockable here: its CRL, published where the key is (the
+    CLI with the root's passphrase), is served even past half its life, until nextUpdate;
+    after that there is no current CRL (exit 6), never a failed unlock per request."""
+    from cyphrs_cli.errors import NotFoundError
+    from tests.helpers import cli
+
+    clock = _Clock()
+    service = StatusService(authority, clock=clock)
+    done = cli(
+        *("crl", "--issuer", "test-root", "--home", str(status_ca.home)),
+        *("--passphrase-file", str(status_ca.root_pass), "--json"),
+    )
+    assert done.exit_code == 0, done.stderr
+    published = x509.load_pem_x509_crl(Path(done.json()["crl"]["path"]).read_bytes())
+    clock.offset = timedelta(days=16)  # past half of 30 days: it would be republished
+    assert x509.load_der_x509_crl(service.current_crl("test-root")) == published
+    with sqlite3.connect(status_ca.home / "ledger.sqlite3") as conn:
+        unlocks = conn.execute("SELECT count(*) FROM events WHERE type='key.unlock_failed'")
+        before = unlocks.fetchone()[0]
+    assert x509.load_der_x509_crl(service.current_crl("test-root")) == published
+
+    def failed_unlocks() -> int:
+        with sqlite3.connect(status_ca.home / "ledger.sqlite3") as conn:
+            rows = conn.execute("SELECT count(*) FROM events WHERE type='key.unlock_failed'")
+            return int(rows.fetchone()[0])
+
+    assert failed_unlocks() == before  # the refusal is remembered, not retried per request
+    clock.offset = timedelta(days=31)  # expired; the retry interval has passed too
+    for _ in range(3):
+        with pytest.raises(NotFoundError):
+            service.current_crl("test-root")
+    assert failed_unlocks() == before + 1

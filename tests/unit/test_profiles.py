@@ -168,4 +168,4 @@ def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as caught:
         get_profile(tmp_path, "nope")
     assert caught.value.message == "unknown profile 'nope'"
-    assert caught.value.hint == "known profiles: agent, client, server"
+    assert caught.value.hint == "known profiles: agent, client, ocsp-responder, server"

@@ -41,10 +41,7 @@ and a CRL distribution point (URL/v1/crl/ISSUER.crl), where 'cyphrs serve' answe
 {EXIT_CODE_HELP}"""
 
 config_app = typer.Typer(
-    help=(
-        "The CA home's trust state: check the files against the ledger, set the claims OID"
-        " and the public URL."
-    ),
+    help="The CA home's trust state: check the files against the ledger, set the claims OID.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )

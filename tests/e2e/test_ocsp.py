@@ -581,3 +581,21 @@ def test_offline_root_crl_is_served_until_next_update(
         with pytest.raises(NotFoundError):
             service.current_crl("test-root")
     assert failed_unlocks() == before + 1
+
+
+def test_every_issuer_key_type_gets_a_verifiable_responder(
+    any_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """P-256, P-384, RSA-3072 and Ed25519 intermediates each sign a responder certificate
+    that openssl accepts (the responder's own key is P-256 whatever the issuer's)."""
+    h = any_hierarchy
+    cert = _agent(h, tmp_path / "a", f"keytype-{tmp_path.name[-8:]}")
+    secret = INTER_PASS.encode()
+    with Authority.open(CaHome(h.home), secrets=lambda _: secret) as ca:
+        answer = ca.ocsp_response(_request(h, cert, tmp_path))
+    assert answer.status == "good"
+    assert _verify_nonce(h, answer.der, tmp_path).returncode == 0
+    checked = _verify(h, answer.der, tmp_path, cert)
+    assert checked.returncode == 0 and "Response verify OK" in checked.stderr, checked.stderr
+    assert f"{cert}: good" in checked.stdout
+    assert _lint(answer.der, tmp_path) == []

@@ -149,7 +149,7 @@ def test_home_profiles_are_added_with_their_path_as_source(tmp_path: Path) -> No
     (tmp_path / "batch-worker.toml").write_text(MINIMAL)
     (tmp_path / "notes.txt").write_text("not a profile")
     profiles = load_profiles(tmp_path)
-    assert sorted(profiles) == ["agent", "batch-worker", "client", "server"]
+    assert sorted(profiles) == ["agent", "batch-worker", "client", "ocsp-responder", "server"]
     assert profiles["batch-worker"].source == str(tmp_path / "batch-worker.toml")
     assert get_profile(tmp_path, "batch-worker").max_ttl == timedelta(hours=2)
     assert load_profiles(tmp_path / "missing") == load_profiles(None)

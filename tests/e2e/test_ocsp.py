@@ -638,6 +638,7 @@ def test_revoked_issuer_answers_with_its_own_key(
     )
     checked = _verify(h, answer.der, tmp_path, cert)
     assert checked.returncode == 0 and "Response verify OK" in checked.stderr, checked.stderr
+    assert _lint(answer.der, tmp_path) == []  # certs absent, not an empty sequence
     with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
         responders = conn.execute(
             "SELECT count(*) FROM certificates WHERE profile = ?", ("ocsp-responder",)

@@ -1,0 +1,153 @@
+"""Issue 14, traps 1 and 4: the offline-root request carries what decides the intermediate.
+
+Two CA homes (the root's host and the issuing host, whose key is on a real SoftHSM2
+token), every step a real ``cyphrs`` process: the constraints asked for on the issuing host
+reach the signed certificate (openssl shows them) without being repeated on the root's
+host; flags that the request makes meaningless are refused; a root host that drops the
+constraints is caught at import; the token key's attributes reach keys.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_json_contract import assert_valid
+from tests.e2e.test_hsm import Tokens, tokens  # noqa: F401 (fixture)
+from tests.helpers import INTER_PASS, ROOT_PASS
+
+pytestmark = pytest.mark.hsm
+
+
+def _run(t: Tokens, *args: str, expect: int = 0) -> subprocess.CompletedProcess[bytes]:
+    proc = t.cyphrs(*args, check=False)
+    assert proc.returncode == expect, proc.stderr.decode()
+    return proc
+
+
+@pytest.fixture
+def two_homes(tokens: Tokens, tmp_path: Path) -> dict[str, Path]:
+    root_pass = tmp_path / "root.pass"
+    root_pass.write_text(ROOT_PASS)
+    root_home, online = tmp_path / "root-host", tmp_path / "online"
+    _run(tokens, "init-root", "--name", "Vault Root", "--home", str(root_home),
+         "--passphrase-file", str(root_pass))  # fmt: skip
+    return {"root": root_home, "online": online, "root_pass": root_pass, "base": tmp_path}
+
+
+def test_constraints_travel_in_the_csr_and_key_attributes_are_recorded(
+    tokens: Tokens, two_homes: dict[str, Path]
+) -> None:
+    h = two_homes
+    csr, signed = h["base"] / "agents.csr", h["base"] / "agents.pem"
+    key_uri = tokens.uri("issuing-token", f"offline-{h['base'].name}")
+    made = _run(
+        tokens, "create-intermediate", "--name", "Agents CA", "--trust-domain", "acme.internal",
+        "--name-constraints", "--permit-dns", "acme.internal", "--path-length", "0",
+        "--validity", "2y", "--key-uri", key_uri, "--pin-file", str(tokens.pin_file),
+        "--csr-out", str(csr), "--home", str(h["online"]), "--json",
+    )  # fmt: skip
+    document = json.loads(made.stdout)
+    assert_valid(document)
+    assert document["request"]["permit_dns"] == ["acme.internal"]
+
+    root = ("--home", str(h["root"]), "--passphrase-file", str(h["root_pass"]))
+    # Any flag the carried request replaces is refused, before the root key is unlocked.
+    for flag in (["--trust-domain", "evil.example"], ["--validity", "20y"], ["--path-length", "2"],
+                 ["--name-constraints"], ["--permit-dns", "evil.example"]):  # fmt: skip
+        refused = _run(tokens, "sign-intermediate", str(csr), "--out", str(signed), *flag, *root,
+                       expect=2)  # fmt: skip
+        assert flag[0] in refused.stderr.decode() and "ignored" in refused.stderr.decode()
+        assert not signed.exists()
+    # The operator sees what will be signed (dry run: nothing unlocked, nothing recorded).
+    shown = _run(tokens, "sign-intermediate", str(csr), "--dry-run", "--json", *root)
+    preview = json.loads(shown.stdout)
+    assert_valid(preview)
+    assert preview["dry_run"] is True and preview["request"]["carried_in_csr"] is True
+    assert preview["request"]["trust_domain"] == "acme.internal"
+    human = _run(tokens, "sign-intermediate", str(csr), "--dry-run", *root).stdout.decode()
+    assert "URI:acme.internal, DNS:acme.internal" in human and "2y" in human
+    # Signed without repeating any flag; openssl shows the constraints and the path length.
+    done = _run(tokens, "sign-intermediate", str(csr), "--out", str(signed), "--json", *root)
+    assert_valid(json.loads(done.stdout))
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", str(signed)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "X509v3 Name Constraints: critical" in text
+    assert "URI:acme.internal" in text and "DNS:acme.internal" in text
+    assert "CA:TRUE, pathlen:0" in text
+    dates = subprocess.run(
+        ["openssl", "x509", "-noout", "-startdate", "-enddate", "-in", str(signed)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    years = [int(line.split()[-2]) for line in dates.splitlines()]
+    assert years[1] - years[0] == 2
+
+    _run(tokens, "import-intermediate", str(signed), "--root",
+         str(h["root"] / "certs" / "vault-root.pem"), "--home", str(h["online"]))  # fmt: skip
+    # The issuing CA refuses names outside its constraints, and its token key's attributes
+    # were recorded from the request (keys.csv, not "{}").
+    _run(tokens, "issue", "server", "--dns", "api.evil.example", "--home", str(h["online"]),
+         "--pin-file", str(tokens.pin_file), "--out-dir", str(h["base"] / "x"), expect=5)  # fmt: skip
+    bundle = h["base"] / "bundle"
+    _run(tokens, "audit-export", "--since", "2000-01-01", "--out", str(bundle), "--home",
+         str(h["online"]), "--pin-file", str(tokens.pin_file))  # fmt: skip
+    with (bundle / "keys.csv").open(newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    attributes = json.loads(rows["agents-ca"]["key_attributes"])
+    assert attributes["NEVER_EXTRACTABLE"] and attributes["ALWAYS_SENSITIVE"]
+    assert attributes["LOCAL"] and attributes["SENSITIVE"] and not attributes["EXTRACTABLE"]
+    report = (bundle / "report.html").read_text()
+    assert "NEVER_EXTRACTABLE" in report
+    # No secret's location anywhere in the bundle.
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert str(tokens.pin_file) not in path.read_text(errors="replace"), path
+
+
+def test_import_refuses_an_intermediate_without_the_requested_constraints(
+    tokens: Tokens, two_homes: dict[str, Path]
+) -> None:
+    """A root host that signs the same key without the constraints (a foreign tool, an
+    edited CSR) is caught on import: nothing is recorded."""
+    h = two_homes
+    inter_pass = h["base"] / "inter.pass"
+    inter_pass.write_text(INTER_PASS)
+    csr = h["base"] / "a.csr"
+    _run(tokens, "create-intermediate", "--name", "Agents CA", "--trust-domain",
+         "acme.internal", "--name-constraints", "--csr-out", str(csr), "--home",
+         str(h["online"]), "--passphrase-file", str(inter_pass))  # fmt: skip
+    # The same public key in a CSR without the request: a foreign CSR, signed as flags say.
+    key = h["online"] / "keys" / "agents-ca.key.pem"
+    bare = h["base"] / "bare.csr"
+    subprocess.run(
+        ["openssl", "req", "-new", "-key", str(key), "-passin", f"file:{inter_pass}",
+         "-subj", "/CN=Agents CA", "-out", str(bare)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    wide = h["base"] / "wide.pem"
+    _run(tokens, "sign-intermediate", str(bare), "--out", str(wide), "--home", str(h["root"]),
+         "--passphrase-file", str(h["root_pass"]))  # fmt: skip
+    refused = _run(tokens, "import-intermediate", str(wide), "--root",
+                   str(h["root"] / "certs" / "vault-root.pem"), "--home", str(h["online"]),
+                   expect=3)  # fmt: skip
+    assert "name constraints differ from the request" in refused.stderr.decode()
+    listed = json.loads(_run(tokens, "list", "--home", str(h["online"]), "--json").stdout)
+    assert listed["count"] == 0
+
+
+def test_create_intermediate_refuses_root_options_with_csr_out(
+    tokens: Tokens, two_homes: dict[str, Path]
+) -> None:
+    h = two_homes
+    csr = h["base"] / "a.csr"
+    refused = _run(tokens, "create-intermediate", "--name", "X", "--csr-out", str(csr),
+                   "--root-passphrase-file", str(h["root_pass"]), "--home", str(h["online"]),
+                   "--passphrase-file", str(h["root_pass"]), expect=2)  # fmt: skip
+    assert "--root-passphrase-file" in refused.stderr.decode()
+    assert not csr.exists() and not (h["online"] / "keys").exists()

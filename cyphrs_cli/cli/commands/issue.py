@@ -105,7 +105,12 @@ def issue(
     ] = None,
     requester: Annotated[
         str | None,
-        typer.Option("--requester", envvar="CYPHRS_ACTOR", help="Who asked [default: OS/CI user]."),
+        typer.Option(
+            "--requester",
+            envvar="CYPHRS_REQUESTER",
+            help="Who asked for it: a claim in the certificate [default: the actor]. The"
+            " audit event's actor is who ran the command (--actor, CYPHRS_ACTOR).",
+        ),
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out-dir", help="Write the PEM files here.", file_okay=False)

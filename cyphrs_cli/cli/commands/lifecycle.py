@@ -129,8 +129,18 @@ def renew(
     ttl: Annotated[
         str | None, typer.Option("--ttl", help="New lifetime [default: the old one's].")
     ] = None,
-    requester: Annotated[str | None, typer.Option("--requester", envvar="CYPHRS_ACTOR")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir", file_okay=False)] = None,
+    requester: Annotated[
+        str | None,
+        typer.Option(
+            "--requester",
+            help="Change who the claims say asked [default: the original requester, kept];"
+            " who renews is the actor (--actor, CYPHRS_ACTOR).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", file_okay=False, help="Write the new PEM files here."),
+    ] = None,
     out: Annotated[str | None, typer.Option("--out", help="'-' writes PEM to stdout.")] = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,

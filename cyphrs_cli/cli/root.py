@@ -290,6 +290,24 @@ def root(
             help="Only warn about a CA home others can write (or CYPHRS_ALLOW_INSECURE_HOME=1).",
         ),
     ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Machine-readable output for the command (same as its own --json).",
+            callback=render.set_json_mode,
+            is_eager=True,
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress or remarks on stderr (same as the command's own -q).",
+            callback=render.set_quiet,
+        ),
+    ] = False,
 ) -> None:
     """cyphrs: build and run a CA hierarchy for mTLS identities."""
     # Per-invocation settings: in the click context (render.Output) or in context variables

@@ -75,8 +75,12 @@ def test_global_options_work_before_the_subcommand(ca: Hierarchy) -> None:
     assert before.json()["count"] == after.json()["count"] == 4  # root, intermediate, 2 agents
     error = cli("--json", "list", "--status", "nonsense", "--home", str(ca.home))
     assert error.exit_code == ExitCode.INVALID_INPUT and error.error()["error"]["code"] == 3
-    quiet = cli("-q", "profiles", "show", "agent", "--home", str(ca.home))
-    assert quiet.exit_code == 0 and quiet.stdout.startswith("profile")
+    # -q before the subcommand silences human output as it does after it.
+    loud = cli("profiles", "show", "agent", "--home", str(ca.home))
+    assert loud.exit_code == 0 and loud.stdout.startswith("profile")
+    for quiet in (cli("-q", "profiles", "show", "agent", "--home", str(ca.home)),
+                  cli("profiles", "show", "agent", "-q", "--home", str(ca.home))):  # fmt: skip
+        assert quiet.exit_code == 0 and quiet.stdout == ""
 
 
 def test_audit_events_filters_and_signs_nothing(ca: Hierarchy) -> None:

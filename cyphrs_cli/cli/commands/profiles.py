@@ -124,7 +124,9 @@ def show_profile(
         )
     elif profile.source != "builtin":
         lines.append("recorded          no - run 'cyphrs profiles set' before issuing with it")
-    render.emit_text("\n".join([*_profile_lines(profile.to_json()), *lines]) + "\n")
+    out = render.console()  # escapes control characters: profile text is someone's input
+    for line in [*_profile_lines(profile.to_json()), *lines]:
+        out.print(line)
 
 
 def _profile_lines(rules: dict[str, Any]) -> list[str]:

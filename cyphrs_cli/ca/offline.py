@@ -320,6 +320,7 @@ def sign_intermediate(
     from cyphrs_cli.ca.issuance import issue
     from cyphrs_cli.ca.models import CertificatePlan
     from cyphrs_cli.ca.parsing import load_csr
+    from cyphrs_cli.config.trust import anchored_authority
 
     csr = load_csr(csr_pem, source=source)
     if not csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
@@ -340,11 +341,13 @@ def sign_intermediate(
     root_entry = config.issuer(root_name) if root_name else config.root
     if root_entry is None or root_entry.role != "root":
         raise NotFoundError(f"{home.root} has no root CA to sign with")
-    if dry_run:
-        return result
-    if confirm is not None and not confirm(result):
-        raise UsageError("not confirmed; nothing signed")
     with open_ledger(home) as ledger:
+        # The home's files must match the ledger before the request is even shown.
+        anchored_authority(home, config, ledger.conn, root_entry.name)
+        if dry_run:
+            return result
+        if confirm is not None and not confirm(result):
+            raise UsageError("not confirmed; nothing signed")
         root = load_issuer(home, config, ledger, root_entry.name, secrets)
         assert root.certificate is not None
         public_key = csr.public_key()

@@ -166,3 +166,23 @@ def test_create_intermediate_refuses_root_options_with_csr_out(
                    "--passphrase-file", str(h["root_pass"]), expect=2)  # fmt: skip
     assert "--root-passphrase-file" in refused.stderr.decode()
     assert not csr.exists() and not (h["online"] / "keys").exists()
+
+
+def test_a_pin_source_location_is_never_recorded(
+    tokens: Tokens, two_homes: dict[str, Path]
+) -> None:
+    """A key URI's ``pin-source=file:PATH`` unlocks the token when the key is made, but the
+    path is neither in config.toml nor in the ledger (so in no export); later commands name
+    the PIN themselves."""
+    h = two_homes
+    csr = h["base"] / "p.csr"
+    key_uri = tokens.uri("issuing-token", f"pinsrc-{h['base'].name}")
+    _run(tokens, "create-intermediate", "--name", "Pin CA", "--csr-out", str(csr),
+         "--key-uri", f"{key_uri}&pin-source=file:{tokens.pin_file}", "--home",
+         str(h["online"]))  # fmt: skip
+    assert str(tokens.pin_file) not in (h["online"] / "config.toml").read_text()
+    events = _run(tokens, "audit", "events", "--json", "--home", str(h["online"])).stdout
+    assert b"authority.requested" in events and b"pinsrc-" in events
+    assert str(tokens.pin_file).encode() not in events and b"pin-source" not in events
+    for path in h["online"].glob("ledger.sqlite3*"):  # the database and its WAL
+        assert str(tokens.pin_file).encode() not in path.read_bytes()

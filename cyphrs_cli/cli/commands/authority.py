@@ -493,9 +493,14 @@ def sign_intermediate(
     )
 
     def confirm(pending: SignedIntermediate) -> bool:
-        _show_request(pending)
+        """On a terminal: show the request and ask. Scripts (no terminal, --no-input,
+        --yes) proceed; the request is in the output either way."""
         if yes or no_input or not sys.stdin.isatty() or not sys.stderr.isatty():
             return True
+        from cyphrs_cli.safe_text import terminal_safe
+
+        for line in _request_lines(pending):
+            sys.stderr.write(terminal_safe(line) + "\n")
         return typer.confirm("Sign this intermediate?", err=True)
 
     ca_home = resolve_home(home)
@@ -522,7 +527,9 @@ def sign_intermediate(
                 }
             )
             return
-        _show_request(result, always=True)
+        console = render.console()
+        for line in _request_lines(result):
+            console.print(line)
         return
     assert out is not None
     if out == "-":
@@ -537,23 +544,17 @@ def sign_intermediate(
             {"schema": "cyphrs.sign-intermediate/v1", "certificate": view, "request": request_view}
         )
         return
-    render.console().print(f"Signed intermediate {view['subject']} ({view['serial']}) into {out}")
+    console = render.console()
+    console.print(f"Signed intermediate {view['subject']} ({view['serial']}) into {out}")
+    for line in _request_lines(result)[1:]:
+        console.print(line)
 
 
-def _show_request(result: Any, *, always: bool = False) -> None:
-    """The request being signed, on stderr (stdout may carry the PEM), for confirmation."""
-    if render.json_mode() and not always:
-        return
+def _request_lines(result: Any) -> list[str]:
+    """The request being signed, as the operator confirms it."""
     origin = "carried in the CSR" if result.carried else "from this command's options"
     lines = [f"Intermediate {result.subject}, request {origin}:"]
-    lines += [f"  {label:<17}{value}" for label, value in result.request.lines()]
-    if always:
-        out = render.console()
-        for line in lines:
-            out.print(line)
-    else:
-        for line in lines:
-            render.note(line)
+    return lines + [f"  {label:<17}{value}" for label, value in result.request.lines()]
 
 
 def import_intermediate(

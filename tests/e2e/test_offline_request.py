@@ -186,3 +186,23 @@ def test_a_pin_source_location_is_never_recorded(
     assert str(tokens.pin_file).encode() not in events and b"pin-source" not in events
     for path in h["online"].glob("ledger.sqlite3*"):  # the database and its WAL
         assert str(tokens.pin_file).encode() not in path.read_bytes()
+
+
+def test_options_a_step_would_ignore_are_refused(
+    tokens: Tokens, two_homes: dict[str, Path]
+) -> None:
+    h = two_homes
+    csr = h["base"] / "n.csr"
+    refused = _run(tokens, "create-intermediate", "--name", "N", "--force", "--home",
+                   str(h["root"]), "--passphrase-file", str(h["root_pass"]),
+                   "--root-passphrase-file", str(h["root_pass"]), expect=2)  # fmt: skip
+    assert "--force" in refused.stderr.decode()
+    inter_pass = h["base"] / "inter.pass"
+    inter_pass.write_text(INTER_PASS)
+    _run(tokens, "create-intermediate", "--name", "N", "--csr-out", str(csr), "--home",
+         str(h["online"]), "--passphrase-file", str(inter_pass))  # fmt: skip
+    for extra in (["--out", str(h["base"] / "n.pem")], ["--yes"]):
+        refused = _run(tokens, "sign-intermediate", str(csr), "--dry-run", *extra, "--home",
+                       str(h["root"]), expect=2)  # fmt: skip
+        assert "--dry-run" in refused.stderr.decode()
+    assert not (h["base"] / "n.pem").exists()

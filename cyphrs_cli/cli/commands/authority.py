@@ -55,16 +55,24 @@ OFFLINE_EPILOG = f"""\
 The offline-root flow, in three steps:
 
   online$  cyphrs create-intermediate --name "Acme Agents CA" --trust-domain acme.internal
-           --passphrase-file inter.pass --csr-out agents.csr
+           --name-constraints --validity 2y --passphrase-file inter.pass --csr-out agents.csr
+
+  root$    cyphrs sign-intermediate agents.csr --dry-run
 
   root$    cyphrs sign-intermediate agents.csr --out agents.pem --passphrase-file root.pass
 
   online$  cyphrs import-intermediate agents.pem --root root.pem
 
-Examples: as above. The root's key never leaves its host; the online home records the root
-certificate with the key URI "offline:". The import trusts only this home's root or
---root (copy it from the root's host and compare its fingerprint): a root inside
-agents.pem that differs from it, or a chain that does not validate, is refused (exit 3).
+Examples: as above. The trust domain, name constraints, path length and validity are asked
+for on the online host and travel inside the CSR; sign-intermediate shows them (--dry-run,
+--json, or a prompt on a terminal; --yes skips it) and refuses --trust-domain,
+--name-constraints, --permit-*, --path-length and --validity for such a CSR (exit 2): those
+options apply only to a CSR made by another tool. The import checks that the certificate
+carries exactly the requested constraints (exit 3 otherwise). The root's key never leaves
+its host; the online home records the root certificate with the key URI "offline:". The
+import trusts only this home's root or --root (copy it from the root's host and compare its
+fingerprint): a root inside agents.pem that differs from it, or a chain that does not
+validate, is refused (exit 3). See docs/runbook.md.
 
 {EXIT_CODE_HELP}"""
 
@@ -270,6 +278,10 @@ def create_intermediate(
         pin_file=pin_file,
         pin_env=pin_env,
     )
+    if csr_out is None and force:
+        from cyphrs_cli.errors import UsageError
+
+        raise UsageError("--force applies only to --csr-out (an existing CSR file)")
     if csr_out is not None:
         from cyphrs_cli.ca.offline import IntermediateRequest
         from cyphrs_cli.errors import UsageError
@@ -469,6 +481,8 @@ def sign_intermediate(
 
     if out is None and not dry_run:
         raise UsageError("name the output with --out FILE (or --out -)")
+    if dry_run and (out is not None or force or yes):
+        raise UsageError("--dry-run signs and writes nothing: drop --out, --force and --yes")
     if out not in (None, "-") and not dry_run:
         refuse_existing([Path(out)], force=force)
     given = tuple(

@@ -8,13 +8,12 @@ patterns (``policy.*``, ``certificate:0a1b*``) through SQLite's GLOB.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cyphrs_cli.ledger.events import rfc3339
+from cyphrs_cli.ledger.events import event_body, rfc3339
 
 if TYPE_CHECKING:
     import sqlite3
@@ -31,7 +30,7 @@ class EventFilter:
 
 
 def iter_events(conn: sqlite3.Connection, where: EventFilter) -> Iterator[dict[str, Any]]:
-    """Matching events in chain order (oldest first), as plain dictionaries."""
+    """Matching events in chain order (oldest first), each as the body its hash covers."""
     clauses: list[str] = []
     params: list[Any] = []
     if where.since is not None:
@@ -49,7 +48,7 @@ def iter_events(conn: sqlite3.Connection, where: EventFilter) -> Iterator[dict[s
     if where.target is not None:
         clauses.append("target GLOB ?")
         params.append(where.target)
-    columns = "seq, at, type, actor, host, outcome, target, details"
+    columns = "seq, at, type, actor, host, outcome, target, params_hash, details"
     condition = " AND ".join(clauses) or "1"
     if where.limit is None:
         sql = f"SELECT {columns} FROM events WHERE {condition} ORDER BY seq"  # noqa: S608
@@ -61,13 +60,4 @@ def iter_events(conn: sqlite3.Connection, where: EventFilter) -> Iterator[dict[s
         )
         params.append(where.limit)
     for row in conn.execute(sql, params):
-        yield {
-            "seq": row["seq"],
-            "at": row["at"],
-            "type": row["type"],
-            "actor": row["actor"],
-            "host": row["host"],
-            "outcome": row["outcome"],
-            "target": row["target"],
-            "details": json.loads(row["details"]),
-        }
+        yield event_body(row)

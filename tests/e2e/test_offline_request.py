@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_json_contract import assert_valid
-from tests.e2e.test_hsm import PIN, Tokens, _module
+from tests.e2e.test_hsm import Tokens, make_tokens
 from tests.helpers import INTER_PASS, ROOT_PASS
 
 pytestmark = pytest.mark.hsm
@@ -31,17 +31,7 @@ def _run(t: Tokens, *args: str, expect: int = 0) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
-    """A SoftHSM2 configuration of our own with an issuing token."""
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\n")
-    pin_file = base / "pin"
-    pin_file.write_text(PIN + "\n")
-    pin_file.chmod(0o600)
-    t = Tokens(conf, _module(), pin_file)
-    t.init_token("issuing-token")
-    return t
+    return make_tokens(tmp_path_factory.mktemp("softhsm"), "issuing-token")
 
 
 @pytest.fixture

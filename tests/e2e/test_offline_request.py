@@ -196,3 +196,60 @@ def test_options_a_step_would_ignore_are_refused(
                        str(h["root"]), expect=2)  # fmt: skip
         assert "--dry-run" in refused.stderr.decode()
     assert not (h["base"] / "n.pem").exists()
+
+
+def _read_until(fd: int, marker: bytes, seconds: float = 30) -> bytes:
+    import os
+    import select
+    import time
+
+    seen, deadline = b"", time.monotonic() + seconds
+    while marker not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} within {seconds}s; got {seen!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize(("answer", "code"), [(b"n\n", 2), (b"y\n", 0)])
+def test_on_a_terminal_the_request_is_shown_and_must_be_confirmed(
+    tokens: Tokens, two_homes: dict[str, Path], answer: bytes, code: int
+) -> None:
+    import os
+    import pty
+
+    from tests.helpers import tool
+
+    h = two_homes
+    inter_pass = h["base"] / "inter.pass"
+    inter_pass.write_text(INTER_PASS)
+    csr, signed = h["base"] / "t.csr", h["base"] / "t.pem"
+    _run(tokens, "create-intermediate", "--name", "Tty CA", "--trust-domain", "acme.internal",
+         "--name-constraints", "--csr-out", str(csr), "--home", str(h["online"]),
+         "--passphrase-file", str(inter_pass))  # fmt: skip
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "CYPHRS_NO_INPUT")}
+    proc = subprocess.Popen(
+        [tool("cyphrs"), "sign-intermediate", str(csr), "--out", str(signed), "--home",
+         str(h["root"]), "--passphrase-file", str(h["root_pass"])],
+        stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, env=env,
+    )  # fmt: skip
+    try:
+        os.close(terminal)
+        shown = _read_until(controller, b"Sign this intermediate?")
+        assert b"URI:acme.internal" in shown and b"carried in the CSR" in shown
+        os.write(controller, answer)
+        assert proc.wait(timeout=30) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    assert signed.exists() == (code == 0)

@@ -112,7 +112,7 @@ def key_register(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "parent": r["parent_name"],
             "subject": r["subject"],
             "ski": r["ski"],
-            "key_uri": r["key_uri"],
+            "key_uri": shown_key_uri(r["key_uri"]),
             "key_storage": r["key_storage"],
             "key_algorithm": r["key_algorithm"],
             "key_generated_in": r["key_generated_in"],
@@ -145,6 +145,22 @@ def _latest_crls(conn: sqlite3.Connection, until: datetime) -> dict[str, str]:
         (rfc3339(until), rfc3339(until)),
     )
     return {r["name"]: r["pem"] for r in rows}
+
+
+def _fingerprint_of(pem: str) -> str:
+    from cryptography import x509
+
+    from cyphrs_cli.ca.issuance import fingerprint
+
+    return fingerprint(x509.load_pem_x509_certificate(pem.encode()))
+
+
+def shown_key_uri(uri: str) -> str:
+    """A key URI as registers and reports show it: a ``pin-source`` names where a secret
+    lives, which an export must not disclose, so its value is replaced."""
+    import re
+
+    return re.sub(r"(?i)(pin-source=)[^&]*", r"\1(withheld)", uri)
 
 
 def _ca_certificates(conn: sqlite3.Connection) -> dict[str, str]:
@@ -183,7 +199,14 @@ def build_bundle_files(
     for name, pem in sorted(crls.items()):
         files[f"crls/{name}.crl.pem"] = pem.encode()
     counts = _counts(certificates, events, keys)
+    ca_pems = _ca_certificates(conn)
+    roots = {
+        k["name"]: _fingerprint_of(ca_pems[k["name"]])
+        for k in keys
+        if k["role"] == "root" and k["name"] in ca_pems
+    }
     files["report.html"] = render_report(
+        root_fingerprints=roots,
         since=since,
         until=until,
         certificates=certificates,

@@ -75,6 +75,7 @@ def _parse(text: str) -> datetime:
 
 def render_report(
     *,
+    root_fingerprints: dict[str, str],
     since: datetime,
     until: datetime,
     certificates: list[dict[str, Any]],
@@ -245,9 +246,14 @@ def render_report(
             [[e(a), e(b), e(c)] for a, b, c in _MAPPING],
         )
     )
+    fingerprint = next(iter(sorted(root_fingerprints.values())), "sha256:<root fingerprint>")
     parts.append(
         '<p class="muted">Integrity: manifest.json lists the SHA-256 of every file; '
         "signature.json signs the manifest and the ledger checkpoint with a CA key. Check "
-        "with <code>cyphrs audit verify-export BUNDLE</code>.</p></body></html>\n"
+        "it against the root you trust, pinned from outside this bundle: "
+        f"<code>cyphrs audit verify-export BUNDLE --root-fingerprint {e(fingerprint)}</code> "
+        "(or <code>--root ROOT.pem</code>). Compare that fingerprint with the one "
+        "<code>init-root</code> printed on the root's host; a bundle can name any root, so "
+        "only the comparison makes the check mean something.</p></body></html>\n"
     )
     return "".join(parts).encode()

@@ -226,6 +226,8 @@ def _record(conn: sqlite3.Connection, issuer: Issuer, signed: _Signed) -> Issued
                 "spiffe_id": plan.spiffe_id,
                 "not_after": row.not_after,
                 "replaces_id": plan.replaces_id,
+                # Who asked (the claim); the event's own ``actor`` is who ran the command.
+                **({"requester": plan.requester} if plan.requester else {}),
                 "row_digest": row_digest(row),
                 **({"profile_sha256": plan.profile_sha256} if plan.profile_sha256 else {}),
                 **(

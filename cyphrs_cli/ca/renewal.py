@@ -110,7 +110,8 @@ def renewal_request(
         workflow=row["workflow"],
         instance=instance,
         permissions=tuple(json.loads(row["permissions"] or "[]")),
-        requester=requester,
+        # Who asked stays who asked: renewing (by a bot, an operator) is not asking anew.
+        requester=requester or row["requester"],
         ttl=ttl or lifetime(row),
         key_type=key_algorithm_name(public_key),
         key_storage=key_storage,

@@ -69,7 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Export evidence for a time window: registers, events, CRLs, HTML report, signed"
         " manifest.",
     ),
-    "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
+    "audit": (
+        "audit",
+        "Read, verify and checkpoint the ledger's event log; verify audit bundles.",
+    ),
     "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
     "profiles": ("profiles", "Issuance profiles: built-in and the CA home's own."),
     "config": (
@@ -288,6 +291,24 @@ def root(
         typer.Option(
             "--allow-insecure-home",
             help="Only warn about a CA home others can write (or CYPHRS_ALLOW_INSECURE_HOME=1).",
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Machine-readable output for the command (same as its own --json).",
+            callback=render.set_json_mode,
+            is_eager=True,
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress or remarks on stderr (same as the command's own -q).",
+            callback=render.set_quiet,
         ),
     ] = False,
 ) -> None:

@@ -62,7 +62,9 @@ class CaHome:
         if not self.is_initialised():
             raise NotFoundError(
                 f"no CA home at {self.root}",
-                hint="run 'cyphrs init-root' first, or point --home / CYPHRS_HOME at one",
+                # Never "run init-root": on a CI runner or an agent host that would invite a
+                # second, rogue CA. A new CA is a deliberate act (docs/runbook.md).
+                hint="point --home or CYPHRS_HOME at the CA home this machine should use",
             )
         check_home_permissions(self)
 

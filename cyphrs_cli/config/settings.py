@@ -72,10 +72,17 @@ class HomeConfig:
         if len(intermediates) == 1:
             return intermediates[0]
         if not intermediates:
-            raise NotFoundError(
-                "this CA home has no intermediate to issue from",
-                hint="run 'cyphrs create-intermediate'",
-            )
+            root = self.root
+            if root is not None:
+                # A root-only home (the offline root's host): the root signs its own CRLs,
+                # checkpoints and exports; leaves come from an intermediate elsewhere.
+                raise NotFoundError(
+                    f"this CA home holds only the root {root.name!r}, no intermediate",
+                    hint=f"name the root: --issuer {root.name} (crl, audit checkpoint) or"
+                    f" --sign-with {root.name} (audit-export); leaves are issued on the"
+                    " issuing host",
+                )
+            raise NotFoundError("this CA home has no CA to sign with")
         names = ", ".join(sorted(e.name for e in intermediates))
         raise NotFoundError(f"several intermediates ({names}); choose one with --issuer")
 

@@ -506,9 +506,9 @@ class Pkcs11KeyStore:
                 f"token {parsed.token!r} could not generate a {spec.name} key: {type(exc).__name__}"
             ) from exc
         public_key = public_key_of(public)
-        # The canonical URI, never the one given: it is what config.toml and the ledger keep.
+        # The recorded URI, never the one given: it is what config.toml and the ledger keep.
         pending = PendingTokenKey(
-            parsed.canonical(),
+            parsed.recorded(),
             signer_for(tokens, parsed.object, private, public_key),
             private,
             public,
@@ -522,7 +522,7 @@ class Pkcs11KeyStore:
         tokens = self.tokens(parsed)
         private, public = self._pair(tokens.session(), parsed)
         pending = PendingTokenKey(
-            parsed.canonical(),
+            parsed.recorded(),
             signer_for(tokens, parsed.object, private, public_key_of(public)),
             private,
             public,

@@ -19,8 +19,12 @@ RFC 7512 as applied (section numbers of the RFC):
   than the URI names, and an unknown attribute could carry a secret into the ledger;
 * an attribute given twice is refused (sec. 2.3 allows each path attribute once; a second
   query attribute would be ambiguous);
-* what is stored (ledger events, ``config.toml``, exports) is ``Pkcs11Uri.canonical()``:
-  rebuilt from the accepted attributes only, in a fixed order, percent-encoded.
+* what is stored (ledger events, ``config.toml``, exports) is ``Pkcs11Uri.recorded()``:
+  rebuilt from the accepted attributes only, in a fixed order, percent-encoded, and without
+  ``pin-source``: where a PIN lives is a secret's location, which the ledger (and so every
+  audit export) must not disclose. A ``pin-source`` given when a key is created unlocks the
+  token then; later commands take the PIN from ``--pin-file``/``--pin-env``/
+  ``CYPHRS_PIN_FILE`` or a prompt.
 """
 
 from __future__ import annotations
@@ -198,6 +202,12 @@ class Pkcs11Uri:
         if self.pin_source is not None:
             query.append(f"pin-source={quote(self.pin_source, safe='/:')}")
         return "pkcs11:" + ";".join(path) + ("?" + "&".join(query) if query else "")
+
+    def recorded(self) -> str:
+        """The form the ledger and config.toml keep: ``canonical()`` without pin-source."""
+        from dataclasses import replace
+
+        return replace(self, pin_source=None).canonical()
 
     def module(self) -> str:
         path = self.module_path or os.environ.get(MODULE_ENV)

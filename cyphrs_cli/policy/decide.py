@@ -150,8 +150,47 @@ def decide(profile: Profile, request: LeafRequest, issuer: PolicyIssuer) -> Poli
             )
         if profile.ip_ranges:
             allowed.append(f"{profile.name}.names.ip_ranges: {text} inside")
+    _check_workflow(profile, request, allowed)
     _check_name_constraints(request, issuer, allowed)
     return PolicyDecision(profile.name, ttl, tuple(allowed))
+
+
+def _check_workflow(profile: Profile, request: LeafRequest, allowed: list[str]) -> None:
+    """``[workflows.<name>]`` allow-lists: once a profile lists workflows, an agent's
+    workflow must be one of them, every permission must be on its list, and (if the list
+    names requesters) the requester must be one of them."""
+    if not profile.workflows or request.workflow is None:
+        return
+    from cyphrs_cli.ledger.events import default_actor
+
+    workflow = request.workflow
+    rule = profile.workflow_rule(workflow)
+    if rule is None:
+        listed = ", ".join(w.name for w in profile.workflows)
+        raise _deny(
+            f"{profile.name}.workflows",
+            f"workflow {workflow!r} is not listed in profile {profile.name!r} (listed: {listed})",
+        )
+    prefix = f"{profile.name}.workflows.{workflow}"
+    for permission in request.permissions:
+        if permission not in rule.permissions:
+            raise _deny(
+                f"{prefix}.permissions",
+                f"permission {permission!r} is not allowed for workflow {workflow!r}"
+                f" (allowed: {', '.join(rule.permissions) or 'none'})",
+            )
+    allowed.append(
+        f"{prefix}.permissions: {', '.join(request.permissions) or '(none)'} on the allow-list"
+    )
+    if rule.requesters:
+        requester = request.requester or default_actor()
+        if requester not in rule.requesters:
+            raise _deny(
+                f"{prefix}.requesters",
+                f"requester {requester!r} may not ask for workflow {workflow!r}"
+                f" (allowed: {', '.join(rule.requesters)})",
+            )
+        allowed.append(f"{prefix}.requesters: {requester} may ask")
 
 
 def _check_spiffe(

@@ -26,6 +26,19 @@ _PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
+class WorkflowRule:
+    """``[workflows.<name>]``: the permissions (and optionally requesters) that agents of
+    one workflow may carry. Exact strings: an allow-list, not patterns."""
+
+    name: str
+    permissions: tuple[str, ...]
+    requesters: tuple[str, ...] = ()  # empty = anyone may ask
+
+    def to_json(self) -> dict[str, Any]:
+        return {"permissions": list(self.permissions), "requesters": list(self.requesters)}
+
+
+@dataclass(frozen=True)
 class Profile:
     """One issuance profile; every field has a safe default so small TOML files suffice."""
 
@@ -51,6 +64,12 @@ class Profile:
     # SHA-256 of the TOML text in force: home profiles must match the ledger's record of it.
     sha256: str = ""
     overrides_builtin: bool = False
+    #: Empty: any workflow, any permission. Otherwise only the workflows listed, each with
+    #: its permission allow-list.
+    workflows: tuple[WorkflowRule, ...] = ()
+
+    def workflow_rule(self, workflow: str) -> WorkflowRule | None:
+        return next((w for w in self.workflows if w.name == workflow), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +94,7 @@ class Profile:
                 "spiffe_path_patterns": list(self.spiffe_path_patterns),
             },
             "issuers": list(self.issuers),
+            "workflows": {w.name: w.to_json() for w in self.workflows},
             "sha256": self.sha256,
             "overrides_builtin": self.overrides_builtin,
         }
@@ -91,8 +111,10 @@ _TOP_KEYS = frozenset(
         "key_usage",
         "issuers",
         "names",
+        "workflows",
     }
 )
+_WORKFLOW_KEYS = frozenset({"permissions", "requesters"})
 _NAMES_KEYS = frozenset(
     {
         "spiffe",
@@ -205,6 +227,25 @@ def profile_from_toml(
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise fail(f"names.ip_ranges: {cidr!r} is not a network") from exc
+    workflows_table = data.get("workflows", {})
+    if not isinstance(workflows_table, dict):
+        raise fail("[workflows] must be a table of [workflows.<name>] tables")
+    workflows = []
+    for workflow, rule in workflows_table.items():
+        if not isinstance(rule, dict):
+            raise fail(f"workflows.{workflow} must be a table")
+        unknown_rule = sorted(set(rule) - _WORKFLOW_KEYS)
+        if unknown_rule:
+            raise fail(f"unknown field workflows.{workflow}.{unknown_rule[0]}")
+        if "permissions" not in rule:
+            raise fail(f"workflows.{workflow} needs permissions = [...] (may be empty)")
+        workflows.append(
+            WorkflowRule(
+                workflow,
+                strings(rule, "permissions", f"workflows.{workflow}.permissions", ()),
+                strings(rule, "requesters", f"workflows.{workflow}.requesters", ()),
+            )
+        )
     require_cn = names.get("require_common_name", False)
     if not isinstance(require_cn, bool):
         raise fail("names.require_common_name must be true or false")
@@ -230,6 +271,7 @@ def profile_from_toml(
         source=source,
         sha256=sha256,
         overrides_builtin=overrides_builtin,
+        workflows=tuple(workflows),
     )
 
 

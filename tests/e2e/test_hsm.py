@@ -73,11 +73,10 @@ class Tokens:
         return proc
 
 
-@pytest.fixture(scope="session")
-def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tokens]:
+def make_tokens(base: Path, *labels: str) -> Tokens:
+    """A SoftHSM2 configuration of its own in ``base`` with the named tokens (PIN ``PIN``)."""
     if shutil.which("softhsm2-util") is None:
         pytest.fail("softhsm2-util missing; scripts/test installs the softhsm2 package")
-    base = tmp_path_factory.mktemp("softhsm")
     (base / "tokens").mkdir()
     conf = base / "softhsm2.conf"
     conf.write_text(
@@ -87,9 +86,14 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tokens]:
     pin_file.write_text(PIN + "\n")
     pin_file.chmod(0o600)
     t = Tokens(conf, _module(), pin_file)
-    t.init_token("root-token")
-    t.init_token("issuing-token")
-    yield t
+    for label in labels:
+        t.init_token(label)
+    return t
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tokens]:
+    yield make_tokens(tmp_path_factory.mktemp("softhsm"), "root-token", "issuing-token")
 
 
 @dataclass

@@ -488,15 +488,16 @@ def test_sign_intermediate_takes_ip_subtrees(tmp_path: Path) -> None:
 
     run("init-root", "--name", "Vault Root", home=root_home, secret=root_pass)
     csr = tmp_path / "edge.csr"
-    run("create-intermediate", "--name", "Edge CA", "--csr-out", str(csr), home=online,
-        secret=inter_pass)  # fmt: skip
     unplumbed = cli(
-        "sign-intermediate", str(csr), "--out", str(tmp_path / "x.pem"), "--permit-ip",
-        "10.30.0.0/16", "--home", str(root_home), "--passphrase-file", str(root_pass),
+        "create-intermediate", "--name", "Edge CA", "--csr-out", str(csr), "--permit-ip",
+        "10.30.0.0/16", "--home", str(online), "--passphrase-file", str(inter_pass),
     )  # fmt: skip
     assert unplumbed.exit_code == 3 and "--name-constraints" in unplumbed.stderr
-    run("sign-intermediate", str(csr), "--out", str(tmp_path / "edge.pem"),
-        "--name-constraints", "--permit-ip", "10.30.0.0/16", home=root_home,
+    assert not csr.exists()
+    # The subtree travels in the CSR: the root's host signs it without repeating it.
+    run("create-intermediate", "--name", "Edge CA", "--csr-out", str(csr), "--name-constraints",
+        "--permit-ip", "10.30.0.0/16", home=online, secret=inter_pass)  # fmt: skip
+    run("sign-intermediate", str(csr), "--out", str(tmp_path / "edge.pem"), home=root_home,
         secret=root_pass)  # fmt: skip
     assert (
         cli(

@@ -64,8 +64,21 @@ Keep checkpoints outside the CA host: a truncated ledger is only detectable agai
 
 {EXIT_CODE_HELP}"""
 
+EVENTS_EPILOG = f"""\
+Examples:
+
+  cyphrs audit events --since 2026-10-01 --type 'policy.*'
+
+  cyphrs audit events --actor renew-bot --target 'certificate:*' --json
+
+Reads the event log (time, actor, host, outcome, target, details) and signs nothing; the
+hash chain is checked by 'cyphrs audit verify'. --type may be repeated; --type and
+--target take shell patterns (* and ?).
+
+{EXIT_CODE_HELP}"""
+
 audit_app = typer.Typer(
-    help="Verify the ledger and audit bundles; sign checkpoints.",
+    help="Read, verify and checkpoint the ledger's event log; verify audit bundles.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -172,6 +185,65 @@ def verify(
                 " --root or --root-fingerprint"
             )
     _fail_unless_ok(result, "ledger verification")
+
+
+@audit_app.command("events", epilog=EVENTS_EPILOG)
+def audit_events(
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this time (RFC 3339 or date).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Before this time (RFC 3339 or date).")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Only events whose actor (who ran it) is this.")
+    ] = None,
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Event type or pattern, e.g. policy.denied, 'key.*'."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Target or pattern, e.g. 'certificate:0a1b*'."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the newest N matches.")
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Read the event log (who, when, where, outcome) with filters; signs nothing."""
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.ledger.event_log import EventFilter, iter_events
+    from cyphrs_cli.times import parse_time
+
+    where = EventFilter(
+        since=parse_time(since) if since else None,
+        until=parse_time(until) if until else None,
+        actor=actor,
+        types=tuple(event_type or ()),
+        target=target,
+        limit=limit,
+    )
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    with open_ledger(ca_home) as ledger:
+        events = list(iter_events(ledger.conn, where))
+    if render.json_mode():
+        render.emit_json(
+            {"schema": "cyphrs.audit-events/v1", "events": events, "count": len(events)}
+        )
+        return
+    out = render.console()
+    headers = ("seq", "at", "type", "actor", "host", "outcome", "target")
+    rows = [[str(e[h] if e[h] is not None else "-") for h in headers] for e in events]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    out.print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        out.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    render.note(f"{len(events)} event(s)")
 
 
 @audit_app.command("checkpoint", epilog=CHECKPOINT_EPILOG)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.completion import complete_authorities
 from cyphrs_cli.cli.options import (
     AliasOption,
     ExistingKeyOption,
     ForceOption,
     HomeOption,
-    IssuerOption,
     JsonOption,
     KeyUriOption,
     NoInputOption,
@@ -54,16 +55,24 @@ OFFLINE_EPILOG = f"""\
 The offline-root flow, in three steps:
 
   online$  cyphrs create-intermediate --name "Acme Agents CA" --trust-domain acme.internal
-           --passphrase-file inter.pass --csr-out agents.csr
+           --name-constraints --validity 2y --passphrase-file inter.pass --csr-out agents.csr
+
+  root$    cyphrs sign-intermediate agents.csr --dry-run
 
   root$    cyphrs sign-intermediate agents.csr --out agents.pem --passphrase-file root.pass
 
   online$  cyphrs import-intermediate agents.pem --root root.pem
 
-Examples: as above. The root's key never leaves its host; the online home records the root
-certificate with the key URI "offline:". The import trusts only this home's root or
---root (copy it from the root's host and compare its fingerprint): a root inside
-agents.pem that differs from it, or a chain that does not validate, is refused (exit 3).
+Examples: as above. The trust domain, name constraints, path length and validity are asked
+for on the online host and travel inside the CSR; sign-intermediate shows them (--dry-run,
+--json, or a prompt on a terminal; --yes skips it) and refuses --trust-domain,
+--name-constraints, --permit-*, --path-length and --validity for such a CSR (exit 2): those
+options apply only to a CSR made by another tool. The import checks that the certificate
+carries exactly the requested constraints (exit 3 otherwise). The root's key never leaves
+its host; the online home records the root certificate with the key URI "offline:". The
+import trusts only this home's root or --root (copy it from the root's host and compare its
+fingerprint): a root inside agents.pem that differs from it, or a chain that does not
+validate, is refused (exit 3). See docs/runbook.md.
 
 {EXIT_CODE_HELP}"""
 
@@ -198,11 +207,20 @@ def create_intermediate(
         list[str] | None,
         typer.Option("--permit-ip", help="Permitted IP subtree, CIDR (with --name-constraints)."),
     ] = None,
-    path_length: Annotated[int, typer.Option("--path-length", min=0, max=3)] = 0,
+    path_length: Annotated[
+        int,
+        typer.Option(
+            "--path-length", min=0, max=3, help="CAs allowed below this one (pathLenConstraint)."
+        ),
+    ] = 0,
     key_type: Annotated[str, typer.Option("--key-type", help="p256, p384, rsa3072, ...")] = "p256",
     key_uri: KeyUriOption = None,
     validity: Annotated[
-        str, typer.Option("--validity", help="Lifetime, clamped to the root's.")
+        str,
+        typer.Option(
+            "--validity",
+            help="Lifetime, clamped to the root's (carried in the CSR with --csr-out).",
+        ),
     ] = "5y",
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -220,14 +238,22 @@ def create_intermediate(
         ),
     ] = None,
     root_passphrase_env: Annotated[
-        str | None, typer.Option("--root-passphrase-env", metavar="VAR")
+        str | None,
+        typer.Option(
+            "--root-passphrase-env",
+            metavar="VAR",
+            help="Environment variable holding the root key's passphrase.",
+        ),
     ] = None,
     csr_out: Annotated[
         Path | None,
         typer.Option(
             "--csr-out",
             dir_okay=False,
-            help="Offline root: create the key and write a CSR here for the root's host to sign.",
+            help=(
+                "Offline root: create the key and write a CSR here for the root's host to sign;"
+                " trust domain, name constraints, path length and validity travel in it."
+            ),
         ),
     ] = None,
     force: ForceOption = False,
@@ -252,7 +278,27 @@ def create_intermediate(
         pin_file=pin_file,
         pin_env=pin_env,
     )
+    if csr_out is None and force:
+        from cyphrs_cli.errors import UsageError
+
+        raise UsageError("--force applies only to --csr-out (an existing CSR file)")
     if csr_out is not None:
+        from cyphrs_cli.ca.offline import IntermediateRequest
+        from cyphrs_cli.errors import UsageError
+
+        ignored = [
+            flag
+            for flag, value in (
+                ("--root-passphrase-file", root_passphrase_file),
+                ("--root-passphrase-env", root_passphrase_env),
+            )
+            if value is not None
+        ]
+        if ignored:
+            raise UsageError(
+                f"{', '.join(ignored)}: the root key is not used with --csr-out"
+                " (the root's host signs the CSR)"
+            )
         _request_intermediate(
             ca_home,
             csr_out,
@@ -262,7 +308,14 @@ def create_intermediate(
             alias=alias,
             key_spec=KeySpec.parse(key_type),
             key_uri=key_uri,
-            trust_domain=trust_domain,
+            request=IntermediateRequest(
+                trust_domain=trust_domain,
+                name_constraints=name_constraints,
+                permitted_dns=tuple(permit_dns or ()),
+                permitted_ip=tuple(permit_ip or ()),
+                path_length=path_length,
+                validity=validity,
+            ),
             secrets=secrets,
             existing_key=existing_key,
         )
@@ -309,7 +362,7 @@ def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: A
         alias=request["alias"],
         key_spec=request["key_spec"],
         key_uri=request["key_uri"],
-        trust_domain=request["trust_domain"],
+        request=request["request"],
         secrets=request["secrets"],
         existing_key=request["existing_key"],
     )
@@ -321,10 +374,14 @@ def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: A
                 "home": str(home.root),
                 "alias": alias,
                 "csr_path": str(csr_out),
+                "request": request["request"].to_json(),
             }
         )
         return
-    render.console().print(f"Created the key of {alias} and wrote its CSR to {csr_out}")
+    out = render.console()
+    out.print(f"Created the key of {alias} and wrote its CSR to {csr_out}; it requests:")
+    for label, value in request["request"].lines():
+        out.print(f"  {label:<17}{value}")
     render.note(
         "sign it on the root's host: cyphrs sign-intermediate CSR --out CERT, then "
         "cyphrs import-intermediate CERT --root ROOT.pem here"
@@ -334,18 +391,76 @@ def _request_intermediate(home: CaHome, csr_out: Path, force: bool, **request: A
 def sign_intermediate(
     csr: Annotated[str, typer.Argument(help="The intermediate's CSR (PEM/DER file, or -).")],
     out: Annotated[
-        str, typer.Option("--out", help="Write the certificate and root (PEM) here, or - .")
-    ],
-    trust_domain: Annotated[str | None, typer.Option("--trust-domain")] = None,
-    name_constraints: Annotated[bool, typer.Option("--name-constraints")] = False,
-    permit_dns: Annotated[list[str] | None, typer.Option("--permit-dns")] = None,
+        str | None,
+        typer.Option(
+            "--out", help="Write the certificate and root (PEM) here, or - (not with --dry-run)."
+        ),
+    ] = None,
+    trust_domain: Annotated[
+        str | None,
+        typer.Option(
+            "--trust-domain",
+            help="Foreign CSRs only: SPIFFE trust domain for --name-constraints"
+            " (a cyphrs CSR carries its own).",
+        ),
+    ] = None,
+    name_constraints: Annotated[
+        bool,
+        typer.Option(
+            "--name-constraints",
+            help="Foreign CSRs only: add critical name constraints (URI:<trust-domain>,"
+            " --permit-dns, --permit-ip).",
+        ),
+    ] = False,
+    permit_dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--permit-dns",
+            help="Foreign CSRs only: permitted DNS subtree (with --name-constraints).",
+        ),
+    ] = None,
     permit_ip: Annotated[
         list[str] | None,
-        typer.Option("--permit-ip", help="Permitted IP subtree, CIDR (with --name-constraints)."),
+        typer.Option(
+            "--permit-ip",
+            help="Foreign CSRs only: permitted IP subtree, CIDR (with --name-constraints).",
+        ),
     ] = None,
-    path_length: Annotated[int, typer.Option("--path-length", min=0, max=3)] = 0,
-    validity: Annotated[str, typer.Option("--validity")] = "5y",
-    issuer: IssuerOption = None,
+    path_length: Annotated[
+        int | None,
+        typer.Option(
+            "--path-length",
+            min=0,
+            max=3,
+            help="Foreign CSRs only: CAs allowed below the intermediate [default: 0].",
+            show_default=False,
+        ),
+    ] = None,
+    validity: Annotated[
+        str | None,
+        typer.Option(
+            "--validity",
+            help="Foreign CSRs only: lifetime, clamped to the root's [default: 5y].",
+            show_default=False,
+        ),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--issuer",
+            help="Root CA (alias) to sign with [default: this home's root].",
+            autocompletion=complete_authorities,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show the request the CSR carries and stop (no key unlocked)."
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Sign without asking on a terminal.")
+    ] = False,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
@@ -357,39 +472,103 @@ def sign_intermediate(
     quiet: QuietOption = False,
 ) -> None:
     """On the root's host: sign an intermediate CSR made elsewhere (offline-root flow)."""
+    from cyphrs_cli.ca.offline import IntermediateRequest, SignedIntermediate
     from cyphrs_cli.ca.offline import sign_intermediate as sign
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.durations import parse_duration
+    from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, read_input, refuse_existing
 
-    if out != "-":
+    if out is None and not dry_run:
+        raise UsageError("name the output with --out FILE (or --out -)")
+    if dry_run and (out is not None or force or yes):
+        raise UsageError("--dry-run signs and writes nothing: drop --out, --force and --yes")
+    if out not in (None, "-") and not dry_run:
         refuse_existing([Path(out)], force=force)
-    ca_home = resolve_home(home)
-    issued, bundle = sign(
-        ca_home,
-        read_input(csr),
-        source=csr,
-        ttl=parse_duration(validity),
+    given = tuple(
+        flag
+        for flag, value in (
+            ("--trust-domain", trust_domain),
+            ("--name-constraints", name_constraints or None),
+            ("--permit-dns", permit_dns or None),
+            ("--permit-ip", permit_ip or None),
+            ("--path-length", path_length),
+            ("--validity", validity),
+        )
+        if value is not None
+    )
+    flags = IntermediateRequest(
         trust_domain=trust_domain,
         name_constraints=name_constraints,
         permitted_dns=tuple(permit_dns or ()),
         permitted_ip=tuple(permit_ip or ()),
-        path_length=path_length,
+        path_length=0 if path_length is None else path_length,
+        validity=validity or "5y",
+    )
+
+    def confirm(pending: SignedIntermediate) -> bool:
+        """On a terminal: show the request and ask. Scripts (no terminal, --no-input,
+        --yes) proceed; the request is in the output either way."""
+        if yes or no_input or not sys.stdin.isatty() or not sys.stderr.isatty():
+            return True
+        from cyphrs_cli.safe_text import terminal_safe
+
+        for line in _request_lines(pending):
+            sys.stderr.write(terminal_safe(line) + "\n")
+        return typer.confirm("Sign this intermediate?", err=True)
+
+    ca_home = resolve_home(home)
+    result = sign(
+        ca_home,
+        read_input(csr),
+        source=csr,
+        flags=flags,
+        flags_given=given,
         secrets=ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
         root_name=issuer,
+        dry_run=dry_run,
+        confirm=confirm,
     )
-    if out == "-":
-        render.emit_text(bundle.decode())
+    request_view = {**result.request.to_json(), "carried_in_csr": result.carried}
+    if result.issued is None or result.bundle is None:  # --dry-run
+        if render.json_mode():
+            render.emit_json(
+                {
+                    "schema": "cyphrs.sign-intermediate/v1",
+                    "dry_run": True,
+                    "subject": result.subject,
+                    "request": request_view,
+                }
+            )
+            return
+        console = render.console()
+        for line in _request_lines(result):
+            console.print(line)
         return
-    atomic_write(Path(out), bundle, mode=PUBLIC_FILE)
+    assert out is not None
+    if out == "-":
+        render.emit_text(result.bundle.decode())
+        return
+    atomic_write(Path(out), result.bundle, mode=PUBLIC_FILE)
     from cyphrs_cli.cli.views import issued_view
 
-    view = {**issued_view(issued), "path": out}
+    view = {**issued_view(result.issued), "path": out}
     if render.json_mode():
-        render.emit_json({"schema": "cyphrs.sign-intermediate/v1", "certificate": view})
+        render.emit_json(
+            {"schema": "cyphrs.sign-intermediate/v1", "certificate": view, "request": request_view}
+        )
         return
-    render.console().print(f"Signed intermediate {view['subject']} ({view['serial']}) into {out}")
+    console = render.console()
+    console.print(f"Signed intermediate {view['subject']} ({view['serial']}) into {out}")
+    for line in _request_lines(result)[1:]:
+        console.print(line)
+
+
+def _request_lines(result: Any) -> list[str]:
+    """The request being signed, as the operator confirms it."""
+    origin = "carried in the CSR" if result.carried else "from this command's options"
+    lines = [f"Intermediate {result.subject}, request {origin}:"]
+    return lines + [f"  {label:<17}{value}" for label, value in result.request.lines()]
 
 
 def import_intermediate(

@@ -105,7 +105,12 @@ def issue(
     ] = None,
     requester: Annotated[
         str | None,
-        typer.Option("--requester", envvar="CYPHRS_ACTOR", help="Who asked [default: OS/CI user]."),
+        typer.Option(
+            "--requester",
+            envvar="CYPHRS_REQUESTER",
+            help="Who asked for it: a claim in the certificate [default: the actor]. The"
+            " audit event's actor is who ran the command (--actor, CYPHRS_ACTOR).",
+        ),
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out-dir", help="Write the PEM files here.", file_okay=False)
@@ -197,11 +202,11 @@ def issue(
         raise UsageError("name a profile (agent, server, client, ...) or use --batch FILE")
     if out not in (None, "-"):
         raise UsageError("--out takes only '-' (stdout); use --out-dir for files")
-    if out == "-" and (out_dir is not None or json_output):
+    if out == "-" and (out_dir is not None or render.json_mode()):
         raise UsageError("--out - cannot be combined with --out-dir or --json")
-    if out is None and out_dir is None and not json_output and not dry_run:
+    if out is None and out_dir is None and not render.json_mode() and not dry_run:
         raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
-    if csr is None and out_dir is None and (out == "-" or json_output) and not dry_run:
+    if csr is None and out_dir is None and (out == "-" or render.json_mode()) and not dry_run:
         refuse_key_on_terminal(force=force)
     order = LeafOrder(
         profile=profile,

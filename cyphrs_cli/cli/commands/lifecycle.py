@@ -129,8 +129,18 @@ def renew(
     ttl: Annotated[
         str | None, typer.Option("--ttl", help="New lifetime [default: the old one's].")
     ] = None,
-    requester: Annotated[str | None, typer.Option("--requester", envvar="CYPHRS_ACTOR")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir", file_okay=False)] = None,
+    requester: Annotated[
+        str | None,
+        typer.Option(
+            "--requester",
+            help="Change who the claims say asked [default: the original requester, kept];"
+            " who renews is the actor (--actor, CYPHRS_ACTOR).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", file_okay=False, help="Write the new PEM files here."),
+    ] = None,
     out: Annotated[str | None, typer.Option("--out", help="'-' writes PEM to stdout.")] = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -176,11 +186,11 @@ def renew(
         return
     if reuse_key and csr is not None:
         raise UsageError("--reuse-key and --csr exclude each other")
-    if out not in (None, "-") or (out == "-" and (out_dir or json_output)):
+    if out not in (None, "-") or (out == "-" and (out_dir or render.json_mode())):
         raise UsageError("--out takes only '-', without --out-dir or --json")
-    if out is None and out_dir is None and not json_output:
+    if out is None and out_dir is None and not render.json_mode():
         raise UsageError("say where the certificate goes: --out-dir DIR, --out - or --json")
-    if not reuse_key and csr is None and out_dir is None and (out == "-" or json_output):
+    if not reuse_key and csr is None and out_dir is None and (out == "-" or render.json_mode()):
         refuse_key_on_terminal(force=force)
     request = RenewRequest(
         target,

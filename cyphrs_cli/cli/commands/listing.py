@@ -37,21 +37,31 @@ def list_certificates(
     status: Annotated[
         str | None, typer.Option("--status", help="valid, expired, revoked or superseded.")
     ] = None,
-    profile: Annotated[str | None, typer.Option("--profile")] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="Issued under this profile.")
+    ] = None,
     issuer: Annotated[str | None, typer.Option("--issuer", help="Issuing CA alias.")] = None,
-    spiffe_id: Annotated[str | None, typer.Option("--spiffe-id")] = None,
-    workflow: Annotated[str | None, typer.Option("--workflow", "-w")] = None,
+    spiffe_id: Annotated[
+        str | None, typer.Option("--spiffe-id", help="Exactly this SPIFFE ID.")
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Agents of this workflow.")
+    ] = None,
     san: Annotated[
         str | None, typer.Option("--san", help="A DNS name, IP or URI among the SANs.")
     ] = None,
     issued_after: Annotated[
         str | None, typer.Option("--issued-after", help="RFC 3339 time or date.")
     ] = None,
-    issued_before: Annotated[str | None, typer.Option("--issued-before")] = None,
+    issued_before: Annotated[
+        str | None, typer.Option("--issued-before", help="RFC 3339 time or date.")
+    ] = None,
     expiring_within: Annotated[
         str | None, typer.Option("--expiring-within", help="e.g. 1h, 7d.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many rows.")
+    ] = None,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -73,7 +83,7 @@ def list_certificates(
         )
     if limit is not None and limit > MAX_LIMIT:  # SQLite integers are 64-bit
         raise InvalidInputError(f"--limit must be at most {MAX_LIMIT}")
-    if csv_output and json_output:
+    if csv_output and render.json_mode():
         raise UsageError("choose --csv or --json")
     ca_home = resolve_home(home)
     ca_home.require_initialised()

@@ -87,7 +87,6 @@ def show_profile(
     quiet: QuietOption = False,
 ) -> None:
     """Show every rule of one profile."""
-    import json
 
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.profiles.model import get_profile
@@ -125,7 +124,51 @@ def show_profile(
         )
     elif profile.source != "builtin":
         lines.append("recorded          no - run 'cyphrs profiles set' before issuing with it")
-    render.emit_text("\n".join(lines) + "\n" + json.dumps(profile.to_json(), indent=2) + "\n")
+    out = render.console()  # escapes control characters: profile text is someone's input
+    for line in [*_profile_lines(profile.to_json()), *lines]:
+        out.print(line)
+
+
+def _profile_lines(rules: dict[str, Any]) -> list[str]:
+    """Every rule of a profile as aligned text (the --json document has the same facts)."""
+    from datetime import timedelta
+
+    from cyphrs_cli.durations import format_duration
+
+    def joined(values: list[str]) -> str:
+        return ", ".join(values) if values else "(any)"
+
+    def ttl(key: str) -> str:
+        return format_duration(timedelta(seconds=rules[key]))
+
+    names = rules["names"]
+    lines = [
+        f"profile           {rules['name']}",
+        f"description       {rules['description']}",
+        f"ttl               default {ttl('default_ttl_seconds')}, min {ttl('min_ttl_seconds')},"
+        f" max {ttl('max_ttl_seconds')}",
+        f"key types         {joined(rules['key_types'])}",
+        f"key usage         {', '.join(rules['key_usage'])}",
+        f"extended usage    {', '.join(rules['extended_key_usage'])}",
+        f"issuers           {joined(rules['issuers'])}",
+        f"names             spiffe {names['spiffe']}, dns {names['dns']}, ip {names['ip']}",
+    ]
+    for key in ("require_one_of", "dns_patterns", "ip_ranges", "trust_domains",
+                "spiffe_path_patterns"):  # fmt: skip
+        if names[key]:
+            lines.append(f"  {key.replace('_', ' '):<16}{', '.join(names[key])}")
+    if names["require_common_name"]:
+        lines.append("  common name     required")
+    if rules["workflows"]:
+        lines.append("workflows         only these, with their permission allow-lists:")
+        for workflow, rule in rules["workflows"].items():
+            allowed = ", ".join(rule["permissions"]) or "(no permissions)"
+            lines.append(f"  {workflow:<16}{allowed}")
+            if rule["requesters"]:
+                lines.append(f"  {'':<16}requesters: {', '.join(rule['requesters'])}")
+    else:
+        lines.append("workflows         (any workflow, any permission)")
+    return lines
 
 
 def _ledger_record(ca_home: CaHome, name: str) -> dict[str, Any] | None:

@@ -76,6 +76,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "homeconfig",
         "The CA home's trust state: check the files against the ledger, set the claims OID.",
     ),
+    "doctor": (
+        "doctor",
+        "Check a CA home: keys, permissions, expiry, CRLs, policy, ledger, clock.",
+    ),
 }
 
 

@@ -94,6 +94,11 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def records_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
+    """Any table as RFC 4180 CSV with formula-safe cells (``scan --csv`` uses it too)."""
+    return _csv(rows, columns)
+
+
 def register_csv(certificates: list[dict[str, Any]]) -> bytes:
     """The certificate register as CSV (``list --csv`` and exports share it)."""
     return _csv(certificates, REGISTER_COLUMNS)

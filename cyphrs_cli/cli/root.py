@@ -80,6 +80,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "doctor",
         "Check a CA home: keys, permissions, expiry, CRLs, policy, ledger, clock.",
     ),
+    "scan": ("scan", "Scan existing certificates and score their posture (0-100)."),
 }
 
 

@@ -7,7 +7,9 @@ A CRL past its nextUpdate makes nginx and Python ``ssl`` (with CRL checking) ref
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cyphrs_cli.checks.model import CheckContext, Finding, Severity
@@ -58,6 +60,8 @@ def check(context: CheckContext) -> list[Finding]:
                 )
             )
         findings.extend(_crl_findings(context, authority["id"], name, role))
+    for path in context.crl_files:
+        findings.extend(_deployed_crl_findings(context, path))
     return findings
 
 
@@ -154,3 +158,66 @@ def _listed_serials(crl_row: Any) -> set[str]:
 
     crl = x509.load_pem_x509_crl(str(crl_row["pem"]).encode())
     return {serial_hex(entry.serial_number) for entry in crl}
+
+
+_PEM_CRL_END = "-----END X509 CRL-----"
+
+
+def _deployed_crl_findings(context: CheckContext, path: Path) -> list[Finding]:
+    """A CRL file a service loads (``crl --all``'s output): unreadable, a CRL in it past
+    its nextUpdate, or a CA of this home whose CRL is missing from it."""
+    from cryptography import x509
+
+    fix = f"cyphrs crl --all --out {shlex.quote(str(path))} --force, then reload the service"
+    try:
+        text = path.read_text(encoding="ascii")
+        crls = [
+            x509.load_pem_x509_crl((block + _PEM_CRL_END).encode())
+            for block in text.split(_PEM_CRL_END)
+            if "-----BEGIN X509 CRL-----" in block
+        ]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return [
+            Finding(
+                id="crl.deployed_unreadable",
+                severity=Severity.HIGH,
+                title=f"the deployed CRL file {path} cannot be read ({exc})",
+                why="a service that cannot load its CRL file refuses to start or every client",
+                fix=fix,
+                subject=str(path),
+            )
+        ]
+    findings: list[Finding] = []
+    for crl in crls:
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update <= context.now:
+            findings.append(
+                Finding(
+                    id="crl.deployed_past_next_update",
+                    severity=Severity.CRITICAL,
+                    title=f"{path} holds the CRL of {crl.issuer.rfc4514_string()}, past its"
+                    f" nextUpdate {next_update:%Y-%m-%dT%H:%M:%SZ}",
+                    why="nginx and Python ssl refuse every client while a CRL in the chain is"
+                    " past its nextUpdate",
+                    fix=fix,
+                    subject=str(path),
+                )
+            )
+    issuers = {crl.issuer for crl in crls}
+    for authority in context.authorities():
+        if authority["pem"] is None or authority["status"] == "revoked":
+            continue
+        subject = x509.load_pem_x509_certificate(str(authority["pem"]).encode()).subject
+        if subject not in issuers:
+            findings.append(
+                Finding(
+                    id="crl.deployed_missing_ca",
+                    severity=Severity.HIGH,
+                    title=f"{path} has no CRL of CA {authority['name']!r}",
+                    why="with chain CRL checking (nginx ssl_crl, Python VERIFY_CRL_CHECK_CHAIN)"
+                    " a missing CRL of any CA in the chain refuses every client",
+                    fix=fix,
+                    subject=str(path),
+                )
+            )
+    return findings

@@ -82,6 +82,7 @@ class CheckContext:
     now: datetime
     thresholds: Thresholds
     secret_files: tuple[Path, ...] = ()
+    crl_files: tuple[Path, ...] = ()  # CRL files deployed to services (PEM, any number)
     notes: list[str] = field(default_factory=list)
 
     def authorities(self) -> list[sqlite3.Row]:

@@ -25,6 +25,7 @@ class DoctorRequest:
     fail_on: Severity = Severity.HIGH
     thresholds: Thresholds = field(default_factory=Thresholds)
     secret_files: tuple[Path, ...] = ()
+    crl_files: tuple[Path, ...] = ()
     now: datetime | None = None  # the checks' "now" (tests pin it); default: the clock
 
 
@@ -95,7 +96,13 @@ def run_doctor(request: DoctorRequest) -> DoctorReport:
             conn = None
         try:
             context = CheckContext(
-                home, config, conn, now, request.thresholds, request.secret_files
+                home,
+                config,
+                conn,
+                now,
+                request.thresholds,
+                request.secret_files,
+                request.crl_files,
             )
             findings: list[Finding] = []
             for family in FAMILIES:

@@ -18,7 +18,8 @@ DOCTOR_EPILOG = f"""\
 Checks: root key on the issuing host, missing issuing key, CA keys below RSA-3072,
 permissions of the home, keys, ledger and passphrase/PIN files, CA expiry, CRLs past or
 near nextUpdate, revocations on no CRL, profiles with long max TTLs, issuing CAs without
-name constraints that may sign server certificates, ledger integrity (as audit verify,
+name constraints that may sign server certificates, deployed CRL files (--crl-file) that
+are past nextUpdate or lack a CA's CRL, ledger integrity (as audit verify,
 without an anchor), checkpoint age, and this host's clock against the ledger.
 
 Every finding has an id, a severity (info, low, medium, high, critical), why it matters
@@ -49,6 +50,14 @@ def doctor(
             "--passphrase-file",
             "--pin-file",
             help="A passphrase/PIN file to check (repeatable; never read, only its mode).",
+            dir_okay=False,
+        ),
+    ] = None,
+    crl_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--crl-file",
+            help="A CRL file deployed to a service (e.g. from crl --all) to check (repeatable).",
             dir_okay=False,
         ),
     ] = None,
@@ -86,6 +95,7 @@ def doctor(
             max_leaf_ttl=parse_duration(max_ttl),
         ),
         secret_files=tuple(secret_file or ()),
+        crl_files=tuple(crl_file or ()),
     )
     report = run_doctor(request)
     if render.json_mode():

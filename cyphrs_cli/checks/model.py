@@ -83,6 +83,9 @@ class CheckContext:
     thresholds: Thresholds
     secret_files: tuple[Path, ...] = ()
     crl_files: tuple[Path, ...] = ()  # CRL files deployed to services (PEM, any number)
+    # False when ``now`` is a past moment (an export's window end): the ledger then holds
+    # later events, which says nothing about this host's clock.
+    judge_clock: bool = True
     notes: list[str] = field(default_factory=list)
 
     def authorities(self) -> list[sqlite3.Row]:

@@ -27,6 +27,7 @@ class DoctorRequest:
     secret_files: tuple[Path, ...] = ()
     crl_files: tuple[Path, ...] = ()
     now: datetime | None = None  # the checks' "now" (tests pin it); default: the clock
+    judge_clock: bool = True  # False for a past ``now`` (see CheckContext)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def run_doctor(request: DoctorRequest) -> DoctorReport:
                 request.thresholds,
                 request.secret_files,
                 request.crl_files,
+                judge_clock=request.judge_clock,
             )
             findings: list[Finding] = []
             for family in FAMILIES:

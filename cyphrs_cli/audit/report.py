@@ -195,10 +195,12 @@ def render_report(
 
     buckets = dict.fromkeys((label for label, _ in _LIFETIME_BUCKETS), 0)
     for cert in certificates:
+        if cert["is_ca"]:
+            continue  # CA lifetimes (years) are in the CA details
         life = _parse(cert["not_after"]) - _parse(cert["not_before"]) + timedelta(seconds=1)
         label = next(label for label, limit in _LIFETIME_BUCKETS if life <= limit)
         buckets[label] += 1
-    parts.append("<h2>Lifetime distribution</h2>")
+    parts.append("<h2>Lifetime distribution (leaf certificates)</h2>")
     parts.append(_table(["lifetime", "certificates"], [[e(k), str(v)] for k, v in buckets.items()]))
 
     horizon = until + timedelta(days=7)

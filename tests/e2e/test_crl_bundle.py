@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,11 +190,11 @@ def test_doctor_watches_a_deployed_crl_file(
     ]
     _publish_root(h)
     assert (
-        cli("crl", "--validity", "1s", "--passphrase-file", str(h.inter_pass), *home).exit_code == 0
+        cli("crl", "--validity", "3s", "--passphrase-file", str(h.inter_pass), *home).exit_code == 0
     )
     deployed = tmp_path / "deployed.pem"
     assert cli("crl", "--all", "--out", str(deployed), *home).exit_code == 0
-    time.sleep(2.1)
+    time.sleep(3.2)
     result = cli("doctor", *home, "--crl-file", str(deployed), "--json")
     ids = {f["id"]: f["severity"] for f in result.json()["findings"]}
     assert ids["crl.deployed_past_next_update"] == "critical" and result.exit_code == 10
@@ -201,3 +202,123 @@ def test_doctor_watches_a_deployed_crl_file(
     # And the bundle command refuses to deploy the stale CRL again.
     again = cli("crl", "--all", "--out", str(tmp_path / "again.pem"), *home)
     assert again.exit_code == 10 and "nextUpdate" in again.stderr
+
+
+NGINX_CONF = """\
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
+  fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {server}/fullchain.pem;
+    ssl_certificate_key {server}/key.pem;
+    ssl_client_certificate {root};
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    ssl_crl {crls};
+    location / {{ return 200 "agent $ssl_client_verify\\n"; }}
+  }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx(
+    revoked_setup: tuple[Hierarchy, Path, Path], tmp_path: Path
+) -> Iterator[tuple[Any, Hierarchy, Path, Path]]:
+    """Starts nginx (loopback, free port) with a given CRL file; every process started
+    here is stopped by its PID."""
+    h, good, bad = revoked_setup
+    server = tmp_path / "nginx-server"
+    assert h.issue("server", "--dns", "localhost", "--out-dir", str(server)).exit_code == 0
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(crls: Path) -> tuple[int, Path]:
+        prefix = tmp_path / f"nginx{len(processes)}"
+        (prefix / "tmp").mkdir(parents=True)
+        port = _free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(prefix=prefix, port=port, server=server, root=h.root_cert, crls=crls)
+        )
+        process = subprocess.Popen(
+            ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"),
+             "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        processes.append(process)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port, prefix / "error.log"
+            except OSError:
+                assert process.poll() is None, (prefix / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+
+    try:
+        yield start, h, good, bad
+    finally:
+        for process in processes:
+            # SIGTERM: the master stops its workers (SIGKILL would orphan them).
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _curl(port: int, agent: Path, h: Hierarchy) -> tuple[str, str]:
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--resolve", f"localhost:{port}:127.0.0.1",
+         "--cacert", str(h.root_cert), "--cert", str(agent / "fullchain.pem"),
+         "--key", str(agent / "key.pem"), "-w", "\\n%{http_code}", f"https://localhost:{port}/"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    body, _, code = done.stdout.rpartition("\n")
+    return code, body.strip()
+
+
+def test_nginx_with_the_bundle_refuses_only_the_revoked_agent(nginx: Any, tmp_path: Path) -> None:
+    start, h, good, bad = nginx
+    _publish_root(h)
+    bundle = tmp_path / "crls.pem"
+    assert cli("crl", "--all", "--out", str(bundle), "--home", str(h.home)).exit_code == 0
+    port, log = start(bundle)
+    code, body = _curl(port, good, h)
+    assert (code, body) == ("200", "agent SUCCESS")
+    code, _ = _curl(port, bad, h)
+    assert code == "400"
+    assert "(23:certificate revoked)" in log.read_text()
+
+
+def test_nginx_with_only_the_issuers_crl_refuses_everyone(nginx: Any) -> None:
+    start, h, good, _ = nginx
+    port, log = start(h.home / "crls" / "test-inter.crl.pem")
+    code, _ = _curl(port, good, h)
+    assert code == "400"
+    assert "(3:unable to get certificate CRL)" in log.read_text()
+
+
+def test_nginx_with_a_crl_past_next_update_refuses_everyone(nginx: Any, tmp_path: Path) -> None:
+    start, h, good, _ = nginx
+    _publish_root(h)
+    home = ("--home", str(h.home))
+    assert (
+        cli("crl", "--validity", "3s", "--passphrase-file", str(h.inter_pass), *home).exit_code == 0
+    )
+    bundle = tmp_path / "crls.pem"
+    assert cli("crl", "--all", "--out", str(bundle), *home).exit_code == 0
+    time.sleep(3.2)
+    port, log = start(bundle)
+    code, _ = _curl(port, good, h)
+    assert code == "400"
+    assert "(12:CRL has expired)" in log.read_text()
+    found = cli("doctor", *home, "--crl-file", str(bundle), "--json").json()["findings"]
+    assert "crl.deployed_past_next_update" in {f["id"] for f in found}

@@ -230,3 +230,25 @@ def test_this_homes_ledger(tmp_path: Path) -> None:
     assert len(document["certificates"]) == 3  # root, intermediate, agent
     assert document["score"] == 100
     assert all(c["sources"] == ["ledger"] for c in document["certificates"])
+
+
+def test_html_summary_is_one_escaped_page(made: Path, tmp_path: Path) -> None:
+    page = tmp_path / "posture.html"
+    done = cli("scan", str(made / "sha1.pem"), str(made / "good.pem"), "--no-public-roots",
+               "--html", str(page))  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    html = page.read_text()
+    assert "77/100" in html  # (90 + 65) // 2: both share a key, one is SHA-1
+    document = scan(str(made / "sha1.pem"), str(made / "good.pem"), "--no-public-roots")
+    assert f"{document['score']}/100" in html and "sig.sha1" in html
+    assert "critical 50" in html and "<script" not in html
+    assert cli("scan", str(made / "good.pem"), "--html", str(page)).exit_code == 7  # exists
+    # A hostile subject is escaped.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(evil / "k"), "-out", str(evil / "c.pem"), "-days", "30",
+             "-subj", "/CN=<img src=x onerror=alert(1)>")  # fmt: skip
+    assert cli("scan", str(evil / "c.pem"), "--html", str(tmp_path / "e.html")).exit_code == 0
+    text = (tmp_path / "e.html").read_text()
+    assert "<img" not in text and "&lt;img src=x" in text

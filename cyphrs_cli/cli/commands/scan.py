@@ -36,6 +36,8 @@ Examples:
 
   cyphrs scan --ledger --csv > posture.csv
 
+  cyphrs scan /etc/ssl/certs/services --html posture.html --fail-under 80
+
 {EXIT_CODE_HELP}"""
 
 CSV_COLUMNS = (
@@ -85,6 +87,11 @@ def scan(
         int | None, typer.Option("--fail-under", min=0, max=100, help="Exit 10 below this score.")
     ] = None,
     csv_output: Annotated[bool, typer.Option("--csv", help="One CSV row per certificate.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", dir_okay=False, help="Also write a one-page HTML summary here."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the --html file.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=60.0)] = 10.0,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -98,6 +105,10 @@ def scan(
 
     if csv_output and json_output:
         raise UsageError("choose --csv or --json")
+    if html is not None:
+        from cyphrs_cli.fsutil import refuse_existing
+
+        refuse_existing([html], force=force)
     report = run_scan(
         ScanRequest(
             paths=tuple(paths or ()),
@@ -110,6 +121,11 @@ def scan(
             timeout=timeout,
         )
     )
+    if html is not None:
+        from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write
+        from cyphrs_cli.posture.html import render_html
+
+        atomic_write(html, render_html(report.to_json()), mode=PUBLIC_FILE)
     if render.json_mode():
         render.emit_json(report.to_json())
     elif csv_output:

@@ -122,6 +122,13 @@ def render_report(
                 verified=bool(verification.get("ok")), certificates=certificates, extras=details
             )
         )
+        parts.append(
+            sections.render_controls(
+                verified=bool(verification.get("ok")),
+                extras=details,
+                has_findings=extras is not None,
+            )
+        )
         parts.append(sections.render_provenance(conn, until, details))
     ok = verification.get("ok")
     parts.append("<h2>Ledger integrity</h2>")

@@ -88,6 +88,43 @@ in signature.json, signed by the CA above.</td></tr>
 </tbody></table>
 """
 
+CONTROLS = """\
+<h3>Status per control</h3>
+<table><thead><tr><th>control</th><th>status</th><th>because</th><th>evidence</th>
+</tr></thead><tbody>
+{% for c in controls %}
+<tr><td>{{ c.control }}</td><td class="{{ 'ok' if c.status == 'met' else 'bad' \
+if c.status == 'gap' else 'muted' }}">{{ c.status }}</td><td>{{ c.because }}</td>\
+<td>{% for f in c.evidence %}<code>{{ f }}</code>{% if not loop.last %}, {% endif %}\
+{% endfor %}</td></tr>
+{% endfor %}
+</tbody></table>
+"""
+
+#: Each control, the doctor findings (id prefixes) that make it a gap, and its evidence.
+CONTROL_RULES = (
+    (
+        "NIS2 Art. 21(2)(h); CIR (EU) 2024/2690 Annex 9 (cryptography, key management)",
+        ("keys.", "permissions.key", "permissions.secret", "policy.", "expiry.ca_"),
+        ("keys.csv", "certificates.csv", "ca/"),
+    ),
+    (
+        "DORA RTS (EU) 2024/1774 Art. 7 (certificate register, renewal before expiry)",
+        ("expiry.", "crl.past_next_update", "crl.revocations_unpublished", "crl.deployed"),
+        ("certificates.csv", "certificates.jsonl", "keys.csv", "crls/"),
+    ),
+    (
+        "PCI DSS 4.0 Req. 4.2.1.1 (inventory of trusted keys and certificates)",
+        ("keys.issuing_key_missing",),
+        ("keys.csv", "certificates.csv"),
+    ),
+    (
+        "PCI DSS 4.0 Req. 10.2 (audit logs with identity, time, outcome)",
+        ("ledger.", "clock.", "permissions.ledger"),
+        ("events.jsonl", "checkpoint.json", "signature.json", "manifest.json"),
+    ),
+)
+
 CA_DETAILS = """\
 <h2 id=ca-details>CA certificates</h2>
 {% for ca in cas %}
@@ -252,6 +289,28 @@ def render_summary(
         findings=findings,
         counts=[(s, n) for s, n in counts if n],
     )
+
+
+def render_controls(*, verified: bool, extras: ReportExtras, has_findings: bool) -> str:
+    """met / gap / not assessed per control: a gap names the doctor findings (at medium or
+    worse) behind it; without a doctor run (no findings list) the status is "not assessed"
+    rather than a claim."""
+    controls = []
+    serious = [f for f in extras.findings if f["severity"] in ("medium", "high", "critical")]
+    for control, prefixes, evidence in CONTROL_RULES:
+        gaps = sorted({str(f["id"]) for f in serious if str(f["id"]).startswith(prefixes)})
+        if control.startswith("PCI DSS 4.0 Req. 10.2") and not verified:
+            gaps.insert(0, "the ledger does not verify")
+        if gaps:
+            status, because = "gap", "; ".join(gaps)
+        elif not has_findings:
+            status, because = "not assessed", "no doctor run recorded with this export"
+        else:
+            status, because = "met", "no finding of cyphrs doctor bears on it"
+        controls.append(
+            {"control": control, "status": status, "because": because, "evidence": evidence}
+        )
+    return _template(CONTROLS).render(controls=controls)
 
 
 def render_provenance(conn: sqlite3.Connection, until: datetime, extras: ReportExtras) -> str:

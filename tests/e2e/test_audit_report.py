@@ -84,6 +84,13 @@ def test_examiner_sections(estate: tuple[Hierarchy, dict[str, str]], tmp_path: P
     assert "keys.root_online" in summary  # the doctor's finding, with its fix
     assert "shred -u" in summary
     assert "2 CA certificate(s) and 2 leaf certificate(s)" in summary
+    # Per-control status: the root key online is a NIS2 key-management gap; the audit log
+    # control (ledger verifies, no ledger finding) is met.
+    rows = summary.split("Status per control")[1].split("</tr>")
+    nis2 = next(r for r in rows if "NIS2" in r)
+    pci_log = next(r for r in rows if "10.2" in r)
+    assert ">gap<" in nis2 and "keys.root_online" in nis2 and "keys.csv" in nis2
+    assert ">met<" in pci_log and "events.jsonl" in pci_log
     provenance = _section(html, "provenance")
     assert "auditor-bob" in provenance and __version__ in provenance
     assert re.search(r"sha256:[0-9a-f]{64}", provenance)
@@ -133,3 +140,22 @@ def test_print_css(estate: tuple[Hierarchy, dict[str, str]], tmp_path: Path) -> 
     style = html.split("<style>")[1].split("</style>")[0]
     assert "@page{size:A4" in style and "counter(page)" in style and "counter(pages)" in style
     assert "code.serial{font-size:11px;word-break:normal;white-space:nowrap}" in style
+
+
+def test_a_tampered_ledger_is_a_logging_gap(fresh_hierarchy: Hierarchy, tmp_path: Path) -> None:
+    import sqlite3
+
+    h = fresh_hierarchy
+    assert h.issue("agent", "--workflow", "w", "--json").exit_code == 0
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        conn.execute("UPDATE certificates SET subject = 'CN=forged' WHERE is_ca = 0")
+    conn.close()
+    done = cli("audit-export", "--out", str(tmp_path / "b"), "--since", "2000-01-01",
+               "--allow-unverified", "--passphrase-file", str(h.inter_pass),
+               "--home", str(h.home))  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    summary = _section((tmp_path / "b" / "report.html").read_text(), "summary")
+    pci_log = next(r for r in summary.split("</tr>") if "10.2" in r)
+    assert ">gap<" in pci_log and "the ledger does not verify" in pci_log
+    assert "ledger.integrity" in pci_log
+    assert "PROBLEMS FOUND" in summary

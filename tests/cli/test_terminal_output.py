@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from cyphrs_cli.errors import ConflictError
 from cyphrs_cli.ledger.records import find_certificate
 from tests.helpers import Hierarchy, cli, tool
+from tests.processes import on_terminal
 
 LONG_INSTANCE = "reconciliation-worker-0001"
 
@@ -35,27 +35,10 @@ def agents(fresh_hierarchy: Hierarchy, tmp_path: Path) -> tuple[Hierarchy, list[
 
 
 def _on_terminal(home: Path, columns: int, *args: str) -> str:
-    import pty
-
-    primary, secondary = pty.openpty()
     env = {**os.environ, "CYPHRS_HOME": str(home), "COLUMNS": str(columns), "NO_COLOR": "1"}
-    with subprocess.Popen(
-        [tool("cyphrs"), "list", *args], env=env, stdout=secondary, stderr=subprocess.PIPE
-    ) as proc:
-        os.close(secondary)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        proc.wait(timeout=60)
-    os.close(primary)
-    assert proc.returncode == 0
-    return b"".join(chunks).decode()
+    code, shown = on_terminal([tool("cyphrs"), "list", *args], env)
+    assert code == 0
+    return shown
 
 
 def _serials(home: Path) -> dict[str, str]:

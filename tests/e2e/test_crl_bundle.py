@@ -20,6 +20,7 @@ import pytest
 
 from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, cli
+from tests.processes import free_port, wait_for_port
 
 SERVER = textwrap.dedent(
     """
@@ -117,12 +118,6 @@ def test_out_dir_writes_one_crl_per_ca(
     assert cli("crl", "--all", "--home", str(h.home)).exit_code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def python_server(
     revoked_setup: tuple[Hierarchy, Path, Path], tmp_path: Path
@@ -133,7 +128,7 @@ def python_server(
     assert cli("crl", "--all", "--out", str(bundle), "--home", str(h.home)).exit_code == 0
     server_out = tmp_path / "server"
     assert h.issue("server", "--dns", "localhost", "--out-dir", str(server_out)).exit_code == 0
-    port = _free_port()
+    port = free_port()
     script = tmp_path / "server.py"
     script.write_text(SERVER)
     process = subprocess.Popen(
@@ -142,14 +137,7 @@ def python_server(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        wait_for_port(port, process)
         yield port, good, bad, h
     finally:
         process.kill()
@@ -240,7 +228,7 @@ def nginx(
     def start(crls: Path) -> tuple[int, Path]:
         prefix = tmp_path / f"nginx{len(processes)}"
         (prefix / "tmp").mkdir(parents=True)
-        port = _free_port()
+        port = free_port()
         conf = prefix / "nginx.conf"
         conf.write_text(
             NGINX_CONF.format(prefix=prefix, port=port, server=server, root=h.root_cert, crls=crls)
@@ -251,15 +239,8 @@ def nginx(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         processes.append(process)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return port, prefix / "error.log"
-            except OSError:
-                assert process.poll() is None, (prefix / "error.log").read_text()
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
+        wait_for_port(port, process)
+        return port, prefix / "error.log"
 
     try:
         yield start, h, good, bad

@@ -5,9 +5,7 @@ chain, and this home's ledger; the score follows its documented formula."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 from cyphrs_cli.posture.score import WEIGHTS, certificate_score, posture_score
 from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, build_hierarchy, cli
+from tests.processes import free_port, wait_for_port
 
 
 def _openssl(*args: str) -> None:
@@ -162,12 +161,6 @@ def test_nothing_to_scan_is_a_usage_error() -> None:
     assert cli("scan", "/nonexistent/certs").exit_code == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Hierarchy, Path, Any]]:
     """A cyphrs-issued server certificate, and a starter for ``openssl s_server``."""
@@ -177,21 +170,15 @@ def served(tmp_path: Path) -> Iterator[tuple[Hierarchy, Path, Any]]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str) -> str:
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert",
              str(out / "cert.pem"), "-key", str(out / "key.pem"), "-www", "-quiet", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         processes.append(process)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return f"127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("s_server did not start")
+        wait_for_port(port, process)
+        return f"127.0.0.1:{port}"
 
     try:
         yield hierarchy, out, start
@@ -216,7 +203,7 @@ def test_loopback_server_without_its_chain_has_a_gap(served: Any) -> None:
 
 
 def test_unreachable_endpoint_is_not_found() -> None:
-    port = _free_port()
+    port = free_port()
     assert cli("scan", "--endpoint", f"127.0.0.1:{port}", "--timeout", "2").exit_code == 6
     assert cli("scan", "--endpoint", "no-port").exit_code == 3
 

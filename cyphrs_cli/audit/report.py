@@ -209,6 +209,9 @@ def render_report(
         buckets[label] += 1
     parts.append("<h2>Lifetime distribution (leaf certificates)</h2>")
     parts.append(_table(["lifetime", "certificates"], [[e(k), str(v)] for k, v in buckets.items()]))
+    # Charts as inline SVG (report_sections).
+    parts.append(sections.render_bar_chart("Leaf lifetimes", list(buckets.items())))
+    parts.append(sections.render_issuance_chart(certificates, since))
 
     horizon = until + timedelta(days=7)
     expiring = [

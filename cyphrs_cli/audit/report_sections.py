@@ -125,6 +125,19 @@ CONTROL_RULES = (
     ),
 )
 
+BARS = """\
+<figure><figcaption>{{ title }}</figcaption>
+<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 640 {{ height }}"
+ width="640" height="{{ height }}" style="max-width:100%;height:auto">
+<title>{{ title }}</title>
+{% for bar in bars %}
+<text x="0" y="{{ bar.y + 13 }}" font-size="12">{{ bar.label }}</text>
+<rect x="150" y="{{ bar.y + 2 }}" width="{{ bar.width }}" height="14" fill="#57606a"/>
+<text x="{{ 156 + bar.width }}" y="{{ bar.y + 13 }}" font-size="12">{{ bar.count }}</text>
+{% endfor %}
+</svg></figure>
+"""
+
 CA_DETAILS = """\
 <h2 id=ca-details>CA certificates</h2>
 {% for ca in cas %}
@@ -344,3 +357,27 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
     return _template(TIMELINE).render(
         events=chosen[:TIMELINE_LIMIT], more=max(0, len(chosen) - TIMELINE_LIMIT)
     )
+
+
+def render_bar_chart(title: str, rows: list[tuple[str, int]]) -> str:
+    """A horizontal bar chart as inline SVG (no script, nothing fetched)."""
+    top = max((count for _, count in rows), default=0) or 1
+    bars = [
+        {"label": label, "count": count, "y": 20 * i, "width": round(420 * count / top)}
+        for i, (label, count) in enumerate(rows)
+    ]
+    return _template(BARS).render(title=title, bars=bars, height=max(20, 20 * len(rows)))
+
+
+def render_issuance_chart(certificates: list[dict[str, Any]], since: datetime) -> str:
+    """Leaf issuances per day in the window (the last 31 days that have any)."""
+    per_day: dict[str, int] = {}
+    start = rfc3339(since)
+    for cert in certificates:
+        issued = str(cert.get("issued_at") or "")
+        if not cert["is_ca"] and issued >= start:
+            per_day[issued[:10]] = per_day.get(issued[:10], 0) + 1
+    days = sorted(per_day.items())[-31:]
+    if not days:
+        return '<p class="muted">No leaf issued in the window.</p>'
+    return render_bar_chart("Leaf certificates issued per day", days)

@@ -106,6 +106,11 @@ def test_examiner_sections(estate: tuple[Hierarchy, dict[str, str]], tmp_path: P
     assert "alice@" in html  # the revoking actor in the revocations table
     lifetimes = html.split("Lifetime distribution (leaf certificates)")[1].split("<h2")[0]
     assert "<td>&gt; 90 days</td><td>0</td>" in lifetimes  # the CAs are not counted here
+    # Inline SVG charts: lifetimes and issuance per day (2 leaves today).
+    assert lifetimes.count("<svg") == 2 and "<image" not in lifetimes and "href" not in lifetimes
+    today = rfc3339(utc_now())[:10]
+    issuance = lifetimes.split("Leaf certificates issued per day")[2]
+    assert f">{today}</text>" in issuance and ">2</text>" in issuance
 
 
 def test_ledger_text_is_escaped(estate: tuple[Hierarchy, dict[str, str]], tmp_path: Path) -> None:

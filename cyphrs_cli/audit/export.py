@@ -43,6 +43,7 @@ from cyphrs_cli.safe_text import csv_safe
 
 if TYPE_CHECKING:
     from cyphrs_cli.audit.checkpoint import TrustAnchor
+    from cyphrs_cli.audit.report_sections import ReportExtras
     from cyphrs_cli.ca.models import Issuer
     from cyphrs_cli.ledger.db import Ledger
     from cyphrs_cli.ledger.verify import HomeFacts
@@ -92,6 +93,11 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
             ]
         )
     return buffer.getvalue().encode()
+
+
+def records_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
+    """Any table as RFC 4180 CSV with formula-safe cells (``scan --csv`` uses it too)."""
+    return _csv(rows, columns)
 
 
 def register_csv(certificates: list[dict[str, Any]]) -> bytes:
@@ -178,7 +184,11 @@ class ExportResult:
 
 
 def build_bundle_files(
-    conn: sqlite3.Connection, since: datetime, until: datetime, verification: dict[str, Any]
+    conn: sqlite3.Connection,
+    since: datetime,
+    until: datetime,
+    verification: dict[str, Any],
+    extras: ReportExtras | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Every deterministic file of the bundle, and the counts for the manifest."""
     from cyphrs_cli.audit.report import render_report
@@ -215,6 +225,8 @@ def build_bundle_files(
         counts=counts,
         verification=verification,
         crls=crls,
+        conn=conn,
+        extras=extras,
     )
     return files, counts
 
@@ -254,6 +266,7 @@ def export_bundle(
     allow_unverified: bool = False,
     anchor: TrustAnchor | None = None,
     home: HomeFacts | None = None,
+    extras: ReportExtras | None = None,
 ) -> ExportResult:
     """Write a bundle for [since, until) to ``out_dir`` and record the export.
 
@@ -278,7 +291,7 @@ def export_bundle(
             f"the ledger does not verify, nothing exported: {problems[0]}{more}",
             hint="run 'cyphrs audit verify'; --allow-unverified exports a marked bundle",
         )
-    files, counts = build_bundle_files(ledger.conn, since, until, verification)
+    files, counts = build_bundle_files(ledger.conn, since, until, verification, extras)
     manifest = {
         "schema": "cyphrs.audit-manifest/v1",
         "window": {"since": rfc3339(since), "until": rfc3339(until)},

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.durations import format_duration
 from cyphrs_cli.ledger.events import rfc3339
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from cyphrs_cli.audit.report_sections import ReportExtras
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#1b1f24}
@@ -19,7 +24,19 @@ table{border-collapse:collapse;width:100%;margin:.5rem 0}
 th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f5f7}.ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-weight:600}
 code{font-size:12px;word-break:break-all}.muted{color:#57606a}
+code.serial{font-size:11px;word-break:normal;white-space:nowrap}
+td{overflow-wrap:anywhere}.nowrap{white-space:nowrap}
+table.kv th{width:12rem}.sev-critical,.sev-high{color:#cf222e;font-weight:600}
+.sev-medium{color:#9a6700;font-weight:600}
+@page{size:A4;margin:14mm 12mm 16mm;
+@bottom-right{content:"page " counter(page) " of " counter(pages);font:10px system-ui}}
+@media print{body{margin:0;max-width:none;font-size:11px}h2{break-after:avoid}
+tr{break-inside:avoid}code.serial{font-size:9px}}
 """
+
+#: Leaves living at most this long are renewed continuously; listing them as "expiring"
+#: would drown the few long-lived certificates an examiner must see.
+SHORT_LIVED = timedelta(days=7)
 
 _LIFETIME_BUCKETS = (
     ("≤ 1 hour", timedelta(hours=1)),
@@ -84,7 +101,11 @@ def render_report(
     counts: dict[str, Any],
     verification: dict[str, Any],
     crls: dict[str, str],
+    conn: sqlite3.Connection | None = None,
+    extras: ReportExtras | None = None,
 ) -> bytes:
+    from cyphrs_cli.audit import report_sections as sections
+
     e = escape
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -94,6 +115,22 @@ def render_report(
         f"<p>Window: <b>{e(rfc3339(since))}</b> to <b>{e(rfc3339(until))}</b> (statuses as of "
         "the end of the window). Produced by cyphrs from its issuance ledger.</p>",
     ]
+    # Examiner sections (executive summary, provenance): report_sections.
+    if conn is not None:
+        details = extras or sections.ReportExtras()
+        parts.append(
+            sections.render_summary(
+                verified=bool(verification.get("ok")), certificates=certificates, extras=details
+            )
+        )
+        parts.append(
+            sections.render_controls(
+                verified=bool(verification.get("ok")),
+                extras=details,
+                has_findings=extras is not None,
+            )
+        )
+        parts.append(sections.render_provenance(conn, until, details))
     ok = verification.get("ok")
     parts.append("<h2>Ledger integrity</h2>")
     parts.append(
@@ -134,44 +171,69 @@ def render_report(
         )
     )
 
+    # Full CA details (report_sections), after the key table.
+    if conn is not None:
+        parts.append(sections.render_ca_details(conn, until))
+
     parts.append("<h2>Certificates in the window</h2>")
+    ca_count = sum(1 for c in certificates if c["is_ca"])
     parts.append(
-        f"<p>{counts['certificates']} certificate(s) valid at some point in the window.</p>"
+        f"<p>{counts['certificates']} certificate(s) valid at some point in the window:"
+        f" {ca_count} CA certificate(s) and {counts['certificates'] - ca_count} leaf"
+        " certificate(s). The tables below count leaf certificates only.</p>"
     )
+    leaf_status: dict[str, int] = {}
+    leaf_profile: dict[str, int] = {}
+    for cert in certificates:
+        if not cert["is_ca"]:
+            leaf_status[cert["status"]] = leaf_status.get(cert["status"], 0) + 1
+            leaf_profile[cert["profile"]] = leaf_profile.get(cert["profile"], 0) + 1
     parts.append(
         _table(
             ["status", "count"],
-            [[e(k), str(v)] for k, v in counts["certificates_by_status"].items()],
+            [[e(k), str(v)] for k, v in sorted(leaf_status.items())],
         )
     )
     parts.append(
         _table(
             ["profile", "count"],
-            [[e(k), str(v)] for k, v in counts["certificates_by_profile"].items()],
+            [[e(k), str(v)] for k, v in sorted(leaf_profile.items())],
         )
     )
 
     buckets = dict.fromkeys((label for label, _ in _LIFETIME_BUCKETS), 0)
     for cert in certificates:
+        if cert["is_ca"]:
+            continue  # CA lifetimes (years) are in the CA details
         life = _parse(cert["not_after"]) - _parse(cert["not_before"]) + timedelta(seconds=1)
         label = next(label for label, limit in _LIFETIME_BUCKETS if life <= limit)
         buckets[label] += 1
-    parts.append("<h2>Lifetime distribution</h2>")
+    parts.append("<h2>Lifetime distribution (leaf certificates)</h2>")
     parts.append(_table(["lifetime", "certificates"], [[e(k), str(v)] for k, v in buckets.items()]))
+    # Charts as inline SVG (report_sections).
+    parts.append(sections.render_bar_chart("Leaf lifetimes", list(buckets.items())))
+    parts.append(sections.render_issuance_chart(certificates, since))
 
     horizon = until + timedelta(days=7)
     expiring = [
         c
         for c in certificates
-        if c["status"] in ("valid",) and until <= _parse(c["not_after"]) <= horizon
+        if c["status"] in ("valid",)
+        and until <= _parse(c["not_after"]) <= horizon
+        and (c["is_ca"] or _parse(c["not_after"]) - _parse(c["not_before"]) > SHORT_LIVED)
     ]
     parts.append("<h2>Expiring within 7 days of the window's end</h2>")
+    parts.append(
+        '<p class="muted">CA certificates and leaves living longer than'
+        f" {e(format_duration(SHORT_LIVED))}; short-lived leaves are renewed continuously"
+        " and left out.</p>"
+    )
     parts.append(
         _table(
             ["serial", "profile", "subject / SPIFFE ID", "not after", "time left"],
             [
                 [
-                    f"<code>{e(c['serial'])}</code>",
+                    f'<code class="serial">{e(c["serial"])}</code>',
                     e(c["profile"]),
                     e(c["spiffe_id"] or c["subject"]),
                     e(c["not_after"]),
@@ -183,18 +245,28 @@ def render_report(
     )
 
     revoked = [c for c in certificates if c["status"] == "revoked"]
+    revokers = sections.revoking_actors(events)
     parts.append("<h2>Revocations</h2>")
     parts.append(
         _table(
-            ["serial", "issuer", "profile", "subject / SPIFFE ID", "revoked at", "reason"],
+            [
+                "serial",
+                "issuer",
+                "profile",
+                "subject / SPIFFE ID",
+                "revoked at",
+                "reason",
+                "revoked by",
+            ],
             [
                 [
-                    f"<code>{e(c['serial'])}</code>",
+                    f'<code class="serial">{e(c["serial"])}</code>',
                     e(c["issuer"] or ""),
                     e(c["profile"]),
                     e(c["spiffe_id"] or c["subject"]),
                     e(c["revoked_at"] or ""),
                     e(c["revocation_reason"] or "(not stated)"),
+                    e(revokers.get(c["serial"], "(before the window)")),
                 ]
                 for c in revoked
             ],
@@ -203,6 +275,9 @@ def render_report(
     parts.append(
         f"<p>Newest CRL per CA included in the bundle: {e(', '.join(sorted(crls)) or 'none')}.</p>"
     )
+    # CRL numbers and nextUpdate (report_sections).
+    if conn is not None:
+        parts.append(sections.render_crls(conn, until))
 
     denials = [ev for ev in events if ev["type"] == "policy.denied"]
     parts.append("<h2>Policy denials</h2>")
@@ -238,6 +313,8 @@ def render_report(
             ["event type", "count"], [[e(k), str(v)] for k, v in counts["events_by_type"].items()]
         )
     )
+    # Timeline of CA, key, CRL and policy events (report_sections).
+    parts.append(sections.render_timeline(events))
 
     parts.append("<h2>Regulatory mapping</h2>")
     parts.append(

@@ -29,9 +29,29 @@ def parse_serial(text: str) -> str:
     """Normalise user input (``0A:1b``, ``0x0a1b``) to ledger form; raises on non-hex."""
     from cyphrs_cli.errors import InvalidInputError
 
-    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    cleaned = _cleaned(text)
     try:
         value = int(cleaned, 16)
     except ValueError as exc:
         raise InvalidInputError(f"{text!r} is not a hexadecimal serial number") from exc
     return serial_hex(value)
+
+
+#: The shortest serial prefix accepted where a whole serial is expected (``--serial``):
+#: 8 hex digits are 32 random bits, so a typo rarely hits another certificate.
+MIN_PREFIX_DIGITS = 8
+
+
+def _cleaned(text: str) -> str:
+    # A serial copied from a terminal table may end in the ellipsis that cut it.
+    return text.strip().lower().removeprefix("0x").replace(":", "").removesuffix("…")
+
+
+def serial_prefix(text: str) -> str | None:
+    """The hex digits of ``text`` when it can be a prefix of a ledger serial (at least
+    ``MIN_PREFIX_DIGITS`` of them, hex only), else None. Leading zeros are kept: the
+    ledger's form starts with them too."""
+    cleaned = _cleaned(text)
+    if len(cleaned) < MIN_PREFIX_DIGITS or any(c not in "0123456789abcdef" for c in cleaned):
+        return None
+    return cleaned

@@ -79,6 +79,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "homeconfig",
         "The CA home's trust state: check the files against the ledger, set the claims OID.",
     ),
+    "doctor": (
+        "doctor",
+        "Check a CA home: keys, permissions, expiry, CRLs, policy, ledger, clock.",
+    ),
+    "scan": ("scan", "Scan existing certificates and score their posture (0-100)."),
 }
 
 

@@ -132,10 +132,30 @@ def certificates_by_serial(conn: sqlite3.Connection, serial: str) -> list[sqlite
     return list(conn.execute("SELECT * FROM certificates WHERE serial = ?", (serial,)))
 
 
+def certificates_by_serial_prefix(
+    conn: sqlite3.Connection, prefix: str, limit: int = 2
+) -> list[sqlite3.Row]:
+    """Certificates whose serial starts with ``prefix`` (hex digits only), at most ``limit``."""
+    return list(
+        conn.execute(
+            "SELECT * FROM certificates WHERE substr(serial, 1, ?) = ? ORDER BY id LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
+    )
+
+
 def find_certificate(
-    conn: sqlite3.Connection, *, serial: str | None = None, fingerprint: str | None = None
+    conn: sqlite3.Connection,
+    *,
+    serial: str | None = None,
+    fingerprint: str | None = None,
+    prefix: str | None = None,
 ) -> sqlite3.Row:
-    """Exactly one certificate by serial (ledger hex form) or by SHA-256 fingerprint."""
+    """Exactly one certificate by serial (ledger hex form) or by SHA-256 fingerprint.
+
+    With ``prefix`` (hex digits, see ``serials.serial_prefix``), a serial that matches
+    nothing whole may match the start of exactly one serial; several matches are a
+    conflict (exit 7), never a guess."""
     from cyphrs_cli.errors import ConflictError, NotFoundError
 
     if fingerprint is not None:
@@ -146,6 +166,14 @@ def find_certificate(
     else:
         rows = certificates_by_serial(conn, serial or "")
         label = f"serial {serial}"
+        if not rows and prefix is not None:
+            rows = certificates_by_serial_prefix(conn, prefix)
+            if len(rows) > 1:
+                raise ConflictError(
+                    f"serial prefix {prefix} matches several certificates",
+                    hint="give more digits of the serial (cyphrs list shows them in full"
+                    " when piped or with --wide)",
+                )
     if not rows:
         raise NotFoundError(f"no certificate with {label} in the ledger")
     if len(rows) > 1:

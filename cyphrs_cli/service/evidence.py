@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cyphrs_cli.audit.report_sections import ReportExtras
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import CheckpointResult, ExportRequest, ExportSummary
 
@@ -34,6 +37,7 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
 
     until = request.until or utc_now() + timedelta(seconds=1)
     facts = HomeFacts.of(authority.home, authority.config)
+    extras = report_extras(authority, until)
     result = export_bundle(
         authority.ledger,
         authority.issuer,
@@ -44,8 +48,32 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
         allow_unverified=request.allow_unverified,
         anchor=request.anchor,
         home=facts,
+        extras=extras,
     )
     if not request.archive:
         return ExportSummary(result)
     path = request.out_dir.with_name(request.out_dir.name + ".tar.gz")
     return ExportSummary(result, path, write_archive(request.out_dir, path))
+
+
+def report_extras(authority: Authority, until: datetime) -> ReportExtras:
+    """Provenance and the doctor's findings (judged at the window's end) for report.html."""
+    import socket
+
+    from cyphrs_cli import __version__
+    from cyphrs_cli.audit.checkpoint import fingerprint
+    from cyphrs_cli.audit.report_sections import ReportExtras
+    from cyphrs_cli.ledger.events import default_actor
+    from cyphrs_cli.service.doctor import DoctorRequest, run_doctor
+
+    issuer = authority.issuer
+    assert issuer.certificate is not None
+    findings = run_doctor(DoctorRequest(home=authority.home, now=until, judge_clock=False)).findings
+    return ReportExtras(
+        exporter=default_actor(),
+        host=socket.gethostname(),
+        version=__version__,
+        signer=issuer.name,
+        signer_fingerprint=fingerprint(issuer.certificate),
+        findings=tuple(f.to_json() for f in findings),
+    )

@@ -34,14 +34,16 @@ def find_target(conn: sqlite3.Connection, target: CertificateTarget) -> sqlite3.
     """The ledger row named by serial or by certificate bytes, exactly one (else exit 2)."""
     from cyphrs_cli.ca.issuance import fingerprint
     from cyphrs_cli.ca.parsing import load_certificates
-    from cyphrs_cli.ca.serials import parse_serial
+    from cyphrs_cli.ca.serials import parse_serial, serial_prefix
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.ledger.records import find_certificate
 
     if (target.serial is None) == (target.certificate is None):
         raise UsageError("name the certificate by file (or -) or by --serial, exactly one")
     if target.serial is not None:
-        return find_certificate(conn, serial=parse_serial(target.serial))
+        return find_certificate(
+            conn, serial=parse_serial(target.serial), prefix=serial_prefix(target.serial)
+        )
     assert target.certificate is not None
     cert = load_certificates(target.certificate, source=target.source)[0]
     return find_certificate(conn, fingerprint=fingerprint(cert))

@@ -114,13 +114,16 @@ def inspect(
 
 def _ledger_pem(home: CaHome, serial: str) -> bytes:
     from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.ca.serials import parse_serial
+    from cyphrs_cli.ca.serials import parse_serial, serial_prefix
     from cyphrs_cli.errors import NotFoundError
-    from cyphrs_cli.ledger.records import certificates_by_serial
+    from cyphrs_cli.ledger.records import certificates_by_serial, find_certificate
 
     home.require_initialised()
     with open_ledger(home) as ledger:
         rows = certificates_by_serial(ledger.conn, parse_serial(serial))
+        prefix = serial_prefix(serial)
+        if not rows and prefix is not None:  # an unambiguous prefix names one certificate
+            rows = [find_certificate(ledger.conn, serial=parse_serial(serial), prefix=prefix)]
     if not rows:
         raise NotFoundError(f"no certificate with serial {serial} in the ledger")
     return "".join(r["pem"] for r in rows).encode()
@@ -166,10 +169,18 @@ def _print_human(document: dict[str, Any]) -> None:
             )
             continue
         kind = "CA certificate" if obj["is_ca"] else "Certificate"
-        console.print(f"{kind}  {obj['subject'] or '(empty subject)'}", style="bold")
+        ledger = obj.get("ledger") or {}
+        revoked = ledger.get("status") == "revoked"
+        headline = f"{kind}  {obj['subject'] or '(empty subject)'}"
+        if revoked:
+            reason = f", {ledger['reason']}" if ledger.get("reason") else ""
+            headline += f"  REVOKED {ledger.get('revoked_at') or ''}{reason}".rstrip()
+        console.print(headline, style="bold red" if revoked else "bold")
         row("issuer", obj["issuer"])
         row("serial", obj["serial"])
-        if obj["expired"]:
+        if revoked:
+            row("valid", f"{obj['not_before']} → {obj['not_after']} (revoked)", "red")
+        elif obj["expired"]:
             row("valid", f"{obj['not_before']} → {obj['not_after']} (expired)", "red")
         else:
             left = format_duration(timedelta(seconds=obj["seconds_left"]))
@@ -192,13 +203,35 @@ def _print_human(document: dict[str, Any]) -> None:
             {True: "yes", False: "NO", None: "no CA home"}[chain],
             {True: "green", False: "red", None: None}[chain],
         )
-        ledger = obj.get("ledger")
         if ledger:
             status = ledger.get("status", "") if ledger["recorded"] else "not recorded"
             row("ledger", status, {"valid": "green", "superseded": "yellow"}.get(status, "red"))
         for ext in obj["extensions"]:
             crit = " (critical)" if ext["critical"] else ""
-            console.print(f"  ext {ext['name']}{crit}: {ext['value']}", style="dim")
+            console.print(f"  ext {ext['name']}{crit}: {extension_text(ext['value'])}", style="dim")
+
+
+def extension_text(value: Any) -> str:
+    """An extension's decoded value in words, never a Python repr: basic constraints as
+    "CA: no" / "CA: yes, path length 0", lists joined, tables as "key: value; ..."."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(extension_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        if set(value) == {"ca", "path_length"}:
+            if not value["ca"]:
+                return "CA: no"
+            limit = value["path_length"]
+            return "CA: yes, " + (
+                "no path length limit" if limit is None else f"path length {limit}"
+            )
+        return "; ".join(
+            f"{key.replace('_', ' ')}: {extension_text(item)}" for key, item in value.items()
+        )
+    return str(value)
 
 
 def _key_text(key: dict[str, Any]) -> str:

@@ -65,6 +65,15 @@ The CRL is also kept in the CA home as crls/ALIAS.crl (DER) and crls/ALIAS.crl.p
 Concurrent runs are serialised; a CRL file of this issuer with a higher number is never
 replaced by an older one (exit 7).
 
+Deploying CRLs: nginx (ssl_crl) and Python ssl (VERIFY_CRL_CHECK_CHAIN) need the CRL of
+every CA in the chain, root included. 'cyphrs crl --all --out crls.pem' writes every CA's
+newest published CRL into one file (leaf issuers first, the root last; Node reads only
+the first CRL of a PEM, so give it 'cyphrs crl --all --out-dir DIR', one file per CA).
+--all signs nothing and needs no key. A CRL past its nextUpdate makes these services
+refuse EVERY client: publish well before nextUpdate (24 h by default; run 'cyphrs crl'
+from a timer every few hours, then 'cyphrs crl --all' and reload the service), and let
+'cyphrs doctor --crl-file crls.pem' watch the deployed file.
+
 {EXIT_CODE_HELP}"""
 
 
@@ -250,6 +259,16 @@ def crl(
         str | None, typer.Option("--out", help="Also write here (or - for stdout).")
     ] = None,
     der: Annotated[bool, typer.Option("--der", help="DER instead of PEM for --out.")] = False,
+    all_issuers: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Write every CA's newest CRL (no signing) to --out or --out-dir."
+        ),
+    ] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", file_okay=False, help="With --all: one ALIAS.crl.pem per CA."),
+    ] = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
@@ -271,6 +290,18 @@ def crl(
     from cyphrs_cli.ledger.events import rfc3339
     from cyphrs_cli.service.requests import CrlRequest
 
+    if all_issuers or out_dir is not None:
+        _crl_bundle(
+            home,
+            out,
+            out_dir,
+            all_issuers=all_issuers,
+            force=force,
+            der=der,
+            issuer=issuer,
+            validity=validity,
+        )
+        return
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     with _open(home, secrets, issuer) as ca:
         ca.issuer_name  # noqa: B018 -- an unknown --issuer is refused first (exit 6)
@@ -301,3 +332,71 @@ def crl(
             f"Published CRL #{published.number} of {published.authority}: {published.entries}"
             f" revoked, next update {document['next_update']}"
         )
+
+
+def _crl_bundle(
+    home: str | None,
+    out: str | None,
+    out_dir: Path | None,
+    *,
+    all_issuers: bool,
+    force: bool,
+    der: bool,
+    issuer: str | None,
+    validity: str | None,
+) -> None:
+    """``crl --all``: every CA's newest CRL, into one PEM file (or stdout) or a directory."""
+    import sys
+
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.errors import UsageError
+    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
+    from cyphrs_cli.service.crl_bundle import collect_crls
+
+    if not all_issuers:
+        raise UsageError("--out-dir needs --all")
+    if der or issuer or validity:
+        raise UsageError("--all takes no --der, --issuer or --validity (it signs nothing)")
+    if (out is None) == (out_dir is None):
+        raise UsageError("--all needs --out FILE (or -) or --out-dir DIR, exactly one")
+    crls = collect_crls(resolve_home(home))
+    files: list[str] = []
+    if out_dir is not None:
+        targets = [out_dir / f"{crl.authority}.crl.pem" for crl in crls]
+        refuse_existing(targets, force=force)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for target, crl in zip(targets, crls, strict=True):
+            atomic_write(target, crl.pem.encode(), mode=PUBLIC_FILE)
+            files.append(str(target))
+    else:
+        data = "".join(crl.pem for crl in crls).encode()
+        if out == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            return
+        assert out is not None
+        refuse_existing([Path(out)], force=force)
+        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+        files.append(out)
+    views = [
+        {
+            "issuer": crl.authority,
+            "role": crl.role,
+            "number": crl.number,
+            "this_update": crl.this_update,
+            "next_update": crl.next_update,
+        }
+        for crl in crls
+    ]
+    if render.json_mode():
+        render.emit_json({"schema": "cyphrs.crl-bundle/v1", "crls": views, "files": files})
+        return
+    console = render.console()
+    for view in views:
+        console.print(
+            f"CRL #{view['number']} of {view['issuer']} ({view['role']}), next update"
+            f" {view['next_update']}"
+        )
+    console.print(f"written: {', '.join(files)}")
+    soonest = min(crl.next_update for crl in crls)
+    render.note(f"republish before {soonest}: past nextUpdate, services refuse every client")

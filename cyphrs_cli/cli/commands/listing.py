@@ -62,6 +62,9 @@ def list_certificates(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="At most this many rows.")
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Full serials on a terminal too (piped: always).")
+    ] = False,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -106,7 +109,7 @@ def list_certificates(
         elif csv_output:
             _stream_csv(rows)
         elif sys.stdout.isatty():
-            _print_terminal_table(rows)
+            _print_terminal_table(rows, wide=wide)
         else:
             _print_plain_table(rows)
 
@@ -204,19 +207,30 @@ def _print_plain_table(rows: Iterator[dict[str, Any]]) -> None:
     render.note(f"{len(table)} certificate(s)")
 
 
-def _print_terminal_table(rows: Iterator[dict[str, Any]]) -> None:
-    """A Rich table of at most ``TERMINAL_ROWS`` rows; the rest are counted, not rendered."""
+def _print_terminal_table(rows: Iterator[dict[str, Any]], *, wide: bool = False) -> None:
+    """A Rich table of at most ``TERMINAL_ROWS`` rows; the rest are counted, not rendered.
+
+    The identity (SPIFFE ID) is what tells agents apart, so its column is never cut: it
+    gets the width of the longest identity (up to the terminal's), and the other columns
+    wrap (fold) first.
+    """
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in COLUMNS:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
+    identity = COLUMNS.index("identity")
+    longest = len(COLUMNS[identity])
     total = 0
     for row in rows:
         total += 1
         if total <= TERMINAL_ROWS:
-            table.add_row(*_cells(row, short=True))
-    render.console().print(table)
+            cells = _cells(row, short=not wide)
+            longest = max(longest, len(cells[identity]))
+            table.add_row(*cells)
+    console = render.console()
+    table.columns[identity].min_width = min(longest, max(console.width - 12, 20))
+    console.print(table)
     if total > TERMINAL_ROWS:
         render.note(
             f"{total} certificate(s); showing the newest {TERMINAL_ROWS}"

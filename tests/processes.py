@@ -1,0 +1,50 @@
+"""Helpers for tests that run real processes: a free loopback port, a bounded wait for a
+server to listen, and the output of a command whose stdout is a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], *, seconds: float = 15) -> None:
+    """Return once 127.0.0.1:port accepts; fail if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, f"server exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.1)
+
+
+def on_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``command`` with stdout on a pseudo-terminal; its exit code and what it showed."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(command, env=env, stdout=secondary, stderr=subprocess.PIPE) as proc:
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(timeout=60)
+    os.close(primary)
+    return proc.returncode, b"".join(chunks).decode()

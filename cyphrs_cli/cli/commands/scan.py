@@ -92,7 +92,12 @@ def scan(
         typer.Option("--html", dir_okay=False, help="Also write a one-page HTML summary here."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the --html file.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=60.0)] = 10.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, max=60.0, help="Seconds to connect to and read each endpoint."
+        ),
+    ] = 10.0,
     home: HomeOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,

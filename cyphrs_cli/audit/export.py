@@ -99,6 +99,27 @@ def register_csv(certificates: list[dict[str, Any]]) -> bytes:
     return _csv(certificates, REGISTER_COLUMNS)
 
 
+TIMELINE_COLUMNS = (
+    "seq",
+    "at",
+    "type",
+    "actor",
+    "host",
+    "outcome",
+    "target",
+    "serial",
+    "spiffe_id",
+    "summary",
+    "chain_ok",
+    "hash",
+)
+
+
+def timeline_csv(events: list[dict[str, Any]]) -> bytes:
+    """A timeline's events as CSV (``timeline --csv`` and exports share it)."""
+    return _csv(events, TIMELINE_COLUMNS)
+
+
 def key_register(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT a.*, p.name AS parent_name, c.serial AS cert_serial, c.not_after AS cert_not_after"

@@ -122,6 +122,23 @@ def ids_by_spiffe_id(conn: sqlite3.Connection, spiffe_id: str) -> list[int]:
     ]
 
 
+def ids_of_workflow(conn: sqlite3.Connection, workflow: str, until: str | None) -> list[int]:
+    """A workflow's certificates issued before ``until`` (``certificates_workflow_issued``):
+    none of them has an event from before it was issued."""
+    sql, args = "SELECT id FROM certificates WHERE workflow = ?", [workflow]
+    if until is not None:
+        sql += " AND issued_at < ?"
+        args.append(until)
+    return [r[0] for r in conn.execute(sql + " ORDER BY issued_at, id", args)]
+
+
+def trust_domains(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT trust_domain FROM authorities WHERE trust_domain IS NOT NULL"
+    )
+    return sorted(r[0] for r in rows)
+
+
 def fingerprints_of_serial(conn: sqlite3.Connection, serial: str) -> list[str]:
     """Fingerprints recorded for ``serial`` (to tell a forged or foreign certificate that
     reuses one of our serials from one we never saw)."""

@@ -21,6 +21,13 @@ Examples:
 
   cyphrs list --status revoked --issued-after 2026-11-01 --csv > revoked.csv
 
+  cyphrs list --valid-at 2026-11-29T14:02:00Z --workflow payments-recon --json
+
+With --valid-at, only certificates valid at that instant are listed (issued, inside their
+validity, not revoked then, their issuer not revoked then), each as it stood then; one
+revoked (or whose issuer was revoked) later says when, in revoked_later_at and
+issuer_revoked_at.
+
 Statuses: valid, expired, revoked, superseded (renewed and not yet expired).
 
 {EXIT_CODE_HELP}"""
@@ -52,6 +59,10 @@ def list_certificates(
         str | None, typer.Option("--expiring-within", help="e.g. 1h, 7d.")
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    valid_at: Annotated[
+        str | None,
+        typer.Option("--valid-at", help="Only certificates valid at this RFC 3339 instant."),
+    ] = None,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -75,6 +86,10 @@ def list_certificates(
         raise InvalidInputError(f"--limit must be at most {MAX_LIMIT}")
     if csv_output and json_output:
         raise UsageError("choose --csv or --json")
+    if valid_at is not None and (status is not None or expiring_within is not None):
+        raise UsageError(
+            "--valid-at gives the status at its instant: drop --status/--expiring-within"
+        )
     ca_home = resolve_home(home)
     ca_home.require_initialised()
     criteria = CertificateFilter(
@@ -88,6 +103,7 @@ def list_certificates(
         issued_before=parse_time(issued_before) if issued_before else None,
         expiring_within=parse_duration(expiring_within) if expiring_within else None,
         limit=limit,
+        valid_at=parse_time(valid_at) if valid_at else None,
     )
     with open_ledger(ca_home) as ledger:
         rows = query(ledger.conn, criteria, utc_now())
@@ -151,6 +167,11 @@ def _cells(row: dict[str, Any], *, short: bool) -> tuple[str, ...]:
     sans = row["sans"]
     identity = row["spiffe_id"] or (sans[0] if isinstance(sans, list) and sans else row["subject"])
     serial, replaces = str(row["serial"]), str(row["replaces"] or "")
+    status = str(row["status"])
+    if row.get("revoked_later_at"):  # list --valid-at: what happened after the instant
+        status += f" (revoked {row['revoked_later_at']})"
+    if row.get("issuer_revoked_at"):
+        status += f" (issuer revoked {row['issuer_revoked_at']})"
     if short:
         # A terminal is read by people; piped output is read by tools (and `revoke --serial`
         # needs the whole serial), so only the terminal cuts it.
@@ -161,7 +182,7 @@ def _cells(row: dict[str, Any], *, short: bool) -> tuple[str, ...]:
         str(row["profile"]),
         str(identity),
         str(row["not_after"]),
-        str(row["status"]),
+        status,
         replaces,
     )
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import CheckpointResult, ExportRequest, ExportSummary
 
@@ -16,6 +18,28 @@ def checkpoint(authority: Authority) -> CheckpointResult:
     from cyphrs_cli.service.requests import CheckpointResult
 
     return CheckpointResult(create_checkpoint(authority.ledger, authority.issuer))
+
+
+def _timeline_files(
+    authority: Authority, request: ExportRequest, until: datetime
+) -> dict[str, bytes]:
+    """``timelines/N-KIND.json`` (``cyphrs.timeline/v1``) and ``.csv`` per requested scope,
+    over the export window; built before anything is signed, so a bad scope (unknown
+    issuer, ambiguous serial) refuses the export with nothing written."""
+    import json
+
+    from cyphrs_cli.audit.export import timeline_csv
+    from cyphrs_cli.service.investigation import TimelineRequest, timeline_in
+
+    files: dict[str, bytes] = {}
+    for number, scope in enumerate(request.timelines, start=1):
+        built = timeline_in(
+            authority.ledger.conn, TimelineRequest(scope, request.since, until)
+        ).document()
+        stem = f"timelines/{number}-{scope.kind.replace('_', '-')}"
+        files[f"{stem}.json"] = json.dumps(built, indent=2, sort_keys=True).encode() + b"\n"
+        files[f"{stem}.csv"] = timeline_csv(built["events"])
+    return files
 
 
 def export(authority: Authority, request: ExportRequest) -> ExportSummary:
@@ -34,6 +58,7 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
 
     until = request.until or utc_now() + timedelta(seconds=1)
     facts = HomeFacts.of(authority.home, authority.config)
+    timelines = _timeline_files(authority, request, until)
     result = export_bundle(
         authority.ledger,
         authority.issuer,
@@ -44,6 +69,7 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
         allow_unverified=request.allow_unverified,
         anchor=request.anchor,
         home=facts,
+        extra_files=timelines,
     )
     if not request.archive:
         return ExportSummary(result)

@@ -132,6 +132,22 @@ def ids_of_workflow(conn: sqlite3.Connection, workflow: str, until: str | None) 
     return [r[0] for r in conn.execute(sql + " ORDER BY issued_at, id", args)]
 
 
+def authority_certificate_serials(
+    conn: sqlite3.Connection, authority_ids: Iterable[int]
+) -> list[str]:
+    """The serials of these CAs' own certificates (to show an issuer's revocation)."""
+    serials = []
+    for authority_id in sorted(set(authority_ids)):
+        row = conn.execute(
+            "SELECT c.serial FROM authorities a JOIN certificates c ON c.id = a.certificate_id"
+            " WHERE a.id = ?",
+            (authority_id,),
+        ).fetchone()
+        if row is not None:
+            serials.append(row[0])
+    return serials
+
+
 def trust_domains(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT trust_domain FROM authorities WHERE trust_domain IS NOT NULL"

@@ -387,7 +387,8 @@ def timeline_in(conn: sqlite3.Connection, request: TimelineRequest) -> TimelineR
     What belongs to a scope:
 
     * ``spiffe_id``: events of each of its certificates, events whose details name it
-      (issuance, policy denials, later event types), CRLs published by its issuers;
+      (issuance, policy denials, later event types), CRLs published by its issuers and
+      the revocation of an issuer;
     * ``workflow``: the same for every instance of the workflow;
     * ``issuer``: events about the CA, naming it as issuer, or about a certificate it signed;
     * ``serial``: the certificate's events, its renewal, and its issuer's CRLs.
@@ -435,11 +436,21 @@ def _identity_events(
     from cyphrs_cli.ledger import investigate
 
     spiffe_id, prefixes = None, []
+    rows: list[tuple[Any, ...]] = []
     if scope.kind == "serial":
         (certificate_id,) = _serial_ids(conn, scope.value)
         chain = investigate.renewal_chain(conn, certificate_id)
+        ids = [certificate_id]
         position = chain.index(certificate_id)
-        ids = chain[position : position + 2]  # itself and the certificate that renewed it
+        if position + 1 < len(chain):  # the renewal that superseded it, not its successor's life
+            successor = investigate.certificate_row(conn, chain[position + 1])
+            rows += [
+                row
+                for row in investigate.events_of_targets(
+                    conn, [f"certificate:{successor['serial']}"], since, until
+                )
+                if row[2] == "certificate.renewed"
+            ]
     elif scope.kind == "spiffe_id":
         spiffe_id = scope.value
         ids = investigate.ids_by_spiffe_id(conn, spiffe_id)
@@ -450,15 +461,26 @@ def _identity_events(
         ]
     certificates = [investigate.certificate_row(conn, i) for i in ids]
     targets = [f"certificate:{c['serial']}" for c in certificates]
-    rows = investigate.events_of_targets(conn, targets, since, until)
+    rows += investigate.events_of_targets(conn, targets, since, until)
     rows += investigate.events_naming_spiffe_ids(conn, spiffe_id, prefixes, since, until)
     if not certificates and not rows:
         raise NotFoundError(f"nothing recorded for {scope.kind.replace('_', '-')} {scope.value}")
+    # Around the identity: its issuers' CRLs, and the revocation of an issuer itself.
     issuers = {f"authority:{c['issuer_name']}" for c in certificates if c["issuer_name"]}
     rows += [
         row
         for row in investigate.events_of_targets(conn, sorted(issuers), since, until)
         if row[2] == "crl.published"
+    ]
+    issuer_serials = investigate.authority_certificate_serials(
+        conn, (c["authority_id"] for c in certificates if c["authority_id"] is not None)
+    )
+    rows += [
+        row
+        for row in investigate.events_of_targets(
+            conn, [f"certificate:{s}" for s in issuer_serials], since, until
+        )
+        if row[2] == "certificate.revoked"
     ]
     return rows
 

@@ -359,6 +359,31 @@ def seq_bounds(conn: sqlite3.Connection, since: str | None, until: str | None) -
     return (row[0], row[1]) if row[0] is not None else (0, -1)
 
 
+def _content_problem(row: tuple[Any, ...], prev_hash: str, digest: str, details: Any) -> str | None:
+    """Why this event's stored content does not match its hash, or None.
+
+    Details are stored in their canonical form (``append_event``), so their stored bytes are
+    tried first; only a mismatch pays for parsing and re-serialising them (which also
+    tells "not JSON" apart from "edited").
+    """
+    from cyphrs_cli.ledger.verify import _body_hash
+
+    stored = details.encode() if isinstance(details, str) else b""
+    if sha256_hex(stored) == row[7] and _body_hash(prev_hash, row, stored) == digest:
+        return None
+    try:
+        canonical = json.dumps(
+            json.loads(details), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    except (TypeError, ValueError, RecursionError):
+        return "details are not JSON (edited?)"
+    if sha256_hex(canonical) != row[7]:
+        return "details do not match params_hash (edited)"
+    if _body_hash(prev_hash, row, canonical) != digest:
+        return "content does not match its hash (edited)"
+    return None
+
+
 def check_chain(conn: sqlite3.Connection, first: int, last: int) -> ChainCheck:
     """Recompute every event's hash in [first, last] and check each link, including the
     link into ``first`` from the event before it and out of ``last`` to the event after.
@@ -367,8 +392,6 @@ def check_chain(conn: sqlite3.Connection, first: int, last: int) -> ChainCheck:
     ``prev_hash`` that is not the previous row's hash (rewritten or re-chained), a missing
     ``seq`` (deleted).
     """
-    from cyphrs_cli.ledger.verify import _body_hash
-
     check = ChainCheck(first, last)
     if last < first:
         return check
@@ -400,21 +423,9 @@ def check_chain(conn: sqlite3.Connection, first: int, last: int) -> ChainCheck:
             check.problems.append(
                 {"seq": seq, "problem": f"prev_hash does not link to event {seq - 1}"}
             )
-        try:
-            details_json = json.dumps(
-                json.loads(details), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode()
-        except (TypeError, ValueError):
-            check.problems.append({"seq": seq, "problem": "details are not JSON (edited?)"})
-        else:
-            if sha256_hex(details_json) != row[7]:
-                check.problems.append(
-                    {"seq": seq, "problem": "details do not match params_hash (edited)"}
-                )
-            if _body_hash(prev_hash, row, details_json) != digest:
-                check.problems.append(
-                    {"seq": seq, "problem": "content does not match its hash (edited)"}
-                )
+        problem = _content_problem(row, prev_hash, digest, details)
+        if problem is not None:
+            check.problems.append({"seq": seq, "problem": problem})
         expected_prev = digest
         expected_seq = seq + 1
     while expected_seq <= last:

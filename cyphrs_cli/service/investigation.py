@@ -262,16 +262,24 @@ def find_in(conn: sqlite3.Connection, request: FindRequest) -> FindResult:
 
     handle, value, ids = _resolve(conn, request)
     now = rfc3339(request.at or utc_now())
-    return FindResult(handle, value, [_certificate_story(conn, i, now) for i in ids])
+    chains: dict[int, list[int]] = {}
+    return FindResult(handle, value, [_certificate_story(conn, i, now, chains) for i in ids])
 
 
-def _certificate_story(conn: sqlite3.Connection, certificate_id: int, now: str) -> dict[str, Any]:
+def _certificate_story(
+    conn: sqlite3.Connection, certificate_id: int, now: str, chains: dict[int, list[int]]
+) -> dict[str, Any]:
+    """``chains`` caches renewal chains by member id: a SPIFFE ID's certificates usually
+    share one chain, walked once instead of once per certificate."""
     from cyphrs_cli.ledger import investigate
     from cyphrs_cli.ledger.queries import register_row
 
     raw = investigate.certificate_row(conn, certificate_id)
     register = register_row(raw, now)
-    chain_ids = investigate.renewal_chain(conn, certificate_id)
+    chain_ids = chains.get(certificate_id)
+    if chain_ids is None:
+        chain_ids = investigate.renewal_chain(conn, certificate_id)
+        chains.update(dict.fromkeys(chain_ids, chain_ids))
     chain = investigate.chain_summaries(conn, chain_ids)
     position = chain_ids.index(certificate_id)
     successor = chain[position + 1]["serial"] if position + 1 < len(chain) else None

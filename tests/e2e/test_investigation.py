@@ -606,3 +606,41 @@ def test_audit_export_carries_a_signed_timeline_of_the_window(
     )  # fmt: skip
     assert bad.exit_code == 2
     assert not (tmp_path / "b2").exists()
+
+
+def test_an_edit_between_shown_events_is_caught_by_the_window_walk(copy: Scenario) -> None:
+    """C1's issuance (another workflow) sits between a1's events: not shown, still checked."""
+    seq = _seq_of(copy.h.home, f"target = 'certificate:{copy.serials['C1']}'")
+    _sqlite3(copy.h.home, f"UPDATE events SET host = 'elsewhere' WHERE seq = {seq}")  # noqa: S608
+    result = copy.run("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW, "--json")
+    assert result.exit_code == 10
+    doc = json.loads(result.stdout)
+    assert doc["chain"]["scope"] == "range"
+    assert doc["chain"]["problems"] == [
+        {"seq": seq, "problem": "content does not match its hash (edited)"}
+    ]
+
+
+def test_past_the_walk_limit_the_events_shown_are_checked_and_it_says_so(
+    copy: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cyphrs_cli.service.investigation as investigation
+
+    monkeypatch.setattr(investigation, "CHAIN_WALK_LIMIT", 1)
+    clean = copy.json("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW)
+    assert clean["chain"]["scope"] == "events" and clean["chain"]["verified"]
+    assert clean["chain"]["checked"] == len(clean["events"]) == 5
+    human = copy.run("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW)
+    assert "around the 5 event(s) shown" in human.stdout
+    shown = _seq_of(copy.h.home, "type = 'certificate.renewed'")
+    _sqlite3(copy.h.home, f"UPDATE events SET actor = 'nobody' WHERE seq = {shown}")  # noqa: S608
+    result = copy.run("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW, "--json")
+    assert result.exit_code == 10
+    assert json.loads(result.stdout)["chain"]["problems"] == [
+        {"seq": shown, "problem": "content does not match its hash (edited)"}
+    ]
+    deleted = _seq_of(copy.h.home, "type = 'crl.published'")
+    _sqlite3(copy.h.home, f"DELETE FROM events WHERE seq = {deleted}")  # noqa: S608
+    result = copy.run("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW, "--json")
+    problems = json.loads(result.stdout)["chain"]["problems"]
+    assert {"seq": deleted, "problem": "event is missing (deleted?)"} in problems

@@ -41,6 +41,19 @@ VALID_AT_CLAUSE = (
 )
 
 
+def valid_at_from(from_clause: str, *, narrowed: bool) -> str:
+    """The register's FROM clause for a valid-at query. Without a workflow or SPIFFE ID
+    (whose equality indexes are narrower) the certificates are read through
+    ``certificates_validity``: SQLite, without statistics (cyphrs never runs ANALYZE),
+    would otherwise walk ``certificates_issued_at`` for the ORDER BY -- every certificate
+    issued before the instant."""
+    if narrowed:
+        return from_clause
+    return from_clause.replace(
+        "FROM certificates c", "FROM certificates c INDEXED BY certificates_validity", 1
+    )
+
+
 def valid_at_args(at: str) -> list[str]:
     return [at] * 5
 
@@ -320,7 +333,7 @@ def events_of_issuer(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE 1 = 1{window} AND ("  # noqa: S608
         f" target = ? OR {_ISSUER_EXPR} = ? OR (target >= 'certificate:' AND"
         " target < 'certificate;' AND EXISTS (SELECT 1 FROM certificates c"
-        " WHERE c.serial = substr(events.target, 13) AND c.authority_id = ?)))",
+        " WHERE c.serial = substr(events.target, 13) AND +c.authority_id = ?)))",
         [*window_args, f"authority:{name}", name, authority_id],
     ).fetchall()
 

@@ -232,7 +232,8 @@ def iter_certificates(
         as_of = rfc3339(query.valid_at)
         where.append(investigate.VALID_AT_CLAUSE)
         args += investigate.valid_at_args(as_of)
-        select = "SELECT " + ", ".join((*_COLUMNS, *investigate.VALID_AT_COLUMNS)) + _FROM
+        select = "SELECT " + ", ".join((*_COLUMNS, *investigate.VALID_AT_COLUMNS))
+        select += investigate.valid_at_from(_FROM, narrowed=bool(query.workflow or query.spiffe_id))
     sql = select + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY c.issued_at DESC, c.id DESC"
     if query.limit is not None:

@@ -46,8 +46,9 @@ Examples:
 
   cyphrs audit verify-export q4-evidence --root acme-root.pem
 
-  cyphrs audit-export --since 2026-11-29T13:00Z --until 2026-11-29T15:00Z --out incident \
-      --timeline workflow=payments-recon      # adds timelines/1-workflow.json and .csv
+  cyphrs audit-export --since 2026-11-29 --out incident --timeline workflow=payments-recon
+
+--timeline adds timelines/N-KIND.json and .csv for the window, listed in the manifest.
 
 audit-export refuses (exit 8) a ledger that does not verify, unless --allow-unverified,
 which marks the bundle; verify-export rejects a marked bundle (exit 10). verify-export

@@ -33,8 +33,9 @@ serial prefix exits 2 and lists the candidates.
 TIMELINE_EPILOG = f"""\
 Examples:
 
-  cyphrs timeline --spiffe-id spiffe://acme.internal/agent/payments-recon/aa8a \\
-      --since 2026-11-29T13:00Z --until 2026-11-29T15:00Z
+  cyphrs timeline --spiffe-id spiffe://acme.internal/agent/recon/aa8a --since 2026-11-29T13:00Z
+
+  cyphrs timeline --serial 4b1a9c --since 2026-11-29T13:00Z --until 2026-11-29T15:00Z
 
   cyphrs timeline --workflow payments-recon --since 2026-11-29 --csv > recon.csv
 

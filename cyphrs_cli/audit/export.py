@@ -95,9 +95,10 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def register_csv(certificates: list[dict[str, Any]]) -> bytes:
-    """The certificate register as CSV (``list --csv`` and exports share it)."""
-    return _csv(certificates, REGISTER_COLUMNS)
+def register_csv(certificates: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> bytes:
+    """The certificate register as CSV (``list --csv`` and exports share it); ``extra``
+    columns follow the register's own (``list --valid-at``'s point-in-time fields)."""
+    return _csv(certificates, REGISTER_COLUMNS + extra)
 
 
 TIMELINE_COLUMNS = (

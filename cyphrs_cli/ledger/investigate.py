@@ -58,6 +58,10 @@ def valid_at_args(at: str) -> list[str]:
     return [at] * 5
 
 
+#: The fields ``valid_at_extras`` adds (also the extra CSV columns of ``list --valid-at``).
+VALID_AT_FIELDS = ("valid_at", "revoked_later_at", "revoked_later_reason", "issuer_revoked_at")
+
+
 def valid_at_extras(recorded: tuple[Any, ...], at: str) -> dict[str, Any]:
     """The point-in-time fields ``list --valid-at`` adds to a register row: what happened
     after the instant (a later revocation, a later revocation of the issuer)."""

@@ -644,3 +644,20 @@ def test_past_the_walk_limit_the_events_shown_are_checked_and_it_says_so(
     result = copy.run("timeline", "--spiffe-id", f"{TD}/pay/a1", *WINDOW, "--json")
     problems = json.loads(result.stdout)["chain"]["problems"]
     assert {"seq": deleted, "problem": "event is missing (deleted?)"} in problems
+
+
+def test_valid_at_csv_carries_the_point_in_time_columns(scenario: Scenario) -> None:
+    import csv
+    import io
+
+    table = scenario.run("list", "--valid-at", f"{DAY}T12:10:00Z", "--workflow", "pay", "--csv")
+    assert table.exit_code == 0, table.stderr
+    rows = {r["serial"]: r for r in csv.DictReader(io.StringIO(table.stdout))}
+    a2 = rows[scenario.serials["A2"]]
+    assert (a2["status"], a2["revoked_later_at"], a2["revoked_later_reason"]) == (
+        "valid",
+        f"{DAY}T12:30:00Z",
+        "key-compromise",
+    )
+    assert rows[scenario.serials["D1"]]["issuer_revoked_at"] == f"{DAY}T13:00:00Z"
+    assert a2["valid_at"] == f"{DAY}T12:10:00Z"

@@ -110,7 +110,7 @@ def list_certificates(
         if render.json_mode():
             _stream_json(rows)
         elif csv_output:
-            _stream_csv(rows)
+            _stream_csv(rows, valid_at=criteria.valid_at is not None)
         elif sys.stdout.isatty():
             _print_terminal_table(rows)
         else:
@@ -142,21 +142,24 @@ def _stream_json(rows: Iterator[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
-def _stream_csv(rows: Iterator[dict[str, Any]]) -> None:
-    """CSV in chunks: ``register_csv`` (shared with the exports) per chunk, one header."""
+def _stream_csv(rows: Iterator[dict[str, Any]], *, valid_at: bool = False) -> None:
+    """CSV in chunks: ``register_csv`` (shared with the exports) per chunk, one header;
+    with ``--valid-at`` its point-in-time columns follow the register's."""
     from itertools import islice
 
     from cyphrs_cli.audit.export import register_csv
+    from cyphrs_cli.ledger.investigate import VALID_AT_FIELDS
 
+    extra = VALID_AT_FIELDS if valid_at else ()
     first = True
     while chunk := list(islice(rows, 1000)):
-        text = register_csv(chunk).decode()
+        text = register_csv(chunk, extra).decode()
         if not first:
             text = text.split("\r\n", 1)[1]  # the header row (column names, never quoted)
         sys.stdout.write(text)
         first = False
     if first:
-        sys.stdout.write(register_csv([]).decode())
+        sys.stdout.write(register_csv([], extra).decode())
     sys.stdout.flush()
 
 

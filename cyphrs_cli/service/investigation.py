@@ -28,6 +28,8 @@ TIMELINE_KINDS = ("spiffe_id", "workflow", "issuer", "serial")
 #: Events a timeline's chain check walks contiguously (about 0.5 s); a longer range is
 #: checked around the events shown instead (``ChainCheck.scope`` says which).
 CHAIN_WALK_LIMIT = 200_000
+#: Renewal-chain links ``find`` shows on each side of a certificate.
+CHAIN_NEIGHBOURS = 10
 #: Candidates an ambiguous serial prefix lists before it says "and more".
 AMBIGUOUS_SHOWN = 10
 _HEX = re.compile(r"[0-9a-f]+")
@@ -283,12 +285,17 @@ def _certificate_story(
     if chain_ids is None:
         chain_ids = investigate.renewal_chain(conn, certificate_id)
         chains.update(dict.fromkeys(chain_ids, chain_ids))
-    chain = investigate.chain_summaries(conn, chain_ids)
     position = chain_ids.index(certificate_id)
+    # The links around this certificate (a long-lived identity renews thousands of times).
+    start = max(0, position - CHAIN_NEIGHBOURS)
+    shown = chain_ids[start : position + CHAIN_NEIGHBOURS + 1]
+    chain = investigate.chain_summaries(conn, shown)
+    position -= start
     successor = chain[position + 1]["serial"] if position + 1 < len(chain) else None
     for index, link in enumerate(chain):
         link["this"] = index == position
-        link["status"] = _status_now(link, now, superseded=index + 1 < len(chain))
+        newer = start + index + 1 < len(chain_ids)
+        link["status"] = _status_now(link, now, superseded=newer)
         del link["stored_status"]
     targets = [f"certificate:{register['serial']}"]
     if successor is not None:
@@ -309,6 +316,7 @@ def _certificate_story(
     return {
         "certificate": {**register, "issuer_revoked_at": raw["issuer_revoked_at"]},
         "renewal_chain": chain,
+        "renewal_chain_length": len(chain_ids),
         "history": history,
         "obtained_by": obtained_by,
         "events": own,

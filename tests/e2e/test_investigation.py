@@ -661,3 +661,27 @@ def test_valid_at_csv_carries_the_point_in_time_columns(scenario: Scenario) -> N
     )
     assert rows[scenario.serials["D1"]]["issuer_revoked_at"] == f"{DAY}T13:00:00Z"
     assert a2["valid_at"] == f"{DAY}T12:10:00Z"
+
+
+def test_find_shows_the_renewal_links_around_a_certificate_of_a_long_chain(
+    fresh_hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cyphrs_cli.service.investigation as investigation
+
+    monkeypatch.setattr(investigation, "CHAIN_NEIGHBOURS", 1)
+    h = fresh_hierarchy
+    serials = [_issue(h, "10:00:00", "long", "one")]
+    for n in range(4):
+        renewed = cli(
+            "renew", "--serial", serials[-1], "--json", "--force", "--home", str(h.home),
+            "--passphrase-file", str(h.inter_pass), env=at(f"1{n + 1}:00:00"),
+        )  # fmt: skip
+        assert renewed.exit_code == 0, renewed.stderr
+        serials.append(renewed.json()["certificate"]["serial"])
+    found = cli("find", "--serial", serials[2], "--json", "--home", str(h.home), env=at("14:30:00"))
+    assert found.exit_code == 0, found.stderr
+    story = found.json()["certificates"][0]
+    assert story["renewal_chain_length"] == 5
+    assert [link["serial"] for link in story["renewal_chain"]] == serials[1:4]
+    assert [link["status"] for link in story["renewal_chain"]] == ["superseded"] * 3
+    assert_valid(found.json())

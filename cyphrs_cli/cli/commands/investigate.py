@@ -197,7 +197,10 @@ def _find_lines(stories: list[dict[str, Any]]) -> list[str]:
             f"  obtained by  requester {by['requester'] or '-'}; actor {by['actor'] or '-'}"
             f" on {by['host'] or '-'} (event #{by['event_seq'] or '-'} {by['event_type'] or ''})"
         )
-        lines.append("  renewal chain (oldest first):")
+        shown = len(story["renewal_chain"])
+        total = story["renewal_chain_length"]
+        more = f", {shown} of {total} around this one" if shown < total else ""
+        lines.append(f"  renewal chain (oldest first{more}):")
         for link in story["renewal_chain"]:
             mark = ">" if link["this"] else " "
             lines.append(

@@ -17,6 +17,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CYPHRS_HOME", raising=False)
     monkeypatch.delenv("CYPHRS_TEST_FAULT", raising=False)
     monkeypatch.delenv("CYPHRS_TEST_DELAY", raising=False)
+    monkeypatch.delenv("CYPHRS_TEST_NOW", raising=False)
     monkeypatch.delenv("CYPHRS_ALLOW_INSECURE_HOME", raising=False)
     monkeypatch.setenv("CI", "true")
 

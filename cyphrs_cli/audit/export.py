@@ -5,6 +5,7 @@ Layout of a bundle directory::
     certificates.csv / certificates.jsonl   certificate register (as of the window's end)
     keys.csv / keys.jsonl                   CA key register
     events.jsonl                            the window's events with their chain hashes
+    timelines/N-KIND.json / .csv            with ``--timeline``: one scope's timeline
     ca/ALIAS.pem                            CA certificates, for offline verification
     crls/ALIAS.crl.pem                      the newest CRL per CA issued before the window's end
     report.html                             self-contained reviewer report
@@ -100,9 +101,31 @@ def records_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     return _csv(rows, columns)
 
 
-def register_csv(certificates: list[dict[str, Any]]) -> bytes:
-    """The certificate register as CSV (``list --csv`` and exports share it)."""
-    return _csv(certificates, REGISTER_COLUMNS)
+def register_csv(certificates: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> bytes:
+    """The certificate register as CSV (``list --csv`` and exports share it); ``extra``
+    columns follow the register's own (``list --valid-at``'s point-in-time fields)."""
+    return _csv(certificates, REGISTER_COLUMNS + extra)
+
+
+TIMELINE_COLUMNS = (
+    "seq",
+    "at",
+    "type",
+    "actor",
+    "host",
+    "outcome",
+    "target",
+    "serial",
+    "spiffe_id",
+    "summary",
+    "chain_ok",
+    "hash",
+)
+
+
+def timeline_csv(events: list[dict[str, Any]]) -> bytes:
+    """A timeline's events as CSV (``timeline --csv`` and exports share it)."""
+    return _csv(events, TIMELINE_COLUMNS)
 
 
 def key_register(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -267,13 +290,15 @@ def export_bundle(
     anchor: TrustAnchor | None = None,
     home: HomeFacts | None = None,
     extras: ReportExtras | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> ExportResult:
     """Write a bundle for [since, until) to ``out_dir`` and record the export.
 
     A ledger that does not verify is refused before anything is signed or written: a
     signed bundle of tampered records would lend them the CA's signature. With
     ``allow_unverified`` the bundle is made for forensics, marked ``ledger_verified:
-    false`` with the problems listed, and ``verify-export`` rejects it.
+    false`` with the problems listed, and ``verify-export`` rejects it. ``extra_files``
+    (timelines) join the bundle and its manifest.
     """
     from cyphrs_cli.audit.checkpoint import create_checkpoint
     from cyphrs_cli.ca.signing import sign_document
@@ -292,6 +317,7 @@ def export_bundle(
             hint="run 'cyphrs audit verify'; --allow-unverified exports a marked bundle",
         )
     files, counts = build_bundle_files(ledger.conn, since, until, verification, extras)
+    files.update(extra_files or {})
     manifest = {
         "schema": "cyphrs.audit-manifest/v1",
         "window": {"since": rfc3339(since), "until": rfc3339(until)},

@@ -60,6 +60,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger.",
     ),
     "list": ("listing", "List certificates from the ledger, newest first, with renewal links."),
+    "find": (
+        "investigate",
+        "Find a certificate by fingerprint, serial, SPIFFE ID or the certificate itself.",
+    ),
+    "timeline": (
+        "investigate",
+        "Events of an agent, a workflow, an issuer or a certificate in a window, chain-checked.",
+    ),
     "inspect": (
         "inspect",
         "Decode certificates and CSRs: names, SPIFFE ID, agent claims, validity, chain status.",

@@ -18,6 +18,9 @@ from cyphrs_cli.errors import StorageError
 
 BUSY_TIMEOUT_ENV = "CYPHRS_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+#: Steps a migration's SQL cannot express (hashing PEM), run right after it in the same
+#: transaction: migration number -> "module:function" taking the connection.
+_AFTER_MIGRATION = {5: "cyphrs_cli.ledger.investigate:backfill_sha1"}
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -111,6 +114,11 @@ class Ledger:
                 for statement in sql.split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
+                if number in _AFTER_MIGRATION:
+                    import importlib
+
+                    module, function = _AFTER_MIGRATION[number].split(":")
+                    getattr(importlib.import_module(module), function)(conn)
                 conn.execute(f"PRAGMA user_version = {number}")
 
     @contextmanager

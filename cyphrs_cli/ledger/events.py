@@ -20,6 +20,9 @@ from typing import Any
 
 GENESIS_HASH = "0" * 64
 ACTOR_ENV = "CYPHRS_ACTOR"
+#: Test-only: a fixed RFC 3339 instant that ``utc_now`` returns instead of the clock, so
+#: tests can issue, renew and revoke at known times (docs/testing.md). Never set it on a CA.
+TEST_NOW_ENV = "CYPHRS_TEST_NOW"
 # ``cyphrs --actor NAME``: set for one invocation (and reset after it) by the CLI's root
 # command, so a flag never leaks into the next in-process invocation or other threads.
 ACTOR_OVERRIDE: ContextVar[str | None] = ContextVar("cyphrs_actor", default=None)
@@ -37,6 +40,15 @@ def sha256_hex(data: bytes) -> str:
 
 
 def utc_now() -> datetime:
+    """The ledger's clock: now in UTC to the second (every recorded time comes from here).
+
+    ``CYPHRS_TEST_NOW`` (test-only) replaces the system clock with a fixed instant.
+    """
+    fixed = os.environ.get(TEST_NOW_ENV)
+    if fixed:
+        return datetime.fromisoformat(fixed.replace("Z", "+00:00")).astimezone(UTC).replace(
+            microsecond=0
+        )
     return datetime.now(UTC).replace(microsecond=0)
 
 

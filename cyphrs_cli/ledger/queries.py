@@ -92,6 +92,8 @@ class CertificateFilter:
     issued_before: datetime | None = None
     expiring_within: timedelta | None = None
     limit: int | None = None
+    # Valid at this instant (``ledger.investigate``): rows are then shown as of it.
+    valid_at: datetime | None = None
 
 
 def _key_bits(algorithm: str) -> int | None:
@@ -223,7 +225,16 @@ def iter_certificates(
     if query.expiring_within is not None:
         where.append("c.status != 'revoked' AND c.not_after >= ? AND c.not_after <= ?")
         args += [now_text, rfc3339(now + query.expiring_within)]
-    sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    select, as_of = _SELECT, now_text
+    if query.valid_at is not None:
+        from cyphrs_cli.ledger import investigate
+
+        as_of = rfc3339(query.valid_at)
+        where.append(investigate.VALID_AT_CLAUSE)
+        args += investigate.valid_at_args(as_of)
+        select = "SELECT " + ", ".join((*_COLUMNS, *investigate.VALID_AT_COLUMNS))
+        select += investigate.valid_at_from(_FROM, narrowed=bool(query.workflow or query.spiffe_id))
+    sql = select + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY c.issued_at DESC, c.id DESC"
     if query.limit is not None:
         sql += " LIMIT ?"
@@ -231,8 +242,16 @@ def iter_certificates(
     cursor = conn.cursor()
     cursor.row_factory = None  # plain tuples: _register_tuple reads by position
     cursor.arraysize = 512
+    if query.valid_at is None:
+        for row in cursor.execute(sql, args):
+            yield _register_tuple(row, now_text)
+        return
+    width = len(_COLUMNS)
     for row in cursor.execute(sql, args):
-        yield _register_tuple(row, now_text)
+        yield {
+            **_register_tuple(row[:width], as_of),
+            **investigate.valid_at_extras(row[width:], as_of),
+        }
 
 
 def register_in_window(

@@ -79,7 +79,20 @@ def insert_certificate(conn: sqlite3.Connection, row: CertificateRow) -> int:
         [values[c] for c in CERT_IMMUTABLE_COLUMNS],
     )
     assert cursor.lastrowid is not None
+    conn.execute(
+        "INSERT INTO certificate_sha1 (certificate_id, sha1) VALUES (?, ?)",
+        (cursor.lastrowid, pem_sha1(row.pem)),
+    )
     return cursor.lastrowid
+
+
+def pem_sha1(pem: str) -> str:
+    """SHA-1 of the DER inside one PEM certificate (what older logs print as fingerprint)."""
+    import base64
+    import hashlib
+
+    body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    return hashlib.sha1(base64.b64decode(body), usedforsecurity=False).hexdigest()
 
 
 def insert_authority(

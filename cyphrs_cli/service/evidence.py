@@ -21,6 +21,28 @@ def checkpoint(authority: Authority) -> CheckpointResult:
     return CheckpointResult(create_checkpoint(authority.ledger, authority.issuer))
 
 
+def _timeline_files(
+    authority: Authority, request: ExportRequest, until: datetime
+) -> dict[str, bytes]:
+    """``timelines/N-KIND.json`` (``cyphrs.timeline/v1``) and ``.csv`` per requested scope,
+    over the export window; built before anything is signed, so a bad scope (unknown
+    issuer, ambiguous serial) refuses the export with nothing written."""
+    import json
+
+    from cyphrs_cli.audit.export import timeline_csv
+    from cyphrs_cli.service.investigation import TimelineRequest, timeline_in
+
+    files: dict[str, bytes] = {}
+    for number, scope in enumerate(request.timelines, start=1):
+        built = timeline_in(
+            authority.ledger.conn, TimelineRequest(scope, request.since, until)
+        ).document()
+        stem = f"timelines/{number}-{scope.kind.replace('_', '-')}"
+        files[f"{stem}.json"] = json.dumps(built, indent=2, sort_keys=True).encode() + b"\n"
+        files[f"{stem}.csv"] = timeline_csv(built["events"])
+    return files
+
+
 def export(authority: Authority, request: ExportRequest) -> ExportSummary:
     """Write the bundle (refused on a ledger that does not verify unless
     ``allow_unverified``) and, with ``archive``, a reproducible ``OUT.tar.gz`` next to it.
@@ -38,6 +60,7 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
     until = request.until or utc_now() + timedelta(seconds=1)
     facts = HomeFacts.of(authority.home, authority.config)
     extras = report_extras(authority, until)
+    timelines = _timeline_files(authority, request, until)
     result = export_bundle(
         authority.ledger,
         authority.issuer,
@@ -49,6 +72,7 @@ def export(authority: Authority, request: ExportRequest) -> ExportSummary:
         anchor=request.anchor,
         home=facts,
         extras=extras,
+        extra_files=timelines,
     )
     if not request.archive:
         return ExportSummary(result)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.models import CertificatePlan, IssuedCertificate
     from cyphrs_cli.ca.revocation import PublishedCrl
     from cyphrs_cli.policy.decide import PolicyDecision
+    from cyphrs_cli.service.investigation import TimelineScope
 
 __all__ = [
     "CertificateTarget",
@@ -165,6 +166,8 @@ class ExportRequest:
     allow_unverified: bool = False
     anchor: TrustAnchor | None = None
     archive: bool = False
+    # A timeline of each scope over the window goes into the bundle (and its manifest).
+    timelines: tuple[TimelineScope, ...] = ()
 
 
 @dataclass(frozen=True)

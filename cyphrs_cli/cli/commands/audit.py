@@ -46,6 +46,10 @@ Examples:
 
   cyphrs audit verify-export q4-evidence --root acme-root.pem
 
+  cyphrs audit-export --since 2026-11-29 --out incident --timeline workflow=payments-recon
+
+--timeline adds timelines/N-KIND.json and .csv for the window, listed in the manifest.
+
 audit-export refuses (exit 8) a ledger that does not verify, unless --allow-unverified,
 which marks the bundle; verify-export rejects a marked bundle (exit 10). verify-export
 needs an anchor (--root or --root-fingerprint), or --trust-bundle-root to accept the
@@ -355,6 +359,15 @@ def audit_export(
             " verify-export rejects it.",
         ),
     ] = False,
+    timeline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--timeline",
+            metavar="KIND=VALUE",
+            help="Add the window's timeline of spiffe-id=ID, workflow=NAME, issuer=ALIAS or"
+            " serial=HEX to the bundle (repeatable).",
+        ),
+    ] = None,
     root: RootOption = None,
     root_fingerprint: RootFingerprintOption = None,
     home: HomeOption = None,
@@ -372,6 +385,7 @@ def audit_export(
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.investigation import TimelineScope
     from cyphrs_cli.service.requests import ExportRequest
     from cyphrs_cli.times import parse_time
 
@@ -383,6 +397,7 @@ def audit_export(
         allow_unverified=allow_unverified,
         anchor=load_anchor(str(root) if root else None, root_fingerprint),
         archive=archive,
+        timelines=tuple(TimelineScope.parse(text) for text in timeline or ()),
     )
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets) as ca:

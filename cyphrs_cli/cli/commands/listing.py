@@ -21,6 +21,13 @@ Examples:
 
   cyphrs list --status revoked --issued-after 2026-11-01 --csv > revoked.csv
 
+  cyphrs list --valid-at 2026-11-29T14:02:00Z --workflow payments-recon --json
+
+With --valid-at, only certificates valid at that instant are listed (issued, inside their
+validity, not revoked then, their issuer not revoked then), each as it stood then; one
+revoked (or whose issuer was revoked) later says when, in revoked_later_at and
+issuer_revoked_at.
+
 Statuses: valid, expired, revoked, superseded (renewed and not yet expired).
 
 {EXIT_CODE_HELP}"""
@@ -65,6 +72,10 @@ def list_certificates(
     wide: Annotated[
         bool, typer.Option("--wide", help="Full serials on a terminal too (piped: always).")
     ] = False,
+    valid_at: Annotated[
+        str | None,
+        typer.Option("--valid-at", help="Only certificates valid at this RFC 3339 instant."),
+    ] = None,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -88,6 +99,10 @@ def list_certificates(
         raise InvalidInputError(f"--limit must be at most {MAX_LIMIT}")
     if csv_output and render.json_mode():
         raise UsageError("choose --csv or --json")
+    if valid_at is not None and (status is not None or expiring_within is not None):
+        raise UsageError(
+            "--valid-at gives the status at its instant: drop --status/--expiring-within"
+        )
     ca_home = resolve_home(home)
     ca_home.require_initialised()
     criteria = CertificateFilter(
@@ -101,13 +116,14 @@ def list_certificates(
         issued_before=parse_time(issued_before) if issued_before else None,
         expiring_within=parse_duration(expiring_within) if expiring_within else None,
         limit=limit,
+        valid_at=parse_time(valid_at) if valid_at else None,
     )
     with open_ledger(ca_home) as ledger:
         rows = query(ledger.conn, criteria, utc_now())
         if render.json_mode():
             _stream_json(rows)
         elif csv_output:
-            _stream_csv(rows)
+            _stream_csv(rows, valid_at=criteria.valid_at is not None)
         elif sys.stdout.isatty():
             _print_terminal_table(rows, wide=wide)
         else:
@@ -139,21 +155,24 @@ def _stream_json(rows: Iterator[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
-def _stream_csv(rows: Iterator[dict[str, Any]]) -> None:
-    """CSV in chunks: ``register_csv`` (shared with the exports) per chunk, one header."""
+def _stream_csv(rows: Iterator[dict[str, Any]], *, valid_at: bool = False) -> None:
+    """CSV in chunks: ``register_csv`` (shared with the exports) per chunk, one header;
+    with ``--valid-at`` its point-in-time columns follow the register's."""
     from itertools import islice
 
     from cyphrs_cli.audit.export import register_csv
+    from cyphrs_cli.ledger.investigate import VALID_AT_FIELDS
 
+    extra = VALID_AT_FIELDS if valid_at else ()
     first = True
     while chunk := list(islice(rows, 1000)):
-        text = register_csv(chunk).decode()
+        text = register_csv(chunk, extra).decode()
         if not first:
             text = text.split("\r\n", 1)[1]  # the header row (column names, never quoted)
         sys.stdout.write(text)
         first = False
     if first:
-        sys.stdout.write(register_csv([]).decode())
+        sys.stdout.write(register_csv([], extra).decode())
     sys.stdout.flush()
 
 
@@ -164,6 +183,11 @@ def _cells(row: dict[str, Any], *, short: bool) -> tuple[str, ...]:
     sans = row["sans"]
     identity = row["spiffe_id"] or (sans[0] if isinstance(sans, list) and sans else row["subject"])
     serial, replaces = str(row["serial"]), str(row["replaces"] or "")
+    status = str(row["status"])
+    if row.get("revoked_later_at"):  # list --valid-at: what happened after the instant
+        status += f" (revoked {row['revoked_later_at']})"
+    if row.get("issuer_revoked_at"):
+        status += f" (issuer revoked {row['issuer_revoked_at']})"
     if short:
         # A terminal is read by people; piped output is read by tools (and `revoke --serial`
         # needs the whole serial), so only the terminal cuts it.
@@ -174,7 +198,7 @@ def _cells(row: dict[str, Any], *, short: bool) -> tuple[str, ...]:
         str(row["profile"]),
         str(identity),
         str(row["not_after"]),
-        str(row["status"]),
+        status,
         replaces,
     )
 

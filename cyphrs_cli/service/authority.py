@@ -33,7 +33,8 @@ from cyphrs_cli.errors import NotFoundError
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from cyphrs_cli.ca.models import Issuer, IssuerFacts
+    from cyphrs_cli.ca.issuance import AfterRecord
+    from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts, LeafRequest
     from cyphrs_cli.ca.revocation import Revocation
     from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.config.settings import HomeConfig
@@ -205,6 +206,36 @@ class Authority:
                 with self._lock:
                     self._issuers[name] = found
         return found
+
+    def commit_leaf(
+        self,
+        profile: Profile,
+        request: LeafRequest,
+        *,
+        issuer: str | None = None,
+        after_record: AfterRecord | None = None,
+    ) -> IssuedCertificate:
+        """Decide, sign and record one leaf through the one issuance path
+        (``ca.issuance.issue_leaves`` with one item), signed by ``issuer`` (default: this
+        authority's). ``after_record`` runs in the same transaction right after the row
+        and its event are written; a ``CyphrsError`` it raises undoes the certificate
+        (no row, no event) and is raised here. Every online issuance goes through here.
+
+        Raises:
+            CyphrsError: the item's refusal (5 policy, recorded; 7 a duplicate instance),
+                the hook's error, or 8 a ledger failure (nothing recorded).
+        """
+        from cyphrs_cli.ca.issuance import issue_leaves
+        from cyphrs_cli.errors import CyphrsError
+
+        signer = self.signing_issuer(issuer) if issuer is not None else self.issuer
+        (result,) = issue_leaves(
+            self.ledger, signer, [(profile, request)], after_record=[after_record]
+        )
+        if isinstance(result, CyphrsError):
+            raise result
+        assert result is not None  # one item: either issued or its error
+        return result
 
     # -- use cases ------------------------------------------------------------------
 

@@ -72,6 +72,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
     "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
     "profiles": ("profiles", "Issuance profiles: built-in and the CA home's own."),
+    "serve": (
+        "serve",
+        "Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP.",
+    ),
     "config": (
         "homeconfig",
         "The CA home's trust state: check the files against the ledger, set the claims OID.",

@@ -20,17 +20,20 @@ tests already prove -- while signing runs in parallel. Lazy loading is guarded b
 lock. A software key is a pyca/cryptography object, safe for concurrent signing; a
 PKCS#11 key serialises its calls on its session (``keystore.pkcs11.TokenSession``).
 What is cached (config, profiles, anchored facts) is read once: a long-lived front end
-reopens the ``Authority`` to see changed profiles or a new intermediate.
+reopens the ``Authority`` to see changed profiles or a new intermediate. A server calls
+``start_group_commit``: then ``commit_leaf`` (every online issuance) is batched across
+threads into one transaction per group by ``service.committer``.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
     from types import TracebackType
 
     from cyphrs_cli.ca.issuance import AfterRecord
@@ -40,7 +43,9 @@ if TYPE_CHECKING:
     from cyphrs_cli.config.settings import HomeConfig
     from cyphrs_cli.keystore.base import SecretProvider
     from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.queries import CertificateFilter
     from cyphrs_cli.profiles.model import Profile
+    from cyphrs_cli.service.committer import CommitObserver, GroupCommitter
     from cyphrs_cli.service.requests import (
         CheckpointResult,
         CrlRequest,
@@ -73,6 +78,7 @@ class Authority:
         self._facts: IssuerFacts | None = None
         self._issuers: dict[str, Issuer] = {}
         self._closed = False
+        self._committer: GroupCommitter | None = None
 
     @classmethod
     def open(
@@ -228,6 +234,9 @@ class Authority:
         from cyphrs_cli.ca.issuance import issue_leaves
         from cyphrs_cli.errors import CyphrsError
 
+        committer = self._committer
+        if committer is not None:
+            return committer.submit(profile, request, issuer=issuer, after_record=after_record)
         signer = self.signing_issuer(issuer) if issuer is not None else self.issuer
         (result,) = issue_leaves(
             self.ledger, signer, [(profile, request)], after_record=[after_record]
@@ -236,6 +245,31 @@ class Authority:
             raise result
         assert result is not None  # one item: either issued or its error
         return result
+
+    def start_group_commit(
+        self,
+        *,
+        max_items: int | None = None,
+        max_wait: float | None = None,
+        observer: CommitObserver | None = None,
+    ) -> GroupCommitter:
+        """From now on ``commit_leaf`` calls of every thread are batched by one writer
+        thread (``service.committer``); ``close`` drains it. The server's mode."""
+        from cyphrs_cli.service import committer as group
+
+        with self._lock:
+            if self._committer is None:
+                self._committer = group.GroupCommitter(
+                    self,
+                    max_items=max_items or group.DEFAULT_MAX_ITEMS,
+                    max_wait=group.DEFAULT_MAX_WAIT if max_wait is None else max_wait,
+                    observer=observer,
+                )
+            return self._committer
+
+    @property
+    def group_committer(self) -> GroupCommitter | None:
+        return self._committer
 
     # -- use cases ------------------------------------------------------------------
 
@@ -281,10 +315,50 @@ class Authority:
 
         return export(self, request)
 
+    def renew_presented(
+        self, presented_der: bytes, csr_pem: bytes, *, ttl: timedelta | None = None
+    ) -> IssueResult:
+        from cyphrs_cli.service.online import renew_presented
+
+        return renew_presented(self, presented_der, csr_pem, ttl=ttl)
+
+    def revoke_presented(self, presented_der: bytes, reason: str | None) -> Revocation:
+        from cyphrs_cli.service.online import revoke_presented
+
+        return revoke_presented(self, presented_der, reason)
+
+    def admin_identity(self, presented_der: bytes, *, profile: str = "admin") -> str:
+        from cyphrs_cli.service.online import admin_identity
+
+        return admin_identity(self, presented_der, profile=profile)
+
+    def server_certificate(
+        self, *, dns_names: tuple[str, ...], ip_addresses: tuple[str, ...], ttl: str
+    ) -> IssueResult:
+        from cyphrs_cli.service.online import server_certificate
+
+        return server_certificate(self, dns_names=dns_names, ip_addresses=ip_addresses, ttl=ttl)
+
+    def readiness(self) -> dict[str, str]:
+        from cyphrs_cli.service.online import readiness
+
+        return readiness(self)
+
+    def list_certificates(self, query: CertificateFilter) -> list[dict[str, Any]]:
+        """Ledger rows matching ``query`` as ``cyphrs.list/v1`` entries, newest first."""
+        from cyphrs_cli.ledger.events import utc_now
+        from cyphrs_cli.ledger.queries import list_certificates
+
+        return list_certificates(self.ledger.conn, query, utc_now())
+
     # -- life cycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every ledger connection and token session this authority opened."""
+        """Drain the group committer, then close every ledger connection and token
+        session this authority opened."""
+        committer = self._committer
+        if committer is not None:
+            committer.close()
         with self._lock:
             self._closed = True
             ledgers, self._ledgers = self._ledgers, []

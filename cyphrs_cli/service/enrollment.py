@@ -21,10 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cyphrs_cli.errors import InvalidInputError, PolicyDenied, UsageError
+from cyphrs_cli.errors import ConflictError, InvalidInputError, PolicyDenied, UsageError
 from cyphrs_cli.service.tokens import CredentialRefused
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import timedelta
 
     from cryptography import x509
@@ -65,6 +66,9 @@ class Grant:
     instance: str | None
     requester: str
     spend: AfterRecord
+    # Raises the credential's refusal if it has been spent meanwhile: a loser of a replay
+    # race may first meet the winner's certificate (same instance, a conflict).
+    recheck: Callable[[], None]
 
 
 def _refused(kind: str, what: str, message: str) -> CredentialRefused:
@@ -89,11 +93,18 @@ def token_grant(authority: Authority, token: str) -> Grant:
         instance=None,
         requester=f"token:{info.token_id}",
         spend=consume_hook(info),
+        recheck=lambda: _still_redeemable(authority, token),
     )
 
 
+def _still_redeemable(authority: Authority, token: str) -> None:
+    from cyphrs_cli.service.tokens import redeemable_token
+
+    redeemable_token(authority.ledger.conn, token)
+
+
 def jwt_grant(authority: Authority, token: str) -> Grant:
-    from cyphrs_cli.service.provisioners import consume_jwt_hook, verify_jwt
+    from cyphrs_cli.service.provisioners import check_unused, consume_jwt_hook, verify_jwt
 
     grant = verify_jwt(authority, token)
     spec = grant.provisioner
@@ -109,6 +120,7 @@ def jwt_grant(authority: Authority, token: str) -> Grant:
         instance=grant.instance,
         requester=who[:REQUESTER_LIMIT],
         spend=consume_jwt_hook(grant),
+        recheck=lambda: check_unused(authority.ledger.conn, spec.name, grant.jti),
     )
 
 
@@ -139,7 +151,11 @@ def enroll(authority: Authority, request: EnrollRequest) -> IssueResult:
             grant = jwt_grant(authority, request.jwt)
         evidence = grant.evidence
         profile, leaf = _leaf_request(authority, grant, request, csr)
-        issued = authority.commit_leaf(profile, leaf, after_record=grant.spend)
+        try:
+            issued = authority.commit_leaf(profile, leaf, after_record=grant.spend)
+        except ConflictError:
+            grant.recheck()
+            raise
     except PolicyDenied as refused:
         record_refusal(authority.ledger, kind, refused, evidence)
         raise

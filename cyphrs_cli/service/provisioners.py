@@ -399,14 +399,7 @@ def _grant(
         jti = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
     subject = claims.get("sub")
-    used = conn.execute(
-        "SELECT serial, used_at FROM jwt_uses WHERE provisioner = ? AND jti = ?", (spec.name, jti)
-    ).fetchone()
-    if used is not None:
-        raise _refused(
-            "jwt.replay",
-            f"this JWT was already used at {used['used_at']} (certificate {used['serial']})",
-        )
+    check_unused(conn, spec.name, jti)
     return JwtGrant(
         provisioner=spec,
         subject=str(subject)[:200] if subject is not None else None,
@@ -416,6 +409,19 @@ def _grant(
         jti=jti,
         expires_at=expires_at,
     )
+
+
+def check_unused(conn: sqlite3.Connection, provisioner: str, jti: str) -> None:
+    """Refuse (``jwt.replay``) a JWT whose ``jti`` already paid for a certificate."""
+    used = conn.execute(
+        "SELECT serial, used_at FROM jwt_uses WHERE provisioner = ? AND jti = ?",
+        (provisioner, jti),
+    ).fetchone()
+    if used is not None:
+        raise _refused(
+            "jwt.replay",
+            f"this JWT was already used at {used['used_at']} (certificate {used['serial']})",
+        )
 
 
 def consume_jwt_hook(grant: JwtGrant) -> AfterRecord:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from datetime import timedelta
     from types import TracebackType
 
+    from jwt import PyJWKClient
+
     from cyphrs_cli.ca.issuance import AfterRecord
     from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts, LeafRequest
     from cyphrs_cli.ca.revocation import Revocation
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from cyphrs_cli.ledger.queries import CertificateFilter
     from cyphrs_cli.profiles.model import Profile
     from cyphrs_cli.service.committer import CommitObserver, GroupCommitter
+    from cyphrs_cli.service.enrollment import EnrollRequest
+    from cyphrs_cli.service.provisioners import ProvisionerSpec
     from cyphrs_cli.service.requests import (
         CheckpointResult,
         CrlRequest,
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
         RenewRequest,
         RevokeRequest,
     )
+    from cyphrs_cli.service.tokens import CreatedToken, TokenInfo, TokenSpec
 
 
 class Authority:
@@ -79,6 +84,7 @@ class Authority:
         self._issuers: dict[str, Issuer] = {}
         self._closed = False
         self._committer: GroupCommitter | None = None
+        self._jwks_clients: dict[str, PyJWKClient] = {}
 
     @classmethod
     def open(
@@ -350,6 +356,61 @@ class Authority:
         from cyphrs_cli.ledger.queries import list_certificates
 
         return list_certificates(self.ledger.conn, query, utc_now())
+    # -- enrollment (tokens, JWT provisioners) ----------------------------------------
+
+    def create_token(self, spec: TokenSpec) -> CreatedToken:
+        """A new one-time enrollment token; its secret is returned once, stored hashed."""
+        from cyphrs_cli.service.tokens import create_token
+
+        return create_token(self, spec)
+
+    def list_tokens(self, *, include_inactive: bool = False) -> list[TokenInfo]:
+        from cyphrs_cli.service.tokens import list_tokens
+
+        return list_tokens(self, include_inactive=include_inactive)
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        from cyphrs_cli.service.tokens import revoke_token
+
+        return revoke_token(self, token_id)
+
+    def enroll(self, request: EnrollRequest) -> IssueResult:
+        """Issue for an agent's CSR under a token's or a provisioner JWT's binding, the
+        credential spent in the certificate's own transaction."""
+        from cyphrs_cli.service.enrollment import enroll
+
+        return enroll(self, request)
+
+    def set_provisioner(self, spec: ProvisionerSpec, *, replace: bool = False) -> bool:
+        from cyphrs_cli.service.provisioners import set_provisioner
+
+        return set_provisioner(self, spec, replace=replace)
+
+    def list_provisioners(self) -> list[ProvisionerSpec]:
+        from cyphrs_cli.service.provisioners import list_provisioners
+
+        return list_provisioners(self)
+
+    def remove_provisioner(self, name: str) -> None:
+        from cyphrs_cli.service.provisioners import remove_provisioner
+
+        remove_provisioner(self, name)
+
+    def jwks_client(self, url: str) -> PyJWKClient:
+        """One JWKS fetcher per URL for this authority's life (keys cached 5 minutes;
+        an unknown ``kid`` refetches once)."""
+        with self._lock:
+            client = self._jwks_clients.get(url)
+            if client is None:
+                from jwt import PyJWKClient
+
+                from cyphrs_cli.service.provisioners import JWKS_FETCH_TIMEOUT_S
+
+                client = PyJWKClient(
+                    url, cache_keys=True, lifespan=300, timeout=JWKS_FETCH_TIMEOUT_S
+                )
+                self._jwks_clients[url] = client
+            return client
 
     # -- life cycle -----------------------------------------------------------------
 

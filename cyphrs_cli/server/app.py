@@ -200,6 +200,52 @@ def trust_bundle(authority: Authority) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
 
 
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise InvalidInputError("Authorization must be 'Bearer <JWT>'")
+    return credential.strip()
+
+
+async def enroll(request: web.Request) -> web.Response:
+    state = _state(request)
+    jwt = _bearer(request)
+    body = await read_json(request, "enroll")
+    from cyphrs_cli.service.enrollment import EnrollRequest
+
+    token = body.get("token")
+    credential = token if token is not None else jwt
+    if credential is not None:  # rate-limited per credential, by its hash only
+        key = ("tok:" if token is not None else "jwt:") + hashlib.sha256(
+            credential.encode()
+        ).hexdigest()
+        _limit(state.token_limiter, state, "token", key)
+    permissions = body.get("permissions")
+    enroll_request = EnrollRequest(
+        csr_pem=str(body["csr"]).encode(),
+        token=token,
+        jwt=jwt if token is None else None,
+        ttl=body.get("ttl"),
+        instance=body.get("instance"),
+        workflow=body.get("workflow"),
+        permissions=tuple(permissions) if permissions is not None else None,
+    )
+    if token is not None and jwt is not None:
+        from cyphrs_cli.errors import UsageError
+
+        raise UsageError("enroll with a token or a JWT, exactly one")
+    try:
+        result = await state.call(lambda: state.authority.enroll(enroll_request))
+    except CyphrsError as error:
+        state.metrics.issuance.labels("enroll", "unknown", _outcome(error)).inc()
+        raise
+    state.metrics.issuance.labels("enroll", result.issued.profile, "issued").inc()
+    return _json(issued_body(result, "cyphrs.enroll/v1"), 201)
+
+
 async def renew(request: web.Request) -> web.Response:
     state = _state(request)
     der = presented_certificate(request)
@@ -250,6 +296,36 @@ async def admin_revoke(request: web.Request) -> web.Response:
     revoke_request = RevokeRequest(CertificateTarget(serial=body["serial"]), body.get("reason"))
     revocation = await state.call(lambda: state.authority.revoke(revoke_request))
     return _json(revoked_body(revocation))
+
+
+async def admin_create_token(request: web.Request) -> web.Response:
+    state = _state(request)
+    identity = await _admin(request)
+    body = await read_json(request, "adminCreateToken")
+    from datetime import timedelta
+
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
+    from cyphrs_cli.service.tokens import TokenSpec
+
+    spec_fields: dict[str, Any] = {
+        key: body[key] for key in ("profile", "workflow", "trust_domain", "uses") if key in body
+    }
+    if "permissions" in body:
+        spec_fields["permissions"] = tuple(body["permissions"])
+    if "max_ttl" in body:
+        spec_fields["max_ttl"] = _duration(body["max_ttl"])
+    spec_fields["ttl"] = _duration(body["ttl"]) if "ttl" in body else timedelta(minutes=10)
+    # The ledger names the administrator who asked, whatever the body claims.
+    spec_fields["requester"] = identity.split(" (serial")[0][:128]
+    token_spec = TokenSpec(**spec_fields)
+    created = await state.call(lambda: state.authority.create_token(token_spec))
+    document = {
+        "schema": "cyphrs.token/v1",
+        "token": created.token,
+        **created.info.to_json(utc_now()),
+        "expires_at": rfc3339(created.expires_at),
+    }
+    return _json(document, 201)
 
 
 async def admin_list_certificates(request: web.Request) -> web.Response:
@@ -308,7 +384,9 @@ def _outcome(error: CyphrsError) -> str:
 
 HANDLERS: dict[str, Handler] = {
     "getRoots": get_roots,
+    "enroll": enroll,
     "renew": renew,
+    "adminCreateToken": admin_create_token,
     "revoke": revoke,
     "adminRevoke": admin_revoke,
     "adminListCertificates": admin_list_certificates,

@@ -59,6 +59,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "token": {"type": "string", "minLength": 1, "maxLength": 256},
             "ttl": _DURATION,
             "instance": _NAME,
+            "workflow": _NAME,
+            "permissions": {"type": "array", "maxItems": 64, "items": _NAME},
         },
     },
     "RenewRequest": {
@@ -92,7 +94,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "max_ttl": _DURATION,
             "uses": {"type": "integer", "minimum": 1, "maximum": 1000},
             "ttl": _DURATION,
-            "requester": _NAME,
         },
     },
     "Issued": {

@@ -416,3 +416,48 @@ def test_access_log_is_json_without_secrets(ca: Hierarchy, server: ServerProcess
     assert renewals and renewals[-1]["client"].startswith("sha256:")
     for secret in (csr.decode().splitlines()[1], "cyphrs_tok_", "PRIVATE KEY", key_pem.decode().splitlines()[1]):
         assert secret not in log
+
+
+# -- enrollment end to end --------------------------------------------------------------
+
+
+def test_admin_token_then_enroll_with_curl_then_replay_refused(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    admin = issue_offline(ca.home, ca.inter_pass, tmp_path / "admin", "admin", "--cn", "ops-bob")
+    status, body = curl(
+        server,
+        "/v1/admin/tokens",
+        data=json.dumps({"workflow": "payments-recon", "permissions": ["ledger:read"], "ttl": "10m"}),
+        cert_dir=admin,
+    )
+    assert status == 201, body
+    created = json.loads(body)
+    assert created["schema"] == "cyphrs.token/v1" and created["token"].startswith("cyphrs_tok_")
+    assert created["requester"] == "CN=ops-bob"
+    token = created["token"]
+
+    key_pem, csr = new_csr()
+    status, body = curl(server, "/v1/enroll", data=json.dumps({"csr": csr.decode(), "token": token}))
+    assert status == 201, body
+    issued = json.loads(body)
+    assert issued["schema"] == "cyphrs.enroll/v1"
+    assert issued["spiffe_id"].startswith("spiffe://acme.internal/agent/payments-recon/")
+    assert _row(ca, issued["serial"])["status"] == "valid"  # recorded before the answer
+    agent = write_identity(tmp_path / "agent", issued, key_pem)
+    # The enrolled identity renews over mTLS.
+    _, csr2 = new_csr()
+    assert request(server, "POST", "/v1/renew", {"csr": csr2.decode()}, cert_dir=agent).status == 201
+
+    # Replay: refused, problem+json with the rule, counted as a token refusal.
+    _, csr3 = new_csr()
+    status, body = curl(server, "/v1/enroll", data=json.dumps({"csr": csr3.decode(), "token": token}))
+    assert status == 403, body
+    problem = json.loads(body)
+    assert problem["slug"] == "policy-denied" and problem["rule"] == "token.used"
+    metrics = request(server, "GET", "/metrics").body.decode()
+    assert 'cyphrs_token_refusals_total{rule="token.used"} 1.0' in metrics
+    assert 'cyphrs_issuance_total{operation="enroll",outcome="issued",profile="agent"}' in metrics
+    # An agent certificate cannot create tokens.
+    reply = request(server, "POST", "/v1/admin/tokens", {"workflow": "x"}, cert_dir=agent)
+    assert reply.status == 403

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, PolicyDenied
+from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, NotFoundError, PolicyDenied
 from cyphrs_cli.server import spec
 from cyphrs_cli.server.limits import RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.revocation import Revocation
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueResult
+    from cyphrs_cli.service.status import OcspAnswer
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,20 +81,15 @@ def presented_certificate(request: web.Request) -> bytes:
     return bytes(der) if der else b""
 
 
-async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
-    """The request's JSON object, validated against its schema in ``server.spec``.
-
-    Raises:
-        HttpProblem: 413 over the size limit, 408 not sent within the body timeout.
-        InvalidInputError: not JSON, or not what the schema allows (400).
-    """
+async def read_body(request: web.Request) -> bytes:
+    """The request body, bounded in size (413) and in the time it may take (408)."""
     state = _state(request)
     if request.content_length is not None and request.content_length > state.max_body:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
         )
     try:
-        body = await asyncio.wait_for(request.read(), state.body_timeout)
+        return await asyncio.wait_for(request.read(), state.body_timeout)
     except web.HTTPRequestEntityTooLarge as exc:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
@@ -101,6 +98,17 @@ async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
         raise HttpProblem(
             408, "timeout", "request body not received in time", ExitCode.INVALID_INPUT
         ) from exc
+
+
+async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
+    """The request's JSON object, validated against its schema in ``server.spec``.
+
+    Raises:
+        HttpProblem: 413 over the size limit, 408 not sent within the body timeout.
+        InvalidInputError: not JSON, or not what the schema allows (400).
+    """
+    state = _state(request)
+    body = await read_body(request)
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -189,15 +197,8 @@ async def get_roots(request: web.Request) -> web.Response:
 
 
 def trust_bundle(authority: Authority) -> bytes:
-    """The home's root certificate(s) as PEM (``Authority.trust_bundle`` when present)."""
-    own = getattr(authority, "trust_bundle", None)
-    if callable(own):
-        return bytes(own())
-    from cryptography.hazmat.primitives import serialization
-
-    issuer = authority.issuer
-    roots = [c for c in (issuer.certificate, *issuer.parents) if c and c.subject == c.issuer]
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
+    """The home's root certificate(s) as PEM."""
+    return authority.trust_bundle()
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -350,6 +351,50 @@ async def admin_list_certificates(request: web.Request) -> web.Response:
     return _json({"schema": "cyphrs.list/v1", "certificates": rows})
 
 
+def _issuer_name(request: web.Request) -> str:
+    name = request.match_info["issuer"]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        raise NotFoundError(f"no CA named {name[:64]!r}")
+    return name
+
+
+async def get_crl(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = _issuer_name(request)
+    der = await state.call(lambda: state.authority.current_crl(name))
+    return web.Response(body=der, content_type="application/pkix-crl")
+
+
+async def get_ca_certificate(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = _issuer_name(request)
+    der = await state.call(lambda: state.authority.ca_certificate(name))
+    return web.Response(body=der, content_type="application/pkix-cert")
+
+
+def _ocsp_response(answer: OcspAnswer) -> web.Response:
+    """The DER answer; a signed one without a nonce may be cached until its nextUpdate."""
+    response = web.Response(body=answer.der, content_type="application/ocsp-response")
+    if answer.next_update is not None and answer.this_update is not None and not answer.nonce:
+        max_age = int((answer.next_update - answer.this_update).total_seconds())
+        response.headers["Cache-Control"] = f"max-age={max(0, max_age)}, public, no-transform"
+    return response
+
+
+async def ocsp_get(request: web.Request) -> web.Response:
+    state = _state(request)
+    encoded = request.match_info["request"]
+    answer = await state.call(lambda: state.authority.ocsp_get_response(encoded))
+    return _ocsp_response(answer)
+
+
+async def ocsp_post(request: web.Request) -> web.Response:
+    state = _state(request)
+    body = await read_body(request)
+    answer = await state.call(lambda: state.authority.ocsp_response(body))
+    return _ocsp_response(answer)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -390,6 +435,10 @@ HANDLERS: dict[str, Handler] = {
     "revoke": revoke,
     "adminRevoke": admin_revoke,
     "adminListCertificates": admin_list_certificates,
+    "getCrl": get_crl,
+    "getCaCertificate": get_ca_certificate,
+    "ocspGet": ocsp_get,
+    "ocspPost": ocsp_post,
     "healthz": healthz,
     "readyz": readyz,
     "metrics": metrics,

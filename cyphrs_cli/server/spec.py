@@ -341,7 +341,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "name": "request",
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 4096},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
             },
         ),
         tags=("status",),

@@ -158,7 +158,6 @@ def issued_body(result: IssueResult, schema: str) -> dict[str, Any]:
         "schema": schema,
         "serial": issued.serial,
         "spiffe_id": issued.spiffe_id,
-        "profile": issued.profile,
         "not_before": rfc3339(issued.not_before),
         "not_after": rfc3339(issued.not_after),
         "fingerprint": issued.fingerprint,

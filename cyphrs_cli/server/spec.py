@@ -121,7 +121,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "chain": {"type": "string"},
             "ca": {"type": "string"},
             "replaces": {"anyOf": [_SERIAL, {"type": "null"}]},
-            "profile": {"type": "string"},
         },
     },
     "Revoked": {

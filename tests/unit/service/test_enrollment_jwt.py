@@ -219,9 +219,16 @@ def test_ttl_over_the_provisioners_max_is_refused(
     assert caught.value.rule == "jwt.ttl"
 
 
+@pytest.mark.parametrize("instance_claim", ["run_id", None])
 def test_ten_concurrent_replays_of_one_jwt_issue_once(
-    provisioned: Authority, home: CaHome, signers: dict[str, Signer]
+    ca: Authority, home: CaHome, signers: dict[str, Signer], instance_claim: str | None
 ) -> None:
+    """With ``run_id`` every racer names one instance; without, each gets a random one and
+    only the ``jti`` recorded in the issuance's transaction stops the losers."""
+    provisioned = ca
+    ca.set_provisioner(
+        _spec({"keys": [signers["EdDSA"].jwk]}, instance_claim=instance_claim)
+    )
     token = signers["EdDSA"].sign(claims())
     provisioned.issuer  # noqa: B018
     barrier = threading.Barrier(10)

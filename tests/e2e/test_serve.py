@@ -554,3 +554,36 @@ def test_openssl_ocsp_and_crl_from_the_server(
     assert refused.returncode != 0 and "error 23" in refused.stdout + refused.stderr
     status, _ = curl(server, "/v1/crl/no-such-ca.crl")
     assert status == 404
+
+
+# -- the README's curl + openssl recipe -------------------------------------------------
+
+
+def _readme_recipe() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- serve-recipe -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    return block + "\n"
+
+
+def test_readme_curl_openssl_recipe_runs_as_written(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    work = tmp_path / "recipe"
+    work.mkdir()
+    (work / "ca.pem").write_bytes(server.root_pem.read_bytes())
+    issue_offline(ca.home, ca.inter_pass, work / "admin", "admin", "--cn", "ops-alice")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _readme_recipe()],
+        cwd=work, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "CA": server.url, "ISSUER": "test-inter"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "agent/cert.pem: good" in done.stdout
+    assert done.stdout.rstrip().endswith("agent/cert.pem: revoked") or (
+        "agent/cert.pem: revoked" in done.stdout
+    )
+    issued = json.loads((work / "agent" / "issued.json").read_text())
+    renewed = json.loads((work / "agent" / "renewed.json").read_text())
+    assert renewed["replaces"] == issued["serial"]
+    assert _row(ca, renewed["serial"])["status"] == "revoked"
+    assert (work / "test-inter.crl").stat().st_size > 0

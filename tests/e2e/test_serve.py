@@ -587,3 +587,39 @@ def test_readme_curl_openssl_recipe_runs_as_written(
     assert renewed["replaces"] == issued["serial"]
     assert _row(ca, renewed["serial"])["status"] == "revoked"
     assert (work / "test-inter.crl").stat().st_size > 0
+
+
+def test_rate_limit_per_token_is_429(strict_server: ServerProcess) -> None:
+    """Guessing or replaying one token is throttled by its hash (2/m here), before the
+    ledger is asked; another token is not affected."""
+    _, csr = new_csr()
+    body = {"csr": csr.decode(), "token": "cyphrs_tok_" + "B" * 43}
+    statuses = [request(strict_server, "POST", "/v1/enroll", body).status for _ in range(3)]
+    assert statuses == [403, 403, 429]
+    other = {"csr": csr.decode(), "token": "cyphrs_tok_" + "C" * 43}
+    assert request(strict_server, "POST", "/v1/enroll", other).status == 403
+
+
+def test_health_readiness_and_metrics(server: ServerProcess) -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "serve.v1.json").read_text()
+    )
+    Draft202012Validator(schema).validate(server.ready)  # the ready line's contract
+    assert request(server, "GET", "/healthz").json() == {"status": "ok"}
+    ready = request(server, "GET", "/readyz")
+    assert ready.status == 200 and ready.json()["checks"] == {"ledger": "ok", "key": "ok"}
+    metrics = request(server, "GET", "/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    text = metrics.body.decode()
+    for name in (
+        "cyphrs_request_seconds_bucket",
+        "cyphrs_ledger_commit_seconds_bucket",
+        "cyphrs_ledger_commits_total",
+    ):
+        assert name in text
+    document = request(server, "GET", "/openapi.json").json()
+    from cyphrs_cli.server.spec import openapi_document
+
+    assert document == openapi_document()

@@ -534,6 +534,10 @@ def test_openssl_ocsp_and_crl_from_the_server(
     ).stdout  # fmt: skip
     assert "Cert Status: revoked" in text
 
+    # The server serves the stored CRL while it is fresh (OCSP is the real-time channel);
+    # the operator publishes after a revocation, as `cyphrs revoke` advises.
+    published = cli("crl", "--home", str(ca.home), "--passphrase-file", str(ca.inter_pass))
+    assert published.exit_code == 0, published.stderr
     crl = tmp_path / "inter.crl"
     status, _ = curl(server, "/v1/crl/test-inter.crl", extra=("-o", str(crl)))
     assert status == 200

@@ -408,3 +408,29 @@ def test_audit_verify_catches_edited_token_rows(
         conn.execute(edit)
     problems = audit_problems(home)
     assert any(problem in p for p in problems), problems
+
+
+def test_one_token_twice_in_one_group_commit_pays_once(ca: Authority, home: CaHome) -> None:
+    """The server's group committer puts concurrent enrollments into one transaction: two
+    uses of a one-use token in the same group still buy one certificate."""
+    from cyphrs_cli.ca.issuance import issue_leaves
+    from cyphrs_cli.ca.models import IssuedCertificate
+    from cyphrs_cli.service.enrollment import _leaf_request, token_grant
+    from cyphrs_cli.service.tokens import CredentialRefused
+
+    token = _token(ca)
+    entries, hooks = [], []
+    for _ in range(3):
+        grant = token_grant(ca, token)  # the early check passes for every one
+        request = EnrollRequest(csr_pem=make_csr()[0], token=token)
+        from cyphrs_cli.ca.parsing import load_csr
+
+        profile, leaf = _leaf_request(ca, grant, request, load_csr(request.csr_pem, source="CSR"))
+        entries.append((profile, leaf))
+        hooks.append(grant.spend)
+    results = issue_leaves(ca.ledger, ca.issuer, entries, after_record=hooks)
+    assert isinstance(results[0], IssuedCertificate)
+    assert all(isinstance(r, CredentialRefused) and r.rule == "token.used" for r in results[1:])
+    assert count(home, "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'") == 1
+    assert events(home, "token.used") == 1
+    assert audit_problems(home) == []

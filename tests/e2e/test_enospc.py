@@ -65,6 +65,8 @@ def test_disk_full_at_commit_is_a_storage_error(
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         home = small_tmpfs / "home"
         shutil.copytree(fresh_hierarchy.home, home)
+        # closing(): sqlite3's own context manager commits but does not close, and an open
+        # connection keeps the deleted ledger's pages allocated on the tmpfs.
         with closing(sqlite3.connect(home / "ledger.sqlite3")) as conn:
             (before,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
         _fill(small_tmpfs, leave_kib)

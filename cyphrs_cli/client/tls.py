@@ -189,7 +189,10 @@ def check_peer(
             ``peer.trust_domain``, ``peer.spiffe_id``, ``peer.claims``, ``peer.workflow``
             or ``peer.permissions``.
     """
-    der = peer if isinstance(peer, bytes) else peer.getpeercert(binary_form=True)
+    try:
+        der = peer if isinstance(peer, bytes) else peer.getpeercert(binary_form=True)
+    except ValueError as exc:  # "handshake not done yet", or a connection already failed
+        raise PolicyDenied(f"no verified peer: {exc}", rule="peer.missing") from exc
     policy = PeerPolicy.of(
         trust_domain=trust_domain,
         allowed_spiffe=allowed_spiffe,

@@ -306,4 +306,3 @@ def run_daemon(
         report(f"renewed {serial} as {result.issued.serial}", result)
         for problem in hooks.run(request.directory, result.issued):
             report(problem, None)
-

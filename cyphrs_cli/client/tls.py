@@ -148,8 +148,11 @@ class PeerPolicy:
         ):
             raise PolicyDenied(f"peer {spiffe_id} is not allowed", rule="peer.spiffe_id")
         claims = _claims(cert, self.claims_oid, decode_agent_claims)
-        if claims is not None and len(path) >= 2 and path[0] == "agent" and (
-            path[1] != claims.workflow
+        if (
+            claims is not None
+            and len(path) >= 2
+            and path[0] == "agent"
+            and (path[1] != claims.workflow)
         ):
             raise PolicyDenied(
                 f"peer {spiffe_id}: the claims name workflow {claims.workflow!r}",
@@ -223,9 +226,7 @@ def _uri_sans(cert: Any) -> list[str]:
     return [str(v) for v in san.value.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
-def _claims(
-    cert: Any, oid: str, decode: Callable[[bytes], AgentClaims]
-) -> AgentClaims | None:
+def _claims(cert: Any, oid: str, decode: Callable[[bytes], AgentClaims]) -> AgentClaims | None:
     from cryptography import x509
 
     try:

@@ -41,8 +41,14 @@ def issue_agent(h: Hierarchy, out: Path, workflow: str, *perms: str) -> Path:
 def renew_offline(h: Hierarchy, agent: Path, out: Path) -> PemBundle:
     """The successor of ``agent``'s certificate (new key), as the bundle a swap installs."""
     done = cli(
-        "renew", str(agent / "cert.pem"), "--out-dir", str(out),
-        "--home", str(h.home), "--passphrase-file", str(h.inter_pass),
+        "renew",
+        str(agent / "cert.pem"),
+        "--out-dir",
+        str(out),
+        "--home",
+        str(h.home),
+        "--passphrase-file",
+        str(h.inter_pass),
     )
     assert done.exit_code == 0, done.stderr
     return PemBundle(
@@ -155,12 +161,13 @@ def test_two_agents_authenticate_each_other(
     ).fingerprint(hashes.SHA256())
     # An independent SPIFFE implementation reads the same identities from the files.
     for agent in (a, b):
-        svid = X509Svid.load(str(agent / "fullchain.pem"), str(agent / "key.pem"),
-                             serialization.Encoding.PEM)
+        svid = X509Svid.load(
+            str(agent / "fullchain.pem"), str(agent / "key.pem"), serialization.Encoding.PEM
+        )
         assert str(svid.spiffe_id) == spiffe_of(agent)
-        assert check_peer(
-            svid.leaf.public_bytes(serialization.Encoding.DER)
-        ).spiffe_id == str(svid.spiffe_id)
+        assert check_peer(svid.leaf.public_bytes(serialization.Encoding.DER)).spiffe_id == str(
+            svid.spiffe_id
+        )
 
 
 @pytest.mark.parametrize("mode", ["threads", "asyncio"])
@@ -263,19 +270,44 @@ def test_openssl_s_client_against_the_reloading_server(
     a, b = two_agents
     server = servers(a, "--workflow", "billing")
     done = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-quiet",
-         "-verify_return_error", "-CAfile", str(b / "ca.pem"),
-         "-cert", str(b / "cert.pem"), "-cert_chain", str(b / "chain.pem"),
-         "-key", str(b / "key.pem")],
-        input=b"hi", capture_output=True, timeout=30, check=False,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-quiet",
+            "-verify_return_error",
+            "-CAfile",
+            str(b / "ca.pem"),
+            "-cert",
+            str(b / "cert.pem"),
+            "-cert_chain",
+            str(b / "chain.pem"),
+            "-key",
+            str(b / "key.pem"),
+        ],
+        input=b"hi",
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     # (s_client exits 1 on the server's close without close_notify; the answer counts.)
     assert json.loads(done.stdout)["peer"] == spiffe_of(b), done.stderr
     # Without a client certificate the handshake fails.
     done = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-quiet",
-         "-CAfile", str(b / "ca.pem")],
-        input=b"hi", capture_output=True, timeout=30, check=False,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-quiet",
+            "-CAfile",
+            str(b / "ca.pem"),
+        ],
+        input=b"hi",
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     assert b"peer" not in done.stdout
 
@@ -333,14 +365,20 @@ GOOD = "spiffe://acme.internal/agent/payments-recon/i-1"
         (forge(["spiffe://ACME/agent/x/1"], claims=CLAIMS), {}, "peer.spiffe"),
         (forge([GOOD], claims=CLAIMS), {"trust_domain": "acme.internal.evil"}, "peer.trust_domain"),
         # A * stays inside one segment: a deeper path does not match.
-        (forge(["spiffe://acme.internal/agent/payments-recon/i-1/x"], claims=CLAIMS),
-         {"allowed_spiffe": "spiffe://acme.internal/agent/payments-recon/*"}, "peer.spiffe_id"),
+        (
+            forge(["spiffe://acme.internal/agent/payments-recon/i-1/x"], claims=CLAIMS),
+            {"allowed_spiffe": "spiffe://acme.internal/agent/payments-recon/*"},
+            "peer.spiffe_id",
+        ),
         # Claims that disagree with the SPIFFE path are a forgery or a bug: refused.
         (forge(["spiffe://acme.internal/agent/billing/i-1"], claims=CLAIMS), {}, "peer.claims"),
         (forge([GOOD]), {"workflow": "payments-recon"}, "peer.workflow"),
         (forge([GOOD], raw_claims=b"\x30\x03\x02\x01\x07"), {}, "peer.claims"),
-        (forge([GOOD], claims=CLAIMS), {"permissions": ["ledger:read", "ledger:write"]},
-         "peer.permissions"),
+        (
+            forge([GOOD], claims=CLAIMS),
+            {"permissions": ["ledger:read", "ledger:write"]},
+            "peer.permissions",
+        ),
     ],
 )
 def test_check_peer_refuses(der: bytes, rules: dict[str, Any], rule: str) -> None:
@@ -358,5 +396,8 @@ def test_check_peer_accepts_and_reports() -> None:
         permissions=["ledger:read"],
     )
     assert (peer.spiffe_id, peer.workflow, peer.permissions) == (
-        GOOD, "payments-recon", ("ledger:read",))
+        GOOD,
+        "payments-recon",
+        ("ledger:read",),
+    )
     assert peer.path == ("agent", "payments-recon", "i-1")

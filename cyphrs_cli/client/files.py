@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cyphrs_cli.ca.issuance import fault_point
 from cyphrs_cli.errors import InvalidInputError, NotFoundError, StorageError
 from cyphrs_cli.fsutil import atomic_write, ensure_private_dir, home_lock
 
@@ -113,6 +114,7 @@ def install(directory: Path, bundle: PemBundle) -> dict[str, str]:
     for role, name, text, mode in bundle.files():
         atomic_write(stage / name, text.encode(), mode=mode)
         written[role] = str(directory / name)
+    fault_point("agent-stage")
     atomic_write(stage / COMPLETE, b"", mode=0o600)  # the decision point
     _roll_forward(directory)
     return written
@@ -140,9 +142,10 @@ def recover(directory: Path) -> bool:
 def _roll_forward(directory: Path) -> None:
     stage = directory / STAGE
     try:
-        for name in SWAP_ORDER:
+        for index, name in enumerate(SWAP_ORDER):
             with contextlib.suppress(FileNotFoundError):  # moved before an interruption
                 os.replace(stage / name, directory / name)
+            fault_point("agent-swap", seq=index)
         _fsync_dir(directory)
         os.unlink(stage / COMPLETE)
         _fsync_dir(stage)

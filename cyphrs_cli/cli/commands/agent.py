@@ -106,13 +106,14 @@ def enroll(
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.fsutil import read_input
 
+    credential = _credential(token, token_file, jwt_file)
     if ttl is not None:
         parse_duration(ttl)  # a bad duration is refused here, before the token is spent
     request = EnrollRequest(
         ca_url=ca_url,
         root_pem=read_input(str(root)),
         out_dir=out_dir,
-        credential=_credential(token, token_file, jwt_file),
+        credential=credential,
         key_type=key_type,
         ttl=ttl,
         instance=instance,

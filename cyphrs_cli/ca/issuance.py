@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from cyphrs_cli.ledger.db import Ledger
     from cyphrs_cli.policy.decide import PolicyDecision, PolicyIssuer
     from cyphrs_cli.profiles.model import Profile
+
+    #: A per-item hook of ``issue_leaves``: runs in the item's savepoint right after its
+    #: row and event are written, in the same transaction (see ``issue_leaves``).
+    AfterRecord = Callable[[sqlite3.Connection, IssuedCertificate], None]
 
 BACKDATE = timedelta(seconds=60)
 # Fault injection for the crash-safety tests: the process dies at the named point.
@@ -579,6 +583,7 @@ def issue_leaves(
     *,
     stop_on_error: bool = True,
     first_seq: int = 1,
+    after_record: Sequence[AfterRecord | None] | None = None,
 ) -> list[IssuedCertificate | CyphrsError | None]:
     """Group commit: ``issue_leaf`` for many requests, every row and event in ONE
     ``BEGIN IMMEDIATE`` transaction. Same steps, same code: profile check, policy (denials
@@ -593,10 +598,19 @@ def issue_leaves(
     other failure of the transaction raises and records nothing of this group (earlier
     groups were committed by earlier calls and stay). ``first_seq`` numbers the items for
     the crash-test fault points only.
+
+    ``after_record`` (one optional hook per entry, in the order of ``entries``) runs in
+    the item's savepoint right after its row and event are written: what it writes
+    commits with the certificate or not at all. A ``CyphrsError`` from it rolls back that
+    item (no row, no event) and becomes its result, like a conflict; anything else
+    aborts the whole group. This is how an enrollment token is consumed in the same
+    transaction as the certificate it pays for.
     """
     from cyphrs_cli.ca.batch import pause_point
     from cyphrs_cli.config.trust import check_profile
 
+    if after_record is not None and len(after_record) != len(entries):
+        raise ValueError("after_record needs one hook (or None) per entry")
     results: list[IssuedCertificate | CyphrsError | None] = [None] * len(entries)
     signed: list[tuple[int, _Signed]] = []
     checked: set[str] = set()
@@ -625,11 +639,20 @@ def issue_leaves(
     with ledger.transaction() as conn:
         for position, one in signed:
             conn.execute("SAVEPOINT item")
+            hook = after_record[position] if after_record is not None else None
             try:
-                results[position] = _record(conn, issuer, one)
+                issued = _record(conn, issuer, one)
+                if hook is not None:
+                    hook(conn, issued)
+                results[position] = issued
             except ConflictError as conflict:
                 conn.execute("ROLLBACK TO item")
                 results[position] = conflict
+            except CyphrsError as refused:
+                if hook is None:
+                    raise  # only a hook's refusal is per item; the rest fails the group
+                conn.execute("ROLLBACK TO item")
+                results[position] = refused
             conn.execute("RELEASE item")
     fault_point("after-record", seq=range(first_seq, first_seq + len(entries)))
     return results

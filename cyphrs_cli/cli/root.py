@@ -52,8 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "renew": (
         "lifecycle",
-        "Renew a certificate: same identity and names, new serial, validity and (by default)"
-        " key.",
+        "Renew a certificate: same identity and names, new serial, validity and (by default) key.",
     ),
     "revoke": (
         "lifecycle",
@@ -70,12 +69,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "audit-export": (
         "audit",
-        "Export evidence for a time window: registers, events, CRLs, HTML report, signed"
-        " manifest.",
+        "Export evidence for a time window: registers, events, CRLs, HTML report, signed manifest.",
     ),
     "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
     "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
     "profiles": ("profiles", "Issuance profiles: built-in and the CA home's own."),
+    "serve": (
+        "serve",
+        "Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP.",
+    ),
+    "token": ("enrollment", "One-time enrollment tokens for agents (cyphrs serve's /v1/enroll)."),
+    "provisioner": (
+        "enrollment",
+        "JWT provisioners: CI jobs enroll with their platform's OIDC token.",
+    ),
     "config": (
         "homeconfig",
         "The CA home's trust state: check the files against the ledger, set the claims OID.",
@@ -322,10 +329,7 @@ def typer_context() -> Any:
     return get_current_context()
 
 
-
-
 def make_short(text: str) -> str:
     from typer._click.utils import make_default_short_help
 
     return make_default_short_help(text).strip()
-

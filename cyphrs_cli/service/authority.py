@@ -20,26 +20,36 @@ tests already prove -- while signing runs in parallel. Lazy loading is guarded b
 lock. A software key is a pyca/cryptography object, safe for concurrent signing; a
 PKCS#11 key serialises its calls on its session (``keystore.pkcs11.TokenSession``).
 What is cached (config, profiles, anchored facts) is read once: a long-lived front end
-reopens the ``Authority`` to see changed profiles or a new intermediate.
+reopens the ``Authority`` to see changed profiles or a new intermediate. A server calls
+``start_group_commit``: then ``commit_leaf`` (every online issuance) is batched across
+threads into one transaction per group by ``service.committer``.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
     from types import TracebackType
 
-    from cyphrs_cli.ca.models import Issuer, IssuerFacts
+    from jwt import PyJWKClient
+
+    from cyphrs_cli.ca.issuance import AfterRecord
+    from cyphrs_cli.ca.models import IssuedCertificate, Issuer, IssuerFacts, LeafRequest
     from cyphrs_cli.ca.revocation import Revocation
     from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.config.settings import HomeConfig
     from cyphrs_cli.keystore.base import SecretProvider
     from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.queries import CertificateFilter
     from cyphrs_cli.profiles.model import Profile
+    from cyphrs_cli.service.committer import CommitObserver, GroupCommitter
+    from cyphrs_cli.service.enrollment import EnrollRequest
+    from cyphrs_cli.service.provisioners import ProvisionerSpec
     from cyphrs_cli.service.requests import (
         CheckpointResult,
         CrlRequest,
@@ -55,6 +65,7 @@ if TYPE_CHECKING:
         RenewRequest,
         RevokeRequest,
     )
+    from cyphrs_cli.service.tokens import CreatedToken, TokenInfo, TokenSpec
 
 
 class Authority:
@@ -72,6 +83,8 @@ class Authority:
         self._facts: IssuerFacts | None = None
         self._issuers: dict[str, Issuer] = {}
         self._closed = False
+        self._committer: GroupCommitter | None = None
+        self._jwks_clients: dict[str, PyJWKClient] = {}
 
     @classmethod
     def open(
@@ -206,6 +219,64 @@ class Authority:
                     self._issuers[name] = found
         return found
 
+    def commit_leaf(
+        self,
+        profile: Profile,
+        request: LeafRequest,
+        *,
+        issuer: str | None = None,
+        after_record: AfterRecord | None = None,
+    ) -> IssuedCertificate:
+        """Decide, sign and record one leaf through the one issuance path
+        (``ca.issuance.issue_leaves`` with one item), signed by ``issuer`` (default: this
+        authority's). ``after_record`` runs in the same transaction right after the row
+        and its event are written; a ``CyphrsError`` it raises undoes the certificate
+        (no row, no event) and is raised here. Every online issuance goes through here.
+
+        Raises:
+            CyphrsError: the item's refusal (5 policy, recorded; 7 a duplicate instance),
+                the hook's error, or 8 a ledger failure (nothing recorded).
+        """
+        from cyphrs_cli.ca.issuance import issue_leaves
+        from cyphrs_cli.errors import CyphrsError
+
+        committer = self._committer
+        if committer is not None:
+            return committer.submit(profile, request, issuer=issuer, after_record=after_record)
+        signer = self.signing_issuer(issuer) if issuer is not None else self.issuer
+        (result,) = issue_leaves(
+            self.ledger, signer, [(profile, request)], after_record=[after_record]
+        )
+        if isinstance(result, CyphrsError):
+            raise result
+        assert result is not None  # one item: either issued or its error
+        return result
+
+    def start_group_commit(
+        self,
+        *,
+        max_items: int | None = None,
+        max_wait: float | None = None,
+        observer: CommitObserver | None = None,
+    ) -> GroupCommitter:
+        """From now on ``commit_leaf`` calls of every thread are batched by one writer
+        thread (``service.committer``); ``close`` drains it. The server's mode."""
+        from cyphrs_cli.service import committer as group
+
+        with self._lock:
+            if self._committer is None:
+                self._committer = group.GroupCommitter(
+                    self,
+                    max_items=max_items or group.DEFAULT_MAX_ITEMS,
+                    max_wait=group.DEFAULT_MAX_WAIT if max_wait is None else max_wait,
+                    observer=observer,
+                )
+            return self._committer
+
+    @property
+    def group_committer(self) -> GroupCommitter | None:
+        return self._committer
+
     # -- use cases ------------------------------------------------------------------
 
     def issue(self, request: IssueRequest) -> IssueResult:
@@ -250,10 +321,105 @@ class Authority:
 
         return export(self, request)
 
+    def renew_presented(
+        self, presented_der: bytes, csr_pem: bytes, *, ttl: timedelta | None = None
+    ) -> IssueResult:
+        from cyphrs_cli.service.online import renew_presented
+
+        return renew_presented(self, presented_der, csr_pem, ttl=ttl)
+
+    def revoke_presented(self, presented_der: bytes, reason: str | None) -> Revocation:
+        from cyphrs_cli.service.online import revoke_presented
+
+        return revoke_presented(self, presented_der, reason)
+
+    def admin_identity(self, presented_der: bytes, *, profile: str = "admin") -> str:
+        from cyphrs_cli.service.online import admin_identity
+
+        return admin_identity(self, presented_der, profile=profile)
+
+    def server_certificate(
+        self, *, dns_names: tuple[str, ...], ip_addresses: tuple[str, ...], ttl: str
+    ) -> IssueResult:
+        from cyphrs_cli.service.online import server_certificate
+
+        return server_certificate(self, dns_names=dns_names, ip_addresses=ip_addresses, ttl=ttl)
+
+    def readiness(self) -> dict[str, str]:
+        from cyphrs_cli.service.online import readiness
+
+        return readiness(self)
+
+    def list_certificates(self, query: CertificateFilter) -> list[dict[str, Any]]:
+        """Ledger rows matching ``query`` as ``cyphrs.list/v1`` entries, newest first."""
+        from cyphrs_cli.ledger.events import utc_now
+        from cyphrs_cli.ledger.queries import list_certificates
+
+        return list_certificates(self.ledger.conn, query, utc_now())
+    # -- enrollment (tokens, JWT provisioners) ----------------------------------------
+
+    def create_token(self, spec: TokenSpec) -> CreatedToken:
+        """A new one-time enrollment token; its secret is returned once, stored hashed."""
+        from cyphrs_cli.service.tokens import create_token
+
+        return create_token(self, spec)
+
+    def list_tokens(self, *, include_inactive: bool = False) -> list[TokenInfo]:
+        from cyphrs_cli.service.tokens import list_tokens
+
+        return list_tokens(self, include_inactive=include_inactive)
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        from cyphrs_cli.service.tokens import revoke_token
+
+        return revoke_token(self, token_id)
+
+    def enroll(self, request: EnrollRequest) -> IssueResult:
+        """Issue for an agent's CSR under a token's or a provisioner JWT's binding, the
+        credential spent in the certificate's own transaction."""
+        from cyphrs_cli.service.enrollment import enroll
+
+        return enroll(self, request)
+
+    def set_provisioner(self, spec: ProvisionerSpec, *, replace: bool = False) -> bool:
+        from cyphrs_cli.service.provisioners import set_provisioner
+
+        return set_provisioner(self, spec, replace=replace)
+
+    def list_provisioners(self) -> list[ProvisionerSpec]:
+        from cyphrs_cli.service.provisioners import list_provisioners
+
+        return list_provisioners(self)
+
+    def remove_provisioner(self, name: str) -> None:
+        from cyphrs_cli.service.provisioners import remove_provisioner
+
+        remove_provisioner(self, name)
+
+    def jwks_client(self, url: str) -> PyJWKClient:
+        """One JWKS fetcher per URL for this authority's life (keys cached 5 minutes;
+        an unknown ``kid`` refetches once)."""
+        with self._lock:
+            client = self._jwks_clients.get(url)
+            if client is None:
+                from jwt import PyJWKClient
+
+                from cyphrs_cli.service.provisioners import JWKS_FETCH_TIMEOUT_S
+
+                client = PyJWKClient(
+                    url, cache_keys=True, lifespan=300, timeout=JWKS_FETCH_TIMEOUT_S
+                )
+                self._jwks_clients[url] = client
+            return client
+
     # -- life cycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every ledger connection and token session this authority opened."""
+        """Drain the group committer, then close every ledger connection and token
+        session this authority opened."""
+        committer = self._committer
+        if committer is not None:
+            committer.close()
         with self._lock:
             self._closed = True
             ledgers, self._ledgers = self._ledgers, []

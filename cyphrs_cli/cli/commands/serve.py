@@ -1,0 +1,125 @@
+"""``serve``: run the online CA (HTTPS JSON API, mTLS renewal, admin, metrics)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cyphrs_cli.cli.options import (
+    HomeOption,
+    IssuerOption,
+    NoInputOption,
+    PassphraseEnvOption,
+    PassphraseFileOption,
+    PinEnvOption,
+    PinFileOption,
+)
+from cyphrs_cli.errors import EXIT_CODE_HELP
+
+SERVE_EPILOG = f"""\
+Examples:
+
+  cyphrs serve --listen 127.0.0.1:8443 --passphrase-file inter.pass
+
+  cyphrs serve --listen 0.0.0.0:8443 --dns ca.acme.internal --pin-file /run/pin
+
+The server issues its own TLS certificate (profile server) from the CA it serves, keeps
+its key in memory, and renews it at 2/3 of its lifetime (or at once on SIGHUP). When it
+listens it prints one JSON line on stdout (schema cyphrs.serve/v1: listening URL, pid);
+logs (one JSON object per line, no secrets) go to stderr. SIGTERM stops it gracefully:
+in-flight requests finish, then it exits 0. API: GET /openapi.json.
+
+{EXIT_CODE_HELP}"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", epilog=SERVE_EPILOG)(serve)
+
+
+def serve(
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0: a free port).")
+    ] = "127.0.0.1:8443",
+    dns: Annotated[
+        list[str] | None,
+        typer.Option("--dns", help="DNS name for the server certificate (repeatable)."),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option("--public-url", help="The URL clients reach this server by (reported)."),
+    ] = None,
+    admin_profile: Annotated[
+        str, typer.Option("--admin-profile", help="Profile whose certificates may administer.")
+    ] = "admin",
+    tls_ttl: Annotated[
+        str, typer.Option("--tls-ttl", help="Lifetime of the server's own TLS certificate.")
+    ] = "24h",
+    max_body: Annotated[
+        int, typer.Option("--max-body", min=1024, help="Largest request body, in bytes (413).")
+    ] = 65536,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, help="Seconds to send the TLS handshake, headers or body."
+        ),
+    ] = 10.0,
+    token_rate: Annotated[
+        str,
+        typer.Option(
+            "--token-rate", help="Requests per enrollment credential (N/s|m|h; 0/m: off)."
+        ),
+    ] = "10/m",  # noqa: S107 -- a rate, not a password
+    identity_rate: Annotated[
+        str,
+        typer.Option(
+            "--identity-rate", help="Requests per client certificate (N/s|m|h; 0/m: off)."
+        ),
+    ] = "60/m",
+    issuer: IssuerOption = None,
+    home: HomeOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    passphrase_env: PassphraseEnvOption = None,
+    pin_file: PinFileOption = None,
+    pin_env: PinEnvOption = None,
+    no_input: NoInputOption = False,
+) -> None:
+    """Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP."""
+    import json
+    import sys
+
+    from cyphrs_cli.cli.secrets import ca_key_secrets
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.errors import UsageError
+
+    try:
+        from cyphrs_cli.server.limits import Rate
+        from cyphrs_cli.server.run import ServeOptions, parse_listen
+        from cyphrs_cli.server.run import serve as run_server
+    except ImportError as exc:
+        raise UsageError(
+            f"cyphrs serve needs the server extra ({exc.name} is not installed)",
+            hint="pip install 'cyphrs[server]'",
+        ) from exc
+    host, port = parse_listen(listen)
+    options = ServeOptions(
+        host=host,
+        port=port,
+        issuer=issuer,
+        public_url=public_url,
+        dns_names=tuple(dns or ()),
+        tls_ttl=tls_ttl,
+        admin_profile=admin_profile,
+        max_body=max_body,
+        header_timeout=timeout,
+        body_timeout=timeout,
+        token_rate=Rate.parse(token_rate),
+        identity_rate=Rate.parse(identity_rate),
+    )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+
+    def ready(document: dict[str, object]) -> None:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
+
+    run_server(resolve_home(home), secrets, options, ready)

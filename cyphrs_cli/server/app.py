@@ -1,0 +1,404 @@
+"""The aiohttp application of ``cyphrs serve``: handlers, and the middleware every request
+passes (errors as problem+json, access log, latency metric).
+
+Handlers are thin: parse the request (body size and read time bounded, JSON validated
+against ``server.spec``), authorize the presented client certificate where the route needs
+one, call ONE ``Authority`` method on a worker thread (signing and SQLite block), render.
+Nothing is decided here. The verified client certificate comes from the TLS layer:
+``request.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)`` (Python
+3.11 has no ``get_verified_chain``; the ledger lookup by fingerprint is the authority).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, PolicyDenied
+from cyphrs_cli.server import spec
+from cyphrs_cli.server.limits import RateLimiter
+from cyphrs_cli.server.metrics import ServerMetrics
+from cyphrs_cli.server.problems import HttpProblem, from_error, from_http, problem
+
+if TYPE_CHECKING:
+    from cyphrs_cli.ca.revocation import Revocation
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import IssueResult
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass
+class ServerState:
+    """Everything one server's handlers share; one per application, no module state."""
+
+    authority: Authority
+    executor: ThreadPoolExecutor
+    token_limiter: RateLimiter
+    identity_limiter: RateLimiter
+    max_body: int = 64 * 1024
+    body_timeout: float = 10.0
+    admin_profile: str = "admin"
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    validators: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+    async def call(self, function: Callable[[], T]) -> T:
+        """Run a blocking use case on a worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function)
+
+
+STATE: web.AppKey[ServerState] = web.AppKey("cyphrs_state", ServerState)
+
+
+def _state(request: web.Request) -> ServerState:
+    return request.app[STATE]
+
+
+# -- request parsing --------------------------------------------------------------------
+
+
+def presented_certificate(request: web.Request) -> bytes:
+    """The client's leaf certificate (DER) as the TLS layer verified it, or b''."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return b""
+    der = ssl_object.getpeercert(binary_form=True)
+    return bytes(der) if der else b""
+
+
+async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
+    """The request's JSON object, validated against its schema in ``server.spec``.
+
+    Raises:
+        HttpProblem: 413 over the size limit, 408 not sent within the body timeout.
+        InvalidInputError: not JSON, or not what the schema allows (400).
+    """
+    state = _state(request)
+    if request.content_length is not None and request.content_length > state.max_body:
+        raise HttpProblem(
+            413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
+        )
+    try:
+        body = await asyncio.wait_for(request.read(), state.body_timeout)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise HttpProblem(
+            413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
+        ) from exc
+    except TimeoutError as exc:
+        raise HttpProblem(
+            408, "timeout", "request body not received in time", ExitCode.INVALID_INPUT
+        ) from exc
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError("request body is not JSON") from exc
+    schema_name = spec.operation(operation_id).request
+    assert schema_name is not None
+    validator = state.validators[schema_name]
+    error = next(iter(validator.iter_errors(document)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "body"
+        raise InvalidInputError(f"invalid request ({where}): {error.message[:200]}")
+    assert isinstance(document, dict)
+    return document
+
+
+def _duration(text: str | None) -> Any:
+    from cyphrs_cli.durations import parse_duration
+
+    return parse_duration(text) if text is not None else None
+
+
+def _limit(limiter: RateLimiter, state: ServerState, kind: str, key: str) -> None:
+    wait = limiter.retry_after(key)
+    if wait:
+        state.metrics.rate_limited.labels(kind).inc()
+        raise HttpProblem(
+            429,
+            "rate-limited",
+            f"too many requests for this {kind}; retry later",
+            ExitCode.POLICY_DENIED,
+            retry_after=wait,
+        )
+
+
+def _identity_key(der: bytes) -> str:
+    return "cert:" + hashlib.sha256(der).hexdigest()
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def issued_body(result: IssueResult, schema: str) -> dict[str, Any]:
+    from cyphrs_cli.ledger.events import rfc3339
+
+    issued, bundle = result.issued, result.bundle
+    return {
+        "schema": schema,
+        "serial": issued.serial,
+        "spiffe_id": issued.spiffe_id,
+        "profile": issued.profile,
+        "not_before": rfc3339(issued.not_before),
+        "not_after": rfc3339(issued.not_after),
+        "fingerprint": issued.fingerprint,
+        "certificate": bundle.certificate,
+        "chain": bundle.chain,
+        "ca": bundle.root,
+        "replaces": result.replaces,
+    }
+
+
+def revoked_body(revocation: Revocation) -> dict[str, Any]:
+    from cyphrs_cli.ledger.events import rfc3339
+
+    return {
+        "schema": "cyphrs.revoke/v1",
+        "revoked": {
+            "serial": revocation.serial,
+            "revoked_at": rfc3339(revocation.revoked_at),
+            "reason": revocation.reason,
+            "is_ca": revocation.was_ca,
+        },
+    }
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+
+async def get_roots(request: web.Request) -> web.Response:
+    state = _state(request)
+    bundle = await state.call(lambda: trust_bundle(state.authority))
+    return web.Response(body=bundle, content_type="application/pem-certificate-chain")
+
+
+def trust_bundle(authority: Authority) -> bytes:
+    """The home's root certificate(s) as PEM (``Authority.trust_bundle`` when present)."""
+    own = getattr(authority, "trust_bundle", None)
+    if callable(own):
+        return bytes(own())
+    from cryptography.hazmat.primitives import serialization
+
+    issuer = authority.issuer
+    roots = [c for c in (issuer.certificate, *issuer.parents) if c and c.subject == c.issuer]
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
+
+
+async def renew(request: web.Request) -> web.Response:
+    state = _state(request)
+    der = presented_certificate(request)
+    body = await read_json(request, "renew")
+    if der:
+        _limit(state.identity_limiter, state, "identity", _identity_key(der))
+    ttl = _duration(body.get("ttl"))
+    csr = str(body["csr"]).encode()
+    try:
+        result = await state.call(lambda: state.authority.renew_presented(der, csr, ttl=ttl))
+    except CyphrsError as error:
+        state.metrics.issuance.labels("renew", "unknown", _outcome(error)).inc()
+        raise
+    state.metrics.issuance.labels("renew", result.issued.profile, "issued").inc()
+    return _json(issued_body(result, "cyphrs.renew/v1"), 201)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    state = _state(request)
+    der = presented_certificate(request)
+    body = await read_json(request, "revoke")
+    if der:
+        _limit(state.identity_limiter, state, "identity", _identity_key(der))
+    from cyphrs_cli.ca.revocation import normalise_reason
+
+    reason = normalise_reason(body.get("reason"))
+    revocation = await state.call(lambda: state.authority.revoke_presented(der, reason))
+    return _json(revoked_body(revocation))
+
+
+async def _admin(request: web.Request) -> str:
+    """The administrator's identity, or PolicyDenied (403) for any other certificate."""
+    state = _state(request)
+    der = presented_certificate(request)
+    if der:
+        _limit(state.identity_limiter, state, "identity", _identity_key(der))
+    return await state.call(
+        lambda: state.authority.admin_identity(der, profile=state.admin_profile)
+    )
+
+
+async def admin_revoke(request: web.Request) -> web.Response:
+    state = _state(request)
+    await _admin(request)
+    body = await read_json(request, "adminRevoke")
+    from cyphrs_cli.service.requests import CertificateTarget, RevokeRequest
+
+    revoke_request = RevokeRequest(CertificateTarget(serial=body["serial"]), body.get("reason"))
+    revocation = await state.call(lambda: state.authority.revoke(revoke_request))
+    return _json(revoked_body(revocation))
+
+
+async def admin_list_certificates(request: web.Request) -> web.Response:
+    state = _state(request)
+    await _admin(request)
+    from cyphrs_cli.ledger.queries import CertificateFilter
+
+    query = request.query
+    status = query.get("status")
+    if status is not None and status not in ("valid", "expired", "revoked", "superseded"):
+        raise InvalidInputError(f"unknown status {status!r}")
+    limit_text = query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise InvalidInputError("limit must be a whole number from 1 to 1000")
+    criteria = CertificateFilter(
+        status=status,
+        profile=query.get("profile"),
+        workflow=query.get("workflow"),
+        limit=int(limit_text),
+    )
+    rows = await state.call(lambda: state.authority.list_certificates(criteria))
+    return _json({"schema": "cyphrs.list/v1", "certificates": rows})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = _state(request)
+    checks = await state.call(state.authority.readiness)
+    ready = all(value == "ok" for value in checks.values())
+    return _json(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = _state(request).metrics.exposition()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=spec.openapi_text(), content_type="application/json")
+
+
+def _outcome(error: CyphrsError) -> str:
+    return {
+        ExitCode.POLICY_DENIED: "denied",
+        ExitCode.CONFLICT: "conflict",
+        ExitCode.USAGE: "invalid",
+        ExitCode.INVALID_INPUT: "invalid",
+        ExitCode.NOT_FOUND: "invalid",
+    }.get(error.exit_code, "error")
+
+
+HANDLERS: dict[str, Handler] = {
+    "getRoots": get_roots,
+    "renew": renew,
+    "revoke": revoke,
+    "adminRevoke": admin_revoke,
+    "adminListCertificates": admin_list_certificates,
+    "healthz": healthz,
+    "readyz": readyz,
+    "metrics": metrics,
+    "openapi": openapi,
+}
+
+
+# -- middleware -------------------------------------------------------------------------
+
+
+def _problem_response(status: int, body: dict[str, Any], retry_after: int = 0) -> web.Response:
+    response = web.Response(text=json.dumps(body), status=status, content_type=PROBLEM_JSON)
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@web.middleware
+async def problems_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as problem+json; one JSON access-log line per request on stderr
+    (method, path, status, time, client certificate fingerprint; never a body or header
+    value, so no token, CSR or key can reach the log)."""
+    state = _state(request)
+    started = time.perf_counter()
+    operation = getattr(request.match_info.route, "name", None) or "unmatched"
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except HttpProblem as error:
+        status, body = from_http(error)
+        response = _problem_response(status, body, error.retry_after)
+    except CyphrsError as error:
+        status, body = from_error(error)
+        if isinstance(error, PolicyDenied) and error.rule.startswith(("token.", "jwt.")):
+            state.metrics.token_refusals.labels(error.rule).inc()
+        response = _problem_response(status, body)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
+            error.status, "bad-request"
+        )
+        exit_code = ExitCode.NOT_FOUND if error.status == 404 else ExitCode.USAGE
+        response = _problem_response(
+            error.status, problem(error.status, slug, error.reason, exit_code)
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # a bug: say so without internals, log the type
+        state.log(json.dumps({"event": "internal-error", "type": type(error).__name__}))
+        response = _problem_response(
+            500, problem(500, "internal", "internal error", ExitCode.INTERNAL)
+        )
+    elapsed = time.perf_counter() - started
+    state.metrics.request_latency.labels(operation).observe(elapsed)
+    der = presented_certificate(request)
+    state.log(
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "remote": request.remote,
+                "method": request.method,
+                "path": request.path[:256],
+                "operation": operation,
+                "status": response.status,
+                "ms": round(elapsed * 1000, 3),
+                "client": ("sha256:" + hashlib.sha256(der).hexdigest()) if der else None,
+            }
+        )
+    )
+    return response
+
+
+def build_app(state: ServerState) -> web.Application:
+    """The application: one route per ``spec.OPERATIONS`` entry, its handler by id."""
+    from jsonschema import Draft202012Validator
+
+    app = web.Application(middlewares=[problems_and_log], client_max_size=state.max_body)
+    app[STATE] = state
+    for name, schema in spec.SCHEMAS.items():
+        state.validators[name] = Draft202012Validator(schema)
+    for op in spec.OPERATIONS:
+        handler = HANDLERS.get(op.operation_id)
+        if handler is None:
+            continue  # a route whose use case this build lacks (documented, answers 404)
+        app.router.add_route(op.method, op.path, handler, name=op.operation_id)
+    return app
+
+
+__all__ = ["HANDLERS", "STATE", "ServerState", "build_app"]

@@ -1,0 +1,245 @@
+"""Running ``cyphrs serve``: open the Authority once, issue the server's own TLS certificate,
+listen, renew the certificate before it expires, and stop gracefully.
+
+Life of the process:
+1. ``Authority.open(..., unlock=True)``: a wrong passphrase fails here (exit 4), before
+   anything listens; ``start_group_commit`` batches every online issuance from now on.
+2. The server's TLS certificate (profile ``server``) is issued through ``commit_leaf`` and
+   recorded like any other; its key exists in memory only (``server.tls``).
+3. The socket is bound (port 0: a free one) and one JSON line ``cyphrs.serve/v1`` is printed
+   on stdout: the URL, the pid, the TLS certificate's serial. Logs go to stderr.
+4. At 2/3 of its lifetime (or on SIGHUP) a new TLS certificate is issued and loaded into the
+   live context: new handshakes get it, open connections keep theirs.
+5. SIGTERM or SIGINT: stop accepting, let in-flight requests finish (their certificates
+   are committed before their responses, as always), drain the group committer, close the
+   Authority, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from cyphrs_cli.errors import UsageError
+from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
+from cyphrs_cli.server.limits import Rate, RateLimiter
+from cyphrs_cli.server.metrics import ServerMetrics
+from cyphrs_cli.server.tls import load_certificate, server_context
+
+if TYPE_CHECKING:
+    from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import IssueResult
+
+RENEW_AT = 2 / 3
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str
+    port: int
+    issuer: str | None = None
+    public_url: str | None = None
+    dns_names: tuple[str, ...] = ()
+    tls_ttl: str = "24h"
+    admin_profile: str = "admin"
+    max_body: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    token_rate: Rate = field(default_factory=lambda: Rate(10, 60.0))
+    identity_rate: Rate = field(default_factory=lambda: Rate(60, 60.0))
+    workers: int = 16
+    shutdown_timeout: float = 30.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
+    return host, int(port)
+
+
+def _tls_names(options: ServeOptions) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """DNS names and IP addresses of the server certificate: --dns, else the listen host."""
+    dns = list(options.dns_names)
+    ips: list[str] = []
+    try:
+        address = ipaddress.ip_address(options.host)
+    except ValueError:
+        dns.append(options.host)
+    else:
+        if not address.is_unspecified:
+            ips.append(str(address))
+    if not dns and not ips:
+        raise UsageError(
+            f"listening on {options.host} names no host for the TLS certificate",
+            hint="add --dns ca.example.internal",
+        )
+    return tuple(dict.fromkeys(dns)), tuple(ips)
+
+
+class _Site(web.SockSite):
+    """A socket site whose TLS handshakes must finish within ``handshake_timeout``."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
+
+
+def serve(
+    home: CaHome,
+    secrets: SecretProvider,
+    options: ServeOptions,
+    ready: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run until SIGTERM/SIGINT; ``ready`` gets the ready document once listening."""
+    from cyphrs_cli.service.authority import Authority
+
+    _tls_names(options)  # refuse a nameless listen address before unlocking anything
+    with Authority.open(home, issuer=options.issuer, secrets=secrets, unlock=True) as authority:
+        asyncio.run(_serve(authority, options, ready))
+
+
+def _log(event: str, **details: Any) -> None:
+    print(json.dumps({"event": event, **details}), file=sys.stderr, flush=True)
+
+
+async def _serve(
+    authority: Authority, options: ServeOptions, ready: Callable[[dict[str, Any]], None]
+) -> None:
+    from cyphrs_cli.ledger.events import rfc3339
+
+    loop = asyncio.get_running_loop()
+    metrics = ServerMetrics()
+    authority.start_group_commit(observer=metrics.observe_commit)
+    executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="cyphrs-req")
+    state = ServerState(
+        authority=authority,
+        executor=executor,
+        token_limiter=RateLimiter(options.token_rate),
+        identity_limiter=RateLimiter(options.identity_rate),
+        max_body=options.max_body,
+        body_timeout=options.body_timeout,
+        admin_profile=options.admin_profile,
+        metrics=metrics,
+    )
+    dns, ips = _tls_names(options)
+
+    def issue_tls() -> IssueResult:
+        return authority.server_certificate(dns_names=dns, ip_addresses=ips, ttl=options.tls_ttl)
+
+    current = await state.call(issue_tls)
+    bundle = await state.call(lambda: trust_bundle(authority))
+    context = server_context(bundle.decode())
+    load_certificate(context, current)
+
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((options.host, options.port))
+    sock.listen(512)
+    runner = web.AppRunner(
+        build_app(state),
+        access_log=None,
+        # aiohttp 3.14 arms this timer when a connection opens and closes the connection
+        # when it fires while no complete request has arrived: a header-read timeout.
+        keepalive_timeout=options.header_timeout,
+        shutdown_timeout=options.shutdown_timeout,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=64,
+    )
+    await runner.setup()
+    site = _Site(runner, sock, ssl_context=context, handshake_timeout=options.header_timeout)
+    await site.start()
+
+    stop, renew_now = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, renew_now.set)
+
+    port = sock.getsockname()[1]
+    host = f"[{options.host}]" if family == socket.AF_INET6 else options.host
+    ready(
+        {
+            "schema": "cyphrs.serve/v1",
+            "listening": f"https://{host}:{port}",
+            "pid": os.getpid(),
+            "issuer": authority.issuer_name,
+            "public_url": options.public_url,
+            "tls_serial": current.issued.serial,
+            "tls_not_after": rfc3339(current.issued.not_after),
+        }
+    )
+
+    async def keep_certificate_fresh() -> None:
+        nonlocal current
+        while True:
+            issued = current.issued
+            due = issued.not_before + (issued.not_after - issued.not_before) * RENEW_AT
+            wait = max(1.0, (due - datetime.now(tz=due.tzinfo)).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(renew_now.wait(), wait)
+            renew_now.clear()
+            try:
+                fresh = await state.call(issue_tls)
+                load_certificate(context, fresh)
+            except Exception as error:  # keep serving the current one; retry soon
+                _log("tls.renew-failed", error=f"{type(error).__name__}: {error}")
+                await asyncio.sleep(min(60.0, max(1.0, wait / 10)))
+                continue
+            current = fresh
+            _log(
+                "tls.renewed",
+                serial=fresh.issued.serial,
+                not_after=rfc3339(fresh.issued.not_after),
+            )
+
+    renewer = asyncio.create_task(keep_certificate_fresh())
+    try:
+        await stop.wait()
+        _log("shutdown", reason="signal")
+    finally:
+        renewer.cancel()
+        await runner.cleanup()
+        executor.shutdown(wait=True)
+        _log("stopped", pid=os.getpid())
+
+
+__all__ = ["ServeOptions", "parse_listen", "serve"]

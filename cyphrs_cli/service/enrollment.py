@@ -1,0 +1,252 @@
+"""The enroll use case: an agent's CSR plus one credential (a one-time token, or a
+provisioner's JWT) becomes a certificate, through the one issuance path.
+
+What decides what: the credential's binding decides profile, workflow, permissions,
+trust domain and the TTL ceiling; the profile bounds the rest; the CSR contributes its
+key only (its signature is checked: proof of possession). The CSR's subject is ignored;
+its SANs are refused unless they are exactly the one SPIFFE ID the credential grants
+(``spiffe://<domain>/agent/<workflow>/<instance>``), in which case its instance is used.
+The request may narrow (never widen) the grant: ``workflow`` must equal the credential's,
+``permissions`` must be a subset, ``ttl`` at most the ceiling.
+
+The credential is spent in the certificate's own transaction (``after_record`` hook of
+``Authority.commit_leaf``): a token use or a JWT's ``jti`` pays for exactly one
+certificate even under concurrent replay. Every refusal is a ``PolicyDenied`` (exit 5)
+naming its rule and is recorded as a ``token.refused`` / ``jwt.refused`` event (a profile
+refusal is also the issuance path's ``policy.denied`` event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from cyphrs_cli.errors import ConflictError, InvalidInputError, PolicyDenied, UsageError
+from cyphrs_cli.service.tokens import CredentialRefused
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import timedelta
+
+    from cryptography import x509
+
+    from cyphrs_cli.ca.issuance import AfterRecord
+    from cyphrs_cli.ca.models import LeafRequest
+    from cyphrs_cli.profiles.model import Profile
+    from cyphrs_cli.service.authority import Authority
+    from cyphrs_cli.service.requests import IssueResult
+
+REQUESTER_LIMIT = 128
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """An agent's enrollment: its CSR and exactly one credential."""
+
+    csr_pem: bytes
+    token: str | None = field(default=None, repr=False)  # a one-time token, or
+    jwt: str | None = field(default=None, repr=False)  # a provisioner's bearer JWT
+    ttl: str | None = None  # bounded by the credential's max TTL and the profile
+    instance: str | None = None  # else the CSR's SPIFFE ID's, the JWT claim's, or random
+    workflow: str | None = None  # optional: must equal the credential's
+    permissions: tuple[str, ...] | None = None  # optional: a subset of the credential's
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one verified credential authorises, and the hook that spends it."""
+
+    kind: str  # "token" | "jwt": the prefix of its rules and events
+    evidence: dict[str, Any]  # what its refusal and use events name
+    profile: str
+    workflow: str
+    permissions: tuple[str, ...]
+    trust_domain: str | None
+    max_ttl: timedelta | None
+    instance: str | None
+    requester: str
+    spend: AfterRecord
+    # Raises the credential's refusal if it has been spent meanwhile: a loser of a replay
+    # race may first meet the winner's certificate (same instance, a conflict).
+    recheck: Callable[[], None]
+
+
+def _refused(kind: str, what: str, message: str) -> CredentialRefused:
+    rule = f"{kind}.{what}"
+    return CredentialRefused(f"{message} (rule {rule})", rule=rule)
+
+
+def token_grant(authority: Authority, token: str) -> Grant:
+    from cyphrs_cli.service.tokens import consume_hook, redeemable_token
+
+    info = redeemable_token(authority.ledger.conn, token)
+    if info.workflow is None:  # tokens are created with one; an edited row is refused
+        raise _refused("token", "workflow", f"token {info.token_id} binds no workflow")
+    return Grant(
+        kind="token",
+        evidence={"token_id": info.token_id},
+        profile=info.profile,
+        workflow=info.workflow,
+        permissions=info.permissions,
+        trust_domain=info.trust_domain,
+        max_ttl=info.max_ttl,
+        instance=None,
+        requester=f"token:{info.token_id}",
+        spend=consume_hook(info),
+        recheck=lambda: _still_redeemable(authority, token),
+    )
+
+
+def _still_redeemable(authority: Authority, token: str) -> None:
+    from cyphrs_cli.service.tokens import redeemable_token
+
+    redeemable_token(authority.ledger.conn, token)
+
+
+def jwt_grant(authority: Authority, token: str) -> Grant:
+    from cyphrs_cli.service.provisioners import check_unused, consume_jwt_hook, verify_jwt
+
+    grant = verify_jwt(authority, token)
+    spec = grant.provisioner
+    who = f"jwt:{spec.name}:{grant.subject or grant.jti}"
+    return Grant(
+        kind="jwt",
+        evidence={"provisioner": spec.name, "jti": grant.jti, "subject": grant.subject},
+        profile=spec.profile,
+        workflow=grant.workflow,
+        permissions=grant.permissions,
+        trust_domain=authority.facts.trust_domain,
+        max_ttl=spec.max_ttl,
+        instance=grant.instance,
+        requester=who[:REQUESTER_LIMIT],
+        spend=consume_jwt_hook(grant),
+        recheck=lambda: check_unused(authority.ledger.conn, spec.name, grant.jti),
+    )
+
+
+def enroll(authority: Authority, request: EnrollRequest) -> IssueResult:
+    """Verify the credential, issue for the CSR's key under the credential's binding, and
+    spend the credential in the same transaction; see the module docstring.
+
+    Raises:
+        CyphrsError: 2 not exactly one credential, 3 a bad CSR or TTL text, 5 a refused
+            credential or request (recorded, the rule named), 6 the bound profile no
+            longer exists, 7 the agent instance already has a valid certificate, 8 a
+            ledger failure or a provisioner that differs from its ledger record.
+    """
+    from cyphrs_cli.ca.parsing import load_csr
+    from cyphrs_cli.service.issuing import deliver
+    from cyphrs_cli.service.tokens import record_refusal
+
+    if (request.token is None) == (request.jwt is None):
+        raise UsageError("enroll with a token or a JWT, exactly one")
+    kind = "token" if request.token is not None else "jwt"
+    csr = load_csr(request.csr_pem, source="CSR")  # bad input (exit 3), not a refusal
+    evidence: dict[str, Any] = {}
+    try:
+        if request.token is not None:
+            grant = token_grant(authority, request.token)
+        else:
+            assert request.jwt is not None
+            grant = jwt_grant(authority, request.jwt)
+        evidence = grant.evidence
+        profile, leaf = _leaf_request(authority, grant, request, csr)
+        try:
+            issued = authority.commit_leaf(profile, leaf, after_record=grant.spend)
+        except ConflictError:
+            grant.recheck()
+            raise
+    except PolicyDenied as refused:
+        record_refusal(authority.ledger, kind, refused, evidence)
+        raise
+    return deliver(issued, None, None)
+
+
+def _leaf_request(
+    authority: Authority, grant: Grant, request: EnrollRequest, csr: x509.CertificateSigningRequest
+) -> tuple[Profile, LeafRequest]:
+    """The leaf the grant allows for this CSR's key, narrowed by the request."""
+    from cyphrs_cli.ca.orders import LeafOrder, prepare_request
+    from cyphrs_cli.durations import format_duration, parse_duration
+
+    kind = grant.kind
+    profile = authority.profile(grant.profile)
+    issuer_domain = authority.facts.trust_domain
+    if grant.trust_domain != issuer_domain:
+        raise _refused(
+            kind,
+            "trust_domain",
+            f"the {kind} is for trust domain {grant.trust_domain!r}; this CA issues in"
+            f" {issuer_domain!r}",
+        )
+    if request.workflow is not None and request.workflow != grant.workflow:
+        raise _refused(kind, "workflow", f"the {kind} grants workflow {grant.workflow!r} only")
+    permissions = grant.permissions
+    if request.permissions is not None:
+        extra = [p for p in request.permissions if p not in grant.permissions]
+        if extra:
+            raise _refused(
+                kind, "permission", f"the {kind} does not grant permission {extra[0][:100]!r}"
+            )
+        permissions = tuple(request.permissions)
+    instance = _csr_instance(csr, kind, issuer_domain, grant.workflow)
+    for other in (request.instance, grant.instance):
+        if other is not None and instance is not None and other != instance:
+            raise _refused(kind, "names", f"instance {other!r} differs from the CSR's {instance!r}")
+        instance = instance or other
+    ttl = parse_duration(request.ttl) if request.ttl else None
+    if ttl is not None and grant.max_ttl is not None and ttl > grant.max_ttl:
+        raise _refused(
+            kind,
+            "ttl",
+            f"TTL {format_duration(ttl)} exceeds the {kind}'s max of"
+            f" {format_duration(grant.max_ttl)}",
+        )
+    if ttl is None and grant.max_ttl is not None:
+        ttl = min(profile.default_ttl, grant.max_ttl)
+    order = LeafOrder(
+        profile=profile.name,
+        workflow=grant.workflow,
+        instance=instance,
+        permissions=permissions,
+        requester=grant.requester,
+        csr_pem=request.csr_pem,
+    )
+    leaf, _ = prepare_request(order, profile, issuer_domain)
+    return profile, replace(leaf, ttl=ttl)
+
+
+def _csr_instance(
+    csr: x509.CertificateSigningRequest, kind: str, trust_domain: str | None, workflow: str
+) -> str | None:
+    """The instance named by the CSR's SPIFFE ID, if it carries one; any other name it
+    asks for is refused (the credential, not the CSR, decides the identity)."""
+    from cryptography import x509
+
+    from cyphrs_cli.ca.extensions import parse_spiffe_id
+
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:
+        raise InvalidInputError(f"CSR: unreadable extensions ({exc})") from exc
+    names = list(san)
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1 or len(names) != 1:
+        raise _refused(
+            kind, "names", f"the CSR asks for names the {kind} does not grant (only its SPIFFE ID)"
+        )
+    try:
+        domain, path = parse_spiffe_id(uris[0])
+    except InvalidInputError as exc:
+        raise _refused(
+            kind, "names", f"the CSR's URI SAN is not a SPIFFE ID ({exc.message})"
+        ) from exc
+    if domain != trust_domain:
+        raise _refused(kind, "trust_domain", f"the CSR's SPIFFE ID is in {domain!r}")
+    if len(path) != 3 or path[:2] != ("agent", workflow):
+        raise _refused(
+            kind, "workflow", f"the CSR's SPIFFE ID is not under /agent/{workflow}/ (the {kind}'s)"
+        )
+    return path[2]

@@ -1,0 +1,47 @@
+"""Shared by the enrollment tests: CSRs made with real keys, ledger counters, and an
+``audit verify`` of a home."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.config.settings import load_config
+from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
+
+
+def make_csr(
+    *sans: x509.GeneralName, common_name: str = "agent"
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """A P-256 key and a CSR for it, signed by it, with the given SANs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    csr = builder.sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM), key
+
+
+def count(home: CaHome | Path, sql: str, *params: object) -> int:
+    path = home.ledger_path if isinstance(home, CaHome) else home
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql, params).fetchone()[0])
+
+
+def events(home: CaHome, kind: str, like: str = "%") -> int:
+    return count(home, "SELECT count(*) FROM events WHERE type = ? AND details LIKE ?", kind, like)
+
+
+def audit_problems(home: CaHome) -> list[str]:
+    with sqlite3.connect(home.ledger_path) as conn:
+        conn.row_factory = sqlite3.Row
+        report = verify_ledger(conn, home=HomeFacts.of(home, load_config(home)))
+    return report.problems

@@ -269,6 +269,7 @@ def run_daemon(
     settings = settings or DaemonSettings()
     failures = 0
     planned: tuple[str, datetime] | None = None  # (serial, when): jitter drawn once each
+    renewed_at: datetime | None = None
     while not stop.is_set():
         with request.directory.locked():
             current = request.directory.certificate()
@@ -280,6 +281,8 @@ def run_daemon(
             due = schedule.renewal_at(
                 not_before, not_after, fraction=settings.fraction, jitter=settings.jitter
             )
+            if renewed_at is not None:
+                due = max(due, schedule.not_before_next(renewed_at, not_before, not_after))
             planned = (serial, due)
             report(f"certificate {serial} renews at {due:%Y-%m-%dT%H:%M:%SZ}", None)
         if failures == 0 and now < planned[1]:
@@ -303,6 +306,7 @@ def run_daemon(
             stop.wait(max(delay.total_seconds(), 0.05))
             continue
         failures = 0
+        renewed_at = datetime.now(UTC)
         report(f"renewed {serial} as {result.issued.serial}", result)
         for problem in hooks.run(request.directory, result.issued):
             report(problem, None)

@@ -3,6 +3,10 @@
 - ``renewal_at``: at ``fraction`` (2/3) of the lifetime, moved by up to ``jitter`` of the
   lifetime either way so that agents started together do not renew together; never
   before notBefore, never later than 90 % of the lifetime.
+- ``not_before_next``: after a renewal, the next one waits at least a tenth of the new
+  lifetime, whatever ``renewal_at`` says -- a certificate that is due the moment it arrives
+  (a short TTL whose notBefore is backdated, a fraction set too low) must not turn the
+  daemon into a loop that asks the CA as fast as it answers.
 - ``retry_delay``: exponential backoff with "equal jitter" (half fixed, half random),
   capped, never shorter than the server's ``Retry-After``, never past the expiry.
 - ``is_transient``: which errors are worth another try (the CA unreachable or busy, a
@@ -44,6 +48,15 @@ def renewal_at(
     share = fraction + jitter * (2 * rng() - 1)
     share = min(max(share, 0.0), max(fraction, LATEST_FRACTION))
     return not_before + lifetime * share
+
+
+MIN_INTERVAL_SHARE = 0.1
+MIN_INTERVAL_FLOOR = timedelta(seconds=1)
+
+
+def not_before_next(renewed_at: datetime, not_before: datetime, not_after: datetime) -> datetime:
+    """The earliest moment a certificate received at ``renewed_at`` may be renewed."""
+    return renewed_at + max((not_after - not_before) * MIN_INTERVAL_SHARE, MIN_INTERVAL_FLOOR)
 
 
 def retry_delay(

@@ -61,6 +61,17 @@ def test_renewal_time_never_before_issue_nor_after_ninety_percent() -> None:
         schedule.renewal_at(T0, end, fraction=float("nan"))
 
 
+def test_a_certificate_due_on_arrival_does_not_loop() -> None:
+    # A 2-minute certificate backdated 60 s, with fraction 0.45: due before it arrives.
+    arrived = T0
+    nb, na = T0 - timedelta(seconds=60), T0 + timedelta(seconds=59)
+    due = schedule.renewal_at(nb, na, fraction=0.45, jitter=0)
+    assert due < arrived
+    earliest = schedule.not_before_next(arrived, nb, na)
+    assert earliest - arrived == (na - nb) / 10
+    assert schedule.not_before_next(T0, T0, T0 + timedelta(seconds=2)) == T0 + timedelta(seconds=1)
+
+
 def test_backoff_grows_is_capped_and_honours_retry_after_and_expiry() -> None:
     lows = [schedule.retry_delay(n, rng=lambda: 0.0) for n in range(1, 12)]
     highs = [schedule.retry_delay(n, rng=lambda: 1.0) for n in range(1, 12)]

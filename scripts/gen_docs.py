@@ -110,7 +110,12 @@ def main() -> None:
     for path, content in generate(target).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
-    print(f"wrote completions and man pages under {target}")
+    # The OpenAPI document of `cyphrs serve`, from its route table (server/spec.py).
+    from cyphrs_cli.server.spec import openapi_text
+
+    (target / "docs").mkdir(exist_ok=True)
+    (target / "docs" / "openapi.json").write_text(openapi_text())
+    print(f"wrote completions, man pages and docs/openapi.json under {target}")
 
 
 if __name__ == "__main__":

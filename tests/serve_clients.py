@@ -81,7 +81,9 @@ def request(
         "127.0.0.1", server.port, context=client_context(server, cert_dir), timeout=timeout
     )
     try:
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        payload = (
+            raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        )
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()

@@ -417,4 +417,56 @@ def leaf_extensions(
                 False,
             )
         )
+    if is_ocsp_responder(extended_key_usage):
+        # RFC 6960 4.2.2.2.1: clients need not check a short-lived responder's status.
+        extensions.append((x509.OCSPNoCheck(), False))
     return extensions
+
+
+def is_ocsp_responder(extended_key_usage: tuple[str, ...]) -> bool:
+    """A delegated OCSP responder: OCSPSigning is its only usage (profiles may not mix it)."""
+    return tuple(extended_key_usage) == ("OCSPSigning",)
+
+
+def distribution_extensions(
+    public_url: str, issuer_name: str
+) -> list[tuple[x509.ExtensionType, bool]]:
+    """AIA (OCSP and caIssuers) and CRL Distribution Points of a certificate signed by
+    ``issuer_name``, under the home's public URL (``cyphrs serve`` answers there);
+    non-critical, as RFC 5280 4.2.2.1 and 4.2.1.13 require."""
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    base = public_url.rstrip("/")
+    return [
+        (
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(f"{base}/ocsp"),
+                    ),
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(f"{base}/v1/ca/{issuer_name}.der"),
+                    ),
+                ]
+            ),
+            False,
+        ),
+        (
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[
+                            x509.UniformResourceIdentifier(f"{base}/v1/crl/{issuer_name}.crl")
+                        ],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            False,
+        ),
+    ]

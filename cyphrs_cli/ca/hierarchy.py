@@ -112,7 +112,7 @@ def _create_ca(
     lock and loaded ``config`` under it, so the alias checks it made still hold here."""
     from cryptography.hazmat.primitives import serialization
 
-    from cyphrs_cli.ca.extensions import ca_extensions
+    from cyphrs_cli.ca.extensions import ca_extensions, distribution_extensions
     from cyphrs_cli.ca.issuance import issue
     from cyphrs_cli.ca.models import CertificatePlan, Issuer, NewAuthority
 
@@ -121,20 +121,23 @@ def _create_ca(
         name=entry.name, authority_id=None, certificate=None, signer=pending.signer
     )
     issuer_of = issuer.certificate or public_key  # AKI: the issuer's SKI, or its own key
+    extensions = ca_extensions(
+        public_key,
+        issuer_of,
+        path_length=path_length,
+        permitted_uri_domains=permitted_uri,
+        permitted_dns=permitted_dns,
+        permitted_ip=permitted_ip,
+        extended_key_usage=ekus,
+    )
+    if issuer_for is not None and issuer_for.public_url:
+        extensions += distribution_extensions(issuer_for.public_url, issuer_for.name)
     plan = CertificatePlan(
         profile=entry.role,
         subject=subject,
         public_key=public_key,
         ttl=ttl,
-        extensions=ca_extensions(
-            public_key,
-            issuer_of,
-            path_length=path_length,
-            permitted_uri_domains=permitted_uri,
-            permitted_dns=permitted_dns,
-            permitted_ip=permitted_ip,
-            extended_key_usage=ekus,
-        ),
+        extensions=extensions,
         is_ca=True,
         key_storage=pending.info.uri,
         new_authority=NewAuthority(
@@ -403,6 +406,7 @@ def load_issuer(
         parents=anchored.parents,
         revoked=anchored.revoked,
         claims_oid=anchored.claims_oid,
+        public_url=anchored.public_url,
     )
 
 
@@ -415,5 +419,9 @@ def issuer_facts(home: CaHome, config: HomeConfig, name: str | None) -> IssuerFa
     with open_ledger(home) as ledger:
         anchored = anchored_authority(home, config, ledger.conn, name)
     return IssuerFacts(
-        anchored.name, anchored.certificate, anchored.trust_domain, anchored.claims_oid
+        anchored.name,
+        anchored.certificate,
+        anchored.trust_domain,
+        anchored.claims_oid,
+        anchored.public_url,
     )

@@ -447,6 +447,8 @@ def plan_leaf(
         COMMON_NAME_MAX,
         REQUESTER_MAX,
         AgentClaims,
+        distribution_extensions,
+        is_ocsp_responder,
         leaf_extensions,
         validate_text,
     )
@@ -493,6 +495,8 @@ def plan_leaf(
         key_usage=profile.key_usage,
         claims_oid=issuer.claims_oid,
     )
+    if issuer.public_url and not is_ocsp_responder(profile.extended_key_usage):
+        extensions += distribution_extensions(issuer.public_url, issuer.name)
     return CertificatePlan(
         profile=profile.name,
         subject=subject,

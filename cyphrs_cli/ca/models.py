@@ -34,6 +34,8 @@ class Issuer:
     revoked: bool = False
     # The agent-claims extension OID this home records (config.trust).
     claims_oid: str = DEFAULT_CLAIMS_OID
+    # The home's recorded public URL: AIA and CRL DP in what this CA signs (config.trust).
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class IssuerFacts:
     certificate: x509.Certificate | None
     trust_domain: str | None = None
     claims_oid: str = DEFAULT_CLAIMS_OID
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)

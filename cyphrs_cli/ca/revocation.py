@@ -103,7 +103,8 @@ class PublishedCrl:
     crl: x509.CertificateRevocationList
 
 
-def _reason_flag(reason: str) -> x509.ReasonFlags:
+def reason_flag(reason: str) -> x509.ReasonFlags:
+    """The RFC 5280 reason flag of a ledger reason name (CRL entries, OCSP responses)."""
     from cryptography import x509
 
     flag: x509.ReasonFlags = getattr(x509.ReasonFlags, reason.replace("-", "_"))
@@ -162,7 +163,7 @@ def publish_crl(ledger: Ledger, issuer: Issuer, validity: timedelta) -> Publishe
         )
         if entry["reason"]:
             revoked = revoked.add_extension(
-                x509.CRLReason(_reason_flag(entry["reason"])), critical=False
+                x509.CRLReason(reason_flag(entry["reason"])), critical=False
             )
         builder = builder.add_revoked_certificate(revoked.build())
     crl = builder.sign(issuer.signer, signature_hash(issuer.signer))  # type: ignore[arg-type]

@@ -74,14 +74,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
     "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
     "profiles": ("profiles", "Issuance profiles: built-in and the CA home's own."),
-    "serve": (
-        "serve",
-        "Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP.",
-    ),
     "token": ("enrollment", "One-time enrollment tokens for agents (cyphrs serve's /v1/enroll)."),
     "provisioner": (
         "enrollment",
         "JWT provisioners: CI jobs enroll with their platform's OIDC token.",
+    ),
+    "serve": (
+        "serve",
+        "Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP.",
     ),
     "config": (
         "homeconfig",

@@ -47,6 +47,8 @@ class HomeConfig:
     default_issuer: str | None = None
     # A cache of the ledger's claims OID (``config claims-oid`` writes both); None = unset.
     claims_oid: str | None = None
+    # A cache of the ledger's public URL (``config public-url`` writes both); None = unset.
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +90,7 @@ def load_config(home: CaHome) -> HomeConfig:
     ca = data.pop("ca", {})
     config.default_issuer = ca.get("default_issuer")
     config.claims_oid = ca.get("claims_oid")
+    config.public_url = ca.get("public_url")
     for name, raw in data.pop("authorities", {}).items():
         try:
             config.authorities[name] = AuthorityEntry(
@@ -112,6 +115,8 @@ def save_config(home: CaHome, config: HomeConfig) -> None:
         ca["default_issuer"] = config.default_issuer
     if config.claims_oid:
         ca["claims_oid"] = config.claims_oid
+    if config.public_url:
+        ca["public_url"] = config.public_url
     document: dict[str, Any] = {"ca": ca, **config.extra}
     document["authorities"] = {n: e.to_toml() for n, e in sorted(config.authorities.items())}
     atomic_write(home.config_path, tomli_w.dumps(document).encode(), mode=PRIVATE_FILE)

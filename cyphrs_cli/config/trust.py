@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 #: The agent-claims OID a home uses until it records its own (``config claims-oid``).
 DEFAULT_CLAIMS_OID = AGENT_CLAIMS_OID
 CLAIMS_OID_EVENT = "home.claims_oid_set"
+PUBLIC_URL_EVENT = "home.public_url_set"
 PROFILE_SET_EVENT = "profile.set"
 PROFILE_REMOVED_EVENT = "profile.removed"
 _CREATION_EVENTS = ("authority.created", "authority.imported")
@@ -79,6 +80,8 @@ class AnchoredAuthority:
     parents: tuple[x509.Certificate, ...]
     revoked: bool
     claims_oid: str
+    # The home's recorded public URL (AIA / CRL DP in what is signed), None when unset.
+    public_url: str | None = None
 
 
 def _mismatch(what: str, hint: str | None = None) -> TrustStateMismatch:
@@ -220,10 +223,13 @@ def anchored_authority(
         TrustStateMismatch: a cache in the home differs from the ledger (exit 8).
         NotFoundError: no such authority in config.toml.
     """
+    from dataclasses import replace
+
     chosen = config.issuer(name).name
     claims_oid = check_claims_oid(home, config, conn)
+    public_url = check_public_url(home, config, conn)
     check_profile_files(home, conn)
-    return _anchored_chain(home, config, conn, chosen, claims_oid)
+    return replace(_anchored_chain(home, config, conn, chosen, claims_oid), public_url=public_url)
 
 
 def _anchored_chain(
@@ -289,6 +295,7 @@ def check_trust_state(home: CaHome, config: HomeConfig, conn: sqlite3.Connection
                 problems.append(exc.message)
 
     collect(lambda: check_claims_oid(home, config, conn))
+    collect(lambda: check_public_url(home, config, conn))
     collect(lambda: check_profile_files(home, conn))
     names = {r["name"] for r in conn.execute("SELECT name FROM authorities")}
     for name in sorted(names | set(config.authorities)):
@@ -345,6 +352,10 @@ def restore_home_files(home: CaHome) -> list[str]:
         if config.claims_oid not in (None, recorded_oid):
             config.claims_oid = recorded_oid
             changes.append("config.toml claims_oid")
+        recorded_url = recorded_public_url(conn)
+        if config.public_url != recorded_url:
+            config.public_url = recorded_url
+            changes.append("config.toml public_url")
         save_config(home, config)
         for name, event in recorded_profiles(conn).items():
             text = str(_details(event["details"], "text")["text"])
@@ -452,6 +463,98 @@ def set_claims_oid(home: CaHome, oid: str) -> bool:
             # Written before COMMIT: if the commit fails, config disagrees with the ledger
             # and signing refuses, which is the safe side.
             config.claims_oid = oid
+            save_config(home, config)
+    return changed
+
+
+# --- public URL ------------------------------------------------------------------------
+
+PUBLIC_URL_MAX = 200
+
+
+def validate_public_url(url: str) -> str:
+    """An absolute ``http``/``https`` URL with a host and nothing a path could not be
+    appended to (no query, fragment or userinfo), printable ASCII (an IA5String in the
+    certificate); returned without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    def bad(reason: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"invalid public URL {url!r}: {reason}",
+            hint="e.g. https://ca.acme.internal:8443 (where 'cyphrs serve' is reachable)",
+        )
+
+    if not url or len(url) > PUBLIC_URL_MAX:
+        raise bad(f"must be 1-{PUBLIC_URL_MAX} characters")
+    if not url.isascii() or any(not 0x21 <= ord(c) <= 0x7E for c in url):
+        raise bad("only printable ASCII without spaces")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a malformed port
+    except ValueError as exc:
+        raise bad(str(exc)) from exc
+    if parts.scheme not in ("http", "https"):
+        raise bad("the scheme must be http or https")
+    if not parts.hostname:
+        raise bad("a host is required")
+    if parts.username is not None or "@" in parts.netloc:
+        raise bad("userinfo is not allowed")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise bad("a query or fragment is not allowed")
+    return url.rstrip("/")
+
+
+def recorded_public_url(conn: sqlite3.Connection) -> str | None:
+    """The public URL the ledger last recorded for this home (None: unset or cleared)."""
+    row = conn.execute(
+        "SELECT details FROM events WHERE type = ? ORDER BY seq DESC LIMIT 1",
+        (PUBLIC_URL_EVENT,),
+    ).fetchone()
+    if row is None:
+        return None
+    url = _details(row["details"], "url")["url"]
+    return str(url) if url is not None else None
+
+
+def check_public_url(home: CaHome, config: HomeConfig, conn: sqlite3.Connection) -> str | None:
+    """config.toml's ``public_url`` must be the recorded one: it changes what is signed."""
+    recorded = recorded_public_url(conn)
+    if config.public_url != recorded:
+        raise _mismatch(
+            f"{home.config_path.name}: public_url is {config.public_url!r} but the ledger"
+            f" records {recorded!r}",
+            hint="change it with 'cyphrs config public-url URL', which records it",
+        )
+    return recorded
+
+
+def set_public_url(home: CaHome, url: str | None) -> bool:
+    """``config public-url``: record (``home.public_url_set``) and cache in config.toml
+    the URL that AIA and CRL DP extensions point at; None clears it. False when the
+    ledger already records it."""
+    from cyphrs_cli.config.settings import load_config, save_config
+    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.events import LedgerEvent, append_event
+
+    if url is not None:
+        url = validate_public_url(url)
+    with home_lock(home.root), Ledger(home.ledger_path) as ledger, ledger.transaction() as conn:
+        config = load_config(home)
+        previous = recorded_public_url(conn)
+        changed = previous != url
+        if changed:
+            append_event(
+                conn,
+                LedgerEvent(
+                    type=PUBLIC_URL_EVENT,
+                    target="home:public_url",
+                    details={"url": url, "previous": previous},
+                ),
+            )
+        if config.public_url != url:
+            # Written before COMMIT, as set_claims_oid: a failed commit leaves a mismatch,
+            # and signing refuses, the safe side.
+            config.public_url = url
             save_config(home, config)
     return changed
 

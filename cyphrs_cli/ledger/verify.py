@@ -9,7 +9,8 @@ Checks, in order, and reports every problem (the first broken link first):
    ``authorities`` (``authority_digest``: key URI, key storage and attributes, trust
    domain, certificate id...), ``revocations`` and statuses, ``crls`` (number, times and
    SHA-256 per ``crl.published`` event; numbers strictly increase per issuer), stored
-   ``checkpoints`` (``document_sha256`` per ``audit.checkpoint`` event); a row without
+   ``checkpoints`` (``document_sha256`` per ``audit.checkpoint`` event), the enrollment
+   credentials (``tokens``, ``provisioners``, ``jwt_uses``: ``ledger.credentials``); a row without
    its event, an event without its row, or a row that differs are all problems;
 3. checkpoints (stored, and any given from outside): the checkpointed event still exists
    with the same hash; a checkpoint beyond the end of the ledger means the tail was
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import InvalidInputError
+from cyphrs_cli.ledger.credentials import CREDENTIAL_EVENTS, check_credentials
 from cyphrs_cli.ledger.events import (
     GENESIS_HASH,
     canonical_json,
@@ -334,6 +336,7 @@ class _Walk:
             "authority_digest" in details
             or kind in AUTHORITY_EVENTS
             or kind in ("crl.published", "audit.checkpoint")
+            or kind in CREDENTIAL_EVENTS
         ):
             self.kept.append(event)
 
@@ -836,6 +839,8 @@ def verify_ledger(
         report.problems += certificate_problems
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():
+            check_credentials(conn, events, report.problems)
         stored = _check_stored_checkpoints(conn, events, report)
         candidates: list[x509.Certificate] = []
         if anchor is not None:

@@ -39,6 +39,9 @@ class PolicyIssuer(Protocol):
     @property
     def claims_oid(self) -> str: ...
 
+    @property
+    def public_url(self) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class PolicyDecision:

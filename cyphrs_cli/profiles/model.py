@@ -183,6 +183,9 @@ def profile_from_toml(
         eku_oids(ekus)
     except InvalidInputError as exc:
         raise fail(f"extended_key_usage: {exc.message}") from exc
+    if "OCSPSigning" in ekus and len(ekus) > 1:
+        # An OCSPSigning certificate gets id-pkix-ocsp-nocheck: it must do nothing else.
+        raise fail("extended_key_usage: OCSPSigning must be the only usage")
     key_usage = strings(data, "key_usage", "key_usage", ("digitalSignature",))
     unknown = [u for u in key_usage if u not in LEAF_KEY_USAGES]
     if unknown or "digitalSignature" not in key_usage:

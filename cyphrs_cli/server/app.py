@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, PolicyDenied
+from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, NotFoundError, PolicyDenied
 from cyphrs_cli.server import spec
 from cyphrs_cli.server.limits import RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.revocation import Revocation
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueResult
+    from cyphrs_cli.service.status import OcspAnswer
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,20 +81,15 @@ def presented_certificate(request: web.Request) -> bytes:
     return bytes(der) if der else b""
 
 
-async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
-    """The request's JSON object, validated against its schema in ``server.spec``.
-
-    Raises:
-        HttpProblem: 413 over the size limit, 408 not sent within the body timeout.
-        InvalidInputError: not JSON, or not what the schema allows (400).
-    """
+async def read_body(request: web.Request) -> bytes:
+    """The request body, bounded in size (413) and in the time it may take (408)."""
     state = _state(request)
     if request.content_length is not None and request.content_length > state.max_body:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
         )
     try:
-        body = await asyncio.wait_for(request.read(), state.body_timeout)
+        return await asyncio.wait_for(request.read(), state.body_timeout)
     except web.HTTPRequestEntityTooLarge as exc:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
@@ -101,6 +98,17 @@ async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
         raise HttpProblem(
             408, "timeout", "request body not received in time", ExitCode.INVALID_INPUT
         ) from exc
+
+
+async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
+    """The request's JSON object, validated against its schema in ``server.spec``.
+
+    Raises:
+        HttpProblem: 413 over the size limit, 408 not sent within the body timeout.
+        InvalidInputError: not JSON, or not what the schema allows (400).
+    """
+    state = _state(request)
+    body = await read_body(request)
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -150,7 +158,6 @@ def issued_body(result: IssueResult, schema: str) -> dict[str, Any]:
         "schema": schema,
         "serial": issued.serial,
         "spiffe_id": issued.spiffe_id,
-        "profile": issued.profile,
         "not_before": rfc3339(issued.not_before),
         "not_after": rfc3339(issued.not_after),
         "fingerprint": issued.fingerprint,
@@ -189,15 +196,54 @@ async def get_roots(request: web.Request) -> web.Response:
 
 
 def trust_bundle(authority: Authority) -> bytes:
-    """The home's root certificate(s) as PEM (``Authority.trust_bundle`` when present)."""
-    own = getattr(authority, "trust_bundle", None)
-    if callable(own):
-        return bytes(own())
-    from cryptography.hazmat.primitives import serialization
+    """The home's root certificate(s) as PEM."""
+    return authority.trust_bundle()
 
-    issuer = authority.issuer
-    roots = [c for c in (issuer.certificate, *issuer.parents) if c and c.subject == c.issuer]
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise InvalidInputError("Authorization must be 'Bearer <JWT>'")
+    return credential.strip()
+
+
+async def enroll(request: web.Request) -> web.Response:
+    state = _state(request)
+    jwt = _bearer(request)
+    body = await read_json(request, "enroll")
+    from cyphrs_cli.service.enrollment import EnrollRequest
+
+    token = body.get("token")
+    credential = token if token is not None else jwt
+    if credential is not None:  # rate-limited per credential, by its hash only
+        key = ("tok:" if token is not None else "jwt:") + hashlib.sha256(
+            credential.encode()
+        ).hexdigest()
+        _limit(state.token_limiter, state, "token", key)
+    permissions = body.get("permissions")
+    enroll_request = EnrollRequest(
+        csr_pem=str(body["csr"]).encode(),
+        token=token,
+        jwt=jwt if token is None else None,
+        ttl=body.get("ttl"),
+        instance=body.get("instance"),
+        workflow=body.get("workflow"),
+        permissions=tuple(permissions) if permissions is not None else None,
+    )
+    if token is not None and jwt is not None:
+        from cyphrs_cli.errors import UsageError
+
+        raise UsageError("enroll with a token or a JWT, exactly one")
+    try:
+        result = await state.call(lambda: state.authority.enroll(enroll_request))
+    except CyphrsError as error:
+        state.metrics.issuance.labels("enroll", "unknown", _outcome(error)).inc()
+        raise
+    state.metrics.issuance.labels("enroll", result.issued.profile, "issued").inc()
+    return _json(issued_body(result, "cyphrs.enroll/v1"), 201)
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -252,6 +298,36 @@ async def admin_revoke(request: web.Request) -> web.Response:
     return _json(revoked_body(revocation))
 
 
+async def admin_create_token(request: web.Request) -> web.Response:
+    state = _state(request)
+    identity = await _admin(request)
+    body = await read_json(request, "adminCreateToken")
+    from datetime import timedelta
+
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
+    from cyphrs_cli.service.tokens import TokenSpec
+
+    spec_fields: dict[str, Any] = {
+        key: body[key] for key in ("profile", "workflow", "trust_domain", "uses") if key in body
+    }
+    if "permissions" in body:
+        spec_fields["permissions"] = tuple(body["permissions"])
+    if "max_ttl" in body:
+        spec_fields["max_ttl"] = _duration(body["max_ttl"])
+    spec_fields["ttl"] = _duration(body["ttl"]) if "ttl" in body else timedelta(minutes=10)
+    # The ledger names the administrator who asked, whatever the body claims.
+    spec_fields["requester"] = identity.split(" (serial")[0][:128]
+    token_spec = TokenSpec(**spec_fields)
+    created = await state.call(lambda: state.authority.create_token(token_spec))
+    document = {
+        "schema": "cyphrs.token/v1",
+        "token": created.token,
+        **created.info.to_json(utc_now()),
+        "expires_at": rfc3339(created.expires_at),
+    }
+    return _json(document, 201)
+
+
 async def admin_list_certificates(request: web.Request) -> web.Response:
     state = _state(request)
     await _admin(request)
@@ -272,6 +348,50 @@ async def admin_list_certificates(request: web.Request) -> web.Response:
     )
     rows = await state.call(lambda: state.authority.list_certificates(criteria))
     return _json({"schema": "cyphrs.list/v1", "certificates": rows})
+
+
+def _issuer_name(request: web.Request) -> str:
+    name = request.match_info["issuer"]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        raise NotFoundError(f"no CA named {name[:64]!r}")
+    return name
+
+
+async def get_crl(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = _issuer_name(request)
+    der = await state.call(lambda: state.authority.current_crl(name))
+    return web.Response(body=der, content_type="application/pkix-crl")
+
+
+async def get_ca_certificate(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = _issuer_name(request)
+    der = await state.call(lambda: state.authority.ca_certificate(name))
+    return web.Response(body=der, content_type="application/pkix-cert")
+
+
+def _ocsp_response(answer: OcspAnswer) -> web.Response:
+    """The DER answer; a signed one without a nonce may be cached until its nextUpdate."""
+    response = web.Response(body=answer.der, content_type="application/ocsp-response")
+    if answer.next_update is not None and answer.this_update is not None and not answer.nonce:
+        max_age = int((answer.next_update - answer.this_update).total_seconds())
+        response.headers["Cache-Control"] = f"max-age={max(0, max_age)}, public, no-transform"
+    return response
+
+
+async def ocsp_get(request: web.Request) -> web.Response:
+    state = _state(request)
+    encoded = request.match_info["request"]
+    answer = await state.call(lambda: state.authority.ocsp_get_response(encoded))
+    return _ocsp_response(answer)
+
+
+async def ocsp_post(request: web.Request) -> web.Response:
+    state = _state(request)
+    body = await read_body(request)
+    answer = await state.call(lambda: state.authority.ocsp_response(body))
+    return _ocsp_response(answer)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -308,10 +428,16 @@ def _outcome(error: CyphrsError) -> str:
 
 HANDLERS: dict[str, Handler] = {
     "getRoots": get_roots,
+    "enroll": enroll,
     "renew": renew,
+    "adminCreateToken": admin_create_token,
     "revoke": revoke,
     "adminRevoke": admin_revoke,
     "adminListCertificates": admin_list_certificates,
+    "getCrl": get_crl,
+    "getCaCertificate": get_ca_certificate,
+    "ocspGet": ocsp_get,
+    "ocspPost": ocsp_post,
     "healthz": healthz,
     "readyz": readyz,
     "metrics": metrics,

@@ -59,6 +59,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "token": {"type": "string", "minLength": 1, "maxLength": 256},
             "ttl": _DURATION,
             "instance": _NAME,
+            "workflow": _NAME,
+            "permissions": {"type": "array", "maxItems": 64, "items": _NAME},
         },
     },
     "RenewRequest": {
@@ -92,7 +94,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "max_ttl": _DURATION,
             "uses": {"type": "integer", "minimum": 1, "maximum": 1000},
             "ttl": _DURATION,
-            "requester": _NAME,
         },
     },
     "Issued": {
@@ -120,7 +121,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "chain": {"type": "string"},
             "ca": {"type": "string"},
             "replaces": {"anyOf": [_SERIAL, {"type": "null"}]},
-            "profile": {"type": "string"},
         },
     },
     "Revoked": {
@@ -170,6 +170,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "OcspRequest": {"type": "string", "contentMediaType": "application/ocsp-request"},
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -211,6 +212,13 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 _PEM_CHAIN = "application/pem-certificate-chain"
+_BINARY = {"type": "string", "contentMediaType": "application/octet-stream"}
+_ISSUER = {
+    "name": "issuer",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+}
 _TEXT = {"type": "string"}
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -295,6 +303,64 @@ OPERATIONS: tuple[Operation, ...] = (
             },
         ),
         tags=("admin",),
+    ),
+    Operation(
+        "getCrl",
+        "GET",
+        "/v1/crl/{issuer}.crl",
+        "The issuer's current CRL (DER), published anew when past half its validity",
+        (Response(200, "DER CRL", "application/pkix-crl", _BINARY),),
+        parameters=(_ISSUER,),
+        tags=("status",),
+    ),
+    Operation(
+        "getCaCertificate",
+        "GET",
+        "/v1/ca/{issuer}.der",
+        "A CA certificate of this home (DER; the caIssuers URL of issued certificates)",
+        (Response(200, "DER certificate", "application/pkix-cert", _BINARY),),
+        parameters=(_ISSUER,),
+        tags=("status",),
+    ),
+    Operation(
+        "ocspGet",
+        "GET",
+        "/ocsp/{request}",
+        "RFC 6960 OCSP, GET form: the URL-encoded base64 DER request in the path",
+        (
+            Response(
+                200,
+                "an OCSP response (also for malformed requests)",
+                "application/ocsp-response",
+                _BINARY,
+            ),
+        ),
+        parameters=(
+            {
+                "name": "request",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+            },
+        ),
+        tags=("status",),
+    ),
+    Operation(
+        "ocspPost",
+        "POST",
+        "/ocsp",
+        "RFC 6960 OCSP, POST form: the DER request as the body",
+        (
+            Response(
+                200,
+                "an OCSP response (also for malformed requests)",
+                "application/ocsp-response",
+                _BINARY,
+            ),
+        ),
+        request="OcspRequest",
+        request_media_type="application/ocsp-request",
+        tags=("status",),
     ),
     Operation(
         "healthz",

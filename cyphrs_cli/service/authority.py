@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         RenewRequest,
         RevokeRequest,
     )
+    from cyphrs_cli.service.status import OcspAnswer, StatusService
     from cyphrs_cli.service.tokens import CreatedToken, TokenInfo, TokenSpec
 
 
@@ -85,6 +86,7 @@ class Authority:
         self._closed = False
         self._committer: GroupCommitter | None = None
         self._jwks_clients: dict[str, PyJWKClient] = {}
+        self._status: StatusService | None = None
 
     @classmethod
     def open(
@@ -182,7 +184,11 @@ class Authority:
                     self._home, self.config, self.ledger.conn, self.issuer_name
                 )
                 self._facts = IssuerFacts(
-                    anchored.name, anchored.certificate, anchored.trust_domain, anchored.claims_oid
+                    anchored.name,
+                    anchored.certificate,
+                    anchored.trust_domain,
+                    anchored.claims_oid,
+                    anchored.public_url,
                 )
             return self._facts
 
@@ -411,6 +417,37 @@ class Authority:
                 )
                 self._jwks_clients[url] = client
             return client
+    # -- status (OCSP, CRL distribution, CA certificates): service.status -----------
+
+    @property
+    def status(self) -> StatusService:
+        """The status service of this authority (responder certificates, CRL freshness)."""
+        with self._lock:
+            if self._status is None:
+                from cyphrs_cli.service.status import StatusService
+
+                self._status = StatusService(self)
+            return self._status
+
+    def ocsp_response(self, request_der: bytes) -> OcspAnswer:
+        """Answer a DER OCSP request (POST body); always a sendable response."""
+        return self.status.ocsp_response(request_der)
+
+    def ocsp_get_response(self, encoded: str) -> OcspAnswer:
+        """Answer the GET form ``/ocsp/<url-encoded base64 DER>``."""
+        return self.status.ocsp_get_response(encoded)
+
+    def current_crl(self, issuer_name: str) -> bytes:
+        """The issuer's current CRL (DER), published anew when stale."""
+        return self.status.current_crl(issuer_name)
+
+    def trust_bundle(self) -> bytes:
+        """PEM of this home's root certificate(s)."""
+        return self.status.trust_bundle()
+
+    def ca_certificate(self, issuer_name: str) -> bytes:
+        """DER certificate of one of this home's CAs (caIssuers)."""
+        return self.status.ca_certificate(issuer_name)
 
     # -- life cycle -----------------------------------------------------------------
 

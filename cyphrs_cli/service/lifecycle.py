@@ -113,21 +113,31 @@ def revoke(authority: Authority, request: RevokeRequest) -> Revocation:
 def publish(authority: Authority, request: CrlRequest) -> CrlResult:
     """Sign, record and store the issuer's next CRL, as one step under the home lock:
     a slower publisher can never replace a newer CRL with an older one (exit 7)."""
+    from cyphrs_cli.fsutil import home_lock
+
+    name = request.issuer or authority.issuer_name
+    authority.signing_issuer(name)  # unlocked before the lock is taken
+    with home_lock(authority.home.root):
+        return publish_locked(authority, request)
+
+
+def publish_locked(authority: Authority, request: CrlRequest) -> CrlResult:
+    """``publish`` for a caller that already holds the home lock (``service.status``
+    re-checks freshness under it before publishing)."""
     from datetime import timedelta
 
     from cyphrs_cli.ca.revocation import publish_crl, store_crl
-    from cyphrs_cli.fsutil import home_lock
     from cyphrs_cli.service.requests import CrlResult
 
-    entry = authority.config.issuer(authority.issuer_name)
+    name = request.issuer or authority.issuer_name
+    entry = authority.config.issuer(name)
     validity = request.validity or (
         timedelta(days=ROOT_CRL_VALIDITY_DAYS)
         if entry.role == "root"
         else timedelta(hours=CRL_VALIDITY_HOURS)
     )
-    issuer = authority.issuer
+    issuer = authority.signing_issuer(name)
     assert issuer.certificate is not None
-    with home_lock(authority.home.root):
-        published = publish_crl(authority.ledger, issuer, validity)
-        stored = store_crl(authority.home, published, issuer.certificate)
+    published = publish_crl(authority.ledger, issuer, validity)
+    stored = store_crl(authority.home, published, issuer.certificate)
     return CrlResult(published, stored)

@@ -136,9 +136,11 @@ class RevokeRequest:
 
 @dataclass(frozen=True)
 class CrlRequest:
-    """The issuer's next CRL; ``validity`` None: 30 days for a root, 24 hours otherwise."""
+    """The issuer's next CRL; ``validity`` None: 30 days for a root, 24 hours otherwise.
+    ``issuer`` None: the authority's own issuer."""
 
     validity: timedelta | None = None
+    issuer: str | None = None
 
 
 @dataclass(frozen=True)

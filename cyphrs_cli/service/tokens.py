@@ -160,14 +160,11 @@ def _info(row: sqlite3.Row) -> TokenInfo:
 
 
 def token_row_digest(info: TokenInfo, sha256: str) -> str:
-    """What ``token.created`` pins of the row: every column but the use counter and the
-    revocation (which their own events record)."""
-    from cyphrs_cli.ledger.events import canonical_json, sha256_hex
+    """What ``token.created`` pins of the row (``ledger.credentials.token_digest``)."""
+    from cyphrs_cli.ledger.credentials import token_digest
 
-    document = {**info.to_json(info.created_at), "secret_sha256": sha256}
-    for moving in ("status", "uses", "revoked_at"):
-        document.pop(moving)
-    return sha256_hex(canonical_json(document))
+    document = info.to_json(info.created_at)
+    return token_digest({**document, "secret_sha256": sha256})
 
 
 def _check_spec(authority: Authority, spec: TokenSpec) -> str | None:

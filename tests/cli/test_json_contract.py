@@ -156,6 +156,7 @@ def test_command_outputs_match_their_schemas(contract_ca: Hierarchy, tmp_path: P
     _json("profiles", "remove", "contract", *home)
     _json("config", "check", *home)
     _json("config", "claims-oid", *home)
+    _json("config", "public-url", *home)
     _json("config", "restore", *home)
     _json(
         "issue",

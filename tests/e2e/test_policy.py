@@ -170,7 +170,7 @@ def test_profile_key_usage_follows_the_key(policy_ca: Hierarchy) -> None:
 def test_profiles_list_and_show(policy_ca: Hierarchy) -> None:
     listing = cli("profiles", "list", "--json", "--home", str(policy_ca.home)).json()
     names = {p["name"]: p for p in listing["profiles"]}
-    assert set(names) == {"admin", "agent", "client", "server", "payments", "internal-web"}
+    assert set(names) == {"admin", "agent", "client", "ocsp-responder", "server", "payments", "internal-web"}
     assert (
         names["payments"]["source"].endswith("payments.toml")
         and names["agent"]["source"] == "builtin"

@@ -45,7 +45,9 @@ def _row(ca: Hierarchy, serial: str) -> sqlite3.Row:
 
 def _serial(cert_dir: Path) -> str:
     cert = x509.load_pem_x509_certificate((cert_dir / "cert.pem").read_bytes())
-    return format(cert.serial_number, "x").rjust(2 * ((cert.serial_number.bit_length() + 7) // 8), "0")
+    return format(cert.serial_number, "x").rjust(
+        2 * ((cert.serial_number.bit_length() + 7) // 8), "0"
+    )
 
 
 def _agent(ca: Hierarchy, where: Path, *args: str) -> Path:
@@ -60,7 +62,9 @@ def test_renew_over_mtls_with_curl_keeps_identity_and_links_replaces(
 ) -> None:
     old = _agent(ca, tmp_path / "old", "--permission", "ledger:read")
     key_pem, csr_pem = new_csr()
-    status, body = curl(server, "/v1/renew", data=json.dumps({"csr": csr_pem.decode()}), cert_dir=old)
+    status, body = curl(
+        server, "/v1/renew", data=json.dumps({"csr": csr_pem.decode()}), cert_dir=old
+    )
     assert status == 201, body
     issued = json.loads(body)
     assert issued["schema"] == "cyphrs.renew/v1"
@@ -166,7 +170,9 @@ def test_the_ledger_decides_even_when_tls_would_accept(
         assert caught.value.rule == "mtls.required"
 
 
-def test_self_revocation_then_no_renewal(ca: Hierarchy, server: ServerProcess, tmp_path: Path) -> None:
+def test_self_revocation_then_no_renewal(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
     agent = _agent(ca, tmp_path / "a")
     status, body = curl(server, "/v1/revoke", data='{"reason": "key-compromise"}', cert_dir=agent)
     assert status == 200, body
@@ -194,7 +200,9 @@ def test_admin_routes_need_an_admin_certificate(
         reply = request(server, "GET", "/v1/admin/certificates", cert_dir=cert_dir)
         assert reply.status == 403, reply.body
         assert reply.json()["rule"] == ("admin.profile" if cert_dir else "mtls.required")
-        reply = request(server, "POST", "/v1/admin/revoke", {"serial": _serial(victim)}, cert_dir=cert_dir)
+        reply = request(
+            server, "POST", "/v1/admin/revoke", {"serial": _serial(victim)}, cert_dir=cert_dir
+        )
         assert reply.status == 403
     assert _row(ca, _serial(victim))["status"] == "valid"
 
@@ -228,7 +236,9 @@ def test_oversized_body_is_413_problem_json(server: ServerProcess) -> None:
     assert reply.status in (403, 413)  # no client cert is refused before reading, or 413
 
 
-def test_bad_requests_answer_problem_json_with_cli_codes(server: ServerProcess, tmp_path: Path) -> None:
+def test_bad_requests_answer_problem_json_with_cli_codes(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     reply = request(server, "GET", "/v1/nothing-here")
     assert reply.status == 404 and reply.json()["exit_code"] == 6
     reply = request(server, "POST", "/v1/renew", raw=b"{not json")
@@ -285,7 +295,7 @@ def test_slow_clients_are_cut_off(strict_server: ServerProcess) -> None:
     with _tls_socket(strict_server) as sock:
         sock.sendall(
             b"POST /v1/renew HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 500\r\n\r\n{\"csr\":"
+            b'Content-Length: 500\r\n\r\n{"csr":'
         )
         sock.settimeout(8)
         started = time.monotonic()
@@ -310,7 +320,10 @@ def test_rate_limit_per_identity_is_429_with_retry_after(
     assert statuses[3].json()["slug"] == "rate-limited"
     # Another identity is not affected.
     other = _agent(ca, tmp_path / "other")
-    assert request(strict_server, "POST", "/v1/revoke", {"reason": "bogus"}, cert_dir=other).status == 400
+    assert (
+        request(strict_server, "POST", "/v1/revoke", {"reason": "bogus"}, cert_dir=other).status
+        == 400
+    )
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
@@ -333,13 +346,14 @@ def test_tls_1_1_refused_tls_1_2_accepted(server: ServerProcess) -> None:
     context = ssl.create_default_context(cafile=str(server.root_pem))
     context.minimum_version = ssl.TLSVersion.TLSv1
     context.maximum_version = ssl.TLSVersion.TLSv1_1
-    with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+    with (
+        pytest.raises(ssl.SSLError),
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+    ):
         context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def test_sighup_swaps_the_tls_certificate_for_new_handshakes(
-    ca: Hierarchy, tmp_path: Path
-) -> None:
+def test_sighup_swaps_the_tls_certificate_for_new_handshakes(ca: Hierarchy, tmp_path: Path) -> None:
     with start_server(ca.home, ca.inter_pass) as running:
         first = running.ready["tls_serial"]
         with _tls_socket(running) as old_connection:
@@ -404,7 +418,9 @@ def test_concurrent_renewals_share_transactions(ca: Hierarchy, tmp_path: Path) -
             assert _row(ca, serial)["status"] == "valid"
 
 
-def test_access_log_is_json_without_secrets(ca: Hierarchy, server: ServerProcess, tmp_path: Path) -> None:
+def test_access_log_is_json_without_secrets(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
     agent = _agent(ca, tmp_path / "logged")
     key_pem, csr = new_csr()
     reply = request(server, "POST", "/v1/renew", {"csr": csr.decode()}, cert_dir=agent)
@@ -412,7 +428,129 @@ def test_access_log_is_json_without_secrets(ca: Hierarchy, server: ServerProcess
     request(server, "POST", "/v1/enroll", {"csr": csr.decode(), "token": "cyphrs_tok_" + "A" * 43})
     log = server.log()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    renewals = [line for line in lines if line.get("operation") == "renew" and line["status"] == 201]
+    renewals = [
+        line for line in lines if line.get("operation") == "renew" and line["status"] == 201
+    ]
     assert renewals and renewals[-1]["client"].startswith("sha256:")
-    for secret in (csr.decode().splitlines()[1], "cyphrs_tok_", "PRIVATE KEY", key_pem.decode().splitlines()[1]):
+    for secret in (
+        csr.decode().splitlines()[1],
+        "cyphrs_tok_",
+        "PRIVATE KEY",
+        key_pem.decode().splitlines()[1],
+    ):
         assert secret not in log
+
+
+# -- enrollment end to end --------------------------------------------------------------
+
+
+def test_admin_token_then_enroll_with_curl_then_replay_refused(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    admin = issue_offline(ca.home, ca.inter_pass, tmp_path / "admin", "admin", "--cn", "ops-bob")
+    status, body = curl(
+        server,
+        "/v1/admin/tokens",
+        data=json.dumps(
+            {"workflow": "payments-recon", "permissions": ["ledger:read"], "ttl": "10m"}
+        ),
+        cert_dir=admin,
+    )
+    assert status == 201, body
+    created = json.loads(body)
+    assert created["schema"] == "cyphrs.token/v1" and created["token"].startswith("cyphrs_tok_")
+    assert created["requester"] == "CN=ops-bob"
+    token = created["token"]
+
+    key_pem, csr = new_csr()
+    status, body = curl(
+        server, "/v1/enroll", data=json.dumps({"csr": csr.decode(), "token": token})
+    )
+    assert status == 201, body
+    issued = json.loads(body)
+    assert issued["schema"] == "cyphrs.enroll/v1"
+    assert issued["spiffe_id"].startswith("spiffe://acme.internal/agent/payments-recon/")
+    assert _row(ca, issued["serial"])["status"] == "valid"  # recorded before the answer
+    agent = write_identity(tmp_path / "agent", issued, key_pem)
+    # The enrolled identity renews over mTLS.
+    _, csr2 = new_csr()
+    assert (
+        request(server, "POST", "/v1/renew", {"csr": csr2.decode()}, cert_dir=agent).status == 201
+    )
+
+    # Replay: refused, problem+json with the rule, counted as a token refusal.
+    _, csr3 = new_csr()
+    status, body = curl(
+        server, "/v1/enroll", data=json.dumps({"csr": csr3.decode(), "token": token})
+    )
+    assert status == 403, body
+    problem = json.loads(body)
+    assert problem["slug"] == "policy-denied" and problem["rule"] == "token.used"
+    metrics = request(server, "GET", "/metrics").body.decode()
+    assert 'cyphrs_token_refusals_total{rule="token.used"} 1.0' in metrics
+    assert 'cyphrs_issuance_total{operation="enroll",outcome="issued",profile="agent"}' in metrics
+    # An agent certificate cannot create tokens.
+    reply = request(server, "POST", "/v1/admin/tokens", {"workflow": "x"}, cert_dir=agent)
+    assert reply.status == 403
+
+
+# -- status: OCSP and CRL from the server ----------------------------------------------
+
+
+def test_openssl_ocsp_and_crl_from_the_server(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    good = _agent(ca, tmp_path / "good")
+    bad = _agent(ca, tmp_path / "bad")
+    assert (
+        request(server, "POST", "/v1/revoke", {"reason": "key-compromise"}, cert_dir=bad).status
+        == 200
+    )
+
+    def ocsp(cert_dir: Path, *extra: str) -> str:
+        done = subprocess.run(
+            ["openssl", "ocsp", "-issuer", str(cert_dir / "chain.pem"), "-cert",
+             str(cert_dir / "cert.pem"), "-url", server.url + "/ocsp", "-CAfile",
+             str(server.root_pem), *extra],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Response verify OK" in done.stderr
+        return done.stdout
+
+    assert ": good" in ocsp(good)
+    assert ": revoked" in ocsp(bad)
+    assert ": revoked" in ocsp(bad, "-no_nonce", "-reqout", str(tmp_path / "req.der"))
+    # The GET form answers the same request (curl, base64 in the path).
+    import base64
+    from urllib.parse import quote
+
+    encoded = quote(base64.b64encode((tmp_path / "req.der").read_bytes()).decode(), safe="")
+    status, _ = curl(server, f"/ocsp/{encoded}", extra=("-o", str(tmp_path / "resp.der")))
+    assert status == 200
+    text = subprocess.run(
+        ["openssl", "ocsp", "-respin", str(tmp_path / "resp.der"), "-resp_text", "-noverify"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "Cert Status: revoked" in text
+
+    crl = tmp_path / "inter.crl"
+    status, _ = curl(server, "/v1/crl/test-inter.crl", extra=("-o", str(crl)))
+    assert status == 200
+    pem = tmp_path / "inter.crl.pem"
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(crl), "-out", str(pem)], check=True
+    )
+
+    def verify(cert_dir: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", "verify", "-crl_check", "-CRLfile", str(pem), "-CAfile",
+             str(server.root_pem), "-untrusted", str(cert_dir / "chain.pem"), str(cert_dir / "cert.pem")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    assert verify(good).returncode == 0
+    refused = verify(bad)
+    assert refused.returncode != 0 and "error 23" in refused.stdout + refused.stderr
+    status, _ = curl(server, "/v1/crl/no-such-ca.crl")
+    assert status == 404

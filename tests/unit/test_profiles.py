@@ -28,7 +28,7 @@ def _data(text: str = MINIMAL, **extra: Any) -> dict[str, Any]:
 
 def test_builtins_load_with_their_documented_limits() -> None:
     profiles = load_profiles(None)
-    assert sorted(profiles) == ["admin", "agent", "client", "server"]
+    assert sorted(profiles) == ["admin", "agent", "client", "ocsp-responder", "server"]
     agent = profiles["agent"]
     assert agent.source == "builtin"
     assert agent.spiffe == "required" and agent.dns == "forbidden" and agent.ip == "forbidden"
@@ -149,7 +149,7 @@ def test_home_profiles_are_added_with_their_path_as_source(tmp_path: Path) -> No
     (tmp_path / "batch-worker.toml").write_text(MINIMAL)
     (tmp_path / "notes.txt").write_text("not a profile")
     profiles = load_profiles(tmp_path)
-    assert sorted(profiles) == ["admin", "agent", "batch-worker", "client", "server"]
+    assert sorted(profiles) == ["admin", "agent", "batch-worker", "client", "ocsp-responder", "server"]
     assert profiles["batch-worker"].source == str(tmp_path / "batch-worker.toml")
     assert get_profile(tmp_path, "batch-worker").max_ttl == timedelta(hours=2)
     assert load_profiles(tmp_path / "missing") == load_profiles(None)
@@ -168,4 +168,4 @@ def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as caught:
         get_profile(tmp_path, "nope")
     assert caught.value.message == "unknown profile 'nope'"
-    assert caught.value.hint == "known profiles: admin, agent, client, server"
+    assert caught.value.hint == "known profiles: admin, agent, client, ocsp-responder, server"

@@ -1,8 +1,10 @@
-"""``config check`` and ``config claims-oid``: the CA home's trust state, compared and changed.
+"""``config check``, ``config claims-oid`` and ``config public-url``: the CA home's trust
+state, compared and changed.
 
 Trust facts live in the ledger; these commands show where the home's files differ from it
-and change the one per-home trust setting that is not part of a CA (the claims OID) as a
-recorded event rather than a text edit.
+and change the per-home trust settings that are not part of a CA (the claims OID, the
+public URL that AIA and CRL distribution points name) as recorded events rather than
+text edits.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ Examples:
 
   cyphrs config claims-oid 1.3.6.1.4.1.99999.1.1
 
+  cyphrs config public-url https://ca.acme.internal:8443
+
 config.toml, certs/*.pem and profiles/*.toml are caches of the ledger; 'config check' exits
 8 and names every file that differs; 'config restore' rewrites them from the ledger (run
 'cyphrs audit verify' first: restore trusts the ledger) and records that it did. The
 claims OID is recorded in the ledger (home.claims_oid_set) and copied to config.toml.
+The public URL (home.public_url_set; 'public-url --clear' removes it) makes every
+certificate signed afterwards carry AIA (OCSP URL/ocsp, caIssuers URL/v1/ca/ISSUER.der)
+and a CRL distribution point (URL/v1/crl/ISSUER.crl), where 'cyphrs serve' answers.
 
 {EXIT_CODE_HELP}"""
 
@@ -129,3 +136,42 @@ def claims_oid(
     render.console().print(
         ("Recorded claims OID " if changed else "Claims OID ") + current + suffix
     )
+
+
+@config_app.command("public-url", epilog=CONFIG_EPILOG)
+def public_url(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="http(s) URL where 'cyphrs serve' is reachable; omit to show it."),
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the public URL (recorded).")
+    ] = False,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Show or change (recorded in the ledger) the URL that AIA and CRL DP name."""
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.config.home import resolve_home
+    from cyphrs_cli.config.trust import recorded_public_url, set_public_url
+    from cyphrs_cli.errors import UsageError
+
+    if clear and url is not None:
+        raise UsageError("give a URL or --clear, not both")
+    ca_home = resolve_home(home)
+    ca_home.require_initialised()
+    changed = False
+    if url is not None or clear:
+        changed = set_public_url(ca_home, None if clear else url)
+    with open_ledger(ca_home) as ledger:
+        current = recorded_public_url(ledger.conn)
+    if render.json_mode():
+        render.emit_json(
+            {"schema": "cyphrs.config-public-url/v1", "url": current, "changed": changed}
+        )
+        return
+    if current is None:
+        render.console().print("Public URL cleared" if changed else "No public URL is set")
+    else:
+        render.console().print(("Recorded public URL " if changed else "Public URL ") + current)

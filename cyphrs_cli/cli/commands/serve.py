@@ -9,6 +9,7 @@ import typer
 from cyphrs_cli.cli.options import (
     HomeOption,
     IssuerOption,
+    JsonOption,
     NoInputOption,
     PassphraseEnvOption,
     PassphraseFileOption,
@@ -26,8 +27,9 @@ Examples:
 
 The server issues its own TLS certificate (profile server) from the CA it serves, keeps
 its key in memory, and renews it at 2/3 of its lifetime (or at once on SIGHUP). When it
-listens it prints one JSON line on stdout (schema cyphrs.serve/v1: listening URL, pid);
-logs (one JSON object per line, no secrets) go to stderr. SIGTERM stops it gracefully:
+listens it prints one JSON line on stdout (schema cyphrs.serve/v1: listening URL, pid;
+--json also makes a start-up error one JSON object on stderr); logs (one JSON object per
+line, no secrets) go to stderr. SIGTERM stops it gracefully:
 in-flight requests finish, then it exits 0. API: GET /openapi.json.
 
 {EXIT_CODE_HELP}"""
@@ -83,6 +85,7 @@ def serve(
     pin_file: PinFileOption = None,
     pin_env: PinEnvOption = None,
     no_input: NoInputOption = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP."""
     import json

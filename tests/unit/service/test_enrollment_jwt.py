@@ -226,9 +226,7 @@ def test_ten_concurrent_replays_of_one_jwt_issue_once(
     """With ``run_id`` every racer names one instance; without, each gets a random one and
     only the ``jti`` recorded in the issuance's transaction stops the losers."""
     provisioned = ca
-    ca.set_provisioner(
-        _spec({"keys": [signers["EdDSA"].jwk]}, instance_claim=instance_claim)
-    )
+    ca.set_provisioner(_spec({"keys": [signers["EdDSA"].jwk]}, instance_claim=instance_claim))
     token = signers["EdDSA"].sign(claims())
     provisioned.issuer  # noqa: B018
     barrier = threading.Barrier(10)
@@ -376,3 +374,23 @@ def test_a_jwks_url_is_fetched_and_checked(
 def test_an_unreachable_jwks_url_refuses(ca: Authority, signers: dict[str, Signer]) -> None:
     ca.set_provisioner(_spec(None, jwks_url=f"http://127.0.0.1:{_free_port()}/jwks.json"))
     assert _rule(ca, signers["RS256"].sign(claims())) == "jwt.jwks-unavailable"
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ("DELETE FROM jwt_uses", "is missing: replayable"),
+        ("UPDATE jwt_uses SET serial = '00'", "no matching jwt.used"),
+        ("UPDATE provisioners SET config_sha256 = 'x'", "does not match its event"),
+        ("DELETE FROM provisioners", "is missing"),
+    ],
+)
+def test_audit_verify_catches_edited_jwt_rows(
+    provisioned: Authority, home: CaHome, signers: dict[str, Signer], edit: str, problem: str
+) -> None:
+    _enroll(provisioned, signers["ES256"].sign(claims()))
+    assert audit_problems(home) == []
+    with sqlite3.connect(home.ledger_path) as conn:
+        conn.execute(edit)
+    problems = audit_problems(home)
+    assert any(problem in p for p in problems), problems

@@ -393,3 +393,29 @@ def test_concurrent_replays_from_several_processes_issue_exactly_once(
     assert events(home, "token.used") == 1
     assert events(home, "token.refused", '%"rule":"token.used"%') == 19
     assert audit_problems(home) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ("UPDATE tokens SET uses = 0", "use(s) but 1 token.used"),
+        ("UPDATE tokens SET uses_allowed = 5", "does not match its token.created"),
+        ("UPDATE tokens SET workflow = 'admin'", "does not match its token.created"),
+        ("UPDATE tokens SET expires_at = '2099-01-01T00:00:00Z'", "does not match"),
+        ("UPDATE tokens SET revoked_at = '2026-01-01T00:00:00Z'", "revocation differs"),
+        ("DELETE FROM tokens", "is missing"),
+    ],
+)
+def test_audit_verify_catches_edited_token_rows(
+    ca: Authority, home: CaHome, edit: str, problem: str
+) -> None:
+    """Resetting a token's use counter would make it replayable: the chain says otherwise."""
+    import sqlite3
+
+    token = _token(ca, uses=1)
+    ca.enroll(EnrollRequest(csr_pem=make_csr()[0], token=token))
+    assert audit_problems(home) == []
+    with sqlite3.connect(home.ledger_path) as conn:
+        conn.execute(edit)
+    problems = audit_problems(home)
+    assert any(problem in p for p in problems), problems

@@ -1,0 +1,126 @@
+"""``service.committer.GroupCommitter`` behind ``Authority.commit_leaf``: concurrent callers
+share transactions, each gets its own result only after the commit, one item's refusal is
+its own, a failed transaction fails (and records) nothing of its group, close drains.
+Real hierarchy, real SQLite ledger, real threads."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
+from cyphrs_cli.ca.orders import LeafOrder, prepare_request
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.errors import CyphrsError, PolicyDenied, StorageError
+from cyphrs_cli.service.authority import Authority
+from tests.helpers import INTER_PASS, Hierarchy, cli
+
+
+@pytest.fixture
+def home(fresh_hierarchy: Hierarchy) -> CaHome:
+    return CaHome(fresh_hierarchy.home)
+
+
+@pytest.fixture
+def authority(home: CaHome) -> Iterator[Authority]:
+    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
+        yield opened
+
+
+def _leaf(authority: Authority, instance: str) -> LeafRequest:
+    profile = authority.profile("agent")
+    order = LeafOrder(profile="agent", workflow="grp", instance=instance)
+    request, _ = prepare_request(order, profile, authority.facts.trust_domain)
+    return request
+
+
+def _rows(home: CaHome) -> dict[str, str]:
+    with sqlite3.connect(home.ledger_path) as conn:
+        return dict(conn.execute("SELECT serial, status FROM certificates").fetchall())
+
+
+def _run_concurrently(
+    authority: Authority, hooks: list[object], prefix: str = "i"
+) -> list[IssuedCertificate | BaseException]:
+    profile = authority.profile("agent")
+    requests = [_leaf(authority, f"{prefix}{n}") for n in range(len(hooks))]
+    barrier = threading.Barrier(len(hooks))
+    results: list[IssuedCertificate | BaseException] = [RuntimeError("not run")] * len(hooks)
+
+    def one(n: int) -> None:
+        barrier.wait(timeout=20)
+        try:
+            results[n] = authority.commit_leaf(profile, requests[n], after_record=hooks[n])  # type: ignore[arg-type]
+        except BaseException as error:
+            results[n] = error
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(hooks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_concurrent_callers_share_transactions_and_see_only_committed_results(
+    authority: Authority, home: CaHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observed: list[int] = []
+    committer = authority.start_group_commit(observer=lambda items, seconds: observed.append(items))
+    # 20 ms per signature: callers queue behind the writer as under real load.
+    monkeypatch.setenv("CYPHRS_TEST_DELAY", "after-sign=0.02")
+    committed_at_return: list[bool] = []
+
+    def check_recorded(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:
+        committed_at_return.append(conn.in_transaction)  # runs inside the group transaction
+
+    results = _run_concurrently(authority, [check_recorded] * 12)
+    issued = [r for r in results if isinstance(r, IssuedCertificate)]
+    assert len(issued) == 12 and len({i.serial for i in issued}) == 12
+    rows = _rows(home)
+    assert all(rows[i.serial] == "valid" for i in issued)  # durable when the caller returned
+    assert committed_at_return == [True] * 12
+    assert committer.stats.items == 12 and sum(observed) == 12
+    assert committer.stats.groups < 12, committer.stats
+    assert max(observed) > 1
+
+
+def test_a_refused_item_is_its_own_and_a_failed_transaction_records_nothing(
+    authority: Authority, home: CaHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority.start_group_commit()
+    monkeypatch.setenv("CYPHRS_TEST_DELAY", "after-sign=0.02")
+
+    def refuse(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:
+        raise PolicyDenied("no", rule="test.refused")
+
+    before = len(_rows(home))
+    results = _run_concurrently(authority, [None, refuse, None, refuse, None, None])
+    refused = [r for r in results if isinstance(r, PolicyDenied)]
+    assert len(refused) == 2 and all(r.rule == "test.refused" for r in refused)
+    assert len(_rows(home)) == before + 4
+
+    def crash(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:
+        raise RuntimeError("bug in a hook")
+
+    before = len(_rows(home))
+    results = _run_concurrently(authority, [crash], "crash")
+    assert isinstance(results[0], CyphrsError) and "bug in a hook" in str(results[0])
+    assert len(_rows(home)) == before  # the group's transaction was rolled back
+    # The writer thread survived: the next item commits.
+    assert isinstance(_run_concurrently(authority, [None], "after")[0], IssuedCertificate)
+    assert cli("audit", "verify", "--home", str(home.root)).exit_code == 0
+
+
+def test_close_drains_then_refuses(authority: Authority, home: CaHome) -> None:
+    committer = authority.start_group_commit()
+    profile = authority.profile("agent")
+    issued = authority.commit_leaf(profile, _leaf(authority, "before-close"))
+    committer.close()
+    committer.close()  # idempotent
+    assert _rows(home)[issued.serial] == "valid"
+    with pytest.raises(StorageError):
+        authority.commit_leaf(profile, _leaf(authority, "after-close"))

@@ -85,6 +85,10 @@ def parse_request(der: bytes) -> OcspQuery:
     except (ValueError, UnsupportedAlgorithm, NotImplementedError) as exc:
         # NotImplementedError: cryptography's word for a request with several CertIDs.
         raise InvalidInputError(f"not a supported OCSP request: {exc}") from exc
+    if serial < 0:
+        # Never issued (serials are positive) and not encodable back: cryptography's
+        # response builder refuses negative integers.
+        raise InvalidInputError("negative certificate serial number")
     if algorithm.name not in _HASH_NAMES:
         raise InvalidInputError(f"unsupported CertID hash {algorithm.name}")
     if len(name_hash) != algorithm.digest_size or len(key_hash) != algorithm.digest_size:

@@ -169,10 +169,10 @@ class StatusService:
             query = parse_request(request_der)
         except InvalidInputError:
             return OcspAnswer(unsuccessful_response("malformed"), "malformed")
-        serial = serial_hex(query.serial) if query.serial >= 0 else None
+        serial = serial_hex(query.serial)
         try:
             ca = self._match(query)
-            if ca is None or serial is None:
+            if ca is None:
                 # Not one of our CAs: we are not authoritative (RFC 6960 2.3, RFC 5019 2.2.3).
                 return OcspAnswer(unsuccessful_response("unauthorized"), "unauthorized", serial)
             delegate = self._delegate(ca)

@@ -192,6 +192,7 @@ def test_foreign_ca_is_unauthorized(
     assert answer.status == "unauthorized"
     checked = _verify(status_ca, answer.der, tmp_path, None)
     assert "unauthorized (6)" in checked.stdout + checked.stderr
+    assert _lint(answer.der, tmp_path) == []
 
 
 def test_root_certid_without_root_key_is_unauthorized(
@@ -251,6 +252,7 @@ def test_malformed_requests_get_malformed_request(
     assert answer.status == "malformed"
     checked = _verify(status_ca, answer.der, tmp_path, None)
     assert "malformedrequest (1)" in (checked.stdout + checked.stderr).lower()
+    assert _lint(answer.der, tmp_path) == []
 
 
 def test_nonce_of_32_octets_is_echoed(
@@ -581,3 +583,36 @@ def test_offline_root_crl_is_served_until_next_update(
         with pytest.raises(NotFoundError):
             service.current_crl("test-root")
     assert failed_unlocks() == before + 1
+
+
+def test_every_issuer_key_type_gets_a_verifiable_responder(
+    any_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """P-256, P-384, RSA-3072 and Ed25519 intermediates each sign a responder certificate
+    that openssl accepts (the responder's own key is P-256 whatever the issuer's)."""
+    h = any_hierarchy
+    cert = _agent(h, tmp_path / "a", f"keytype-{tmp_path.name[-8:]}")
+    secret = INTER_PASS.encode()
+    with Authority.open(CaHome(h.home), secrets=lambda _: secret) as ca:
+        answer = ca.ocsp_response(_request(h, cert, tmp_path))
+    assert answer.status == "good"
+    assert _verify_nonce(h, answer.der, tmp_path).returncode == 0
+    checked = _verify(h, answer.der, tmp_path, cert)
+    assert checked.returncode == 0 and "Response verify OK" in checked.stderr, checked.stderr
+    assert f"{cert}: good" in checked.stdout
+    assert _lint(answer.der, tmp_path) == []
+
+
+def test_negative_serial_is_malformed(
+    status_ca: Hierarchy, authority: Authority, tmp_path: Path
+) -> None:
+    cert = _agent(status_ca, tmp_path / "a", "negative")
+    from asn1crypto import ocsp as asn1_ocsp
+
+    # cryptography refuses to build a negative serial; asn1crypto edits openssl's request.
+    edited = asn1_ocsp.OCSPRequest.load(_request(status_ca, cert, tmp_path, "-no_nonce"))
+    edited["tbs_request"]["request_list"][0]["req_cert"]["serial_number"] = -5
+    request = edited.dump(force=True)
+    assert ocsp.load_der_ocsp_request(request).serial_number == -5
+    answer = authority.ocsp_response(request)
+    assert answer.status == "malformed" and answer.serial is None

@@ -74,17 +74,7 @@ def test_completion_of_profiles_and_issuers_reads_the_home(tmp_path: Path) -> No
         '[authorities.acme-agents]\nrole = "intermediate"\nkey = "file:k"\ncert = "c"\n'
         '[authorities.acme-root]\nrole = "root"\nkey = "file:k"\ncert = "c"\n'
     )
-<<<<<<< HEAD
     assert _complete("cyphrs issue ", 2, home) == ["admin", "agent", "batch-worker", "client", "ocsp-responder", "server"]
-=======
-    assert _complete("cyphrs issue ", 2, home) == [
-        "agent",
-        "batch-worker",
-        "client",
-        "ocsp-responder",
-        "server",
-    ]
->>>>>>> h-ocsp
     assert _complete("cyphrs issue agent --issuer acme-a", 4, home) == ["acme-agents"]
 
 

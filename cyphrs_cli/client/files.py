@@ -80,12 +80,19 @@ class AgentDir:
 
     @contextlib.contextmanager
     def locked(self, *, create: bool = False) -> Iterator[None]:
-        """Hold the directory's lock, with any interrupted swap finished first."""
+        """Hold the directory's lock, with any interrupted swap finished first. With
+        ``create`` a missing directory is made, and removed again if the block fails
+        before writing anything (a refused enrollment leaves nothing behind)."""
         if not create and not self.path.is_dir():
             raise NotFoundError(f"no agent directory at {self.path}")
-        with home_lock(self.path, create=create):
+        with home_lock(self.path, create=create) as lock:
             recover(self.path)
-            yield
+            try:
+                yield
+            except BaseException:
+                if not any(self.path.joinpath(name).exists() for name in SWAP_ORDER):
+                    lock.abandon_fresh_home()
+                raise
 
     def certificate(self) -> x509.Certificate:
         """The current leaf certificate (``cert.pem``)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from cyphrs_cli.client.tls import client_context
 from tests.e2e.test_agent_tls import TlsServer, servers, spiffe_of, talk  # noqa: F401
@@ -31,9 +32,15 @@ def ca(fresh_hierarchy: Hierarchy) -> Iterator[ServerProcess]:
         server.stop()
 
 
+def hex_serial(number: int) -> str:
+    """The ledger's form: lowercase hex, an even number of digits."""
+    text = f"{number:x}"
+    return "0" * (len(text) % 2) + text
+
+
 def serial_of(directory: Path) -> str:
     cert = x509.load_pem_x509_certificate((directory / "cert.pem").read_bytes())
-    return f"{cert.serial_number:040x}"
+    return hex_serial(cert.serial_number)
 
 
 def status(h: Hierarchy, serial: str) -> str:
@@ -120,7 +127,7 @@ def test_renewal_daemon_rotates_a_running_tls_server_and_exits_when_revoked(
     tls_server = servers(agent, "--workflow", "billing")
     client = client_context(tmp_path / "b", workflow="payments-recon")
     first_serial = serial_of(agent)
-    assert f"{talk(client, tls_server.port)[1].serial_number:040x}" == first_serial
+    assert hex_serial(talk(client, tls_server.port)[1].serial_number) == first_serial
     hook_log = tmp_path / "hook.log"
     # A 2-minute certificate whose notBefore is backdated 60 s (it lives 59 s from issue):
     # 2/3 of its 119 s is 19 s after issue; each renewal asks for 2 minutes again.
@@ -151,10 +158,10 @@ def test_renewal_daemon_rotates_a_running_tls_server_and_exits_when_revoked(
         assert hook_log.exists(), "the daemon did not renew in time"
         new_serial = serial_of(agent)
         assert new_serial != first_serial
-        assert f"{int(hook_log.read_text().split()[0], 16):040x}" == new_serial
+        assert hex_serial(int(hook_log.read_text().split()[0], 16)) == new_serial
         # The running TLS server (same process) now presents the renewed certificate.
         reply, served = talk(client, tls_server.port)
-        assert f"{served.serial_number:040x}" == new_serial and reply["reloads"] >= 1
+        assert hex_serial(served.serial_number) == new_serial and reply["reloads"] >= 1
         assert status(h, first_serial) == "superseded"
         # The operator revokes the current certificate: the next renewal is refused and the
         # daemon exits with the server's code (7), without touching the files.
@@ -231,3 +238,198 @@ def test_daemon_backs_off_while_the_ca_is_down_and_gives_up_at_expiry(
     assert daemon.returncode == 5, daemon.stderr
     err = daemon.stderr.decode()
     assert err.count("retry in") >= 3 and "expired" in err
+
+
+def create_token(h: Hierarchy, workflow: str, *args: str) -> str:
+    done = cli("token", "create", "--workflow", workflow, *args, "--home", str(h.home), "--json")
+    assert done.exit_code == 0, done.stderr
+    return str(done.json()["token"])
+
+
+def enroll(
+    url: str,
+    root: Path,
+    out: Path,
+    *args: str,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    via = ("--token", "-") if token is not None and env is None else ()
+    return run_cyphrs(
+        "enroll",
+        "--ca-url",
+        url,
+        "--root",
+        str(root),
+        "--out-dir",
+        str(out),
+        "--json",
+        *via,
+        *args,
+        input=token.encode() if token is not None and env is None else None,
+        env=env,
+    )
+
+
+def test_enroll_mtls_renew_revoke_ocsp_crl(
+    ca: ServerProcess,
+    fresh_hierarchy: Hierarchy,
+    tmp_path: Path,
+    servers: Callable[..., TlsServer],  # noqa: F811
+) -> None:
+    from spiffe import X509Svid
+
+    from cyphrs_cli.client.api import CaClient
+
+    h = fresh_hierarchy
+    root = ca.root_pem
+    # Two agents enroll with one-time tokens: one by stdin, one by the environment.
+    token_a = create_token(h, "payments-recon", "--permission", "ledger:read")
+    done = enroll(ca.url, root, tmp_path / "a", token=token_a)
+    assert done.returncode == 0, done.stderr
+    a, enrolled = tmp_path / "a", json.loads(done.stdout)
+    assert enrolled["schema"] == "cyphrs.enroll/v1" and enrolled["serial"] == serial_of(a)
+    assert token_a.encode() not in done.stdout + done.stderr
+    token_b = create_token(h, "billing", "--permission", "queue:write")
+    done = enroll(ca.url, root, tmp_path / "b", env={"CYPHRS_TOKEN": token_b})
+    assert done.returncode == 0, done.stderr
+    b = tmp_path / "b"
+    for agent in (a, b):
+        assert (agent / "key.pem").stat().st_mode & 0o777 == 0o600
+        svid = X509Svid.load(
+            str(agent / "fullchain.pem"), str(agent / "key.pem"), serialization.Encoding.PEM
+        )
+        assert str(svid.spiffe_id) == spiffe_of(agent)
+        assert status(h, serial_of(agent)) == "valid"
+    assert spiffe_of(a).startswith("spiffe://acme.internal/agent/payments-recon/")
+    # The token is spent: a replay is refused (exit 5, rule token.used) and leaves nothing.
+    done = enroll(ca.url, root, tmp_path / "replay", token=token_a)
+    assert done.returncode == 5 and json.loads(done.stderr)["error"]["rule"] == "token.used"
+    assert not (tmp_path / "replay").exists()
+    # mTLS between the two enrolled agents, each checking the other's workflow.
+    tls_server = servers(a, "--workflow", "billing")
+    reply, served = talk(client_context(b, workflow="payments-recon"), tls_server.port)
+    assert reply["peer"] == spiffe_of(b) and hex_serial(served.serial_number) == serial_of(a)
+    s_client = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{tls_server.port}",
+            "-quiet",
+            "-verify_return_error",
+            "-CAfile",
+            str(b / "ca.pem"),
+            "-cert",
+            str(b / "cert.pem"),
+            "-cert_chain",
+            str(b / "chain.pem"),
+            "-key",
+            str(b / "key.pem"),
+        ],
+        input=b"hi",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert json.loads(s_client.stdout)["peer"] == spiffe_of(b), s_client.stderr
+    # Renew online, then revoke itself over mTLS with the new certificate.
+    first = serial_of(a)
+    assert renew(ca.url, a).returncode == 0
+    renewed = serial_of(a)
+    assert renewed != first and status(h, first) == "superseded"
+    with CaClient(
+        ca.url, root.read_bytes(), cert_file=a / "fullchain.pem", key_file=a / "key.pem"
+    ) as client:
+        client.revoke_self("key-compromise")
+    assert status(h, renewed) == "revoked"
+    # OCSP from the server says revoked (and good for the other agent).
+    for agent, expected in ((a, "revoked"), (b, "good")):
+        ocsp = subprocess.run(
+            [
+                "openssl",
+                "ocsp",
+                "-issuer",
+                str(agent / "chain.pem"),
+                "-cert",
+                str(agent / "cert.pem"),
+                "-url",
+                f"{ca.url}/ocsp",
+                "-CAfile",
+                str(agent / "ca.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert ocsp.returncode == 0, ocsp.stderr
+        assert "Response verify OK" in ocsp.stderr + ocsp.stdout
+        assert f"cert.pem: {expected}" in ocsp.stdout
+    # The server's CRL makes openssl verify fail with error 23 (certificate revoked).
+    crl_der = tmp_path / "inter.crl"
+    with subprocess.Popen(
+        [
+            "curl",
+            "-sf",
+            "--cacert",
+            str(root),
+            f"{ca.url}/v1/crl/test-inter.crl",
+            "-o",
+            str(crl_der),
+        ]
+    ) as curl:
+        assert curl.wait(30) == 0
+    crl_pem = tmp_path / "inter.crl.pem"
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(crl_der), "-out", str(crl_pem)], check=True
+    )
+    verdict = openssl_verify(
+        a / "ca.pem",
+        a / "chain.pem",
+        a / "cert.pem",
+        "sslclient",
+        "-crl_check",
+        "-CRLfile",
+        str(crl_pem),
+    )
+    assert verdict.returncode != 0 and "error 23" in verdict.stdout + verdict.stderr
+    ok = openssl_verify(
+        b / "ca.pem",
+        b / "chain.pem",
+        b / "cert.pem",
+        "sslclient",
+        "-crl_check",
+        "-CRLfile",
+        str(crl_pem),
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # A revoked certificate can neither renew nor revoke itself again.
+    done = renew(ca.url, a)
+    assert done.returncode == 7, done.stderr
+
+
+def test_enroll_refusals_leave_no_files(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    # An unknown token: exit 5 from the server; a wrong --root: exit 8 before sending it.
+    done = enroll(ca.url, ca.root_pem, tmp_path / "x", token="cyphrs_tok_" + "A" * 43)
+    assert done.returncode == 5 and not (tmp_path / "x").exists()
+    token = create_token(h, "payments-recon", "--max-ttl", "1h")
+    other = issue_other_root(tmp_path)
+    done = enroll(ca.url, other, tmp_path / "y", token=token)
+    assert done.returncode == 8 and json.loads(done.stderr)["error"]["slug"] == "ca-untrusted"
+    assert not (tmp_path / "y").exists()
+    # Over the token's TTL bound: refused by the server, and the token is not spent.
+    done = enroll(ca.url, ca.root_pem, tmp_path / "z", "--ttl", "2h", token=token)
+    assert done.returncode == 5, done.stderr
+    assert not (tmp_path / "z").exists()
+    done = enroll(ca.url, ca.root_pem, tmp_path / "z", "--ttl", "30m", token=token)
+    assert done.returncode == 0, done.stderr
+    # An existing directory is not overwritten without --force (checked before sending).
+    token2 = create_token(h, "payments-recon")
+    done = enroll(ca.url, ca.root_pem, tmp_path / "z", token=token2)
+    assert done.returncode == 7
+    done = enroll(ca.url, ca.root_pem, tmp_path / "z", "--force", token=token2)
+    assert done.returncode == 0, done.stderr

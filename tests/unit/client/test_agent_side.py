@@ -411,3 +411,57 @@ def test_token_sources_exclude_each_other_and_must_be_text(tmp_path: Path) -> No
     token_file.write_text("two\nlines\n")
     assert enroll("--token-file", str(token_file)).exit_code == 3
     assert enroll("--token", "-", input="").exit_code == 3
+
+
+# --- reload hooks ----------------------------------------------------------------------
+
+WAIT_FOR_SIGNAL = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(42))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_hooks_signal_a_process_by_pid_and_by_pid_file(tmp_path: Path) -> None:
+    from cyphrs_cli.client.agent import ReloadHooks
+    from cyphrs_cli.client.files import AgentDir
+
+    issued = Issued("cyphrs.agent-renew/v1", "0a", None, T0, T0, "sha256:00", "", "", "", None)
+    for by_file in (False, True):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WAIT_FOR_SIGNAL], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            pid_file = tmp_path / "svc.pid"
+            pid_file.write_text(f"{child.pid}\n")
+            hooks = (
+                ReloadHooks(signal_spec="USR1", pid_file=pid_file)
+                if by_file
+                else ReloadHooks(signal_spec=f"{child.pid}:SIGUSR1")
+            )
+            hooks.check()
+            assert hooks.run(AgentDir(tmp_path), issued) == []
+            assert child.wait(10) == 42
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+    marker = tmp_path / "ran"
+    hooks = ReloadHooks(exec_command=f'echo "$CYPHRS_SERIAL $CYPHRS_CERT_DIR" > {marker}; exit 3')
+    assert hooks.run(AgentDir(tmp_path), issued) == ["--exec hook exited 3"]
+    assert marker.read_text() == f"0a {tmp_path}\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "pid_file"),
+    [("NOPE", "f"), ("1:HUP", None), ("abc:HUP", None), ("HUP", None), ("9:HUP", "f"), (None, "f")],
+)
+def test_malformed_hooks_are_refused_before_the_daemon_starts(
+    spec: str | None, pid_file: str | None
+) -> None:
+    from cyphrs_cli.client.agent import ReloadHooks
+
+    with pytest.raises(UsageError):
+        ReloadHooks(signal_spec=spec, pid_file=Path(pid_file) if pid_file else None).check()

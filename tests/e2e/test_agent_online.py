@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cyphrs_cli.client.tls import client_context
+from tests.cli.test_json_contract import assert_valid
 from tests.e2e.test_agent_tls import TlsServer, servers, spiffe_of, talk  # noqa: F401
 from tests.helpers import Hierarchy, cli, openssl_verify, run_cyphrs, tool
 from tests.server_process import ServerProcess, start_server
@@ -69,6 +70,7 @@ def test_online_renewal_keeps_the_identity_with_a_new_key(
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["schema"] == "cyphrs.agent-renew/v1" and answer["replaces"] == old_serial
+    assert_valid(answer)
     assert serial_of(agent) == answer["serial"] != old_serial
     assert (agent / "key.pem").read_bytes() != old_key
     assert (agent / "key.pem").stat().st_mode & 0o777 == 0o600
@@ -177,6 +179,7 @@ def test_renewal_daemon_rotates_a_running_tls_server_and_exits_when_revoked(
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert [line["serial"] for line in lines] == [new_serial]
     assert lines[0]["schema"] == "cyphrs.agent-renew/v1" and lines[0]["replaces"] == first_serial
+    assert_valid(lines[0])
     assert b"revoked" in err
 
 
@@ -289,6 +292,7 @@ def test_enroll_mtls_renew_revoke_ocsp_crl(
     assert done.returncode == 0, done.stderr
     a, enrolled = tmp_path / "a", json.loads(done.stdout)
     assert enrolled["schema"] == "cyphrs.enroll/v1" and enrolled["serial"] == serial_of(a)
+    assert_valid(enrolled)
     assert token_a.encode() not in done.stdout + done.stderr
     token_b = create_token(h, "billing", "--permission", "queue:write")
     done = enroll(ca.url, root, tmp_path / "b", env={"CYPHRS_TOKEN": token_b})

@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from cyphrs_cli.client.api import CaClient
 from cyphrs_cli.client.tls import client_context
 from tests.cli.test_json_contract import assert_valid
 from tests.e2e.test_agent_tls import TlsServer, servers, spiffe_of, talk  # noqa: F401
@@ -139,7 +140,7 @@ def test_renewal_daemon_rotates_a_running_tls_server_and_exits_when_revoked(
             "renew",
             "--ca-url",
             ca.url,
-            str(agent),
+            str(agent / "cert.pem"),  # the directory, or its cert.pem (as the issue's example)
             "--daemon",
             "--json",
             "--ttl",
@@ -165,9 +166,19 @@ def test_renewal_daemon_rotates_a_running_tls_server_and_exits_when_revoked(
         reply, served = talk(client, tls_server.port)
         assert hex_serial(served.serial_number) == new_serial and reply["reloads"] >= 1
         assert status(h, first_serial) == "superseded"
-        # The operator revokes the current certificate: the next renewal is refused and the
-        # daemon exits with the server's code (7), without touching the files.
-        assert cli("revoke", str(agent / "cert.pem"), "--home", str(h.home)).exit_code == 0
+        # An administrator revokes the current certificate over the admin API (mTLS with an
+        # admin-profile certificate): the next renewal is refused and the daemon exits with
+        # the server's code (7), without touching the files.
+        admin = h.issue("admin", "--cn", "ops-alice", "--out-dir", str(tmp_path / "admin"))
+        assert admin.exit_code == 0, admin.stderr
+        with CaClient(
+            ca.url,
+            ca.root_pem.read_bytes(),
+            cert_file=tmp_path / "admin" / "fullchain.pem",
+            key_file=tmp_path / "admin" / "key.pem",
+        ) as operator:
+            operator.call("POST", "/v1/admin/revoke", {"serial": new_serial})
+        assert status(h, new_serial) == "revoked"
         code = daemon.wait(timeout=45)
         out, err = daemon.communicate(timeout=10)
     finally:
@@ -281,8 +292,6 @@ def test_enroll_mtls_renew_revoke_ocsp_crl(
     servers: Callable[..., TlsServer],  # noqa: F811
 ) -> None:
     from spiffe import X509Svid
-
-    from cyphrs_cli.client.api import CaClient
 
     h = fresh_hierarchy
     root = ca.root_pem

@@ -446,3 +446,68 @@ def test_enroll_refusals_leave_no_files(
     assert done.returncode == 7
     done = enroll(ca.url, ca.root_pem, tmp_path / "z", "--force", token=token2)
     assert done.returncode == 0, done.stderr
+
+
+def test_enroll_with_a_ci_jwt(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    h = fresh_hierarchy
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    added = cli(
+        "provisioner",
+        "add",
+        "ci",
+        "--jwt-issuer",
+        "https://ci.example",
+        "--audience",
+        "https://ca.acme.internal",
+        "--jwks-file",
+        str(tmp_path / "jwks.json"),
+        "--workflow",
+        "payments-ci",
+        "--instance-claim",
+        "run_id",
+        "--require-claim",
+        "repository=acme/payments",
+        "--home",
+        str(h.home),
+    )
+    assert added.exit_code == 0, added.stderr
+
+    def credential(name: str, **extra: object) -> Path:
+        now = int(time.time())
+        claims = {
+            "iss": "https://ci.example",
+            "aud": "https://ca.acme.internal",
+            "sub": "job",
+            "repository": "acme/payments",
+            "run_id": f"run{time.time_ns()}",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            "jti": f"j{time.time_ns()}",
+            **extra,
+        }
+        path = tmp_path / name
+        path.write_text(jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"}))
+        return path
+
+    good = credential("good.jwt")
+    done = enroll(ca.url, ca.root_pem, tmp_path / "job", "--jwt-file", str(good))
+    assert done.returncode == 0, done.stderr
+    assert spiffe_of(tmp_path / "job").startswith("spiffe://acme.internal/agent/payments-ci/run")
+    # The same JWT again, another audience, another repository: refused with their rules.
+    for path, rule in (
+        (good, "jwt.replay"),
+        (credential("aud.jwt", aud="https://elsewhere"), "jwt.audience"),
+        (credential("repo.jwt", repository="evil/fork"), "jwt.claims"),
+    ):
+        done = enroll(ca.url, ca.root_pem, tmp_path / "refused", "--jwt-file", str(path))
+        assert done.returncode == 5, done.stderr
+        assert json.loads(done.stderr)["error"]["rule"] == rule
+        assert not (tmp_path / "refused").exists()

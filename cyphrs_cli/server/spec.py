@@ -340,7 +340,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "name": "request",
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9+/=%_-]{1,1024}$"},
             },
         ),
         tags=("status",),

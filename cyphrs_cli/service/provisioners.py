@@ -129,11 +129,23 @@ class JwtGrant:
     expires_at: datetime
 
 
+def require_pyjwt() -> None:
+    """PyJWT comes with the ``server`` extra; without it, say so in one line (exit 2)."""
+    from importlib.util import find_spec
+
+    if find_spec("jwt") is None:
+        raise UsageError(
+            "JWT provisioners need PyJWT, which is not installed",
+            hint="pip install 'cyphrs[server]'",
+        )
+
+
 def _check_spec(authority: Authority, spec: ProvisionerSpec) -> None:
     from urllib.parse import urlsplit
 
     from cyphrs_cli.ca.extensions import validate_name_token
 
+    require_pyjwt()
     validate_name_token("provisioner name", spec.name)
     if not spec.issuer or not spec.audience:
         raise UsageError("a provisioner needs --issuer and --audience")
@@ -320,6 +332,7 @@ def verify_jwt(authority: Authority, token: str) -> JwtGrant:
     naming the rule (``jwt.malformed``, ``jwt.issuer``, ``jwt.audience``, ``jwt.algorithm``,
     ``jwt.unknown-key``, ``jwt.signature``, ``jwt.expired``, ``jwt.not-yet-valid``,
     ``jwt.claims``, ``jwt.replay`` ...). Nothing is recorded here."""
+    require_pyjwt()
     import jwt
 
     conn = authority.ledger.conn

@@ -128,6 +128,11 @@ class CreatedToken:
     def expires_at(self) -> datetime:
         return self.info.expires_at
 
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """The ``cyphrs.token/v1`` document (CLI ``--json`` and ``POST /v1/admin/tokens``):
+        the only place the secret is ever rendered."""
+        return {"schema": "cyphrs.token/v1", "token": self.token, **self.info.to_json(now)}
+
 
 def secret_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

@@ -616,3 +616,31 @@ def test_negative_serial_is_malformed(
     assert ocsp.load_der_ocsp_request(request).serial_number == -5
     answer = authority.ocsp_response(request)
     assert answer.status == "malformed" and answer.serial is None
+
+
+def test_revoked_issuer_answers_with_its_own_key(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A revoked intermediate may not sign a new responder certificate; the statuses of
+    what it issued stay available, signed by the CA itself (RFC 6960 4.2.2.2)."""
+    h = fresh_hierarchy
+    cert = _agent(h, tmp_path / "a", "under-revoked-ca")
+    request = _request(h, cert, tmp_path, "-no_nonce")
+    inter = x509.load_pem_x509_certificate(h.inter_cert.read_bytes())
+    with Authority.open(CaHome(h.home), secrets=lambda _: INTER_PASS.encode()) as ca:
+        ca.revoke(RevokeRequest(CertificateTarget(serial=format(inter.serial_number, "x"))))
+        answer = ca.ocsp_response(request)
+        assert ca.status.responder_certificate("test-inter") == inter
+    assert answer.status == "good"
+    parsed = ocsp.load_der_ocsp_response(answer.der)
+    assert parsed.certificates == [] and parsed.responder_key_hash == (
+        x509.SubjectKeyIdentifier.from_public_key(inter.public_key()).digest
+    )
+    checked = _verify(h, answer.der, tmp_path, cert)
+    assert checked.returncode == 0 and "Response verify OK" in checked.stderr, checked.stderr
+    assert _lint(answer.der, tmp_path) == []  # certs absent, not an empty sequence
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        responders = conn.execute(
+            "SELECT count(*) FROM certificates WHERE profile = ?", ("ocsp-responder",)
+        )
+        assert responders.fetchone()[0] == 0

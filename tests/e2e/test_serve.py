@@ -534,6 +534,10 @@ def test_openssl_ocsp_and_crl_from_the_server(
     ).stdout  # fmt: skip
     assert "Cert Status: revoked" in text
 
+    # The server serves the stored CRL while it is fresh (OCSP is the real-time channel);
+    # the operator publishes after a revocation, as `cyphrs revoke` advises.
+    published = cli("crl", "--home", str(ca.home), "--passphrase-file", str(ca.inter_pass))
+    assert published.exit_code == 0, published.stderr
     crl = tmp_path / "inter.crl"
     status, _ = curl(server, "/v1/crl/test-inter.crl", extra=("-o", str(crl)))
     assert status == 200
@@ -554,3 +558,72 @@ def test_openssl_ocsp_and_crl_from_the_server(
     assert refused.returncode != 0 and "error 23" in refused.stdout + refused.stderr
     status, _ = curl(server, "/v1/crl/no-such-ca.crl")
     assert status == 404
+
+
+# -- the README's curl + openssl recipe -------------------------------------------------
+
+
+def _readme_recipe() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- serve-recipe -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    return block + "\n"
+
+
+def test_readme_curl_openssl_recipe_runs_as_written(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    work = tmp_path / "recipe"
+    work.mkdir()
+    (work / "ca.pem").write_bytes(server.root_pem.read_bytes())
+    issue_offline(ca.home, ca.inter_pass, work / "admin", "admin", "--cn", "ops-alice")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _readme_recipe()],
+        cwd=work, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "CA": server.url, "ISSUER": "test-inter"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "agent/cert.pem: good" in done.stdout
+    assert done.stdout.rstrip().endswith("agent/cert.pem: revoked") or (
+        "agent/cert.pem: revoked" in done.stdout
+    )
+    issued = json.loads((work / "agent" / "issued.json").read_text())
+    renewed = json.loads((work / "agent" / "renewed.json").read_text())
+    assert renewed["replaces"] == issued["serial"]
+    assert _row(ca, renewed["serial"])["status"] == "revoked"
+    assert (work / "test-inter.crl").stat().st_size > 0
+
+
+def test_rate_limit_per_token_is_429(strict_server: ServerProcess) -> None:
+    """Guessing or replaying one token is throttled by its hash (2/m here), before the
+    ledger is asked; another token is not affected."""
+    _, csr = new_csr()
+    body = {"csr": csr.decode(), "token": "cyphrs_tok_" + "B" * 43}
+    statuses = [request(strict_server, "POST", "/v1/enroll", body).status for _ in range(3)]
+    assert statuses == [403, 403, 429]
+    other = {"csr": csr.decode(), "token": "cyphrs_tok_" + "C" * 43}
+    assert request(strict_server, "POST", "/v1/enroll", other).status == 403
+
+
+def test_health_readiness_and_metrics(server: ServerProcess) -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "serve.v1.json").read_text()
+    )
+    Draft202012Validator(schema).validate(server.ready)  # the ready line's contract
+    assert request(server, "GET", "/healthz").json() == {"status": "ok"}
+    ready = request(server, "GET", "/readyz")
+    assert ready.status == 200 and ready.json()["checks"] == {"ledger": "ok", "key": "ok"}
+    metrics = request(server, "GET", "/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    text = metrics.body.decode()
+    for name in (
+        "cyphrs_request_seconds_bucket",
+        "cyphrs_ledger_commit_seconds_bucket",
+        "cyphrs_ledger_commits_total",
+    ):
+        assert name in text
+    document = request(server, "GET", "/openapi.json").json()
+    from cyphrs_cli.server.spec import openapi_document
+
+    assert document == openapi_document()

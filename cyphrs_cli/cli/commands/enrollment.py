@@ -142,9 +142,7 @@ def create_token(
     with _open(home, issuer) as ca:
         created = ca.create_token(spec)
     if render.json_mode():
-        render.emit_json(
-            {"schema": "cyphrs.token/v1", "token": created.token, **created.info.to_json(utc_now())}
-        )
+        render.emit_json(created.to_json(utc_now()))
         return
     render.emit_text(created.token + "\n")
     render.note(

@@ -35,7 +35,6 @@ from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from cyphrs_cli.service.provisioners import ProvisionerSpec
 from tests.enrollment_helpers import audit_problems, count, events, make_csr
-from tests.helpers import INTER_PASS, Hierarchy
 
 ISSUER = "https://token.actions.example.com"
 AUDIENCE = "https://ca.acme.internal"
@@ -81,17 +80,6 @@ def claims(**extra: Any) -> dict[str, Any]:
         "jti": f"jti-{time.time_ns()}",
         **extra,
     }
-
-
-@pytest.fixture
-def home(fresh_hierarchy: Hierarchy) -> CaHome:
-    return CaHome(fresh_hierarchy.home)
-
-
-@pytest.fixture
-def ca(home: CaHome) -> Iterator[Authority]:
-    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

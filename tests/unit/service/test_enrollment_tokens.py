@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -31,24 +30,13 @@ from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from cyphrs_cli.service.tokens import TokenSpec
 from tests.enrollment_helpers import audit_problems, count, events, make_csr
-from tests.helpers import INTER_PASS, Hierarchy
+from tests.helpers import INTER_PASS
 
 
 def _claims(cert: x509.Certificate) -> AgentClaims:
     ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(AGENT_CLAIMS_OID))
     assert isinstance(ext.value, x509.UnrecognizedExtension)
     return decode_agent_claims(ext.value.value)
-
-
-@pytest.fixture
-def home(fresh_hierarchy: Hierarchy) -> CaHome:
-    return CaHome(fresh_hierarchy.home)
-
-
-@pytest.fixture
-def ca(home: CaHome) -> Iterator[Authority]:
-    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
-        yield opened
 
 
 def _token(ca: Authority, **kw: object) -> str:
@@ -330,8 +318,9 @@ from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from tests.enrollment_helpers import make_csr
 
-home, passphrase, go = sys.argv[1], sys.argv[2], sys.argv[3]
+home, go = sys.argv[1], sys.argv[2]
 token = sys.stdin.readline().strip()
+passphrase = sys.stdin.readline().strip()
 out = []
 with Authority.open(CaHome(__import__("pathlib").Path(home)), secrets=lambda p: passphrase.encode()) as ca:
     csrs = [make_csr()[0] for _ in range(5)]
@@ -360,7 +349,7 @@ def test_concurrent_replays_from_several_processes_issue_exactly_once(
     go = Path(str(tmp_path)) / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _REPLAYER, str(home.root), INTER_PASS, str(go)],
+            [sys.executable, "-c", _REPLAYER, str(home.root), str(go)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -372,7 +361,7 @@ def test_concurrent_replays_from_several_processes_issue_exactly_once(
     try:
         for proc in procs:
             assert proc.stdin is not None
-            proc.stdin.write(token + "\n")  # the secret never goes on argv
+            proc.stdin.write(f"{token}\n{INTER_PASS}\n")  # secrets never go on argv
             proc.stdin.flush()
         time.sleep(1.5)  # let every process open and unlock before the start signal
         go.touch()
@@ -419,3 +408,29 @@ def test_audit_verify_catches_edited_token_rows(
         conn.execute(edit)
     problems = audit_problems(home)
     assert any(problem in p for p in problems), problems
+
+
+def test_one_token_twice_in_one_group_commit_pays_once(ca: Authority, home: CaHome) -> None:
+    """The server's group committer puts concurrent enrollments into one transaction: two
+    uses of a one-use token in the same group still buy one certificate."""
+    from cyphrs_cli.ca.issuance import issue_leaves
+    from cyphrs_cli.ca.models import IssuedCertificate
+    from cyphrs_cli.service.enrollment import _leaf_request, token_grant
+    from cyphrs_cli.service.tokens import CredentialRefused
+
+    token = _token(ca)
+    entries, hooks = [], []
+    for _ in range(3):
+        grant = token_grant(ca, token)  # the early check passes for every one
+        request = EnrollRequest(csr_pem=make_csr()[0], token=token)
+        from cyphrs_cli.ca.parsing import load_csr
+
+        profile, leaf = _leaf_request(ca, grant, request, load_csr(request.csr_pem, source="CSR"))
+        entries.append((profile, leaf))
+        hooks.append(grant.spend)
+    results = issue_leaves(ca.ledger, ca.issuer, entries, after_record=hooks)
+    assert isinstance(results[0], IssuedCertificate)
+    assert all(isinstance(r, CredentialRefused) and r.rule == "token.used" for r in results[1:])
+    assert count(home, "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'") == 1
+    assert events(home, "token.used") == 1
+    assert audit_problems(home) == []

@@ -387,8 +387,9 @@ def server_context(
     claims_oid: str = AGENT_CLAIMS_OID,
 ) -> ReloadingContext:
     """A server context: our ``fullchain.pem``/``key.pem`` from ``cert_dir``, client
-    certificates required and verified against ``root`` (default ``cert_dir/ca.pem``),
-    then checked against the rules (see ``PeerPolicy``)."""
+    certificates required and verified against ``root`` (default ``cert_dir/ca.pem``);
+    the client must be an X509-SVID (one SPIFFE ID, not a CA) and meet the rules given
+    (see ``PeerPolicy``), else the handshake fails with ``PeerRejected``."""
     directory = Path(cert_dir)
     policy = PeerPolicy.of(
         trust_domain=trust_domain,

@@ -132,6 +132,8 @@ def talk(ctx: ssl.SSLContext, port: int) -> tuple[dict[str, Any], x509.Certifica
             if not chunk:
                 break
             reply += chunk
+        if not reply:  # cut off after the handshake (a peer rule of the server)
+            raise ConnectionResetError("the server closed the connection without answering")
         der = tls.getpeercert(binary_form=True)
         assert der is not None
     return json.loads(reply), x509.load_der_x509_certificate(der)

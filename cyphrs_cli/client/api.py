@@ -92,7 +92,7 @@ class CaUntrusted(CaUnavailable):
 
 @dataclass(frozen=True)
 class Issued:
-    """A ``201`` answer of ``/v1/enroll`` or ``/v1/renew`` (schema ``cyphrs.enroll/v1``)."""
+    """A ``201`` answer of ``/v1/enroll`` or ``/v1/renew`` (schema ``cyphrs.enroll/v1`` or ``cyphrs.agent-renew/v1``, one shape)."""
 
     schema: str
     serial: str

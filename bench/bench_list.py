@@ -162,7 +162,7 @@ def main() -> None:
                 "--json",
             ],
             "--profile server --limit 50 (table)": ["--profile", "server", "--limit", "50"],
-            "--san ... --limit 10 --json (LIKE scan)": [
+            "--san ... --limit 10 --json (SAN index)": [
                 "--san",
                 "spiffe://bench.internal/agent/wf3/53",
                 "--limit",

@@ -727,6 +727,36 @@ def _ledger_ca_certificates(conn: sqlite3.Connection) -> list[x509.Certificate]:
     return out
 
 
+# What ``certificate_sans`` must hold: recomputed from ``certificates.sans`` with the
+# expression of migration 0006's triggers.
+_DERIVED_SANS = (
+    "SELECT lower(substr(j.value, instr(j.value, ':') + 1)) AS name, c.id AS certificate_id"
+    " FROM certificates c,"
+    " json_each(CASE WHEN json_valid(c.sans) THEN c.sans ELSE '[]' END) j"
+    " WHERE j.type = 'text'"
+)
+_STORED_SANS = "SELECT name, certificate_id FROM certificate_sans"
+
+
+def _check_san_index(conn: sqlite3.Connection, report: LedgerVerification) -> None:
+    """``certificate_sans`` is derived data (``list --san`` reads it): it must equal what
+    the certificate rows, themselves checked against their events, say. A missing entry
+    would hide a certificate from a SAN query; a stray one would show the wrong one."""
+    differences = (
+        ("is missing", f"{_DERIVED_SANS} EXCEPT {_STORED_SANS}"),
+        ("is not among its SANs", f"{_STORED_SANS} EXCEPT {_DERIVED_SANS}"),
+    )
+    for wording, sql in differences:
+        cursor = conn.execute(f"SELECT certificate_id, name FROM ({sql}) ORDER BY 1, 2")  # noqa: S608
+        rows = cursor.fetchmany(21)
+        for cert_id, name in rows[:20]:
+            report.problems.append(
+                f"SAN index: entry {name!r} of certificate id {cert_id} {wording}"
+            )
+        if len(rows) > 20:
+            report.problems.append(f"SAN index: more entries of other certificates {wording}")
+
+
 def _check_integrity(conn: sqlite3.Connection, report: LedgerVerification) -> bool:
     """SQLite's own checks; False when the file is too damaged to read further."""
     try:
@@ -834,6 +864,7 @@ def verify_ledger(
         report.problems += walk.chain_problems
         report.problems += walk.load_problems
         report.problems += certificate_problems
+        _check_san_index(conn, report)
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
         stored = _check_stored_checkpoints(conn, events, report)

@@ -7,7 +7,7 @@ so the log and the state it explains can never disagree after a crash.
 
 from __future__ import annotations
 
-import getpass
+import functools
 import hashlib
 import json
 import os
@@ -52,10 +52,24 @@ def default_actor() -> str:
     for var in _CI_ACTOR_VARS:
         if os.environ.get(var):
             return f"ci:{os.environ[var]}"
+    # getpass.getuser's order: the login variables, then the passwd entry of the uid.
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return _passwd_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=4)
+def _passwd_name(uid: int) -> str:
+    """The uid's login name, looked up once per process and uid: a batch records several
+    events per item, and a passwd lookup each time was measurable (the environment
+    variables are still read on every call)."""
+    import pwd
+
     try:
-        return getpass.getuser()
+        return pwd.getpwuid(uid).pw_name
     except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
+        return f"uid:{uid}"
 
 
 @dataclass(frozen=True)

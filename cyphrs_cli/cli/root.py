@@ -48,7 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "renew": (
         "lifecycle",
-        "Renew a certificate: same identity and names, new serial, validity and (by default) key.",
+        "Renew a certificate: same identity and names, new serial, validity and (by default)"
+        " key.",
     ),
     "revoke": (
         "lifecycle",
@@ -65,7 +66,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "audit-export": (
         "audit",
-        "Export evidence for a time window: registers, events, CRLs, HTML report, signed manifest.",
+        "Export evidence for a time window: registers, events, CRLs, HTML report, signed"
+        " manifest.",
     ),
     "audit": ("audit", "Verify the ledger and audit bundles; sign checkpoints."),
     "keys": ("keys", "Inspect CA keys held in PKCS#11 tokens."),
@@ -316,7 +318,10 @@ def typer_context() -> Any:
     return get_current_context()
 
 
+
+
 def make_short(text: str) -> str:
     from typer._click.utils import make_default_short_help
 
     return make_default_short_help(text).strip()
+

@@ -122,7 +122,7 @@ def _stream_json(rows: Iterator[dict[str, Any]]) -> None:
     for row in rows:
         write(("\n" if count == 0 else ",\n") + encode(row))
         count += 1
-    write(f'\n],"count":{count}}}\n')
+    write(f"\n],\"count\":{count}}}\n")
     sys.stdout.flush()
 
 

@@ -865,10 +865,13 @@ def verify_ledger(
     walk: _Walk | None = None
     walk_error: sqlite3.DatabaseError | None = None
     certificate_problems: list[str] = []
+    san_index = LedgerVerification()
     try:
         walk = _Walk(conn, walked, _checkpointed_seqs(conn, external_checkpoints))
         walk.run()
         certificate_problems = walk.certificate_problems()
+        # Still while the integrity check runs: this thread is free until it ends.
+        _check_san_index(conn, san_index)
     except sqlite3.DatabaseError as exc:
         walk_error = exc
     try:
@@ -884,7 +887,7 @@ def verify_ledger(
         report.problems += walk.chain_problems
         report.problems += walk.load_problems
         report.problems += certificate_problems
-        _check_san_index(conn, report)
+        report.problems += san_index.problems
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
         stored = _check_stored_checkpoints(conn, events, report)

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -72,6 +71,16 @@ def _passwd_name(uid: int) -> str:
         return f"uid:{uid}"
 
 
+def _host_name() -> str:
+    """``socket.gethostname()``: on POSIX the same kernel node name, without importing
+    ``socket`` on every command's start-up."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 @dataclass(frozen=True)
 class LedgerEvent:
     """One state change: what happened (``type``), to what (``target``), with which result."""
@@ -113,7 +122,7 @@ def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str
         "at": rfc3339(utc_now()),
         "type": event.type,
         "actor": event.actor or default_actor(),
-        "host": socket.gethostname(),
+        "host": _host_name(),
         "outcome": event.outcome,
         "target": event.target,
         "params_hash": sha256_hex(canonical_json(event.details)),

@@ -10,7 +10,8 @@ Checks, in order, and reports every problem (the first broken link first):
    domain, certificate id...), ``revocations`` and statuses, ``crls`` (number, times and
    SHA-256 per ``crl.published`` event; numbers strictly increase per issuer), stored
    ``checkpoints`` (``document_sha256`` per ``audit.checkpoint`` event); a row without
-   its event, an event without its row, or a row that differs are all problems;
+   its event, an event without its row, or a row that differs are all problems; the
+   derived ``certificate_sans`` table must equal what the certificate rows say;
 3. checkpoints (stored, and any given from outside): the checkpointed event still exists
    with the same hash; a checkpoint beyond the end of the ledger means the tail was
    truncated. Signatures are verified only against a trust anchor pinned from outside

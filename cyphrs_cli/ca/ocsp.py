@@ -6,7 +6,7 @@ CA (``issuer_hashes``), and the signed or unsuccessful responses (``signed_respo
 request names, what the ledger says of the serial, and which delegated responder
 certificate signs are decided in ``service.status``.
 
-Choices (see docs/design-notes.d/ocsp.md):
+Choices (see docs/design-notes.md, "Status: OCSP responder"):
 - one CertID per request (cryptography's request parser and response builder handle one;
   a request for several is answered ``malformedRequest``, as Boulder does);
 - CertIDs hashed with SHA-1, SHA-256, SHA-384 or SHA-512 are answered with the same hash;

@@ -52,7 +52,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
         assert done.exit_code == 0, done.stderr
     server = base / "server"
     assert h.issue("server", "--dns", "localhost", "--out-dir", str(server)).exit_code == 0
-    revoked = cli("revoke", str(agents["revoked"] / "cert.pem"), "--reason", "key-compromise", *home)
+    revoked = cli(
+        "revoke", str(agents["revoked"] / "cert.pem"), "--reason", "key-compromise", *home
+    )
     assert revoked.exit_code == 0, revoked.stderr
     for issuer, secret in (("test-inter", h.inter_pass), ("test-root", h.root_pass)):
         published = cli("crl", "--issuer", issuer, "--passphrase-file", str(secret), *home)
@@ -78,19 +80,9 @@ def _command(recipe: str, tmp: Path) -> list[str]:
     built = subprocess.run(
         [go, "build", "-o", str(binary), str(RECIPES / "go" / "main.go")],
         capture_output=True, text=True, check=False, timeout=300,
-        env={**_go_env(tmp)},
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     return [str(binary)]
-
-
-def _go_env(tmp: Path) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
-    env.update(GOFLAGS="-mod=mod", GO111MODULE="off", GOPATH=str(tmp / "gopath"))
-    return env
 
 
 @pytest.fixture(params=["python", "node", "go"])
@@ -121,9 +113,11 @@ def _connect(port: int, agent: Path, deployment: Deployment) -> str:
     context = ssl.create_default_context(cafile=str(deployment.trust))
     context.load_cert_chain(str(agent / "fullchain.pem"), str(agent / "key.pem"))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                return tls.recv(4096).decode()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            return tls.recv(4096).decode()
     except (ssl.SSLError, OSError) as error:
         return f"error: {error}"
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,26 +86,34 @@ def _command(recipe: str, tmp: Path) -> list[str]:
 
 
 @pytest.fixture(params=["python", "node", "go"])
-def recipe_server(
+def start_recipe(
     request: pytest.FixtureRequest, deployment: Deployment, tmp_path: Path
-) -> Iterator[tuple[int, Path]]:
-    """The recipe listening on a free loopback port; stopped by its PID afterwards."""
+) -> Iterator[Callable[[Path], tuple[int, Path]]]:
+    """Starts the recipe with a CRL file on a free loopback port (its port and log);
+    every process started here is stopped by its PID afterwards."""
     command = _command(str(request.param), tmp_path)
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*command, str(deployment.server / "fullchain.pem"), str(deployment.server / "key.pem"),
-             str(deployment.trust), str(deployment.crls), str(port),
-             deployment.spiffe_id("allowed")],
-            stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
-    try:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(crls: Path) -> tuple[int, Path]:
+        port = free_port()
+        log = tmp_path / f"server{len(processes)}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [*command, str(deployment.server / "fullchain.pem"),
+                 str(deployment.server / "key.pem"), str(deployment.trust), str(crls), str(port),
+                 deployment.spiffe_id("allowed")],
+                stdout=subprocess.DEVNULL, stderr=sink,
+            )  # fmt: skip
+        processes.append(process)
         wait_for_port(port, process, seconds=30)
-        yield port, log
+        return port, log
+
+    try:
+        yield start
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def _connect(port: int, agent: Path, deployment: Deployment) -> str:
@@ -133,9 +141,9 @@ def _log_after(log: Path, line: str, seconds: float = 10) -> str:
 
 
 def test_recipe_admits_only_the_allowed_unrevoked_agent(
-    recipe_server: tuple[int, Path], deployment: Deployment
+    start_recipe: Callable[[Path], tuple[int, Path]], deployment: Deployment
 ) -> None:
-    port, log = recipe_server
+    port, log = start_recipe(deployment.crls)
     allowed = deployment.spiffe_id("allowed")
     assert _connect(port, deployment.agents["allowed"], deployment) == f"ok {allowed}\n"
     # Revoked (a valid chain, the allowed workflow's profile) -- refused on the CRL.
@@ -149,3 +157,15 @@ def test_recipe_admits_only_the_allowed_unrevoked_agent(
     assert f"SPIFFE ID {intruder} not allowed" in _log_after(log, intruder)
     # And the service is still up for the allowed agent afterwards.
     assert _connect(port, deployment.agents["allowed"], deployment) == f"ok {allowed}\n"
+
+
+def test_recipe_refuses_everyone_without_the_roots_crl(
+    start_recipe: Callable[[Path], tuple[int, Path]], deployment: Deployment
+) -> None:
+    """Only the issuing CA's CRL deployed (the classic mistake): a recipe that checked only
+    the leaf's issuer would admit the allowed agent; each recipe checks the whole chain."""
+    partial = deployment.hierarchy.home / "crls" / "test-inter.crl.pem"
+    port, log = start_recipe(partial)
+    answer = _connect(port, deployment.agents["allowed"], deployment)
+    assert not answer.startswith("ok"), answer
+    assert "crl" in _log_after(log, "refused").lower()

@@ -7,6 +7,7 @@ reason, so a recipe that skipped the CRL or the ID check would fail here."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -77,9 +78,13 @@ def _command(recipe: str, tmp: Path) -> list[str]:
     if go is None:
         pytest.skip("go is not installed (scripts/test installs golang-go)")
     binary = tmp / "spiffe-server"
+    env = dict(os.environ)
+    if "HOME" not in env and "XDG_CACHE_HOME" not in env:  # go needs a cache and a GOPATH
+        env.setdefault("GOCACHE", str(tmp / "gocache"))
+        env.setdefault("GOPATH", str(tmp / "gopath"))
     built = subprocess.run(
         [go, "build", "-o", str(binary), str(RECIPES / "go" / "main.go")],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True, text=True, check=False, timeout=300, env=env,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     return [str(binary)]

@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "issue",
         "Issue a short-lived certificate from a profile, recorded in the ledger before output.",
     ),
+    "enroll": (
+        "agent",
+        "Get a certificate from 'cyphrs serve' with a one-time token or a JWT (key made here).",
+    ),
     "renew": (
         "lifecycle",
         "Renew a certificate: same identity and names, new serial, validity and (by default) key.",

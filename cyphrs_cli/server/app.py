@@ -260,7 +260,7 @@ async def renew(request: web.Request) -> web.Response:
         state.metrics.issuance.labels("renew", "unknown", _outcome(error)).inc()
         raise
     state.metrics.issuance.labels("renew", result.issued.profile, "issued").inc()
-    return _json(issued_body(result, "cyphrs.renew/v1"), 201)
+    return _json(issued_body(result, "cyphrs.agent-renew/v1"), 201)
 
 
 async def revoke(request: web.Request) -> web.Response:

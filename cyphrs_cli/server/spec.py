@@ -111,7 +111,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "replaces",
         ],
         "properties": {
-            "schema": {"enum": ["cyphrs.enroll/v1", "cyphrs.renew/v1"]},
+            "schema": {"enum": ["cyphrs.enroll/v1", "cyphrs.agent-renew/v1"]},
             "serial": _SERIAL,
             "spiffe_id": {"type": ["string", "null"]},
             "not_before": _TIME,

@@ -67,7 +67,7 @@ def test_renew_over_mtls_with_curl_keeps_identity_and_links_replaces(
     )
     assert status == 201, body
     issued = json.loads(body)
-    assert issued["schema"] == "cyphrs.renew/v1"
+    assert issued["schema"] == "cyphrs.agent-renew/v1"
     assert issued["replaces"] == _serial(old)
     new = write_identity(tmp_path / "new", issued, key_pem)
     old_cert = x509.load_pem_x509_certificate((old / "cert.pem").read_bytes())

@@ -36,8 +36,23 @@ Examples:
 
   cyphrs renew a1/cert.pem --check && cyphrs renew a1/cert.pem --out-dir a1 --force
 
+  cyphrs renew --ca-url https://ca.acme.internal:8443 ./agent
+
+  cyphrs renew --ca-url https://ca.acme.internal:8443 ./agent --daemon \
+      --exec 'systemctl reload my-agent'
+
 With --check, exit 0 means renewal is due (2/3 of the lifetime has passed, or the
 certificate is revoked or expired) and exit 10 means it is not.
+
+With --ca-url, the agent renews online on its own machine (no CA home): DIR (or
+DIR/cert.pem) is the directory 'cyphrs enroll' wrote; the current certificate and key
+authenticate by mTLS, a new key is made here each time, and the files are swapped
+atomically (the certificate last; an interrupted swap is finished on the next run). Only
+DIR/ca.pem (or --root) is trusted for the CA. --daemon renews at --due-fraction of each
+lifetime (+-5 % jitter), runs --exec (sh -c, with CYPHRS_CERT_DIR and CYPHRS_SERIAL set)
+and/or sends --signal after each swap, backs off with jitter on errors, and exits with
+the error's code when the certificate can no longer be renewed (revoked, superseded
+elsewhere, expired). SIGTERM stops it between renewals.
 
 {EXIT_CODE_HELP}"""
 
@@ -158,6 +173,41 @@ def renew(
     pin_env: PinEnvOption = None,
     force: ForceOption = False,
     no_input: NoInputOption = False,
+    ca_url: Annotated[
+        str | None,
+        typer.Option("--ca-url", help="Renew online from 'cyphrs serve' (agent side, mTLS)."),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", dir_okay=False, help="With --ca-url: trust [default: DIR/ca.pem]."),
+    ] = None,
+    key_type: Annotated[
+        str | None,
+        typer.Option("--key-type", help="With --ca-url: new key type [default: the current]."),
+    ] = None,
+    daemon: Annotated[
+        bool, typer.Option("--daemon", help="With --ca-url: keep renewing whenever due.")
+    ] = False,
+    exec_command: Annotated[
+        str | None,
+        typer.Option("--exec", metavar="CMD", help="With --daemon: run after each swap."),
+    ] = None,
+    signal_spec: Annotated[
+        str | None,
+        typer.Option("--signal", metavar="PID:SIG", help="With --daemon: signal after each swap."),
+    ] = None,
+    pid_file: Annotated[
+        Path | None,
+        typer.Option("--pid-file", dir_okay=False, help="With --signal SIG: whom to signal."),
+    ] = None,
+    jitter: Annotated[
+        float,
+        typer.Option("--jitter", min=0.0, max=0.49, help="With --daemon: share of the lifetime."),
+    ] = 0.05,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.1, max=600.0, help="With --ca-url: seconds per call."),
+    ] = 15.0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -173,6 +223,33 @@ def renew(
 
     if not 0.01 <= due_fraction <= 1.0:  # click's range check lets NaN through
         raise UsageError("--due-fraction must be a number from 0.01 to 1")
+    online_only = (root, key_type, exec_command, signal_spec, pid_file)
+    if ca_url is None and (daemon or any(v is not None for v in online_only)):
+        raise UsageError("--root, --key-type, --daemon, --exec, --signal need --ca-url")
+    if ca_url is not None:
+        from cyphrs_cli.cli.commands.agent import renew_online
+
+        offline = (serial, csr, out_dir, out, passphrase_file, passphrase_env, pin_file, pin_env)
+        if check or reuse_key or force or any(v is not None for v in offline):
+            raise UsageError(
+                "with --ca-url give the agent's directory; --serial, --check, --reuse-key,"
+                " --csr, --out-dir, --out, --force and CA secrets are for the CA host"
+            )
+        renew_online(
+            ca_url=ca_url,
+            source=source,
+            root=root,
+            ttl=ttl,
+            key_type=key_type,
+            daemon=daemon,
+            exec_command=exec_command,
+            signal_spec=signal_spec,
+            pid_file=pid_file,
+            due_fraction=due_fraction,
+            jitter=jitter,
+            timeout=timeout,
+        )
+        return
     target = _target(source, serial)
     if check:
         with _open(home) as ca:

@@ -18,7 +18,7 @@ from tests.helpers import Hierarchy
 ADDED = (
     "DROP INDEX certificates_validity; DROP INDEX certificates_workflow_issued;"
     " DROP INDEX events_target_at; DROP INDEX events_spiffe_at;"
-    " DROP TABLE certificate_sha1; PRAGMA user_version = 2;"
+    " DROP TABLE certificate_sha1; PRAGMA user_version = 4;"
 )
 
 

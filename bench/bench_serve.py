@@ -1,0 +1,331 @@
+"""Online enrollment throughput: ``cyphrs serve`` (POST /v1/enroll, one-time-token uses
+spent in the issuance transaction, durable hash-chained ledger, group commit) against
+``cfssl serve`` (POST /api/v1/cfssl/sign, certificates recorded in its SQLite certdb) on
+the same machine, in the same run, with the same client.
+
+Each level runs C client threads, each with its own HTTPS keep-alive connection
+(``http.client``, TLS 1.3, the same P-256 server certificate from the cyphrs CA for both
+servers), sending pre-generated P-256 CSRs back to back. Reported: enrollments/s over the
+level's wall time and the p50/p99 latency of single requests.
+
+Run: .venv/bin/python bench/bench_serve.py [--requests-per-client N] [--levels 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import CYPHRS, demo_hierarchy
+
+CFSSL_SCHEMA = """
+CREATE TABLE certificates (
+  serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, ca_label blob,
+  status blob NOT NULL, reason int, expiry timestamp, revoked_at timestamp, pem blob NOT NULL,
+  PRIMARY KEY(serial_number, authority_key_identifier));
+CREATE TABLE ocsp_responses (
+  serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, body blob NOT NULL,
+  expiry timestamp, PRIMARY KEY(serial_number, authority_key_identifier));
+"""
+
+
+def csrs(count: int) -> list[str]:
+    from cyphrs_cli.client.credentials import KeyRequest
+
+    return [KeyRequest.generate("p256").csr_pem.decode() for _ in range(count)]
+
+
+def run_level(
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    clients: int,
+    per_client: int,
+    make_body: Callable[[int, int], tuple[str, bytes]],
+) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_gate = threading.Barrier(clients + 1)
+
+    def worker(index: int) -> None:
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=30)
+        conn.connect()
+        mine = []
+        start_gate.wait()
+        for n in range(per_client):
+            path, body = make_body(index, n)
+            t0 = time.perf_counter()
+            conn.request("POST", path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            mine.append(time.perf_counter() - t0)
+            if response.status not in (200, 201):
+                with lock:
+                    errors.append(f"{response.status} {data[:200]!r}")
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{len(errors)} failed requests, first: {errors[0]}")
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000, 2),
+    }
+
+
+def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def wait_port(port: int, context: ssl.SSLContext) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing answered on port {port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests-per-client", type=int, default=0)
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--total", type=int, default=400, help="requests per level")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        ca = demo_hierarchy(work / "ca")
+        env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
+        root = next(Path(ca["home"], "certs").glob("*root*.pem"))
+        context = ssl.create_default_context(cafile=str(root))
+        # One TLS certificate for both servers (cfssl's; cyphrs serve makes its own alike).
+        subprocess.run(
+            [
+                CYPHRS,
+                "issue",
+                "server",
+                "--ip",
+                "127.0.0.1",
+                "--out-dir",
+                str(work / "tls"),
+                "--passphrase-file",
+                ca["inter_pass"],
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        per_level = {c: args.requests_per_client or max(args.total // c, 1) for c in levels}
+        pool = csrs(max(c * n for c, n in per_level.items()))
+        results: dict[str, list[dict[str, float]]] = {"cyphrs": [], "cfssl": []}
+
+        # cyphrs serve: tokens with enough uses for every request of a client.
+        tokens = []
+        for _ in range(max(levels)):
+            done = subprocess.run(
+                [
+                    CYPHRS,
+                    "token",
+                    "create",
+                    "--workflow",
+                    "bench",
+                    "--uses",
+                    "10000",
+                    "--ttl",
+                    "1h",
+                    "--json",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            tokens.append(json.loads(done.stdout)["token"])
+        server = start(
+            [
+                CYPHRS,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--passphrase-file",
+                ca["inter_pass"],
+                "--token-rate",
+                "0/m",
+                "--identity-rate",
+                "0/m",
+            ],
+            env=env,
+        )
+        try:
+            assert server.stdout is not None
+            ready = json.loads(server.stdout.readline())
+            port = int(ready["listening"].rsplit(":", 1)[1])
+            for clients in levels:
+                n = per_level[clients]
+
+                def enroll_body(i: int, k: int, n: int = n) -> tuple[str, bytes]:
+                    return "/v1/enroll", json.dumps(
+                        {"csr": pool[i * n + k], "token": tokens[i]}
+                    ).encode()
+
+                results["cyphrs"].append(
+                    run_level("127.0.0.1", port, context, clients, n, enroll_body)
+                )
+        finally:
+            stop(server)
+        with sqlite3.connect(Path(ca["home"]) / "ledger.sqlite3") as conn:
+            recorded = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
+
+        # cfssl serve: its own P-256 CA (cfssl wants an unencrypted key file), SQLite certdb.
+        cf = work / "cfssl"
+        cf.mkdir()
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(cf / "ca-key.pem"),
+                "-out",
+                str(cf / "ca.pem"),
+                "-days",
+                "30",
+                "-subj",
+                "/CN=cfssl bench CA",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (cf / "config.json").write_text(
+            json.dumps(
+                {
+                    "signing": {
+                        "default": {
+                            "expiry": "4h",
+                            "usages": ["digital signature", "client auth", "server auth"],
+                        }
+                    }
+                }
+            )
+        )
+        with sqlite3.connect(cf / "certs.db") as conn:
+            conn.executescript(CFSSL_SCHEMA)
+        (cf / "db.json").write_text(
+            json.dumps({"driver": "sqlite3", "data_source": str(cf / "certs.db")})
+        )
+        import socket
+
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            cf_port = probe.getsockname()[1]
+        tls = work / "tls"
+        cfssl = start(
+            [
+                "cfssl",
+                "serve",
+                "-address",
+                "127.0.0.1",
+                "-port",
+                str(cf_port),
+                "-ca",
+                str(cf / "ca.pem"),
+                "-ca-key",
+                str(cf / "ca-key.pem"),
+                "-config",
+                str(cf / "config.json"),
+                "-db-config",
+                str(cf / "db.json"),
+                "-tls-cert",
+                str(tls / "fullchain.pem"),
+                "-tls-key",
+                str(tls / "key.pem"),
+            ]
+        )
+        try:
+            wait_port(cf_port, context)
+            for clients in levels:
+                n = per_level[clients]
+
+                def sign_body(i: int, k: int, n: int = n) -> tuple[str, bytes]:
+                    return "/api/v1/cfssl/sign", json.dumps(
+                        {"certificate_request": pool[i * n + k]}
+                    ).encode()
+
+                results["cfssl"].append(
+                    run_level("127.0.0.1", cf_port, context, clients, n, sign_body)
+                )
+        finally:
+            stop(cfssl)
+        with sqlite3.connect(cf / "certs.db") as conn:
+            cf_recorded = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
+
+        print(
+            f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]};"
+            f" cyphrs ledger rows {recorded}, cfssl certdb rows {cf_recorded}"
+        )
+        print("| clients | cyphrs /s | p50 ms | p99 ms | cfssl /s | p50 ms | p99 ms | ratio |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for ours, theirs in zip(results["cyphrs"], results["cfssl"], strict=True):
+            ratio = ours["per_second"] / theirs["per_second"]
+            print(
+                f"| {ours['clients']} | {ours['per_second']} | {ours['p50_ms']} |"
+                f" {ours['p99_ms']} | {theirs['per_second']} | {theirs['p50_ms']} |"
+                f" {theirs['p99_ms']} | {ratio:.2f}x |"
+            )
+        print(json.dumps(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The agent's use cases: ``enroll`` (token or JWT), ``renew_once`` (mTLS) and the renewal
+daemon ``run_daemon``.
+
+Order of work, as for issuance on the CA host: every local check (flags, the root, the
+output directory) before the network; the key made here and never sent; the CA's answer
+checked (``credentials.accept_issued``) before anything is written; the files swapped
+atomically (``files``); only then output and hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cyphrs_cli.client import schedule
+from cyphrs_cli.client.api import DEFAULT_TIMEOUT, CaClient
+from cyphrs_cli.client.credentials import KeyRequest, accept_issued, key_type_of, load_roots
+from cyphrs_cli.client.files import AgentDir, install
+from cyphrs_cli.errors import CyphrsError, PolicyDenied, UsageError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from cyphrs_cli.client.api import Issued
+
+#: Seconds a ``--exec`` hook may run before it is killed.
+HOOK_TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Credential:
+    """How ``enroll`` proves it may have a certificate: a one-time token or a JWT."""
+
+    token: str | None = field(default=None, repr=False)
+    jwt: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.token is None) == (self.jwt is None):
+            raise UsageError("give exactly one of a token and a JWT")
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    ca_url: str
+    root_pem: bytes
+    out_dir: Path
+    credential: Credential
+    key_type: str = "p256"
+    ttl: str | None = None
+    instance: str | None = None
+    force: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """A certificate the CA issued and this agent installed."""
+
+    issued: Issued
+    files: dict[str, str]
+
+
+def enroll(request: EnrollRequest) -> AgentResult:
+    """Generate a key, send its CSR with the credential, install the answer.
+
+    Raises:
+        CyphrsError: 2 a bad URL, 3 a bad root, 7 existing files without ``force``, the
+            server's refusal (5 token/JWT rules, ...), 8 the CA unreachable or its answer
+            refused.
+    """
+    from cyphrs_cli.ca.delivery import check_output_dir
+    from cyphrs_cli.client.api import CaEndpoint
+
+    CaEndpoint.parse(request.ca_url)
+    roots = load_roots(request.root_pem, source="--root")
+    check_output_dir(request.out_dir, with_key=True, force=request.force)
+    agent_dir = AgentDir(request.out_dir)
+    keys = KeyRequest.generate(request.key_type)
+    with agent_dir.locked(create=True):
+        check_output_dir(request.out_dir, with_key=True, force=request.force)
+        with CaClient(request.ca_url, request.root_pem, timeout=request.timeout) as client:
+            issued = client.enroll(
+                keys.csr_pem,
+                token=request.credential.token,
+                jwt=request.credential.jwt,
+                ttl=request.ttl,
+                instance=request.instance,
+            )
+        bundle = accept_issued(issued, keys, roots)
+        files = install(request.out_dir, bundle)
+    return AgentResult(issued, files)
+
+
+@dataclass(frozen=True)
+class RenewRequest:
+    ca_url: str
+    directory: AgentDir
+    root_pem: bytes | None = None  # default: the directory's ca.pem
+    ttl: str | None = None
+    key_type: str | None = None  # default: the current key's type
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def renew_once(request: RenewRequest) -> AgentResult:
+    """Renew the directory's certificate now over mTLS with a new key, and swap it in.
+
+    Raises:
+        CyphrsError: the server's refusal (5 expired or foreign, 7 revoked or already
+            renewed), 8 the CA unreachable or its answer refused, 6 no such directory.
+    """
+    from cyphrs_cli.client.api import CaEndpoint
+
+    CaEndpoint.parse(request.ca_url)
+    directory = request.directory
+    with directory.locked():
+        root_pem = request.root_pem if request.root_pem is not None else _read(directory.ca)
+        roots = load_roots(root_pem, source="--root" if request.root_pem else str(directory.ca))
+        current = directory.certificate()
+        _refuse_expired(current.not_valid_after_utc, directory)
+        keys = KeyRequest.generate(request.key_type or key_type_of(current))
+        with CaClient(
+            request.ca_url,
+            root_pem,
+            cert_file=directory.fullchain,
+            key_file=directory.key,
+            timeout=request.timeout,
+        ) as client:
+            issued = client.renew(keys.csr_pem, ttl=request.ttl)
+        spiffe = _spiffe_id(current)
+        bundle = accept_issued(issued, keys, roots, spiffe_id=spiffe)
+        files = install(directory.path, bundle)
+    return AgentResult(issued, files)
+
+
+def _refuse_expired(not_after: datetime, directory: AgentDir) -> None:
+    if datetime.now(UTC) >= not_after:
+        raise PolicyDenied(
+            f"the certificate in {directory.path} expired at {not_after:%Y-%m-%dT%H:%M:%SZ};"
+            " it can no longer renew itself",
+            rule="renew.expired",
+            hint="enroll again with a new token",
+        )
+
+
+def _spiffe_id(certificate: x509.Certificate) -> str | None:
+    from cryptography import x509
+
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if len(uris) == 1 else None
+
+
+def _read(path: Path) -> bytes:
+    from cyphrs_cli.fsutil import read_input
+
+    return read_input(str(path))
+
+
+# --- the daemon -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloadHooks:
+    """What tells the service to pick up new files, run after each swap.
+
+    ``exec_command`` runs through ``/bin/sh -c`` with ``CYPHRS_CERT_DIR``, ``CYPHRS_SERIAL``
+    and ``CYPHRS_NOT_AFTER`` set; ``signal_spec`` is ``PID:SIG`` or ``SIG`` with
+    ``pid_file`` (read at each swap, so a restarted service is still found).
+    """
+
+    exec_command: str | None = None
+    signal_spec: str | None = None
+    pid_file: Path | None = None
+
+    def check(self) -> None:
+        """Refuse a malformed hook before the daemon starts (exit 2)."""
+        if self.signal_spec is None:
+            if self.pid_file is not None:
+                raise UsageError("--pid-file needs --signal SIG")
+            return
+        pid, sig = self._parse()
+        if pid is None and self.pid_file is None:
+            raise UsageError("--signal SIG needs --pid-file, or give --signal PID:SIG")
+        if pid is not None and self.pid_file is not None:
+            raise UsageError("--signal PID:SIG and --pid-file exclude each other")
+        del sig
+
+    def _parse(self) -> tuple[int | None, signal.Signals]:
+        assert self.signal_spec is not None
+        pid_text, _, name = self.signal_spec.rpartition(":")
+        name = name.upper()
+        try:
+            sig = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+        except KeyError:
+            try:
+                sig = signal.Signals(int(name))
+            except ValueError:
+                raise UsageError(f"--signal {self.signal_spec!r}: unknown signal") from None
+        if not pid_text:
+            return None, sig
+        if not pid_text.isdigit() or int(pid_text) <= 1:
+            raise UsageError(f"--signal {self.signal_spec!r}: the PID must be a number above 1")
+        return int(pid_text), sig
+
+    def run(self, directory: AgentDir, issued: Issued) -> list[str]:
+        """Run the hooks; return what went wrong (the daemon reports it and goes on)."""
+        problems = []
+        if self.exec_command is not None:
+            env = {
+                **os.environ,
+                "CYPHRS_CERT_DIR": str(directory.path),
+                "CYPHRS_SERIAL": issued.serial,
+                "CYPHRS_NOT_AFTER": f"{issued.not_after:%Y-%m-%dT%H:%M:%SZ}",
+            }
+            try:
+                done = subprocess.run(  # noqa: S602 -- the operator's own shell command
+                    self.exec_command, shell=True, env=env, timeout=HOOK_TIMEOUT, check=False
+                )
+                if done.returncode != 0:
+                    problems.append(f"--exec hook exited {done.returncode}")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"--exec hook failed: {exc}")
+        if self.signal_spec is not None:
+            pid, sig = self._parse()
+            try:
+                if pid is None:
+                    assert self.pid_file is not None
+                    pid = int(self.pid_file.read_text().strip())
+                os.kill(pid, sig)
+            except (OSError, ValueError) as exc:
+                problems.append(f"cannot send {sig.name} (pid file or process): {exc}")
+        return problems
+
+
+@dataclass
+class DaemonSettings:
+    fraction: float = schedule.DEFAULT_FRACTION
+    jitter: float = schedule.DEFAULT_JITTER
+    backoff_base: timedelta = schedule.BACKOFF_BASE
+    backoff_cap: timedelta = schedule.BACKOFF_CAP
+
+
+def run_daemon(
+    request: RenewRequest,
+    hooks: ReloadHooks,
+    stop: threading.Event,
+    *,
+    settings: DaemonSettings | None = None,
+    report: Callable[[str, AgentResult | None], None] = lambda message, result: None,
+) -> None:
+    """Renew ``request.directory`` whenever due until ``stop`` is set (then return).
+
+    Each renewal: new key, mTLS renewal, checked answer, atomic swap, hooks, ``report``.
+    Transient errors back off (``schedule.retry_delay``); a final one -- revoked,
+    superseded elsewhere, expired (also: still failing when the certificate runs out) --
+    is raised, and the CLI exits with its code.
+    """
+    hooks.check()
+    settings = settings or DaemonSettings()
+    failures = 0
+    planned: tuple[str, datetime] | None = None  # (serial, when): jitter drawn once each
+    renewed_at: datetime | None = None
+    while not stop.is_set():
+        with request.directory.locked():
+            current = request.directory.certificate()
+        serial = f"{current.serial_number:x}"
+        not_before, not_after = current.not_valid_before_utc, current.not_valid_after_utc
+        now = datetime.now(UTC)
+        _refuse_expired(not_after, request.directory)
+        if planned is None or planned[0] != serial:
+            due = schedule.renewal_at(
+                not_before, not_after, fraction=settings.fraction, jitter=settings.jitter
+            )
+            if renewed_at is not None:
+                due = max(due, schedule.not_before_next(renewed_at, not_before, not_after))
+            planned = (serial, due)
+            report(f"certificate {serial} renews at {due:%Y-%m-%dT%H:%M:%SZ}", None)
+        if failures == 0 and now < planned[1]:
+            stop.wait((planned[1] - now).total_seconds())
+            continue
+        try:
+            result = renew_once(request)
+        except CyphrsError as error:
+            if not schedule.is_transient(error):
+                raise
+            failures += 1
+            delay = schedule.retry_delay(
+                failures,
+                retry_after=getattr(error, "retry_after", None),
+                until_expiry=not_after - datetime.now(UTC),
+                base=settings.backoff_base,
+                cap=settings.backoff_cap,
+            )
+            wait = delay.total_seconds()
+            report(f"renewal failed ({error.message}); retry in {wait:.1f} s", None)
+            stop.wait(max(delay.total_seconds(), 0.05))
+            continue
+        failures = 0
+        renewed_at = datetime.now(UTC)
+        report(f"renewed {serial} as {result.issued.serial}", result)
+        for problem in hooks.run(request.directory, result.issued):
+            report(problem, None)

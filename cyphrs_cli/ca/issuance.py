@@ -155,11 +155,20 @@ def _sign(
         not_before = max(not_before, issuer_cert.not_valid_before_utc)
         if not_after > issuer_cert.not_valid_after_utc:
             not_after, clamped = issuer_cert.not_valid_after_utc, True
-        if not_after <= now:
+        if not_after <= now and clamped:
             raise PolicyDenied(
                 f"issuer {issuer.name!r} expired at {rfc3339(issuer_cert.not_valid_after_utc)}",
                 rule=f"{issuer.name}.validity",
             )
+    if not_after <= now:
+        # The span includes the backdate, so a TTL of 60 s or less would end before it
+        # is issued; say that, not something about the issuer.
+        raise InvalidInputError(
+            f"a TTL of {int(plan.ttl.total_seconds())} s ends before the certificate is"
+            f" issued: notBefore is backdated {int(BACKDATE.total_seconds())} s for clock"
+            " skew and the validity includes it",
+            hint="ask for a TTL above 1 minute (the certificate is usable for TTL - 60 s)",
+        )
 
     # Cheap early refusal (nothing signed); the check inside the transaction decides races.
     check_instance_unique(ledger.conn, plan, rfc3339(now))

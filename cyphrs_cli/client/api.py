@@ -92,7 +92,8 @@ class CaUntrusted(CaUnavailable):
 
 @dataclass(frozen=True)
 class Issued:
-    """A ``201`` answer of ``/v1/enroll`` or ``/v1/renew`` (schema ``cyphrs.enroll/v1`` or ``cyphrs.agent-renew/v1``, one shape)."""
+    """A ``201`` answer of ``/v1/enroll`` or ``/v1/renew`` (schemas ``cyphrs.enroll/v1``
+    and ``cyphrs.agent-renew/v1``: one shape)."""
 
     schema: str
     serial: str

@@ -140,3 +140,28 @@ def test_batch_from_stdin_with_pem_in_json(fresh_hierarchy: Hierarchy) -> None:
     first = json.loads(result.stdout.splitlines()[0])
     assert first["certificate"]["pem"]["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
     assert first["certificate"]["profile"] == "server"
+
+
+def test_a_ttl_within_the_backdate_is_invalid_input_not_an_expired_issuer(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """The agent profile allows 1m, but notBefore is backdated 60 s and the validity spans
+    the TTL: such a certificate would end before it is issued. One clear line (exit 3)
+    that names the backdate, nothing recorded; 2m is issued and ends after now."""
+    h = fresh_hierarchy
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        (before,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
+    args = ("--home", str(h.home), "--passphrase-file", str(h.inter_pass), "--json")
+    refused = cli("issue", "agent", "--workflow", "short", "--ttl", "1m", *args)
+    assert refused.exit_code == ExitCode.INVALID_INPUT, refused.stderr
+    message = json.loads(refused.stderr)["error"]["message"]
+    assert "backdated 60 s" in message and "expired" not in message
+    with sqlite3.connect(h.home / "ledger.sqlite3") as conn:
+        (after,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
+    assert after == before
+    issued = cli("issue", "agent", "--workflow", "short", "--ttl", "2m", *args)
+    assert issued.exit_code == 0, issued.stderr
+    pem = issued.json()["certificate"]["pem"]["certificate"]
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    span = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert span.total_seconds() == 119  # inclusive: exactly 120 s

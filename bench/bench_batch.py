@@ -8,7 +8,7 @@ keygen + sign + PEM, and pyca + 2 files + SQLite with 100 rows per transaction; 
 durability with one ``syncfs`` against one fsync per file and directory; SoftHSM2 against
 the file key (``--hsm``).
 
-Run: .venv/bin/python bench/bench_batch.py [--hsm] [--sizes 1000,10000]
+Run: .venv/bin/python bench/bench_batch.py [--hsm] [--group-sweep] [--sizes 1000,10000]
 Not a test: timings depend on the machine and its load (print ``uptime`` with them).
 """
 
@@ -35,14 +35,16 @@ from common import CYPHRS, demo_hierarchy
 CLIENTS = 4
 
 
-def run_batch(ca: dict[str, str], n: int, base: Path, mode: str, env: dict[str, str]) -> dict:
+def run_batch(
+    ca: dict[str, str], n: int, base: Path, mode: str, env: dict[str, str], *extra: str
+) -> dict:
     """One batch process: wall time, rate and its own peak RSS (wait4 rusage)."""
     batch = base / f"batch-{n}.jsonl"
     if not batch.exists():
         batch.write_text("".join(json.dumps({"workflow": f"wf{i % 20}"}) + "\n" for i in range(n)))
     out = base / f"out-{mode}-{n}-{time.monotonic_ns()}"
     where = ["--out-dir", str(out)] if mode == "out-dir" else ["--json"]
-    argv = [CYPHRS, "issue", "agent", "--batch", str(batch), *where]
+    argv = [CYPHRS, "issue", "agent", "--batch", str(batch), *where, *extra]
     argv += ["--passphrase-file", ca["inter_pass"]] if "inter_pass" in ca else []
     full_env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true", **env}
     start = time.perf_counter()
@@ -133,12 +135,13 @@ def io_floor(ca_key, ca_cert, n: int, base: Path) -> float:
 
 def sync_compare(base: Path, group: int = 128) -> dict[str, float]:
     """Milliseconds to make one group durable: 5 files per item, fsync each file and
-    directory, against writing them all and one syncfs."""
+    directory as written, against writing them all and then fsyncing each once
+    ("deferred"), against writing them all and one syncfs."""
     import ctypes
 
     syncfs = ctypes.CDLL(None, use_errno=True).syncfs
     result = {}
-    for how in ("fsync", "syncfs"):
+    for how in ("fsync", "deferred", "syncfs"):
         out = base / f"sync-{how}"
         out.mkdir()
         start = time.perf_counter()
@@ -159,6 +162,19 @@ def sync_compare(base: Path, group: int = 128) -> dict[str, float]:
             fd = os.open(out, os.O_RDONLY)
             syncfs(fd)
             os.close(fd)
+        if how == "deferred":  # all written first, then each file and directory once
+            for i in range(group):
+                d = out / str(i)
+                for name in ("cert.pem", "chain.pem", "fullchain.pem", "ca.pem", "key.pem"):
+                    fd = os.open(d / name, os.O_RDONLY)
+                    os.fsync(fd)
+                    os.close(fd)
+                dfd = os.open(d, os.O_RDONLY)
+                os.fsync(dfd)
+                os.close(dfd)
+            dfd = os.open(out, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
         result[how] = (time.perf_counter() - start) * 1000
         shutil.rmtree(out)
     return result
@@ -269,6 +285,12 @@ def main() -> None:
                 results[f"{mode}-{n}"] = r = run_batch(ca, n, base / "file", mode, {})
                 rows.append((f"cyphrs batch {n:,} `--{mode}`", f"{r['rate']:.0f}/s",
                              f"{r['s']:.2f} s, peak RSS {r['rss_mb']:.0f} MB"))  # fmt: skip
+        if "--group-sweep" in sys.argv:  # the default group size, chosen by measurement
+            for group in (16, 64, 128, 512):
+                sized = ("--group-size", str(group))
+                r = run_batch(ca, sizes[0], base / "file", "out-dir", {}, *sized)
+                rows.append((f"cyphrs batch {sizes[0]:,} `--out-dir --group-size {group}`",
+                             f"{r['rate']:.0f}/s", f"peak RSS {r['rss_mb']:.0f} MB"))  # fmt: skip
         floor_n = sizes[0]
         pyca = pyca_floor(ca_key, ca_cert, floor_n)
         rows.append((f"floor: pyca keygen+sign+PEM ({floor_n:,})", f"{pyca:.0f}/s", ""))
@@ -291,6 +313,13 @@ def main() -> None:
         )
         rows.append(
             ("durability of one 128-item group: one syncfs", f"{sync['syncfs']:.0f} ms", "")
+        )
+        rows.append(
+            (
+                "durability of one 128-item group: write all, then fsync each once",
+                f"{sync['deferred']:.0f} ms",
+                "",
+            )
         )
         hsm = None
         if "--hsm" in sys.argv:

@@ -25,7 +25,6 @@ import hmac
 import io
 import json
 import os
-import secrets
 import signal
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -190,7 +189,7 @@ def iter_batch(
     exactly what is signed. Holds one digest per item name, nothing else per item.
     """
     if seed is None:
-        seed = secrets.token_bytes(16)
+        seed = os.urandom(16)
     try:
         yield from _iter_items(data, source, default_profile, base_dir, seed)
     except UnicodeDecodeError as exc:

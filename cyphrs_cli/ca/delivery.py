@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import unicodedata
 from dataclasses import dataclass, field
@@ -296,7 +295,7 @@ def _write_at(
 ) -> None:
     """fsynced write of one file relative to ``dir_fd``: temporary name, then rename
     (``force``) or hard link (never replaces), so readers never see half a file."""
-    tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = f".{path.name}.{os.urandom(6).hex()}.tmp"
     create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, create, mode, dir_fd=dir_fd)

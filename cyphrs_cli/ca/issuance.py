@@ -279,6 +279,7 @@ def _record(conn: sqlite3.Connection, issuer: Issuer, signed: _Signed) -> Issued
         spiffe_id=plan.spiffe_id,
         chain=chain,
         authority_id=authority_id,
+        claims=plan.claims,
     )
 
 

@@ -120,3 +120,6 @@ class IssuedCertificate:
     spiffe_id: str | None = None
     chain: tuple[x509.Certificate, ...] = field(default_factory=tuple)
     authority_id: int | None = None
+    # The agent claims signed into the certificate (self-checked equal to the plan's), so
+    # a view need not decode them again; None for certificates without claims.
+    claims: AgentClaims | None = None

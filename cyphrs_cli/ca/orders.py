@@ -7,8 +7,8 @@ One order type serves every caller, so a batch line and a command line mean the 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,7 +47,7 @@ class LeafOrder:
 
 def new_instance_id() -> str:
     """A fresh agent instance name: 64 random bits, enough to never collide."""
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()  # secrets.token_hex(8) without importing secrets
 
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"

@@ -14,6 +14,8 @@ from cyphrs_cli.errors import InvalidInputError
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from cyphrs_cli.ca.extensions import AgentClaims
+
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 _PEM_CSR = (b"-----BEGIN CERTIFICATE REQUEST-----", b"-----BEGIN NEW CERTIFICATE REQUEST-----")
 
@@ -138,6 +140,38 @@ def _extension_value(ext: x509.Extension[x509.ExtensionType], claims_oid: str) -
             return decode_agent_claims(value.value).to_json()
         return value.value.hex()
     return str(value)
+
+
+def issued_summary(cert: x509.Certificate, claims: AgentClaims | None) -> dict[str, Any]:
+    """``certificate_summary``'s subject, sans, agent_claims and key for a certificate we
+    just signed, without decoding what we encoded: the claims extension is compared byte
+    for byte with the encoding of ``claims`` (the signed ones) and decoded only if it
+    differs. The batch's --json lines use this once per item."""
+    from cryptography import x509
+
+    from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID, encode_agent_claims
+
+    sans: list[str] = []
+    shown_claims = None
+    for ext in cert.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            sans = [_general_name(n) for n in value]
+        elif ext.oid.dotted_string == AGENT_CLAIMS_OID:
+            if (
+                claims is not None
+                and isinstance(value, x509.UnrecognizedExtension)
+                and value.value == encode_agent_claims(claims)
+            ):
+                shown_claims = claims.to_json()
+            else:
+                shown_claims = _extension_value(ext, AGENT_CLAIMS_OID)
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "sans": sans,
+        "agent_claims": shown_claims,
+        "key": key_description(cert.public_key()),
+    }
 
 
 def certificate_summary(

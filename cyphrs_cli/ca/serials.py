@@ -6,7 +6,7 @@ DER INTEGER positive without a leading zero byte ever pushing it past 20 octets.
 
 from __future__ import annotations
 
-import secrets
+import os
 
 SERIAL_BITS = 159
 MIN_SERIAL = 1 << 64  # below this a draw lost too much entropy; draw again
@@ -14,7 +14,9 @@ MIN_SERIAL = 1 << 64  # below this a draw lost too much entropy; draw again
 
 def new_serial() -> int:
     while True:
-        serial = secrets.randbits(SERIAL_BITS)
+        # secrets.randbits(159) (os.urandom underneath) without importing secrets, whose
+        # hmac/random imports are a measurable part of a single `issue`'s start-up.
+        serial = int.from_bytes(os.urandom(20), "big") >> (160 - SERIAL_BITS)
         if serial >= MIN_SERIAL:
             return serial
 

@@ -29,10 +29,10 @@ def refuse_key_on_terminal(*, force: bool) -> None:
 
 
 def issued_view(issued: IssuedCertificate) -> dict[str, Any]:
-    from cyphrs_cli.ca.parsing import certificate_summary
+    from cyphrs_cli.ca.parsing import issued_summary
     from cyphrs_cli.ledger.events import rfc3339
 
-    summary = certificate_summary(issued.certificate)
+    summary = issued_summary(issued.certificate, issued.claims)
     return {
         "serial": issued.serial,
         "fingerprint": issued.fingerprint,

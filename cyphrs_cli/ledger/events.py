@@ -7,11 +7,10 @@ so the log and the state it explains can never disagree after a crash.
 
 from __future__ import annotations
 
-import getpass
+import functools
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -64,10 +63,34 @@ def default_actor() -> str:
     for var in _CI_ACTOR_VARS:
         if os.environ.get(var):
             return f"ci:{os.environ[var]}"
+    # getpass.getuser's order: the login variables, then the passwd entry of the uid.
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return _passwd_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=4)
+def _passwd_name(uid: int) -> str:
+    """The uid's login name, looked up once per process and uid: a batch records several
+    events per item, and a passwd lookup each time was measurable (the environment
+    variables are still read on every call)."""
+    import pwd
+
     try:
-        return getpass.getuser()
+        return pwd.getpwuid(uid).pw_name
     except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
+        return f"uid:{uid}"
+
+
+def _host_name() -> str:
+    """``socket.gethostname()``: on POSIX the same kernel node name, without importing
+    ``socket`` on every command's start-up."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,7 @@ def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str
         "at": rfc3339(utc_now()),
         "type": event.type,
         "actor": event.actor or default_actor(),
-        "host": socket.gethostname(),
+        "host": _host_name(),
         "outcome": event.outcome,
         "target": event.target,
         "params_hash": sha256_hex(canonical_json(event.details)),

@@ -188,7 +188,7 @@ def iter_certificates(
     conn: sqlite3.Connection, query: CertificateFilter, now: datetime
 ) -> Iterator[dict[str, Any]]:
     """Certificates matching ``query``, newest first, one at a time straight off the cursor
-    (constant memory however many match); every filter is index-backed but SAN."""
+    (constant memory however many match); every filter is index-backed."""
     now_text = rfc3339(now)
     where: list[str] = []
     args: list[Any] = []
@@ -213,9 +213,10 @@ def iter_certificates(
             where.append(f"{column} = ?")
             args.append(value)
     if query.san is not None:
-        escaped = query.san.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("c.sans LIKE ? ESCAPE '\\'")
-        args.append(f'%:{escaped}"%')
+        # The derived SAN table (migration 0006): one index probe, not a scan of every
+        # row's JSON. Names are stored ASCII-lowercased; lower() here matches them.
+        where.append("c.id IN (SELECT certificate_id FROM certificate_sans WHERE name = lower(?))")
+        args.append(query.san)
     if query.issued_after is not None:
         where.append("c.issued_at >= ?")
         args.append(rfc3339(query.issued_after))

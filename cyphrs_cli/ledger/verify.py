@@ -11,7 +11,8 @@ Checks, in order, and reports every problem (the first broken link first):
    SHA-256 per ``crl.published`` event; numbers strictly increase per issuer), stored
    ``checkpoints`` (``document_sha256`` per ``audit.checkpoint`` event), the enrollment
    credentials (``tokens``, ``provisioners``, ``jwt_uses``: ``ledger.credentials``); a row without
-   its event, an event without its row, or a row that differs are all problems;
+   its event, an event without its row, or a row that differs are all problems; the
+   derived ``certificate_sans`` table must equal what the certificate rows say;
 3. checkpoints (stored, and any given from outside): the checkpointed event still exists
    with the same hash; a checkpoint beyond the end of the ledger means the tail was
    truncated. Signatures are verified only against a trust anchor pinned from outside
@@ -190,7 +191,20 @@ def _body_hash(prev: str, row: tuple[Any, ...], details_json: bytes) -> str:
     return digest.hexdigest()
 
 
-_SERIAL = 2 + CERT_IMMUTABLE_COLUMNS.index("serial")
+# ``canonical_json`` of a certificate row's covered columns, built by SQLite's
+# ``json_object`` with the keys in sorted order. For TEXT, INTEGER and NULL values its text
+# is byte-for-byte Python's (same escapes: \" \\ \b \f \n \r \t, \u00XX for the other
+# control characters, everything else as UTF-8; a property test holds it to that); any
+# other storage class gives NULL, and the row is digested by ``row_digest`` instead.
+_ROW_CANONICAL_SQL = (
+    "CASE WHEN "
+    + " AND ".join(
+        f"typeof({column}) IN ('text', 'integer', 'null')" for column in CERT_IMMUTABLE_COLUMNS
+    )
+    + " THEN json_object("
+    + ", ".join(f"'{column}', {column}" for column in sorted(CERT_IMMUTABLE_COLUMNS))
+    + ") END"
+)
 
 
 class _Walk:
@@ -234,10 +248,12 @@ class _Walk:
         cursor = conn.cursor()
         cursor.row_factory = None
         cursor.arraysize = 1024
-        columns = ", ".join(CERT_IMMUTABLE_COLUMNS)
-        # id, status, then the columns row_digest covers, by position (no per-row dicts).
+        # id, status, serial, and the text row_digest hashes, made by SQLite (see
+        # _ROW_CANONICAL_SQL): no per-row Python dict or json.dumps.
         self.rows = iter(
-            cursor.execute(f"SELECT id, status, {columns} FROM certificates ORDER BY id")  # noqa: S608
+            cursor.execute(
+                f"SELECT id, status, serial, {_ROW_CANONICAL_SQL} FROM certificates ORDER BY id"  # noqa: S608
+            )
         )
         self.next_row: tuple[Any, ...] | None = next(self.rows, None)
 
@@ -379,13 +395,18 @@ class _Walk:
             row = self.next_row
             self.next_row = next(self.rows, None)
             self.report.certificates += 1
-            cert_id, status, serial = row[0], row[1], row[_SERIAL]
+            cert_id, status, serial, canonical = row
             self.last_row_id = cert_id
             if status != "valid":
                 self.unusual_status[cert_id] = (serial, status)
-            # == row_digest(row): canonical_json sorts the keys whatever order they come in.
-            values = dict(zip(CERT_IMMUTABLE_COLUMNS, row[2:], strict=True))
-            actual = sha256_hex(canonical_json(values))
+            if canonical is not None:  # == canonical_json of the row's covered columns
+                actual = hashlib.sha256(canonical.encode()).hexdigest()
+            else:  # a REAL or BLOB value (never written by cyphrs): the reference path
+                full = self.conn.execute("SELECT * FROM certificates WHERE id = ?", (cert_id,))
+                try:
+                    actual = row_digest(full.fetchone())
+                except (TypeError, ValueError):  # a BLOB has no JSON form: cannot match
+                    actual = "unserialisable"
             found = self.pending.pop(cert_id, None)
             if found is None:
                 self.waiting[cert_id] = (serial, actual)
@@ -730,6 +751,36 @@ def _ledger_ca_certificates(conn: sqlite3.Connection) -> list[x509.Certificate]:
     return out
 
 
+# What ``certificate_sans`` must hold: recomputed from ``certificates.sans`` with the
+# expression of migration 0006's triggers.
+_DERIVED_SANS = (
+    "SELECT lower(substr(j.value, instr(j.value, ':') + 1)) AS name, c.id AS certificate_id"
+    " FROM certificates c,"
+    " json_each(CASE WHEN json_valid(c.sans) THEN c.sans ELSE '[]' END) j"
+    " WHERE j.type = 'text'"
+)
+_STORED_SANS = "SELECT name, certificate_id FROM certificate_sans"
+
+
+def _check_san_index(conn: sqlite3.Connection, report: LedgerVerification) -> None:
+    """``certificate_sans`` is derived data (``list --san`` reads it): it must equal what
+    the certificate rows, themselves checked against their events, say. A missing entry
+    would hide a certificate from a SAN query; a stray one would show the wrong one."""
+    differences = (
+        ("is missing", f"{_DERIVED_SANS} EXCEPT {_STORED_SANS}"),
+        ("is not among its SANs", f"{_STORED_SANS} EXCEPT {_DERIVED_SANS}"),
+    )
+    for wording, sql in differences:
+        cursor = conn.execute(f"SELECT certificate_id, name FROM ({sql}) ORDER BY 1, 2")  # noqa: S608
+        rows = cursor.fetchmany(21)
+        for cert_id, name in rows[:20]:
+            report.problems.append(
+                f"SAN index: entry {name!r} of certificate id {cert_id} {wording}"
+            )
+        if len(rows) > 20:
+            report.problems.append(f"SAN index: more entries of other certificates {wording}")
+
+
 def _check_integrity(conn: sqlite3.Connection, report: LedgerVerification) -> bool:
     """SQLite's own checks; False when the file is too damaged to read further."""
     try:
@@ -818,10 +869,13 @@ def verify_ledger(
     walk: _Walk | None = None
     walk_error: sqlite3.DatabaseError | None = None
     certificate_problems: list[str] = []
+    san_index = LedgerVerification()
     try:
         walk = _Walk(conn, walked, _checkpointed_seqs(conn, external_checkpoints))
         walk.run()
         certificate_problems = walk.certificate_problems()
+        # Still while the integrity check runs: this thread is free until it ends.
+        _check_san_index(conn, san_index)
     except sqlite3.DatabaseError as exc:
         walk_error = exc
     try:
@@ -837,6 +891,7 @@ def verify_ledger(
         report.problems += walk.chain_problems
         report.problems += walk.load_problems
         report.problems += certificate_problems
+        report.problems += san_index.problems
         _check_authorities(conn, events, report)
         _check_crls(conn, events, report)
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():

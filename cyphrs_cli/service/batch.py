@@ -26,7 +26,7 @@ dataclass and the service ``Authority`` both serve.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -154,7 +154,7 @@ def check_batch(context: BatchContext, request: BatchRequest) -> CheckedBatch:
         on_denied=record_refusal,
         check_plan=lambda plan: check_instance_unique(context.ledger.conn, plan, now),
     )
-    seed = secrets.token_bytes(16)
+    seed = os.urandom(16)
     for item in iter_batch(
         request.data,
         source=request.source,

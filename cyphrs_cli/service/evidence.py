@@ -1,14 +1,19 @@
-"""Use cases that produce audit evidence: a signed checkpoint of the ledger's head, and
-an export bundle for a time window (signed manifest, registers, events, CRLs, report)."""
+"""Use cases that produce or check audit evidence: a signed checkpoint of the ledger's
+head, an export bundle for a time window (signed manifest, registers, events, CRLs,
+report), and the verification of a home's ledger."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from cyphrs_cli.audit.checkpoint import TrustAnchor
     from cyphrs_cli.audit.report_sections import ReportExtras
+    from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.ledger.verify import LedgerVerification
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import CheckpointResult, ExportRequest, ExportSummary
 
@@ -101,3 +106,23 @@ def report_extras(authority: Authority, until: datetime) -> ReportExtras:
         signer_fingerprint=fingerprint(issuer.certificate),
         findings=tuple(f.to_json() for f in findings),
     )
+
+
+def verify(
+    home: CaHome,
+    checkpoints: Sequence[tuple[str, Any]] = (),
+    *,
+    anchor: TrustAnchor | None = None,
+) -> LedgerVerification:
+    """``audit verify``: the ledger of an initialised home against its hash chain, the
+    tables the chain covers, the home's own files and the given checkpoints (source name,
+    parsed document). Needs no key. What it finds is in the result's ``problems``; it
+    raises only when the home or ledger cannot be opened."""
+    from cyphrs_cli.ca.hierarchy import open_ledger
+    from cyphrs_cli.config.settings import load_config
+    from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
+
+    home.require_initialised()
+    facts = HomeFacts.of(home, load_config(home))
+    with open_ledger(home) as ledger:
+        return verify_ledger(ledger.conn, checkpoints, anchor=anchor, home=facts)

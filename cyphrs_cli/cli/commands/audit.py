@@ -144,11 +144,9 @@ def verify(
 ) -> None:
     """Walk the hash chain and every table it covers; name the first broken link."""
     from cyphrs_cli.audit.checkpoint import load_anchor
-    from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.config.settings import load_config
     from cyphrs_cli.errors import InvalidInputError, UsageError
-    from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
+    from cyphrs_cli.service.evidence import verify as verify_home
 
     anchor = load_anchor(str(root) if root else None, root_fingerprint)
     if checkpoint and anchor is None:
@@ -164,12 +162,7 @@ def verify(
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             # RecursionError: a deeply nested JSON "bomb" is hostile input, not a bug.
             raise InvalidInputError(f"{path}: not a readable checkpoint ({exc})") from exc
-    ca_home = resolve_home(home)
-    ca_home.require_initialised()
-    config = load_config(ca_home)
-    facts = HomeFacts.of(ca_home, config)
-    with open_ledger(ca_home) as ledger:
-        result = verify_ledger(ledger.conn, external, anchor=anchor, home=facts).to_json()
+    result = verify_home(resolve_home(home), external, anchor=anchor).to_json()
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.audit-verify/v1", **result})
     elif result["ok"]:

@@ -23,6 +23,7 @@ def run_batch(
     force: bool,
     keep_going: bool,
     secrets: SecretProvider,
+    group_size: int | None = None,
 ) -> None:
     """Check the whole batch (nothing signed, no key generated), unlock the issuer once,
     then issue it group by group, each group recorded before it is written or printed."""
@@ -33,7 +34,7 @@ def run_batch(
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.fsutil import read_input
     from cyphrs_cli.service.authority import Authority
-    from cyphrs_cli.service.batch import BatchRequest, check_batch
+    from cyphrs_cli.service.batch import DEFAULT_GROUP_SIZE, BatchRequest, check_batch
 
     base_dir = Path.cwd() if source == "-" else Path(source).parent
     request = BatchRequest(
@@ -45,6 +46,7 @@ def run_batch(
         stdout=render.json_mode(),
         force=force,
         keep_going=keep_going,
+        group_size=group_size or DEFAULT_GROUP_SIZE,
     )
     if out_dir is None and sys.stdout.isatty() and not force:
         from cyphrs_cli.ca.batch import iter_batch

@@ -131,6 +131,16 @@ def issue(
             " (a storage failure still stops).",
         ),
     ] = False,
+    group_size: Annotated[
+        int | None,
+        typer.Option(
+            "--group-size",
+            help="With --batch: items signed and committed per ledger transaction"
+            " (default 128; each group's files are synced once).",
+            min=1,
+            max=4096,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be issued and which rules allow it."),
@@ -196,8 +206,11 @@ def issue(
             force=force,
             keep_going=keep_going,
             secrets=secrets,
+            group_size=group_size,
         )
         return
+    if group_size is not None:
+        raise UsageError("--group-size applies only to --batch")
     if profile is None:
         raise UsageError("name a profile (agent, server, client, ...) or use --batch FILE")
     if out not in (None, "-"):

@@ -15,10 +15,15 @@ from cyphrs_cli.ledger.events import utc_now
 from cyphrs_cli.service.investigation import parse_fingerprint
 from tests.helpers import Hierarchy
 
+# Undo migrations 0005 and later (0006: the SAN lookup table) to get a ledger as it was
+# before 0005; opening it runs them again.
 ADDED = (
     "DROP INDEX certificates_validity; DROP INDEX certificates_workflow_issued;"
     " DROP INDEX events_target_at; DROP INDEX events_spiffe_at;"
-    " DROP TABLE certificate_sha1; PRAGMA user_version = 4;"
+    " DROP TABLE certificate_sha1;"
+    " DROP TRIGGER certificate_sans_insert; DROP TRIGGER certificate_sans_delete;"
+    " DROP TRIGGER certificate_sans_update; DROP TABLE certificate_sans;"
+    " PRAGMA user_version = 4;"
 )
 
 

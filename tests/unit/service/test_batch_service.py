@@ -94,3 +94,39 @@ def test_a_group_that_cannot_work_is_refused(
     with open_ledger(resolve_home(str(h.home))) as ledger, pytest.raises(UsageError):
         check_batch(_open(h, ledger), _request(tmp_path, 1, **options))
     assert h.ledger_rows("events") == before
+
+
+def test_the_batch_view_of_an_item_is_the_full_summary_of_its_certificate(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """``issued_summary`` (no re-parse of what was just signed) says what
+    ``certificate_summary`` (a full decode) says, for agents with and without
+    permissions, and for a server with DNS and IP names and no claims."""
+    from cyphrs_cli.ca.parsing import certificate_summary, issued_summary
+
+    h = fresh_hierarchy
+    data = (
+        b'{"workflow": "view", "instance": "a", "permissions": ["read:x", "write:y"]}\n'
+        b'{"workflow": "view", "instance": "b"}\n'
+        b'{"workflow": "other", "instance": "c", "requester": "alice@example.com"}\n'
+        b'{"profile": "server", "dns": ["api.view.internal"], "ip": ["10.1.2.3"]}\n'
+    )
+    request = BatchRequest(
+        data=data, source="v.jsonl", base_dir=tmp_path, default_profile="agent", stdout=True
+    )
+    seen: list[ItemResult] = []
+    with open_ledger(resolve_home(str(h.home))) as ledger:
+        authority = _open(h, ledger)
+        run_batch(authority, check_batch(authority, request), emit=seen.append)
+    assert len(seen) == 4 and all(r.error is None for r in seen), seen
+    for result in seen:
+        assert result.issued is not None
+        full = certificate_summary(result.issued.certificate)
+        lean = issued_summary(result.issued.certificate, result.issued.claims)
+        assert lean == {k: full[k] for k in ("subject", "sans", "agent_claims", "key")}
+    assert [r.issued.claims is not None for r in seen if r.issued] == [True, True, True, False]
+    # Claims that are not the signed ones are never shown: the extension is decoded.
+    first = seen[0].issued
+    assert first is not None and seen[1].issued is not None
+    other = issued_summary(first.certificate, seen[1].issued.claims)
+    assert other["agent_claims"] == certificate_summary(first.certificate)["agent_claims"]

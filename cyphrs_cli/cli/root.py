@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lifecycle",
         "Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger.",
     ),
+    "trust-bundle": (
+        "trust",
+        "Write the home's root certificate(s) as PEM for trust stores, with fingerprints.",
+    ),
     "list": ("listing", "List certificates from the ledger, newest first, with renewal links."),
     "find": (
         "investigate",

@@ -30,6 +30,7 @@ class LoopbackDns:
         self.addresses: dict[str, str] = {}
         self.default_address = "127.0.0.1"
         self.txt: dict[str, list[str]] = {}
+        self.txt_file: Path | None = None  # JSON {name: value}, written by a client's hook
         self.queries: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -61,13 +62,25 @@ class LoopbackDns:
                 if kind == "A":
                     value = self.addresses.get(name, self.default_address)
                     response.answer.append(dns.rrset.from_text(question.name, 5, "IN", "A", value))
-                elif kind == "TXT" and name in self.txt:
+                elif kind == "TXT" and name in self._txt_records():
+                    values = self._txt_records()[name]
                     response.answer.append(
                         dns.rrset.from_text_list(
-                            question.name, 5, "IN", "TXT", [f'"{v}"' for v in self.txt[name]]
+                            question.name, 5, "IN", "TXT", [f'"{v}"' for v in values]
                         )
                     )
             self.sock.sendto(response.to_wire(), peer)
+
+    def _txt_records(self) -> dict[str, list[str]]:
+        records = dict(self.txt)
+        if self.txt_file is not None and self.txt_file.exists():
+            try:
+                written = json.loads(self.txt_file.read_text())
+            except ValueError:
+                written = {}
+            for name, value in written.items():
+                records.setdefault(name.lower(), []).append(value)
+        return records
 
     def close(self) -> None:
         self._stop.set()

@@ -191,26 +191,26 @@ def verify_eab(
     if "nonce" in protected:
         raise AcmeProblem("malformed", "externalAccountBinding must not carry a nonce")
     if protected.get("url") != url:
-        raise AcmeProblem("unauthorized", "externalAccountBinding url is not newAccount's")
+        raise AcmeProblem("unauthorized", "externalAccountBinding url is not newAccount's", 403)
     kid = protected.get("kid")
     from cyphrs_cli.ledger.events import utc_now
     from cyphrs_cli.service.acme_eab import eab_key_row
 
     key = eab_key_row(conn, kid) if isinstance(kid, str) else None
     if key is None or key.hmac_key is None:
-        raise AcmeProblem("unauthorized", "unknown external account binding key id")
+        raise AcmeProblem("unauthorized", "unknown external account binding key id", 403)
     status = key.status(utc_now())
     if status != "active":
-        raise AcmeProblem("unauthorized", f"external account binding key {kid} is {status}")
+        raise AcmeProblem("unauthorized", f"external account binding key {kid} is {status}", 403)
     token = jws.JWS()
     try:
         token.deserialize(json.dumps(binding))
         token.allowed_algs = ["HS256", "HS384", "HS512"]
         token.verify(jwk.JWK(kty="oct", k=key.hmac_key), alg=protected["alg"])
     except Exception as exc:  # jwcrypto raises several types for a bad MAC
-        raise AcmeProblem("unauthorized", "external account binding MAC does not verify") from exc
+        raise AcmeProblem("unauthorized", "external account binding MAC does not verify", 403) from exc
     if _thumbprint(payload) != _thumbprint(account_jwk):
-        raise AcmeProblem("unauthorized", "external account binding names another account key")
+        raise AcmeProblem("unauthorized", "external account binding names another account key", 403)
     return key.kid
 
 
@@ -265,7 +265,7 @@ def new_account(
                 (account_id, kid),
             ).rowcount
             if bound != 1:
-                raise AcmeProblem("unauthorized", f"external account binding key {kid} is used")
+                raise AcmeProblem("unauthorized", f"external account binding key {kid} is used", 403)
         tx.execute(
             "INSERT INTO acme_accounts (account_id, jwk_thumbprint, jwk, status, contact,"
             " eab_kid, created_at) VALUES (?,?,?,?,?,?,?)",

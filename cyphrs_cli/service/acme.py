@@ -208,7 +208,9 @@ def verify_eab(
         token.allowed_algs = ["HS256", "HS384", "HS512"]
         token.verify(jwk.JWK(kty="oct", k=key.hmac_key), alg=protected["alg"])
     except Exception as exc:  # jwcrypto raises several types for a bad MAC
-        raise AcmeProblem("unauthorized", "external account binding MAC does not verify", 403) from exc
+        raise AcmeProblem(
+            "unauthorized", "external account binding MAC does not verify", 403
+        ) from exc
     if _thumbprint(payload) != _thumbprint(account_jwk):
         raise AcmeProblem("unauthorized", "external account binding names another account key", 403)
     return key.kid
@@ -265,7 +267,9 @@ def new_account(
                 (account_id, kid),
             ).rowcount
             if bound != 1:
-                raise AcmeProblem("unauthorized", f"external account binding key {kid} is used", 403)
+                raise AcmeProblem(
+                    "unauthorized", f"external account binding key {kid} is used", 403
+                )
         tx.execute(
             "INSERT INTO acme_accounts (account_id, jwk_thumbprint, jwk, status, contact,"
             " eab_kid, created_at) VALUES (?,?,?,?,?,?,?)",

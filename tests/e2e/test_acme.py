@@ -324,7 +324,7 @@ class _Responder:
         answers, outer = self.answers, self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
+            def do_GET(self) -> None:
                 outer.hits += 1
                 token = self.path.rsplit("/", 1)[-1]
                 body = answers.get(token, "").encode()

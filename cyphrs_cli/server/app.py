@@ -217,6 +217,10 @@ async def enroll(request: web.Request) -> web.Response:
     from cyphrs_cli.service.enrollment import EnrollRequest
 
     token = body.get("token")
+    if token is not None and jwt is not None:
+        from cyphrs_cli.errors import UsageError
+
+        raise UsageError("enroll with a token or a JWT, exactly one")
     credential = token if token is not None else jwt
     if credential is not None:  # rate-limited per credential, by its hash only
         key = ("tok:" if token is not None else "jwt:") + hashlib.sha256(
@@ -233,10 +237,6 @@ async def enroll(request: web.Request) -> web.Response:
         workflow=body.get("workflow"),
         permissions=tuple(permissions) if permissions is not None else None,
     )
-    if token is not None and jwt is not None:
-        from cyphrs_cli.errors import UsageError
-
-        raise UsageError("enroll with a token or a JWT, exactly one")
     try:
         result = await state.call(lambda: state.authority.enroll(enroll_request))
     except CyphrsError as error:

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,9 @@ def test_disk_full_at_commit_is_a_storage_error(
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         home = small_tmpfs / "home"
         shutil.copytree(fresh_hierarchy.home, home)
-        with sqlite3.connect(home / "ledger.sqlite3") as conn:
+        # closing(): sqlite3's own context manager commits but does not close, and an open
+        # connection keeps the deleted ledger's pages allocated on the tmpfs.
+        with closing(sqlite3.connect(home / "ledger.sqlite3")) as conn:
             (before,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
         _fill(small_tmpfs, leave_kib)
         proc = run_cyphrs(
@@ -90,7 +93,7 @@ def test_disk_full_at_commit_is_a_storage_error(
             seen_commit_failure = True
             assert "disk" in error["message"] and "full" in error["message"]
             (small_tmpfs / "filler").unlink()  # room to read the ledger again
-            with sqlite3.connect(home / "ledger.sqlite3") as conn:
+            with closing(sqlite3.connect(home / "ledger.sqlite3")) as conn:
                 (after,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
             assert after == before, "a failed COMMIT must leave nothing recorded"
     assert seen_commit_failure, "no run reached COMMIT with the disk full; adjust the sizes"

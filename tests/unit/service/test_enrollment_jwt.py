@@ -382,3 +382,15 @@ def test_audit_verify_catches_edited_jwt_rows(
         conn.execute(edit)
     problems = audit_problems(home)
     assert any(problem in p for p in problems), problems
+
+
+def test_without_pyjwt_provisioners_say_what_to_install(
+    ca: Authority, monkeypatch: pytest.MonkeyPatch, signers: dict[str, Signer]
+) -> None:
+    token = signers["ES256"].sign(claims())
+    monkeypatch.setitem(sys.modules, "jwt", None)  # as if the server extra were missing
+    with pytest.raises(UsageError, match="PyJWT") as caught:
+        ca.set_provisioner(_spec({"keys": [signers["ES256"].jwk]}))
+    assert caught.value.hint is not None and "cyphrs[server]" in caught.value.hint
+    with pytest.raises(UsageError, match="PyJWT"):
+        _enroll(ca, token)

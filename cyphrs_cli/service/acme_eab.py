@@ -116,13 +116,14 @@ def _check_patterns(spec: EabSpec) -> None:
     if not spec.dns_patterns and not spec.ip_networks:
         raise UsageError("an EAB key binds a name policy: give --dns-pattern and/or --ip-network")
     for pattern in spec.dns_patterns:
-        lowered = pattern.lower()
-        if lowered != pattern or not is_dns_name(pattern.replace("*.", "x.")):
-            raise InvalidInputError(f"invalid --dns-pattern {pattern!r}")
-        if "*" in pattern.replace("*.", "", 1) or (pattern.count(".") < 2 and "*" in pattern):
+        base = pattern.removeprefix("*.")
+        if pattern.lower() != pattern or "*" in base or not is_dns_name(base):
             raise InvalidInputError(
-                f"--dns-pattern {pattern!r}: '*' only as the first label, under a domain"
-                " of at least two labels"
+                f"invalid --dns-pattern {pattern!r}: a lowercase DNS name, or '*.' and one"
+            )
+        if base != pattern and base.count(".") < 1:
+            raise InvalidInputError(
+                f"--dns-pattern {pattern!r}: a wildcard needs a domain of two labels or more"
             )
     for network in spec.ip_networks:
         try:

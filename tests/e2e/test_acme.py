@@ -492,3 +492,132 @@ def test_validation_never_dials_outside_the_allow_list(tmp_path: Path) -> None:
         responder.close()
         server.stop()
         dns.close()
+
+
+@pytest.mark.parametrize(
+    ("kty", "params", "alg"),
+    [
+        ("EC", {"crv": "P-384"}, "ES384"),
+        ("RSA", {"size": 2048}, "RS256"),
+        ("OKP", {"crv": "Ed25519"}, "EdDSA"),
+    ],
+)
+def test_account_key_algorithms(acme: AcmeCa, kty: str, params: dict[str, Any], alg: str
+                                ) -> None:
+    from jwcrypto import jwk
+
+    key = acme.eab("--dns-pattern", "*.svc.acme.internal")
+    client = AcmeClient(acme.directory, acme.ca.root_cert,
+                        key=jwk.JWK.generate(kty=kty, **params))
+    payload = {"termsOfServiceAgreed": True,
+               "externalAccountBinding": client.eab(key["kid"], key["hmac_key"])}
+    status, headers, document = client.post(client.directory["newAccount"], payload,
+                                            use_jwk=True, alg=alg)
+    assert status == 201, document
+    client.kid = headers["Location"]
+    status, _, document = client.post(client.kid, None, alg=alg)
+    assert status == 200 and document["status"] == "valid"
+    # The same key under a mismatched algorithm is refused.
+    wrong = "ES256" if alg != "ES256" else "RS256"
+    try:
+        body = client.sign(client.kid, None, alg=wrong)
+    except Exception:  # jwcrypto refuses to sign with a key of another type: also a pass
+        return
+    status, _, data = client._http("POST", client.kid, body)
+    assert status == 400, data
+    assert json.loads(data)["type"] in (
+        "urn:ietf:params:acme:error:badPublicKey", "urn:ietf:params:acme:error:malformed")
+
+
+def test_small_rsa_key_and_unknown_alg_are_refused(acme: AcmeCa) -> None:
+    from jwcrypto import jwk
+
+    client = AcmeClient(acme.directory, acme.ca.root_cert,
+                        key=jwk.JWK.generate(kty="RSA", size=1024))
+    status, _, document = client.post(client.directory["newAccount"],
+                                      {"termsOfServiceAgreed": True}, use_jwk=True,
+                                      alg="RS256")
+    assert status == 400
+    _problem(document, "badPublicKey")
+    # HS256 "signed" with a published key: refused before any verification.
+    import hashlib
+    import hmac
+
+    hmac_client = acme.client()
+    url = hmac_client.directory["newAccount"]
+    protected = b64(json.dumps({"alg": "HS256", "url": url, "nonce": hmac_client.fresh_nonce(),
+                                "jwk": hmac_client.public_jwk()}).encode())
+    payload = b64(b"{}")
+    mac = hmac.new(b"k" * 32, f"{protected}.{payload}".encode(), hashlib.sha256).digest()
+    body = json.dumps({"protected": protected, "payload": payload, "signature": b64(mac)})
+    status, _, data = hmac_client._http("POST", url, body.encode())
+    assert status == 400
+    _problem(json.loads(data), "badSignatureAlgorithm")
+
+
+def test_key_change_deactivation_and_revoked_eab(acme: AcmeCa) -> None:
+    from jwcrypto import jwk, jws
+
+    key = acme.eab("--dns-pattern", "*.svc.acme.internal")
+    client = acme.client()
+    assert client.register(key["kid"], key["hmac_key"])[0] == 201
+    new_key = jwk.JWK.generate(kty="EC", crv="P-256")
+    url = client.directory["keyChange"]
+    inner = jws.JWS(json.dumps({"account": client.kid, "oldKey": client.public_jwk()}).encode())
+    inner.add_signature(new_key, "ES256", protected=json.dumps(
+        {"alg": "ES256", "url": url, "jwk": dict(new_key.export_public(as_dict=True))}))
+    status, _, document = client.post(url, json.loads(inner.serialize()))
+    assert status == 200, document
+    old_key, client.key = client.key, new_key
+    assert client.post(client.kid, None)[0] == 200
+    status, _, document = client.post(client.kid, None, key=old_key)
+    _problem(document, "malformed")  # the old key no longer signs for the account
+    # A revoked EAB key stops its account from ordering.
+    assert cli("acme", "eab", "revoke", key["kid"], "--home", str(acme.ca.home)).exit_code == 0
+    status, _, document = client.post(
+        client.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "x.svc.acme.internal"}]})
+    assert status == 403
+    _problem(document, "unauthorized")
+    # Deactivation is final.
+    status, _, document = client.post(client.kid, {"status": "deactivated"})
+    assert status == 200 and document["status"] == "deactivated"
+    status, _, document = client.post(client.kid, None)
+    assert status == 401
+    _problem(document, "unauthorized")
+
+
+def test_revoke_by_certificate_key(acme: AcmeCa) -> None:
+    from jwcrypto import jwk
+
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    name = "bykey.svc.acme.internal"
+    order_url, _ = _ready_order(acme, client, name)
+    _, _, order = client.post(order_url, None)
+    cert_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+        .sign(cert_key, hashes.SHA256())
+    )
+    status, _, order = client.post(order["finalize"], {"csr": b64(csr.public_bytes(
+        serialization.Encoding.DER))})
+    assert status == 200 and order["status"] == "valid", order
+    _, _, chain = client._http("POST", order["certificate"], client.sign(order["certificate"],
+                                                                         None))
+    leaf = x509.load_pem_x509_certificate(chain)
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    stranger = acme.client()  # a key that is neither the account's nor the certificate's
+    status, _, document = stranger.post(stranger.directory["revokeCert"],
+                                        {"certificate": b64(der)}, use_jwk=True)
+    assert status == 403
+    _problem(document, "unauthorized")
+    owner = jwk.JWK.from_pyca(cert_key)
+    holder = AcmeClient(acme.directory, acme.ca.root_cert, key=owner)
+    status, _, document = holder.post(holder.directory["revokeCert"],
+                                      {"certificate": b64(der), "reason": 1}, use_jwk=True)
+    assert status == 200, document
+    serial = format(leaf.serial_number, "x").rjust(
+        2 * ((leaf.serial_number.bit_length() + 7) // 8), "0")
+    assert _status(acme, serial) == "revoked"

@@ -5,6 +5,7 @@ name policy matches exactly what it says (``*`` is one label)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -81,3 +82,31 @@ def test_listing_never_reads_a_secret(ca: Hierarchy, tmp_path: Path) -> None:
     # The command opens the ledger only: no passphrase is asked or needed.
     result = cli("acme", "eab", "list", "--home", str(ca.home), "--json")
     assert result.exit_code == 0, result.stderr
+
+
+def test_audit_verify_catches_edited_eab_rows(tmp_path: Path) -> None:
+    fresh = build_hierarchy(tmp_path)
+    created = _eab(fresh, "create", "--dns-pattern", "*.svc.acme.internal")
+    kid = str(created["kid"])
+
+    def problems(home: Path) -> list[str]:
+        result = cli("audit", "verify", "--json", "--home", str(home))
+        return list(json.loads(result.stdout)["problems"])
+
+    assert problems(fresh.home) == []
+    attacks = [
+        ("UPDATE acme_eab_keys SET dns_patterns = '[\"*.acme.internal\"]'", "edited"),
+        ("UPDATE acme_eab_keys SET profile = 'admin'", "edited"),
+        ("UPDATE acme_eab_keys SET hmac_key = 'QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE'",
+         "swapped"),
+        ("UPDATE acme_eab_keys SET account_id = 'acct_x'", "bound account"),
+        ("DELETE FROM acme_eab_keys", "deleted"),
+    ]
+    for number, (statement, expected) in enumerate(attacks):
+        home = tmp_path / f"attack-{number}"
+        shutil.copytree(fresh.home, home)
+        with sqlite3.connect(home / "ledger.sqlite3") as conn:
+            conn.execute(statement)
+        found = problems(home)
+        assert any(expected in p and kid in p for p in found), (statement, found)
+    assert problems(fresh.home) == []

@@ -12,6 +12,7 @@ Every server is on 127.0.0.1 with free ports; every process is stopped by its PI
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -621,3 +622,43 @@ def test_revoke_by_certificate_key(acme: AcmeCa) -> None:
     serial = format(leaf.serial_number, "x").rjust(
         2 * ((leaf.serial_number.bit_length() + 7) // 8), "0")
     assert _status(acme, serial) == "revoked"
+
+
+def test_ip_identifier_rfc8738_new_nonce_and_retry_after(acme: AcmeCa) -> None:
+    client = _account(acme, "--ip-network", "127.0.0.0/8")
+    status, headers, _ = client._http("GET", client.directory["newNonce"])
+    assert status == 204 and headers["Replay-Nonce"] and headers["Cache-Control"] == "no-store"
+    status, headers, _ = client._http("HEAD", client.directory["newNonce"])
+    assert status == 200 and headers["Replay-Nonce"]
+    status, headers, order = client.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "127.0.0.1"}]})
+    assert status == 201, order
+    status, headers, _ = client.post(headers["Location"], None)
+    assert headers["Retry-After"] == "1"  # pending: poll again later
+    (authz_url,) = order["authorizations"]
+    _, _, authz = client.post(authz_url, None)
+    assert {c["type"] for c in authz["challenges"]} == {"http-01", "tls-alpn-01"}
+    (challenge,) = [c for c in authz["challenges"] if c["type"] == "http-01"]
+    responder = _Responder(acme.http_port)
+    try:
+        responder.answers[challenge["token"]] = f"{challenge['token']}.{client.key.thumbprint()}"
+        client.post(challenge["url"], {})
+        assert _poll(client, authz_url, ("valid", "invalid"))["status"] == "valid"
+    finally:
+        responder.close()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    status, _, order = client.post(order["finalize"], {"csr": b64(csr.public_bytes(
+        serialization.Encoding.DER))})
+    assert status == 200 and order["status"] == "valid", order
+    _, _, chain = client._http("POST", order["certificate"],
+                               client.sign(order["certificate"], None))
+    leaf = x509.load_pem_x509_certificate(chain)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]

@@ -869,3 +869,45 @@ def acme_settings(
         tls_port=tls_port,
         allowed_networks=tuple(networks) or defaults.allowed_networks,
     )
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """ARI (RFC 9773) suggested renewal window of one certificate, and how long until the
+    client should ask again (seconds)."""
+
+    start: datetime
+    end: datetime
+    retry_after: int
+
+
+def renewal_info(authority: Authority, cert_id: str) -> RenewalWindow:
+    """The window for ``cert_id`` = base64url(AKI keyIdentifier) "." base64url(serial DER
+    content bytes): the middle third of the last third of the certificate's life (2/3 to
+    5/6), or now when it is revoked or superseded (renew at once)."""
+    from cyphrs_cli.ledger.events import utc_now
+    from cyphrs_cli.times import parse_time
+
+    key_id, dot, serial_text = cert_id.partition(".")
+    if not dot or not key_id or not serial_text or len(cert_id) > 256:
+        raise AcmeProblem("malformed", "renewalInfo: expected <AKI>.<serial>")
+    try:
+        aki = base64.urlsafe_b64decode(key_id + "=" * (-len(key_id) % 4))
+        serial_raw = base64.urlsafe_b64decode(serial_text + "=" * (-len(serial_text) % 4))
+    except ValueError as exc:
+        raise AcmeProblem("malformed", "renewalInfo: not base64url") from exc
+    number = int.from_bytes(serial_raw, "big")
+    serial = format(number, "x").rjust(2 * ((number.bit_length() + 7) // 8), "0")
+    rows = authority.ledger.conn.execute(
+        "SELECT * FROM certificates WHERE serial = ? AND is_ca = 0", (serial,)).fetchall()
+    row = next((r for r in rows if str(r["issuer_ski"]).replace(":", "").lower()
+                == aki.hex()), None)
+    if row is None:
+        raise AcmeProblem("malformed", "renewalInfo: no such certificate", 404)
+    not_before, not_after = parse_time(row["not_before"]), parse_time(row["not_after"])
+    life = not_after - not_before
+    retry = int(max(60, min(6 * 3600, life.total_seconds() / 10)))
+    if row["status"] != "valid":
+        now = utc_now()
+        return RenewalWindow(now - timedelta(minutes=1), now, retry)
+    return RenewalWindow(not_before + life * 2 / 3, not_before + life * 5 / 6, retry)

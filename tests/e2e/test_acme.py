@@ -609,6 +609,19 @@ def test_revoke_by_certificate_key(acme: AcmeCa) -> None:
                                                                          None))
     leaf = x509.load_pem_x509_certificate(chain)
     der = leaf.public_bytes(serialization.Encoding.DER)
+    # ARI (RFC 9773): the suggested window, unauthenticated, before and after revocation.
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    number = leaf.serial_number
+    cert_id = b64(aki.key_identifier) + "." + b64(number.to_bytes(number.bit_length() // 8 + 1,
+                                                                   "big"))
+    ari = client.directory["renewalInfo"] + "/" + cert_id
+    status, headers, data = client._http("GET", ari)
+    assert status == 200 and int(headers["Retry-After"]) >= 60, data
+    window = json.loads(data)["suggestedWindow"]
+    assert window["start"] > leaf.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert window["end"] < leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert client._http("GET", client.directory["renewalInfo"] + "/AAAA.AAAA")[0] == 404
     stranger = acme.client()  # a key that is neither the account's nor the certificate's
     status, _, document = stranger.post(stranger.directory["revokeCert"],
                                         {"certificate": b64(der)}, use_jwk=True)
@@ -622,6 +635,9 @@ def test_revoke_by_certificate_key(acme: AcmeCa) -> None:
     serial = format(leaf.serial_number, "x").rjust(
         2 * ((leaf.serial_number.bit_length() + 7) // 8), "0")
     assert _status(acme, serial) == "revoked"
+    revoked_window = json.loads(client._http("GET", ari)[2])["suggestedWindow"]
+    assert revoked_window["end"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
+        time.time() + 5))  # renew now
 
 
 def test_ip_identifier_rfc8738_new_nonce_and_retry_after(acme: AcmeCa) -> None:

@@ -200,6 +200,7 @@ async def directory(request: web.Request, state: ServerState, acme: AcmeState) -
         "newOrder": f"{base}/new-order",
         "revokeCert": f"{base}/revoke-cert",
         "keyChange": f"{base}/key-change",
+        "renewalInfo": f"{base}/renewal-info",
         "meta": {"externalAccountRequired": not acme.settings.allow_no_eab},
     })
 
@@ -400,6 +401,20 @@ async def revoke_cert(request: web.Request, state: ServerState, acme: AcmeState
     return web.Response(status=200)
 
 
+async def renewal_info(request: web.Request, state: ServerState, acme: AcmeState
+                       ) -> web.Response:
+    """ARI (RFC 9773): unauthenticated GET of a certificate's suggested renewal window."""
+    from cyphrs_cli.ledger.events import rfc3339
+    from cyphrs_cli.service.acme import renewal_info as window_of
+
+    cert_id = request.match_info["id"]
+    window = await state.call(lambda: window_of(state.authority, cert_id))
+    response = _json({"suggestedWindow": {"start": rfc3339(window.start),
+                                          "end": rfc3339(window.end)}})
+    response.headers["Retry-After"] = str(window.retry_after)
+    return response
+
+
 def mount(app: web.Application, acme: AcmeState) -> None:
     """Add the ACME routes to ``app`` (beside the OpenAPI-described ones)."""
     app[ACME] = acme
@@ -418,6 +433,7 @@ def mount(app: web.Application, acme: AcmeState) -> None:
         ("POST", "/acme/chall/{id}", challenge, "acmeChallenge"),
         ("POST", "/acme/cert/{id}", certificate, "acmeCertificate"),
         ("POST", "/acme/revoke-cert", revoke_cert, "acmeRevokeCert"),
+        ("GET", "/acme/renewal-info/{id}", renewal_info, "acmeRenewalInfo"),
     ]
     for method, path, handler, name in routes:
         app.router.add_route(method, path, endpoint(handler), name=name)

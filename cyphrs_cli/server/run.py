@@ -67,6 +67,7 @@ class ServeOptions:
     workers: int = 16
     shutdown_timeout: float = 30.0
     acme: AcmeSettings | None = None  # ACME (RFC 8555) at /acme/... when set
+    acme_rate: Rate | None = None  # requests per ACME account (None: the default)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -182,7 +183,10 @@ async def _serve(
         from cyphrs_cli.service.acme import reset_unfinished_challenges
 
         await state.call(lambda: reset_unfinished_challenges(authority))
-        mount(app, AcmeState(options.acme, options.public_url))
+        acme_state = AcmeState(options.acme, options.public_url)
+        if options.acme_rate is not None:
+            acme_state.limiter = RateLimiter(options.acme_rate)
+        mount(app, acme_state)
     runner = web.AppRunner(
         app,
         access_log=None,

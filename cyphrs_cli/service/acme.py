@@ -57,10 +57,13 @@ class AcmeProblem(CyphrsError):
     exit_code = ExitCode.POLICY_DENIED
     slug = "acme"
 
-    def __init__(self, acme_type: str, detail: str, status: int = 400) -> None:
+    def __init__(
+        self, acme_type: str, detail: str, status: int = 400, *, retry_after: int = 0
+    ) -> None:
         super().__init__(detail)
         self.acme_type = acme_type
         self.status = status
+        self.retry_after = retry_after
 
     def document(self) -> dict[str, Any]:
         return {

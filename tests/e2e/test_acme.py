@@ -678,3 +678,23 @@ def test_ip_identifier_rfc8738_new_nonce_and_retry_after(acme: AcmeCa) -> None:
     leaf = x509.load_pem_x509_certificate(chain)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_requests_per_account_are_rate_limited(tmp_path: Path) -> None:
+    ca = build_hierarchy(tmp_path / "ca")
+    dns = LoopbackDns()
+    server = _start(ca, dns, _free_port(), _free_port(), "--acme-rate", "3/m")
+    try:
+        running = AcmeCa(ca, dns, server, 0, 0)
+        client = _account(running, "--dns-pattern", "*.svc.acme.internal")  # by its key
+        assert client.kid is not None
+        statuses = [client.post(client.kid, None) for _ in range(4)]  # by its account
+        assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
+        _, headers, document = statuses[-1]
+        _problem(document, "rateLimited")
+        assert int(headers["Retry-After"]) >= 1
+        other = _account(running, "--dns-pattern", "*.svc.acme.internal")  # its own budget
+        assert other.post(str(other.kid), None)[0] == 200
+    finally:
+        server.stop()
+        dns.close()

@@ -105,6 +105,9 @@ def serve(
             " 192.168/16, fc00::/7; loopback only when listed].",
         ),
     ] = None,
+    acme_rate: Annotated[
+        str, typer.Option("--acme-rate", help="Requests per ACME account (N/s|m|h; 0/m: off).")
+    ] = "300/m",
     issuer: IssuerOption = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -155,6 +158,7 @@ def serve(
                 acme_allow_no_eab, acme_dns_resolver, acme_http_port, acme_tls_port,
                 tuple(acme_allow_network or ()),
             ),
+            acme_rate=Rate.parse(acme_rate),
         )
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,14 @@ from cyphrs_cli.server.acme.jws import (
     verify_signature,
 )
 from cyphrs_cli.server.app import STATE, ServerState, read_body
+from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.problems import HttpProblem
 from cyphrs_cli.service.acme import AcmeProblem, AcmeSettings
 
 JOSE = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
+#: Requests per ACME account (or account key) — a certbot or lego run takes about ten.
+DEFAULT_RATE = Rate(300, 60.0)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class AcmeState:
     settings: AcmeSettings
     base_url: str | None = None  # else from the request's Host
     nonces: NonceStore = field(default_factory=NonceStore)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(DEFAULT_RATE))
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -58,8 +63,19 @@ def _finish(request: web.Request, acme: AcmeState, response: web.Response) -> we
 
 
 def _problem(problem: AcmeProblem) -> web.Response:
-    return web.Response(text=json.dumps(problem.document()), status=problem.status,
-                        content_type="application/problem+json")
+    response = web.Response(text=json.dumps(problem.document()), status=problem.status,
+                            content_type="application/problem+json")
+    if problem.retry_after:
+        response.headers["Retry-After"] = str(problem.retry_after)
+    return response
+
+
+def _limit(acme: AcmeState, key: str) -> None:
+    """Per account (or per account key before there is an account): ``rateLimited``."""
+    wait = acme.limiter.retry_after(key)
+    if wait:
+        raise AcmeProblem("rateLimited", "too many ACME requests; retry later", 429,
+                          retry_after=wait)
 
 
 def endpoint(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -100,6 +116,8 @@ async def _verified(request: web.Request, state: ServerState, acme: AcmeState, *
         key = protected["jwk"]
         if not isinstance(key, dict):
             raise AcmeProblem("malformed", "jwk must be an object")
+        _limit(acme, "jwk:" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()
+                                              ).hexdigest())
         payload = verify_signature(document, alg, key)
         return Verified(protected, payload, key, None)
     if not kid_allowed:
@@ -109,6 +127,7 @@ async def _verified(request: web.Request, state: ServerState, acme: AcmeState, *
     if not isinstance(kid, str) or not kid.startswith(prefix):
         raise AcmeProblem("accountDoesNotExist", "kid is not an account URL of this CA")
     account_id = kid.removeprefix(prefix)
+    _limit(acme, "acct:" + account_id[:64])
     from cyphrs_cli.service.acme import account_by_id
 
     account = await state.call(lambda: account_by_id(state.authority, account_id))

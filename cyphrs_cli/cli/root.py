@@ -98,6 +98,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve",
         "Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP.",
     ),
+    "acme": ("acme", "ACME (RFC 8555) for services: External Account Binding keys."),
     "config": (
         "homeconfig",
         "The CA home's trust state: check the files against the ledger, set the claims OID.",

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import InvalidInputError
+from cyphrs_cli.ledger.acme_records import ACME_AUDITED_EVENTS, check_acme
 from cyphrs_cli.ledger.credentials import CREDENTIAL_EVENTS, check_credentials
 from cyphrs_cli.ledger.events import (
     GENESIS_HASH,
@@ -353,6 +354,7 @@ class _Walk:
             or kind in AUTHORITY_EVENTS
             or kind in ("crl.published", "audit.checkpoint")
             or kind in CREDENTIAL_EVENTS
+            or kind in ACME_AUDITED_EVENTS
         ):
             self.kept.append(event)
 
@@ -896,6 +898,8 @@ def verify_ledger(
         _check_crls(conn, events, report)
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():
             check_credentials(conn, events, report.problems)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'acme_eab_keys'").fetchone():
+            check_acme(conn, events, report.problems)
         stored = _check_stored_checkpoints(conn, events, report)
         candidates: list[x509.Certificate] = []
         if anchor is not None:

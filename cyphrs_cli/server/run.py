@@ -43,6 +43,7 @@ from cyphrs_cli.server.tls import load_certificate, server_context
 if TYPE_CHECKING:
     from cyphrs_cli.config.home import CaHome
     from cyphrs_cli.keystore.base import SecretProvider
+    from cyphrs_cli.service.acme import AcmeSettings
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueResult
 
@@ -65,6 +66,8 @@ class ServeOptions:
     identity_rate: Rate = field(default_factory=lambda: Rate(60, 60.0))
     workers: int = 16
     shutdown_timeout: float = 30.0
+    acme: AcmeSettings | None = None  # ACME (RFC 8555) at /acme/... when set
+    acme_rate: Rate | None = None  # requests per ACME account (None: the default)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -174,8 +177,18 @@ async def _serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((options.host, options.port))
     sock.listen(512)
+    app = build_app(state)
+    if options.acme is not None:
+        from cyphrs_cli.server.acme.routes import AcmeState, mount
+        from cyphrs_cli.service.acme import reset_unfinished_challenges
+
+        await state.call(lambda: reset_unfinished_challenges(authority))
+        acme_state = AcmeState(options.acme, options.public_url)
+        if options.acme_rate is not None:
+            acme_state.limiter = RateLimiter(options.acme_rate)
+        mount(app, acme_state)
     runner = web.AppRunner(
-        build_app(state),
+        app,
         access_log=None,
         # aiohttp 3.14 arms this timer when a connection opens and closes the connection
         # when it fires while no complete request has arrived: a header-read timeout.

@@ -78,6 +78,36 @@ def serve(
             "--identity-rate", help="Requests per client certificate (N/s|m|h; 0/m: off)."
         ),
     ] = "60/m",
+    acme: Annotated[
+        bool, typer.Option("--acme", help="Serve ACME (RFC 8555) at /acme/directory.")
+    ] = False,
+    acme_allow_no_eab: Annotated[
+        bool,
+        typer.Option(
+            "--acme-allow-no-eab", help="Allow ACME accounts without EAB (profile server)."
+        ),
+    ] = False,
+    acme_dns_resolver: Annotated[
+        str | None,
+        typer.Option("--acme-dns-resolver", help="HOST:PORT of the DNS resolver for validation."),
+    ] = None,
+    acme_http_port: Annotated[
+        int, typer.Option("--acme-http-port", min=1, max=65535, help="Port http-01 dials.")
+    ] = 80,
+    acme_tls_port: Annotated[
+        int, typer.Option("--acme-tls-port", min=1, max=65535, help="Port tls-alpn-01 dials.")
+    ] = 443,
+    acme_allow_network: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--acme-allow-network",
+            help="Network validation may dial (repeatable) [default: 10/8, 172.16/12,"
+            " 192.168/16, fc00::/7; loopback only when listed].",
+        ),
+    ] = None,
+    acme_rate: Annotated[
+        str, typer.Option("--acme-rate", help="Requests per ACME account (N/s|m|h; 0/m: off).")
+    ] = "300/m",
     issuer: IssuerOption = None,
     home: HomeOption = None,
     passphrase_file: PassphraseFileOption = None,
@@ -90,6 +120,7 @@ def serve(
     """Run the online CA: enrollment by token, renewal and revocation over mTLS, OCSP."""
     import json
     import sys
+    from dataclasses import replace
 
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
@@ -99,6 +130,7 @@ def serve(
         from cyphrs_cli.server.limits import Rate
         from cyphrs_cli.server.run import ServeOptions, parse_listen
         from cyphrs_cli.server.run import serve as run_server
+        from cyphrs_cli.service.acme import acme_settings
     except ImportError as exc:
         raise UsageError(
             f"cyphrs serve needs the server extra ({exc.name} is not installed)",
@@ -119,6 +151,15 @@ def serve(
         token_rate=Rate.parse(token_rate),
         identity_rate=Rate.parse(identity_rate),
     )
+    if acme or acme_allow_no_eab or acme_dns_resolver or acme_allow_network:
+        options = replace(
+            options,
+            acme=acme_settings(
+                acme_allow_no_eab, acme_dns_resolver, acme_http_port, acme_tls_port,
+                tuple(acme_allow_network or ()),
+            ),
+            acme_rate=Rate.parse(acme_rate),
+        )
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
 
     def ready(document: dict[str, object]) -> None:

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     from cyphrs_cli.service.authority import Authority
 
 ORDER_LIFETIME = timedelta(hours=8)
+#: How long a valid authorization may be reused by later orders of the same account
+#: (RFC 8555 §7.1.4); never across accounts.
+AUTHZ_REUSE = timedelta(hours=24)
+#: A reused authorization must stay valid at least this long into the new order.
+AUTHZ_REUSE_MARGIN = timedelta(minutes=5)
 CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 MAX_IDENTIFIERS = 20
 #: RFC 5280 reason codes ACME clients send (revokeCert ``reason``).
@@ -453,8 +458,22 @@ def _check_names(authority: Authority, profile_name: str, key: Any,
         raise AcmeProblem("rejectedIdentifier", f"the profile refuses: {error.message}") from error
 
 
+def _reusable(conn: sqlite3.Connection, account_id: str, kind: str, value: str,
+              earliest: str) -> sqlite3.Row | None:
+    """The account's valid, unexpired authorization for this identifier (its own only)."""
+    return conn.execute(  # type: ignore[no-any-return]
+        "SELECT * FROM acme_authorizations WHERE account_id = ? AND identifier_type = ?"
+        " AND identifier = ? AND wildcard = ? AND status = 'valid' AND expires_at > ?"
+        " ORDER BY expires_at DESC LIMIT 1",
+        (account_id, kind, value.removeprefix("*."), int(value.startswith("*.")), earliest),
+    ).fetchone()
+
+
 def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
               payload: dict[str, Any]) -> Order:
+    """newOrder: names checked against the account's policy first; an identifier the
+    account holds a valid authorization for (RFC 8555 §7.1.4, at most ``AUTHZ_REUSE``
+    old) gets a copy of it, already valid: no second challenge."""
     from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
 
     account = valid_account(authority, account_id)
@@ -465,6 +484,14 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
     expires = rfc3339(now + ORDER_LIFETIME)
     order_id = new_id("ord_")
     with authority.ledger.transaction() as tx:
+        sweep_expired_orders(tx, account_id)
+        reused: dict[str, sqlite3.Row] = {}
+        for kind, value in identifiers:
+            source = _reusable(tx, account_id, kind, value,
+                               rfc3339(now + AUTHZ_REUSE_MARGIN))
+            if source is not None:
+                reused[f"{kind}:{value}"] = source
+                expires = min(expires, str(source["expires_at"]))
         tx.execute(
             "INSERT INTO acme_orders (order_id, account_id, status, identifiers, profile,"
             " expires_at, created_at) VALUES (?,?,?,?,?,?,?)",
@@ -475,13 +502,22 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
         for kind, value in identifiers:
             authz_id = new_id("az_")
             wildcard = value.startswith("*.")
+            source = reused.get(f"{kind}:{value}")
             tx.execute(
                 "INSERT INTO acme_authorizations (authz_id, order_id, account_id,"
                 " identifier_type, identifier, wildcard, status, expires_at)"
                 " VALUES (?,?,?,?,?,?,?,?)",
                 (authz_id, order_id, account_id, kind, value.removeprefix("*."),
-                 int(wildcard), "pending", expires),
+                 int(wildcard), "pending" if source is None else "valid",
+                 expires if source is None else source["expires_at"]),
             )
+            if source is not None:  # the challenge that validated it, as it was
+                tx.execute(
+                    "INSERT INTO acme_challenges (challenge_id, authz_id, type, token, status,"
+                    " validated_at) SELECT ?, ?, type, token, status, validated_at"
+                    " FROM acme_challenges WHERE authz_id = ? AND status = 'valid'",
+                    (new_id("ch_"), authz_id, source["authz_id"]))
+                continue
             types = ("dns-01",) if wildcard else (
                 ("http-01", "tls-alpn-01") if kind == "ip" else CHALLENGE_TYPES
             )
@@ -492,13 +528,52 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
                     (new_id("ch_"), authz_id, challenge_type, _b64(secrets.token_bytes(32)),
                      "pending"),
                 )
+        _refresh_order(tx, order_id)
         append_event(
             tx,
             LedgerEvent(type="acme.order.created", target=f"acme-order:{order_id}",
                         details={"account": account_id, "order": order_id,
-                                 "identifiers": [f"{k}:{v}" for k, v in identifiers]}),
+                                 "identifiers": [f"{k}:{v}" for k, v in identifiers],
+                                 "profile": profile_name, "expires": expires,
+                                 "reused": {name: str(row["order_id"])
+                                            for name, row in reused.items()}}),
         )
     return get_order(authority, order_id, account_id)
+
+
+EXPIRED_ORDER = json.dumps({"type": "urn:ietf:params:acme:error:malformed",
+                            "detail": "the order expired before it was finalized",
+                            "status": 403})
+
+
+def sweep_expired_orders(conn: sqlite3.Connection, account_id: str | None = None) -> int:
+    """Mark unfinished orders past their expiry ``invalid`` and pending or valid
+    authorizations past theirs ``expired`` (of one account, or all); the number of
+    orders marked. Listings and reads call it first, so they agree with each other."""
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
+
+    now = rfc3339(utc_now())
+    marked = conn.execute(
+        "UPDATE acme_orders SET status = 'invalid', error = ? WHERE status IN"
+        " ('pending', 'ready') AND expires_at < ? AND (? IS NULL OR account_id = ?)",
+        (EXPIRED_ORDER, now, account_id, account_id)
+    ).rowcount
+    conn.execute(
+        "UPDATE acme_authorizations SET status = 'expired' WHERE status IN"
+        " ('pending', 'valid') AND expires_at < ? AND (? IS NULL OR account_id = ?)",
+        (now, account_id, account_id))
+    return int(marked)
+
+
+def list_orders(authority: Authority, account_id: str) -> list[str]:
+    """The ids of an account's unfinished orders (RFC 8555 §7.1.2.1), expired ones swept
+    first, oldest first."""
+    with authority.ledger.transaction() as tx:
+        sweep_expired_orders(tx, account_id)
+    rows = authority.ledger.conn.execute(
+        "SELECT order_id FROM acme_orders WHERE account_id = ? AND status IN"
+        " ('pending', 'ready', 'processing') ORDER BY created_at, rowid", (account_id,))
+    return [str(r[0]) for r in rows]
 
 
 def _refresh_order(conn: sqlite3.Connection, order_id: str) -> None:
@@ -520,8 +595,8 @@ def _refresh_order(conn: sqlite3.Connection, order_id: str) -> None:
         new = "pending"
     if new != row["status"]:
         conn.execute(
-            "UPDATE acme_orders SET status = ? WHERE order_id = ? AND status = ?",
-            (new, order_id, row["status"]),
+            "UPDATE acme_orders SET status = ?, error = ? WHERE order_id = ? AND status = ?",
+            (new, EXPIRED_ORDER if expired else None, order_id, row["status"]),
         )
 
 
@@ -629,10 +704,13 @@ def complete_challenge(authority: Authority, challenge_id: str,
                          (row["authz_id"],)).fetchone()
     with authority.ledger.transaction() as tx:
         if problem is None:
+            now = utc_now()
             tx.execute("UPDATE acme_challenges SET status = 'valid', validated_at = ?"
-                       " WHERE challenge_id = ?", (rfc3339(utc_now()), challenge_id))
-            tx.execute("UPDATE acme_authorizations SET status = 'valid' WHERE authz_id = ?"
-                       " AND status = 'pending'", (authz["authz_id"],))
+                       " WHERE challenge_id = ?", (rfc3339(now), challenge_id))
+            # A valid authorization may serve this account's later orders for a while.
+            tx.execute("UPDATE acme_authorizations SET status = 'valid', expires_at = ?"
+                       " WHERE authz_id = ? AND status = 'pending'",
+                       (rfc3339(now + AUTHZ_REUSE), authz["authz_id"]))
         else:
             tx.execute("UPDATE acme_challenges SET status = 'invalid', error = ?"
                        " WHERE challenge_id = ?", (json.dumps(problem.document()), challenge_id))
@@ -655,8 +733,10 @@ def complete_challenge(authority: Authority, challenge_id: str,
 
 def reset_unfinished_challenges(authority: Authority) -> int:
     """At start: a validation a previous process did not finish is pending again (the
-    client may retry it); its order and authorization are untouched."""
+    client may retry it); its order and authorization are untouched. Orders that expired
+    while no server ran are swept."""
     with authority.ledger.transaction() as tx:
+        sweep_expired_orders(tx)
         return int(tx.execute(
             "UPDATE acme_challenges SET status = 'pending' WHERE status = 'processing'"
         ).rowcount)

@@ -680,21 +680,218 @@ def test_ip_identifier_rfc8738_new_nonce_and_retry_after(acme: AcmeCa) -> None:
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
-def test_requests_per_account_are_rate_limited(tmp_path: Path) -> None:
+def test_requests_per_account_and_per_address_are_rate_limited(tmp_path: Path) -> None:
     ca = build_hierarchy(tmp_path / "ca")
     dns = LoopbackDns()
-    server = _start(ca, dns, _free_port(), _free_port(), "--acme-rate", "3/m")
+    server = _start(ca, dns, _free_port(), _free_port(), "--acme-rate", "4/m")
     try:
         running = AcmeCa(ca, dns, server, 0, 0)
         client = _account(running, "--dns-pattern", "*.svc.acme.internal")  # by its key
         assert client.kid is not None
-        statuses = [client.post(client.kid, None) for _ in range(4)]  # by its account
-        assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
+        statuses = [client.post(client.kid, None) for _ in range(5)]  # by its account
+        assert [s for s, _, _ in statuses] == [200, 200, 200, 200, 429]
         _, headers, document = statuses[-1]
         _problem(document, "rateLimited")
         assert int(headers["Retry-After"]) >= 1
+        # Requests without a JWS (directory, newNonce, renewalInfo) count per client
+        # address: the two clients' directory requests spent 2 of this address's 4.
         other = _account(running, "--dns-pattern", "*.svc.acme.internal")  # its own budget
         assert other.post(str(other.kid), None)[0] == 200
+        public = [(method, url, *other._http(method, url)) for method, url in (
+            ("GET", running.directory), ("HEAD", other.directory["newNonce"]),
+            ("GET", other.directory["newNonce"]), ("HEAD", other.directory["newNonce"]),
+            ("GET", other.directory["renewalInfo"] + "/AAAA.AAAA"))]
+        assert [p[2] for p in public] == [200, 200, 429, 429, 429], public
+        for method, _, _, headers, data in public[2:]:
+            assert int(headers["Retry-After"]) >= 1
+            if method == "GET":
+                _problem(json.loads(data), "rateLimited")
+        assert other.post(str(other.kid), None)[0] == 200  # accounts keep their own budget
     finally:
         server.stop()
         dns.close()
+
+
+class _Webroot:
+    """A web server over a webroot directory (lego ``--http.webroot`` writes the challenge
+    file there) that counts the validation requests it answers."""
+
+    def __init__(self, port: int, root: Path) -> None:
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                target = root / self.path.lstrip("/")
+                body = target.read_bytes() if target.is_file() else b""
+                self.send_response(200 if body else 404)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _events(acme: AcmeCa, kind: str) -> list[dict[str, Any]]:
+    return [json.loads(r["details"]) for r in acme.rows(
+        "SELECT details FROM events WHERE type = ? ORDER BY seq", kind)]
+
+
+@pytest.mark.skipif(shutil.which("lego") is None, reason="Debian lego not installed")
+def test_lego_second_certificate_reuses_the_authorization_but_no_other_account_does(
+    acme: AcmeCa, tmp_path: Path
+) -> None:
+    key = acme.eab("--dns-pattern", "*.svc.acme.internal")
+    path, webroot = tmp_path / "lego", tmp_path / "webroot"
+    webroot.mkdir()
+    name = "reuse.svc.acme.internal"
+    http = ("--http", "--http.webroot", str(webroot))
+    responder = _Webroot(acme.http_port, webroot)
+    try:
+        run = _lego(acme, path, key, *http, "--domains", name, "run")
+        assert run.returncode == 0, run.stdout + run.stderr
+        first = _check_certificate(acme, path / "certificates" / f"{name}.crt", tmp_path, name)
+        validations = len(responder.hits)
+        assert validations >= 1  # the first order was validated over http-01
+        run = _lego(acme, path, key, *http, "--domains", name, "run")
+        assert run.returncode == 0, run.stdout + run.stderr
+        second = _check_certificate(acme, path / "certificates" / f"{name}.crt", tmp_path,
+                                    name)
+        assert second != first
+        assert len(responder.hits) == validations  # no second validation request
+    finally:
+        responder.close()
+    valid = [e for e in _events(acme, "acme.challenge.valid")
+             if e["identifier"] == f"dns:{name}"]
+    assert len(valid) == 1
+    created = [e for e in _events(acme, "acme.order.created")
+               if e["identifiers"] == [f"dns:{name}"]]
+    assert len(created) == 2 and created[1]["reused"] == {f"dns:{name}": valid[0]["order"]}
+    # Another account with the same name policy must prove control itself.
+    other = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    status, _, order = other.post(other.directory["newOrder"],
+                                  {"identifiers": [{"type": "dns", "value": name}]})
+    assert status == 201 and order["status"] == "pending", order
+    _, _, authz = other.post(order["authorizations"][0], None)
+    assert authz["status"] == "pending"
+    assert {c["status"] for c in authz["challenges"]} == {"pending"}
+
+
+def _sqlite(home: Path, sql: str, **ids: str) -> None:
+    """Edit the ledger with the sqlite3 shell, as someone with write access would
+    (``:name`` parameters bound from ``ids``)."""
+    script = "".join(f".parameter set :{k} '{v}'\n" for k, v in ids.items()) + sql + ";\n"
+    done = subprocess.run(["sqlite3", str(home / "ledger.sqlite3")], input=script, text=True,
+                          check=True, capture_output=True, timeout=30)
+    assert done.stderr == "", done.stderr
+
+
+def _audit_problems(home: Path) -> list[str]:
+    result = cli("audit", "verify", "--json", "--home", str(home))
+    return list(json.loads(result.stdout)["problems"])
+
+
+def test_audit_verify_catches_edited_acme_state(acme: AcmeCa, tmp_path: Path) -> None:
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    account = str(client.kid).rsplit("/", 1)[1]
+    name = "audit.svc.acme.internal"
+    first_url, authz = _ready_order(acme, client, name)
+    assert authz["status"] == "valid"
+    _, _, order = client.post(first_url, None)
+    status, _, order = client.post(order["finalize"], {"csr": b64(_csr(name))})
+    assert status == 200 and order["status"] == "valid", order
+    # A second order for the name reuses the valid authorization: ready at once.
+    status, headers, again = client.post(client.directory["newOrder"],
+                                         {"identifiers": [{"type": "dns", "value": name}]})
+    assert status == 201 and again["status"] == "ready", again
+    second = headers["Location"].rsplit("/", 1)[1]
+    status, headers, pending = client.post(
+        client.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "pending.svc.acme.internal"}]})
+    assert status == 201 and pending["status"] == "pending"
+    third = headers["Location"].rsplit("/", 1)[1]
+    first = first_url.rsplit("/", 1)[1]
+    home = tmp_path / "clean"
+    shutil.copytree(acme.ca.home, home)
+    assert _audit_problems(home) == []
+    ids = {"first": first, "second": second, "third": third, "account": account}
+    attacks = [
+        ("UPDATE acme_orders SET status = 'pending' WHERE order_id = :first",
+         first, "acme.order.finalized"),
+        ("UPDATE acme_orders SET identifiers = '[{\"type\": \"dns\", \"value\":"
+         " \"evil.svc.acme.internal\"}]' WHERE order_id = :second", second, "edited"),
+        ("UPDATE acme_authorizations SET identifier = 'evil.svc.acme.internal'"
+         " WHERE order_id = :second", "ACME authorization", "identifier"),
+        ("UPDATE acme_orders SET status = 'valid' WHERE order_id = :third",
+         third, "without an acme.order.finalized"),
+        ("UPDATE acme_orders SET status = 'ready' WHERE order_id = :third",
+         third, "without a valid challenge"),
+        ("UPDATE acme_authorizations SET status = 'valid' WHERE order_id = :third",
+         "ACME authorization", "valid without a valid challenge"),
+        ("UPDATE acme_challenges SET status = 'valid' WHERE authz_id IN (SELECT authz_id"
+         " FROM acme_authorizations WHERE order_id = :third)", "ACME challenge",
+         "without an acme.challenge.valid"),
+        ("UPDATE acme_orders SET certificate_pem = (SELECT pem FROM certificates WHERE"
+         " is_ca = 1 LIMIT 1) WHERE order_id = :first", first, "certificate link"),
+        ("UPDATE acme_orders SET certificate_serial = (SELECT serial FROM certificates"
+         " WHERE serial != certificate_serial LIMIT 1) WHERE order_id = :first",
+         first, "acme.order.finalized"),
+        ("UPDATE acme_orders SET profile = 'admin' WHERE order_id = :third", third, "profile"),
+        ("UPDATE acme_accounts SET status = 'deactivated' WHERE account_id = :account",
+         account, "status"),
+        ("UPDATE acme_accounts SET jwk_thumbprint = 'AAAA', jwk = '{}'"
+         " WHERE account_id = :account", account, "swapped"),
+        ("DELETE FROM acme_challenges WHERE authz_id IN (SELECT authz_id FROM"
+         " acme_authorizations WHERE order_id = :third); DELETE FROM acme_authorizations"
+         " WHERE order_id = :third; DELETE FROM acme_orders WHERE order_id = :third",
+         third, "deleted"),
+        ("INSERT INTO acme_orders (order_id, account_id, status, identifiers, profile,"
+         " expires_at, created_at) VALUES ('ord_forged', :account, 'ready', '[]', 'server',"
+         " '2099-01-01T00:00:00Z', '2026-01-01T00:00:00Z')", "ord_forged", "forged"),
+    ]
+    for number, (statement, subject, expected) in enumerate(attacks):
+        attacked = tmp_path / f"attack-{number}"
+        shutil.copytree(home, attacked)
+        _sqlite(attacked, statement, **ids)
+        found = _audit_problems(attacked)
+        assert any(expected in p and subject in p for p in found), (statement, found)
+
+
+def test_expired_orders_are_swept_consistently(acme: AcmeCa) -> None:
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    status, headers, order = client.post(
+        client.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "late.svc.acme.internal"}]})
+    assert status == 201
+    order_id = headers["Location"].rsplit("/", 1)[1]
+    orders_url = f"{client.kid}/orders"
+    assert client.post(orders_url, None)[2]["orders"] == [headers["Location"]]
+    (row,) = acme.rows("SELECT expires_at FROM acme_orders WHERE order_id = ?", order_id)
+    _sqlite(acme.ca.home, "UPDATE acme_orders SET expires_at = '2000-01-01T00:00:00Z'"
+            " WHERE order_id = :order", order=order_id)
+    try:
+        # The listing sweeps first: the expired order is gone from it and invalid in the
+        # ledger and to a read, with the same problem.
+        assert client.post(orders_url, None)[2]["orders"] == []
+        (swept,) = acme.rows("SELECT status, error FROM acme_orders WHERE order_id = ?",
+                             order_id)
+        assert swept["status"] == "invalid"
+        _, _, read = client.post(headers["Location"], None)
+        assert read["status"] == "invalid" and read["error"] == json.loads(swept["error"])
+        status, _, document = client.post(order["finalize"],
+                                          {"csr": b64(_csr("late.svc.acme.internal"))})
+        assert status == 403
+        _problem(document, "orderNotReady")
+    finally:  # the row matches its acme.order.created event again (audit stays clean)
+        _sqlite(acme.ca.home, "UPDATE acme_orders SET expires_at = :expires"
+                " WHERE order_id = :order", order=order_id, expires=str(row["expires_at"]))

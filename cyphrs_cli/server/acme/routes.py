@@ -34,7 +34,8 @@ from cyphrs_cli.service.acme import AcmeProblem, AcmeSettings
 
 JOSE = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
-#: Requests per ACME account (or account key) — a certbot or lego run takes about ten.
+#: Requests per ACME account (or account key, or client address for the requests without
+#: a JWS: directory, newNonce, renewalInfo) — a certbot or lego run takes about ten.
 DEFAULT_RATE = Rate(300, 60.0)
 
 
@@ -78,12 +79,17 @@ def _limit(acme: AcmeState, key: str) -> None:
                           retry_after=wait)
 
 
-def endpoint(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Every failure as an ACME problem document; every answer with a fresh nonce."""
+def endpoint(handler: Handler, *, public: bool = False
+             ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Every failure as an ACME problem document; every answer with a fresh nonce.
+    ``public`` (directory, newNonce, renewalInfo: no JWS) are limited per client address,
+    in the same bounded limiter as accounts, so a flood costs bounded memory."""
 
     async def wrapped(request: web.Request) -> web.Response:
         state, acme = request.app[STATE], request.app[ACME]
         try:
+            if public:
+                _limit(acme, f"ip:{request.remote}")
             response = await handler(request, state, acme)
         except AcmeProblem as problem:
             response = _problem(problem)
@@ -267,13 +273,9 @@ async def account_orders(request: web.Request, state: ServerState, acme: AcmeSta
     if verified.account_id != account_id:
         raise AcmeProblem("unauthorized", "an account can only list its own orders", 403)
 
-    def orders() -> list[str]:
-        rows = state.authority.ledger.conn.execute(
-            "SELECT order_id FROM acme_orders WHERE account_id = ? AND status IN"
-            " ('pending', 'ready', 'processing') ORDER BY created_at", (account_id,))
-        return [str(r[0]) for r in rows]
+    from cyphrs_cli.service.acme import list_orders
 
-    ids = await state.call(orders)
+    ids = await state.call(lambda: list_orders(state.authority, account_id))
     base = _base(request, acme)
     return _json({"orders": [f"{base}/order/{i}" for i in ids]})
 
@@ -437,6 +439,7 @@ async def renewal_info(request: web.Request, state: ServerState, acme: AcmeState
 def mount(app: web.Application, acme: AcmeState) -> None:
     """Add the ACME routes to ``app`` (beside the OpenAPI-described ones)."""
     app[ACME] = acme
+    public = {"acmeDirectory", "acmeNewNonceHead", "acmeNewNonce", "acmeRenewalInfo"}
     routes: list[tuple[str, str, Handler, str]] = [
         ("GET", "/acme/directory", directory, "acmeDirectory"),
         ("HEAD", "/acme/new-nonce", new_nonce, "acmeNewNonceHead"),
@@ -455,4 +458,5 @@ def mount(app: web.Application, acme: AcmeState) -> None:
         ("GET", "/acme/renewal-info/{id}", renewal_info, "acmeRenewalInfo"),
     ]
     for method, path, handler, name in routes:
-        app.router.add_route(method, path, endpoint(handler), name=name)
+        app.router.add_route(method, path, endpoint(handler, public=name in public),
+                             name=name)

@@ -12,7 +12,8 @@ And the ACME state that decides what an account may be issued (``check_acme_stat
 * an account row must match ``acme.account.created`` (EAB binding), its key the last
   recorded thumbprint (``acme.account.key-changed``) and its status the events
   (``deactivated`` exactly when ``acme.account.deactivated`` exists);
-* an order row must match ``acme.order.created`` (account, identifiers, profile, expiry);
+* an order row must match ``acme.order.created`` (account, identifiers, profile, expiry,
+  the certificate it ``replaces``: ARI);
   it is ``valid`` exactly when ``acme.order.finalized`` names it, with that serial, and
   its certificate must be that serial's ledger row, requested by that account;
 * an authorization must name one of its order's identifiers for its order's account, and
@@ -204,8 +205,10 @@ def check_acme_state(conn: sqlite3.Connection, events: Sequence[Any],
         if row["account_id"] != details.get("account") or names != recorded:
             problems.append(f"ACME order {order_id}: account or identifiers differ from "
                             "acme.order.created (edited)")
-        for field, column in (("profile", "profile"), ("expires", "expires_at")):
-            if field in details and details[field] != row[column]:
+        for field, column in (("profile", "profile"), ("expires", "expires_at"),
+                              ("replaces", "replaces_certificate_id")):
+            present = column in row.keys()  # noqa: SIM118 -- `in row` tests values
+            if field in details and present and details[field] != row[column]:
                 problems.append(f"ACME order {order_id}: {column} differs from "
                                 "acme.order.created (edited)")
         final = finalized.get(order_id)

@@ -480,11 +480,18 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
     identifiers = _identifiers(payload)
     profile_name, key = _policy(authority, settings, account)
     _check_names(authority, profile_name, key, identifiers)
+    replaced = (None if payload.get("replaces") is None
+                else _replaced(authority, account_id, payload["replaces"], identifiers))
     now = utc_now()
     expires = rfc3339(now + ORDER_LIFETIME)
     order_id = new_id("ord_")
     with authority.ledger.transaction() as tx:
         sweep_expired_orders(tx, account_id)
+        if replaced is not None and tx.execute(
+                "SELECT 1 FROM acme_orders WHERE replaces_certificate_id = ? AND status !="
+                " 'invalid'", (replaced["id"],)).fetchone():  # a concurrent newOrder won
+            raise AcmeProblem("alreadyReplaced", "replaces: that certificate was already "
+                              "replaced", 409)
         reused: dict[str, sqlite3.Row] = {}
         for kind, value in identifiers:
             source = _reusable(tx, account_id, kind, value,
@@ -494,10 +501,10 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
                 expires = min(expires, str(source["expires_at"]))
         tx.execute(
             "INSERT INTO acme_orders (order_id, account_id, status, identifiers, profile,"
-            " expires_at, created_at) VALUES (?,?,?,?,?,?,?)",
+            " expires_at, created_at, replaces_certificate_id) VALUES (?,?,?,?,?,?,?,?)",
             (order_id, account_id, "pending",
              json.dumps([{"type": k, "value": v} for k, v in identifiers]), profile_name,
-             expires, rfc3339(now)),
+             expires, rfc3339(now), None if replaced is None else replaced["id"]),
         )
         for kind, value in identifiers:
             authz_id = new_id("az_")
@@ -536,7 +543,10 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
                                  "identifiers": [f"{k}:{v}" for k, v in identifiers],
                                  "profile": profile_name, "expires": expires,
                                  "reused": {name: str(row["order_id"])
-                                            for name, row in reused.items()}}),
+                                            for name, row in reused.items()},
+                                 "replaces": None if replaced is None else replaced["id"],
+                                 "replaces_serial": None if replaced is None
+                                 else replaced["serial"]}),
         )
     return get_order(authority, order_id, account_id)
 
@@ -787,8 +797,10 @@ def finalize(authority: Authority, order_id: str, account_id: str, csr_der: byte
     if any(("dns", c.lower()) not in wanted and ("ip", c) not in wanted for c in common):
         raise AcmeProblem("badCSR", "the CSR's common name is not one of the order's names")
     row = authority.ledger.conn.execute(
-        "SELECT profile FROM acme_orders WHERE order_id = ?", (order_id,)).fetchone()
+        "SELECT profile, replaces_certificate_id FROM acme_orders WHERE order_id = ?",
+        (order_id,)).fetchone()
     profile = authority.profile(str(row["profile"]))
+    replaces_id = _still_valid(authority, row["replaces_certificate_id"])
     from cryptography.hazmat.primitives import serialization
 
     leaf_order = LeafOrder(
@@ -802,6 +814,10 @@ def finalize(authority: Authority, order_id: str, account_id: str, csr_der: byte
         leaf, _ = prepare_request(leaf_order, profile, authority.facts.trust_domain)
     except CyphrsError as error:
         raise AcmeProblem("badCSR", error.message) from error
+    if replaces_id is not None:  # ARI: the new certificate is the old one's renewal
+        from dataclasses import replace
+
+        leaf = replace(leaf, replaces_id=replaces_id)
     # The one winner of any number of concurrent calls moves ready -> processing.
     with authority.ledger.transaction() as tx:
         won = tx.execute(
@@ -840,6 +856,16 @@ def finalize(authority: Authority, order_id: str, account_id: str, csr_der: byte
                        " AND status = 'processing'", (json.dumps(problem.document()), order_id))
         raise problem from error
     return get_order(authority, order_id, account_id)
+
+
+def _still_valid(authority: Authority, certificate_id: Any) -> int | None:
+    """The replaced certificate's id while it is valid (a revoked or expired one is
+    replaced without being marked superseded)."""
+    if certificate_id is None:
+        return None
+    row = authority.ledger.conn.execute(
+        "SELECT status FROM certificates WHERE id = ?", (certificate_id,)).fetchone()
+    return int(certificate_id) if row is not None and row["status"] == "valid" else None
 
 
 def certificate_chain(authority: Authority, order_id: str, account_id: str) -> bytes:
@@ -954,6 +980,55 @@ def acme_settings(
     )
 
 
+def _certificate_of(authority: Authority, cert_id: Any, what: str) -> sqlite3.Row:
+    """The leaf certificate row named by an ARI certificate identifier (RFC 9773 §4.1):
+    base64url(AKI keyIdentifier) "." base64url(serial DER content bytes)."""
+    if not isinstance(cert_id, str):
+        raise AcmeProblem("malformed", f"{what}: expected <AKI>.<serial>")
+    key_id, dot, serial_text = cert_id.partition(".")
+    if not dot or not key_id or not serial_text or len(cert_id) > 256:
+        raise AcmeProblem("malformed", f"{what}: expected <AKI>.<serial>")
+    try:
+        aki = base64.urlsafe_b64decode(key_id + "=" * (-len(key_id) % 4))
+        serial_raw = base64.urlsafe_b64decode(serial_text + "=" * (-len(serial_text) % 4))
+    except ValueError as exc:
+        raise AcmeProblem("malformed", f"{what}: not base64url") from exc
+    number = int.from_bytes(serial_raw, "big")
+    serial = format(number, "x").rjust(2 * ((number.bit_length() + 7) // 8), "0")
+    rows = authority.ledger.conn.execute(
+        "SELECT * FROM certificates WHERE serial = ? AND is_ca = 0", (serial,)).fetchall()
+    row = next((r for r in rows if str(r["issuer_ski"]).replace(":", "").lower()
+                == aki.hex()), None)
+    if row is None:
+        raise AcmeProblem("malformed", f"{what}: no such certificate", 404)
+    return row  # type: ignore[no-any-return]
+
+
+def _replaced(authority: Authority, account_id: str, cert_id: Any,
+              identifiers: list[tuple[str, str]]) -> sqlite3.Row:
+    """The certificate a newOrder ``replaces`` (RFC 9773 §5): ordered by this account,
+    sharing an identifier with the new order, not replaced by another live order."""
+    row = _certificate_of(authority, cert_id, "replaces")
+    conn = authority.ledger.conn
+    ordered = conn.execute(
+        "SELECT identifiers FROM acme_orders WHERE certificate_serial = ? AND account_id = ?",
+        (row["serial"], account_id)).fetchone()
+    if ordered is None:
+        raise AcmeProblem("unauthorized", "replaces: this account did not order that "
+                          "certificate", 403)
+    old = {(i["type"], i["value"]) for i in json.loads(ordered["identifiers"])}
+    if not old & set(identifiers):
+        raise AcmeProblem("malformed", "replaces: the new order shares no identifier with "
+                          "the certificate it replaces")
+    taken = conn.execute(
+        "SELECT 1 FROM acme_orders WHERE replaces_certificate_id = ? AND status != 'invalid'",
+        (row["id"],)).fetchone()
+    if taken is not None or row["status"] == "superseded":
+        raise AcmeProblem("alreadyReplaced", "replaces: that certificate was already "
+                          "replaced", 409)
+    return row
+
+
 @dataclass(frozen=True)
 class RenewalWindow:
     """ARI (RFC 9773) suggested renewal window of one certificate, and how long until the
@@ -971,22 +1046,7 @@ def renewal_info(authority: Authority, cert_id: str) -> RenewalWindow:
     from cyphrs_cli.ledger.events import utc_now
     from cyphrs_cli.times import parse_time
 
-    key_id, dot, serial_text = cert_id.partition(".")
-    if not dot or not key_id or not serial_text or len(cert_id) > 256:
-        raise AcmeProblem("malformed", "renewalInfo: expected <AKI>.<serial>")
-    try:
-        aki = base64.urlsafe_b64decode(key_id + "=" * (-len(key_id) % 4))
-        serial_raw = base64.urlsafe_b64decode(serial_text + "=" * (-len(serial_text) % 4))
-    except ValueError as exc:
-        raise AcmeProblem("malformed", "renewalInfo: not base64url") from exc
-    number = int.from_bytes(serial_raw, "big")
-    serial = format(number, "x").rjust(2 * ((number.bit_length() + 7) // 8), "0")
-    rows = authority.ledger.conn.execute(
-        "SELECT * FROM certificates WHERE serial = ? AND is_ca = 0", (serial,)).fetchall()
-    row = next((r for r in rows if str(r["issuer_ski"]).replace(":", "").lower()
-                == aki.hex()), None)
-    if row is None:
-        raise AcmeProblem("malformed", "renewalInfo: no such certificate", 404)
+    row = _certificate_of(authority, cert_id, "renewalInfo")
     not_before, not_after = parse_time(row["not_before"]), parse_time(row["not_after"])
     life = not_after - not_before
     retry = int(max(60, min(6 * 3600, life.total_seconds() / 10)))

@@ -895,3 +895,67 @@ def test_expired_orders_are_swept_consistently(acme: AcmeCa) -> None:
     finally:  # the row matches its acme.order.created event again (audit stays clean)
         _sqlite(acme.ca.home, "UPDATE acme_orders SET expires_at = :expires"
                 " WHERE order_id = :order", order=order_id, expires=str(row["expires_at"]))
+
+
+def _ari_id(leaf: x509.Certificate) -> str:
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    number = leaf.serial_number
+    return b64(aki.key_identifier) + "." + b64(number.to_bytes(number.bit_length() // 8 + 1,
+                                                                "big"))
+
+
+def _finalized_leaf(client: AcmeClient, order: dict[str, Any], name: str
+                    ) -> x509.Certificate:
+    status, _, order = client.post(order["finalize"], {"csr": b64(_csr(name))})
+    assert status == 200 and order["status"] == "valid", order
+    _, _, chain = client._http("POST", order["certificate"],
+                               client.sign(order["certificate"], None))
+    return x509.load_pem_x509_certificate(chain)
+
+
+def test_new_order_replaces_is_linked_in_the_ledger(acme: AcmeCa, tmp_path: Path) -> None:
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    name = "ari.svc.acme.internal"
+    order_url, _ = _ready_order(acme, client, name)
+    _, _, order = client.post(order_url, None)
+    old = _finalized_leaf(client, order, name)
+    old_id = _ari_id(old)
+    identifiers = [{"type": "dns", "value": name}]
+    status, headers, order = client.post(client.directory["newOrder"],
+                                         {"identifiers": identifiers, "replaces": old_id})
+    assert status == 201 and order["status"] == "ready", order  # authorization reused
+    new = _finalized_leaf(client, order, name)
+    (old_row,) = acme.rows("SELECT id, status FROM certificates WHERE fingerprint = ?",
+                           "sha256:" + old.fingerprint(hashes.SHA256()).hex())
+    (new_row,) = acme.rows("SELECT replaces_id FROM certificates WHERE fingerprint = ?",
+                           "sha256:" + new.fingerprint(hashes.SHA256()).hex())
+    assert new_row["replaces_id"] == old_row["id"] and old_row["status"] == "superseded"
+    order_id = headers["Location"].rsplit("/", 1)[1]
+    (created,) = [e for e in _events(acme, "acme.order.created") if e["order"] == order_id]
+    assert created["replaces"] == old_row["id"]
+    # ARI now says: renew at once (superseded); a second replacement is refused.
+    window = json.loads(client._http("GET", client.directory["renewalInfo"] + "/" + old_id)[2])
+    assert window["suggestedWindow"]["end"] <= time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+    status, _, document = client.post(client.directory["newOrder"],
+                                      {"identifiers": identifiers, "replaces": old_id})
+    assert status == 409
+    _problem(document, "alreadyReplaced")
+    # Another account cannot claim to replace this account's certificate.
+    other = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    status, _, document = other.post(other.directory["newOrder"],
+                                     {"identifiers": identifiers, "replaces": _ari_id(new)})
+    assert status == 403
+    _problem(document, "unauthorized")
+    for bad in ("nope", 7, "AAAA.AAAA"):
+        status, _, document = client.post(client.directory["newOrder"],
+                                          {"identifiers": identifiers, "replaces": bad})
+        assert status in (400, 404), (bad, document)
+    # The link is audited like the rest of the order.
+    home = tmp_path / "home"
+    shutil.copytree(acme.ca.home, home)
+    _sqlite(home, "UPDATE acme_orders SET replaces_certificate_id = NULL"
+            " WHERE order_id = :order", order=order_id)
+    assert any("replaces_certificate_id" in p and order_id in p
+               for p in _audit_problems(home))

@@ -23,6 +23,8 @@ ADDED = (
     " DROP TABLE certificate_sha1;"
     " DROP TRIGGER certificate_sans_insert; DROP TRIGGER certificate_sans_delete;"
     " DROP TRIGGER certificate_sans_update; DROP TABLE certificate_sans;"
+    " DROP TABLE acme_challenges; DROP TABLE acme_authorizations; DROP TABLE acme_orders;"
+    " DROP TABLE acme_accounts; DROP TABLE acme_eab_keys;"  # 0010 and 0011 (ACME)
     " PRAGMA user_version = 4;"
 )
 

@@ -17,6 +17,12 @@ any number of concurrent finalize calls); the certificate is issued through
 ``after_record`` hook that marks the order ``valid`` and records ``acme.order.finalized``
 (account, order, serial) in the certificate's own transaction. Only the CSR's public key
 is used; its names must equal the order's identifiers exactly.
+
+Reuse (RFC 8555 §7.1.4): a valid authorization of the same account for the same identifier,
+at most ``AUTHZ_REUSE`` after its validation, is copied into a later order already valid
+(never across accounts; recorded as ``reused`` in ``acme.order.created``). Orders past
+their expiry are swept ``invalid`` before listings and new orders and at start. ARI
+``replaces`` (RFC 9773 §5) links the new certificate to the one it replaces.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ through a loopback DNS server), and a jwcrypto client attacks each refusal: no E
 HMAC, EAB reuse, a name outside the policy (refused before any challenge), a replayed
 nonce, a wrong ``url`` header, a CSR with other names, a failed challenge, a validation
 target outside the allow-list (no connection made), 20 concurrent finalize calls of one
-order (exactly one certificate), orders surviving a restart.
+order (exactly one certificate), orders surviving a restart. And: ``audit verify``
+against ACME rows edited with the sqlite3 shell, lego's second certificate reusing the
+authorization (no second validation request; no other account may reuse it), ARI
+``replaces``, per-address limits on unsigned requests, expired orders swept.
 
 Every server is on 127.0.0.1 with free ports; every process is stopped by its PID.
 """

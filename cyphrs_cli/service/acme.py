@@ -677,11 +677,19 @@ def get_authorization(authority: Authority, authz_id: str, account_id: str) -> A
 
 def deactivate_authorization(authority: Authority, authz_id: str, account_id: str
                              ) -> Authorization:
-    get_authorization(authority, authz_id, account_id)
+    """Deactivate an authorization (RFC 8555 §7.5.2) and every valid copy of it that
+    reuse made for this account's orders: the next order must prove control again."""
+    authz = get_authorization(authority, authz_id, account_id)
     with authority.ledger.transaction() as tx:
         tx.execute(
             "UPDATE acme_authorizations SET status = 'deactivated' WHERE authz_id = ?"
             " AND status IN ('pending', 'valid')", (authz_id,))
+        if authz.status == "valid":
+            tx.execute(
+                "UPDATE acme_authorizations SET status = 'deactivated' WHERE account_id = ?"
+                " AND identifier_type = ? AND identifier = ? AND wildcard = ?"
+                " AND status = 'valid'",
+                (account_id, authz.identifier_type, authz.identifier, int(authz.wildcard)))
     return get_authorization(authority, authz_id, account_id)
 
 

@@ -962,3 +962,23 @@ def test_new_order_replaces_is_linked_in_the_ledger(acme: AcmeCa, tmp_path: Path
             " WHERE order_id = :order", order=order_id)
     assert any("replaces_certificate_id" in p and order_id in p
                for p in _audit_problems(home))
+
+
+def test_deactivating_an_authorization_ends_its_reuse(acme: AcmeCa) -> None:
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    name = "deact.svc.acme.internal"
+    first_url, authz = _ready_order(acme, client, name)
+    assert authz["status"] == "valid"
+    identifiers = {"identifiers": [{"type": "dns", "value": name}]}
+    status, _, reused = client.post(client.directory["newOrder"], identifiers)
+    assert status == 201 and reused["status"] == "ready", reused
+    (copy_url,) = reused["authorizations"]
+    status, _, copy = client.post(copy_url, {"status": "deactivated"})
+    assert status == 200 and copy["status"] == "deactivated", copy
+    _, _, first = client.post(first_url, None)
+    _, _, original = client.post(first["authorizations"][0], None)
+    assert original["status"] == "deactivated"  # the original and every copy
+    status, _, fresh = client.post(client.directory["newOrder"], identifiers)
+    assert status == 201 and fresh["status"] == "pending", fresh
+    _, _, again = client.post(fresh["authorizations"][0], None)
+    assert again["status"] == "pending"

@@ -142,6 +142,7 @@ class Order:
     authz_ids: tuple[str, ...]
     error: dict[str, Any] | None
     certificate_serial: str | None
+    replaces: str | None = None  # ARI certificate identifier (RFC 9773 §5), echoed back
 
 
 def _b64(data: bytes) -> str:
@@ -507,10 +508,12 @@ def new_order(authority: Authority, settings: AcmeSettings, account_id: str,
                 expires = min(expires, str(source["expires_at"]))
         tx.execute(
             "INSERT INTO acme_orders (order_id, account_id, status, identifiers, profile,"
-            " expires_at, created_at, replaces_certificate_id) VALUES (?,?,?,?,?,?,?,?)",
+            " expires_at, created_at, replaces_certificate_id, replaces)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
             (order_id, account_id, "pending",
              json.dumps([{"type": k, "value": v} for k, v in identifiers]), profile_name,
-             expires, rfc3339(now), None if replaced is None else replaced["id"]),
+             expires, rfc3339(now), None if replaced is None else replaced["id"],
+             None if replaced is None else payload["replaces"]),
         )
         for kind, value in identifiers:
             authz_id = new_id("az_")
@@ -638,6 +641,7 @@ def get_order(authority: Authority, order_id: str, account_id: str) -> Order:
         authz_ids=authz,
         error=json.loads(row["error"]) if row["error"] else None,
         certificate_serial=row["certificate_serial"],
+        replaces=row["replaces"],
     )
 
 

@@ -928,6 +928,7 @@ def test_new_order_replaces_is_linked_in_the_ledger(acme: AcmeCa, tmp_path: Path
     status, headers, order = client.post(client.directory["newOrder"],
                                          {"identifiers": identifiers, "replaces": old_id})
     assert status == 201 and order["status"] == "ready", order  # authorization reused
+    assert order["replaces"] == old_id  # reflected (RFC 9773 §5)
     new = _finalized_leaf(client, order, name)
     (old_row,) = acme.rows("SELECT id, status FROM certificates WHERE fingerprint = ?",
                            "sha256:" + old.fingerprint(hashes.SHA256()).hex())

@@ -185,6 +185,8 @@ def _order_body(base: str, order: Any) -> dict[str, Any]:
         body["error"] = order.error
     if order.certificate_serial:
         body["certificate"] = f"{base}/cert/{order.order_id}"
+    if order.replaces:
+        body["replaces"] = order.replaces
     return body
 
 

@@ -983,3 +983,26 @@ def test_deactivating_an_authorization_ends_its_reuse(acme: AcmeCa) -> None:
     assert status == 201 and fresh["status"] == "pending", fresh
     _, _, again = client.post(fresh["authorizations"][0], None)
     assert again["status"] == "pending"
+
+
+def test_reuse_is_bounded_by_the_authorization_lifetime(acme: AcmeCa) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    client = _account(acme, "--dns-pattern", "*.svc.acme.internal")
+    name = "stale.svc.acme.internal"
+    _, authz = _ready_order(acme, client, name)
+    assert authz["status"] == "valid"
+    (done,) = [c for c in authz["challenges"] if c["status"] == "valid"]
+    validated = datetime.strptime(done["validated"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC)
+    expires = datetime.strptime(authz["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC)
+    assert expires - validated == timedelta(hours=24)  # AUTHZ_REUSE
+    # An authorization about to expire (inside the 5-minute margin) is not reused.
+    soon = (datetime.now(UTC) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _sqlite(acme.ca.home, "UPDATE acme_authorizations SET expires_at = :soon WHERE"
+            " account_id = :account AND identifier = :name", soon=soon, name=name,
+            account=str(client.kid).rsplit("/", 1)[1])
+    status, _, order = client.post(client.directory["newOrder"],
+                                   {"identifiers": [{"type": "dns", "value": name}]})
+    assert status == 201 and order["status"] == "pending", order

@@ -79,6 +79,22 @@ def _limit(acme: AcmeState, key: str) -> None:
                           retry_after=wait)
 
 
+def client_network(remote: str | None) -> str:
+    """The rate-limit key of a client address: the address itself, or its /64 for IPv6
+    (one host can hold a whole /64, so counting single addresses would not limit it)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return str(remote)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def endpoint(handler: Handler, *, public: bool = False
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Every failure as an ACME problem document; every answer with a fresh nonce.
@@ -89,7 +105,7 @@ def endpoint(handler: Handler, *, public: bool = False
         state, acme = request.app[STATE], request.app[ACME]
         try:
             if public:
-                _limit(acme, f"ip:{request.remote}")
+                _limit(acme, "ip:" + client_network(request.remote))
             response = await handler(request, state, acme)
         except AcmeProblem as problem:
             response = _problem(problem)

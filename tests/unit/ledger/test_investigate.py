@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import subprocess
 from datetime import UTC, datetime
@@ -10,21 +11,27 @@ from datetime import UTC, datetime
 import pytest
 
 from cyphrs_cli.errors import InvalidInputError
-from cyphrs_cli.ledger.db import Ledger
+from cyphrs_cli.ledger.db import Ledger, _migrations
 from cyphrs_cli.ledger.events import utc_now
 from cyphrs_cli.service.investigation import parse_fingerprint
 from tests.helpers import Hierarchy
 
-# Undo migrations 0005 and later (0006: the SAN lookup table) to get a ledger as it was
-# before 0005; opening it runs them again.
-ADDED = (
-    "DROP INDEX certificates_validity; DROP INDEX certificates_workflow_issued;"
-    " DROP INDEX events_target_at; DROP INDEX events_spiffe_at;"
-    " DROP TABLE certificate_sha1;"
-    " DROP TRIGGER certificate_sans_insert; DROP TRIGGER certificate_sans_delete;"
-    " DROP TRIGGER certificate_sans_update; DROP TABLE certificate_sans;"
-    " PRAGMA user_version = 4;"
-)
+
+def _undo_migrations_from(first: int) -> str:
+    """SQL that drops what migrations ``first`` and later created (read from their own
+    files, newest first) and sets the version below ``first``: a ledger as it was before."""
+    drops = []
+    for number, sql in reversed(_migrations()):
+        if number < first:
+            continue
+        created = re.findall(
+            r"CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|TRIGGER|VIEW)\s+(?:IF NOT EXISTS\s+)?(\w+)", sql
+        )
+        drops += [f"DROP {kind} IF EXISTS {name};" for kind, name in reversed(created)]
+    return " ".join(drops) + f" PRAGMA user_version = {first - 1};"
+
+
+ADDED = _undo_migrations_from(5)
 
 
 def test_migrating_an_older_ledger_fills_the_sha1_of_every_certificate(

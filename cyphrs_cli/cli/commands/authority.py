@@ -25,6 +25,7 @@ from cyphrs_cli.cli.options import (
     PinFileOption,
     QuietOption,
 )
+from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
@@ -477,14 +478,14 @@ def sign_intermediate(
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, read_input, refuse_existing
+    from cyphrs_cli.fsutil import read_input
 
     if out is None and not dry_run:
         raise UsageError("name the output with --out FILE (or --out -)")
     if dry_run and (out is not None or force or yes):
         raise UsageError("--dry-run signs and writes nothing: drop --out, --force and --yes")
-    if out not in (None, "-") and not dry_run:
-        refuse_existing([Path(out)], force=force)
+    if not dry_run:
+        refuse_existing_output(out, force=force)
     given = tuple(
         flag
         for flag, value in (
@@ -546,10 +547,9 @@ def sign_intermediate(
             console.print(line)
         return
     assert out is not None
+    write_output(out, result.bundle)
     if out == "-":
-        render.emit_text(result.bundle.decode())
         return
-    atomic_write(Path(out), result.bundle, mode=PUBLIC_FILE)
     from cyphrs_cli.cli.views import issued_view
 
     view = {**issued_view(result.issued), "path": out}

@@ -20,6 +20,7 @@ from cyphrs_cli.cli.options import (
     PinFileOption,
     QuietOption,
 )
+from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
@@ -357,13 +358,10 @@ def crl(
     quiet: QuietOption = False,
 ) -> None:
     """Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger."""
-    import sys
-
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.durations import parse_duration
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
     from cyphrs_cli.ledger.events import rfc3339
     from cyphrs_cli.service.requests import CrlRequest
 
@@ -382,18 +380,14 @@ def crl(
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
     with _open(home, secrets, issuer) as ca:
         ca.issuer_name  # noqa: B018 -- an unknown --issuer is refused first (exit 6)
-        if out not in (None, "-"):
-            refuse_existing([Path(out)], force=force)
+        refuse_existing_output(out, force=force)
         result = ca.crl(CrlRequest(parse_duration(validity) if validity else None))
     published, stored = result.published, result.path
     data = published.crl.public_bytes(
         serialization.Encoding.DER if der else serialization.Encoding.PEM
     )
-    if out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    elif out is not None:
-        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+    if out is not None:
+        write_output(out, data)
     document = {
         "issuer": published.authority,
         "number": published.number,
@@ -423,8 +417,6 @@ def _crl_bundle(
     validity: str | None,
 ) -> None:
     """``crl --all``: every CA's newest CRL, into one PEM file (or stdout) or a directory."""
-    import sys
-
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
@@ -446,14 +438,11 @@ def _crl_bundle(
             atomic_write(target, crl.pem.encode(), mode=PUBLIC_FILE)
             files.append(str(target))
     else:
-        data = "".join(crl.pem for crl in crls).encode()
-        if out == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-            return
         assert out is not None
-        refuse_existing([Path(out)], force=force)
-        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+        refuse_existing_output(out, force=force)
+        write_output(out, "".join(crl.pem for crl in crls).encode())
+        if out == "-":
+            return
         files.append(out)
     views = [
         {

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 from cyphrs_cli.cli.options import (
     ForceOption,
     HomeOption,
@@ -24,8 +25,6 @@ from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    from cyphrs_cli.keystore.base import SecretProvider
-    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import CertificateTarget
 
 RENEW_EPILOG = f"""\
@@ -111,20 +110,6 @@ def _target(source: str | None, serial: str | None) -> CertificateTarget:
         return CertificateTarget(serial=serial)
     assert source is not None
     return CertificateTarget(certificate=read_input(source), source=source)
-
-
-def _open(
-    home: str | None, secrets: SecretProvider | None = None, issuer: str | None = None
-) -> Authority:
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.service.authority import Authority
-
-    def no_secrets(purpose: str) -> bytes:  # revoke and --check never unlock a key
-        raise AssertionError(f"no secret expected here ({purpose})")
-
-    return Authority.open(
-        resolve_home(home), issuer=issuer, secrets=secrets or no_secrets, unlock=False
-    )
 
 
 CertArgument = Annotated[
@@ -253,7 +238,7 @@ def renew(
         return
     target = _target(source, serial)
     if check:
-        with _open(home) as ca:
+        with open_authority(home) as ca:
             answer = ca.check_renewal(RenewalCheckRequest(target, due_fraction))
         if render.json_mode():
             render.emit_json(
@@ -289,7 +274,7 @@ def renew(
         force=force,
     )
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-    with _open(home, secrets) as ca:
+    with open_authority(home, secrets=secrets) as ca:
         result = ca.renew(request)
     render_issued(result, out=out, command="renew", headline="Renewed {replaces} as {serial}")
 
@@ -309,7 +294,7 @@ def revoke(
     from cyphrs_cli.service.requests import RevokeRequest
 
     request = RevokeRequest(_target(source, serial), reason)  # checks the reason first
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         revocation = ca.revoke(request)
     document = {
         "serial": revocation.serial,
@@ -378,7 +363,7 @@ def crl(
         )
         return
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-    with _open(home, secrets, issuer) as ca:
+    with open_authority(home, issuer=issuer, secrets=secrets) as ca:
         ca.issuer_name  # noqa: B018 -- an unknown --issuer is refused first (exit 6)
         refuse_existing_output(out, force=force)
         result = ca.crl(CrlRequest(parse_duration(validity) if validity else None))

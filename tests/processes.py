@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+from typing import NamedTuple
 
 
 def free_port() -> int:
@@ -29,22 +30,33 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], *, seconds: float
             time.sleep(0.1)
 
 
-def on_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command`` with stdout on a pseudo-terminal; its exit code and what it showed."""
+class TerminalRun(NamedTuple):
+    code: int
+    shown: str  # what the terminal (the command's stdout) got
+    stderr: str
+
+
+def on_terminal(command: list[str], env: dict[str, str]) -> TerminalRun:
+    """Run ``command`` with stdout on a pseudo-terminal (stdin empty, stderr a pipe): its
+    exit code, what the terminal showed and its stderr."""
     import pty
 
     primary, secondary = pty.openpty()
-    with subprocess.Popen(command, env=env, stdout=secondary, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=secondary, stderr=subprocess.PIPE
+    ) as proc:
         os.close(secondary)
         chunks = []
         while True:
             try:
                 chunk = os.read(primary, 65536)
-            except OSError:
+            except OSError:  # EIO: the child closed its end
                 break
             if not chunk:
                 break
             chunks.append(chunk)
-        proc.wait(timeout=60)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=120)
     os.close(primary)
-    return proc.returncode, b"".join(chunks).decode()
+    return TerminalRun(proc.returncode, b"".join(chunks).decode(), stderr)

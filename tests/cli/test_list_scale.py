@@ -19,6 +19,7 @@ from pathlib import Path
 from cyphrs_cli.errors import ExitCode
 from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, cli, run_cyphrs, tool
+from tests.processes import on_terminal
 
 
 def _issue(h: Hierarchy, *args: str) -> str:
@@ -156,35 +157,15 @@ def test_csv_streams_every_row_under_one_header(fresh_hierarchy: Hierarchy) -> N
 
 def test_terminal_table_stops_at_the_cap(fresh_hierarchy: Hierarchy) -> None:
     """On a terminal the Rich table shows the newest TERMINAL_ROWS rows and says so."""
-    import pty
-
     from cyphrs_cli.cli.commands.listing import TERMINAL_ROWS
 
     h = fresh_hierarchy
     _issue(h, "agent", "--workflow", "tty", "--instance", "t1")
     _grow(h, TERMINAL_ROWS + 50)
-    primary, secondary = pty.openpty()
-    with subprocess.Popen(
-        [tool("cyphrs"), "list"],
-        env={**os.environ, "CYPHRS_HOME": str(h.home), "COLUMNS": "200"},
-        stdout=secondary,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        os.close(secondary)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-    os.close(primary)
-    assert proc.returncode == 0
-    shown = b"".join(chunks).decode()
+    code, shown, err = on_terminal(
+        [tool("cyphrs"), "list"], {**os.environ, "CYPHRS_HOME": str(h.home), "COLUMNS": "200"}
+    )
+    assert code == 0
     assert f"{TERMINAL_ROWS + 50 + 3} certificate(s); showing the newest {TERMINAL_ROWS}" in err
     assert shown.count("…") >= TERMINAL_ROWS  # serials cut for people on a terminal
     assert len([line for line in shown.splitlines() if "agent" in line]) == TERMINAL_ROWS

@@ -95,7 +95,13 @@ def build_hierarchy(
     *,
     trust_domain: str = "acme.internal",
     extra: tuple[str, ...] = (),
+    root_extra: tuple[str, ...] = (),
+    root_name: str = "Test Root CA",
+    inter_name: str = "Test Issuing CA",
 ) -> Hierarchy:
+    """A root (alias test-root) and an intermediate (test-inter) in ``base/home``, their
+    passphrases in ``base/root.pass`` and ``base/inter.pass``; ``root_extra`` and ``extra``
+    are more options of init-root and create-intermediate."""
     base.mkdir(parents=True, exist_ok=True)
     root_pass, inter_pass = base / "root.pass", base / "inter.pass"
     root_pass.write_text(ROOT_PASS + "\n")
@@ -104,7 +110,7 @@ def build_hierarchy(
     done = cli(
         "init-root",
         "--name",
-        "Test Root CA",
+        root_name,
         "--alias",
         "test-root",
         "--key-type",
@@ -113,12 +119,13 @@ def build_hierarchy(
         str(home),
         "--passphrase-file",
         str(root_pass),
+        *root_extra,
     )
     assert done.exit_code == 0, done.stderr
     done = cli(
         "create-intermediate",
         "--name",
-        "Test Issuing CA",
+        inter_name,
         "--alias",
         "test-inter",
         "--key-type",

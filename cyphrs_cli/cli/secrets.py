@@ -112,3 +112,23 @@ def ca_key_secrets(
         pin_file=pin_file,
         pin_env=pin_env,
     )
+
+
+def new_ca_key_secrets(
+    passphrase_file: Path | None,
+    passphrase_env: str | None,
+    pin_file: Path | None,
+    pin_env: str | None,
+    no_input: bool,
+) -> SecretProvider:
+    """The secrets for a CA key being created (init-root, create-intermediate): its new
+    passphrase (asked twice on a TTY) or the token PIN, from a command's standard options."""
+    return secret_provider(
+        file=passphrase_file,
+        env=passphrase_env,
+        flag="--passphrase",
+        new=True,
+        no_input=no_input,
+        pin_file=pin_file,
+        pin_env=pin_env,
+    )

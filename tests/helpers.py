@@ -11,11 +11,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typer.testing import CliRunner
 
 from cyphrs_cli.cli.app import app
+
+if TYPE_CHECKING:
+    from cyphrs_cli.service.authority import Authority
 
 ROOT_PASS = "root-passphrase-for-tests"
 INTER_PASS = "intermediate-passphrase-for-tests"
@@ -82,6 +85,14 @@ class Hierarchy:
         return cli(
             "issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass)
         )
+
+    def authority(self) -> Authority:
+        """This home's ``Authority`` (a context manager), its intermediate unlocked with
+        the test passphrase."""
+        from cyphrs_cli.config.home import CaHome
+        from cyphrs_cli.service.authority import Authority
+
+        return Authority.open(CaHome(self.home), secrets=lambda _: INTER_PASS.encode())
 
     def ledger_rows(self, table: str = "certificates") -> int:
         with sqlite3.connect(self.home / "ledger.sqlite3") as conn:

@@ -148,7 +148,7 @@ def init_root(
 ) -> None:
     """Create a CA home with a new self-signed root CA (key encrypted, or on a token)."""
     from cyphrs_cli.ca.hierarchy import create_root
-    from cyphrs_cli.cli.secrets import new_ca_key_secrets
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import prepare_home_dir, resolve_home
     from cyphrs_cli.config.trust import set_claims_oid, validate_claims_oid
     from cyphrs_cli.durations import parse_duration
@@ -166,7 +166,9 @@ def init_root(
         key_spec=KeySpec.parse(key_type),
         key_uri=key_uri,
         ttl=parse_duration(validity),
-        secrets=new_ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input),
+        secrets=ca_key_secrets(
+            passphrase_file, passphrase_env, pin_file, pin_env, no_input, new=True
+        ),
         existing_key=existing_key,
     )
     if claims_oid is not None:
@@ -256,13 +258,13 @@ def create_intermediate(
 ) -> None:
     """Create an intermediate CA signed by this home's root (pathLen 0 by default)."""
     from cyphrs_cli.ca.hierarchy import create_intermediate as create
-    from cyphrs_cli.cli.secrets import new_ca_key_secrets, secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets, secret_provider
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.keystore.base import KeySpec
 
     ca_home = resolve_home(home)
-    secrets = new_ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input, new=True)
     if csr_out is None and force:
         from cyphrs_cli.errors import UsageError
 

@@ -1,5 +1,6 @@
 """Helpers for tests that run real processes: a free loopback port, a bounded wait for a
-server to listen, and the output of a command whose stdout is a real pseudo-terminal."""
+server to listen, a bounded stop, and the output of a command whose stdout is a real
+pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], *, seconds: float
             assert process.poll() is None, f"server exited with {process.returncode}"
             assert time.monotonic() < deadline, f"nothing listens on port {port}"
             time.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, grace: float = 10) -> None:
+    """SIGTERM (a server stops its workers), SIGKILL if it is still there after ``grace``
+    seconds, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 class TerminalRun(NamedTuple):

@@ -86,6 +86,12 @@ class Hierarchy:
             "issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass)
         )
 
+    def issue_serial(self, *args: str) -> str:
+        """``issue ARGS --json``, which must succeed; the new certificate's serial."""
+        result = self.issue(*args, "--json")
+        assert result.exit_code == 0, result.stderr
+        return str(result.json()["certificate"]["serial"])
+
     def authority(self) -> Authority:
         """This home's ``Authority`` (a context manager), its intermediate unlocked with
         the test passphrase."""

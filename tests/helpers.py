@@ -11,11 +11,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typer.testing import CliRunner
 
 from cyphrs_cli.cli.app import app
+
+if TYPE_CHECKING:
+    from cyphrs_cli.service.authority import Authority
 
 ROOT_PASS = "root-passphrase-for-tests"
 INTER_PASS = "intermediate-passphrase-for-tests"
@@ -83,6 +86,20 @@ class Hierarchy:
             "issue", *args, "--home", str(self.home), "--passphrase-file", str(self.inter_pass)
         )
 
+    def issue_serial(self, *args: str) -> str:
+        """``issue ARGS --json``, which must succeed; the new certificate's serial."""
+        result = self.issue(*args, "--json")
+        assert result.exit_code == 0, result.stderr
+        return str(result.json()["certificate"]["serial"])
+
+    def authority(self) -> Authority:
+        """This home's ``Authority`` (a context manager), its intermediate unlocked with
+        the test passphrase."""
+        from cyphrs_cli.config.home import CaHome
+        from cyphrs_cli.service.authority import Authority
+
+        return Authority.open(CaHome(self.home), secrets=lambda _: INTER_PASS.encode())
+
     def ledger_rows(self, table: str = "certificates") -> int:
         with sqlite3.connect(self.home / "ledger.sqlite3") as conn:
             (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
@@ -95,7 +112,13 @@ def build_hierarchy(
     *,
     trust_domain: str = "acme.internal",
     extra: tuple[str, ...] = (),
+    root_extra: tuple[str, ...] = (),
+    root_name: str = "Test Root CA",
+    inter_name: str = "Test Issuing CA",
 ) -> Hierarchy:
+    """A root (alias test-root) and an intermediate (test-inter) in ``base/home``, their
+    passphrases in ``base/root.pass`` and ``base/inter.pass``; ``root_extra`` and ``extra``
+    are more options of init-root and create-intermediate."""
     base.mkdir(parents=True, exist_ok=True)
     root_pass, inter_pass = base / "root.pass", base / "inter.pass"
     root_pass.write_text(ROOT_PASS + "\n")
@@ -104,7 +127,7 @@ def build_hierarchy(
     done = cli(
         "init-root",
         "--name",
-        "Test Root CA",
+        root_name,
         "--alias",
         "test-root",
         "--key-type",
@@ -113,12 +136,13 @@ def build_hierarchy(
         str(home),
         "--passphrase-file",
         str(root_pass),
+        *root_extra,
     )
     assert done.exit_code == 0, done.stderr
     done = cli(
         "create-intermediate",
         "--name",
-        "Test Issuing CA",
+        inter_name,
         "--alias",
         "test-inter",
         "--key-type",

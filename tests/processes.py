@@ -1,5 +1,6 @@
 """Helpers for tests that run real processes: a free loopback port, a bounded wait for a
-server to listen, and the output of a command whose stdout is a real pseudo-terminal."""
+server to listen, a bounded stop, and the output of a command whose stdout is a real
+pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from typing import NamedTuple
 
 
 def free_port() -> int:
@@ -29,22 +31,44 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], *, seconds: float
             time.sleep(0.1)
 
 
-def on_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command`` with stdout on a pseudo-terminal; its exit code and what it showed."""
+def stop_process(process: subprocess.Popen[bytes], *, grace: float = 10) -> None:
+    """SIGTERM (a server stops its workers), SIGKILL if it is still there after ``grace``
+    seconds, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+class TerminalRun(NamedTuple):
+    code: int
+    shown: str  # what the terminal (the command's stdout) got
+    stderr: str
+
+
+def on_terminal(command: list[str], env: dict[str, str]) -> TerminalRun:
+    """Run ``command`` with stdout on a pseudo-terminal (stdin empty, stderr a pipe): its
+    exit code, what the terminal showed and its stderr."""
     import pty
 
     primary, secondary = pty.openpty()
-    with subprocess.Popen(command, env=env, stdout=secondary, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=secondary, stderr=subprocess.PIPE
+    ) as proc:
         os.close(secondary)
         chunks = []
         while True:
             try:
                 chunk = os.read(primary, 65536)
-            except OSError:
+            except OSError:  # EIO: the child closed its end
                 break
             if not chunk:
                 break
             chunks.append(chunk)
-        proc.wait(timeout=60)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=120)
     os.close(primary)
-    return proc.returncode, b"".join(chunks).decode()
+    return TerminalRun(proc.returncode, b"".join(chunks).decode(), stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import InvalidInputError
-from cyphrs_cli.ledger.events import canonical_json, chain_hash, sha256_hex
+from cyphrs_cli.ledger.events import EVENT_BODY_FIELDS, canonical_json, chain_hash, sha256_hex
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -27,17 +27,6 @@ if TYPE_CHECKING:
     from cyphrs_cli.audit.checkpoint import TrustAnchor
 
 _SIGNATURE_FILES = {"manifest.json", "checkpoint.json", "signature.json"}
-_EVENT_FIELDS = (
-    "seq",
-    "at",
-    "type",
-    "actor",
-    "host",
-    "outcome",
-    "target",
-    "params_hash",
-    "details",
-)
 SELF_TRUST_SOURCE = "bundle root (self-trusted: --trust-bundle-root)"
 
 
@@ -219,7 +208,7 @@ def verify_bundle(
     for number, line in enumerate(events_data.splitlines(), start=1):
         try:
             event = json.loads(line)
-            content = {k: event[k] for k in _EVENT_FIELDS}
+            content = {k: event[k] for k in EVENT_BODY_FIELDS}
             intact = chain_hash(event["prev_hash"], content) == event["hash"]
             seq = event["seq"]
             if not isinstance(seq, int):

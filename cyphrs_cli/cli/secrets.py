@@ -102,12 +102,16 @@ def ca_key_secrets(
     pin_file: Path | None,
     pin_env: str | None,
     no_input: bool,
+    *,
+    new: bool = False,
 ) -> SecretProvider:
-    """The secrets for unlocking an existing CA key, from a command's standard options."""
+    """The secrets of a CA key from a command's standard options: unlocking an existing
+    key, or with ``new`` the passphrase of a key being created (asked twice on a TTY)."""
     return secret_provider(
         file=passphrase_file,
         env=passphrase_env,
         flag="--passphrase",
+        new=new,
         no_input=no_input,
         pin_file=pin_file,
         pin_env=pin_env,

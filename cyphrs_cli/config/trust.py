@@ -107,6 +107,14 @@ def _details(text: str, *keys: str) -> dict[str, Any]:
     return details
 
 
+def _latest_details(conn: sqlite3.Connection, event_type: str, *keys: str) -> dict[str, Any] | None:
+    """The details of the newest ``event_type`` event (checked for ``keys``), or None."""
+    row = conn.execute(
+        "SELECT details FROM events WHERE type = ? ORDER BY seq DESC LIMIT 1", (event_type,)
+    ).fetchone()
+    return None if row is None else _details(row["details"], *keys)
+
+
 def _fingerprint(cert: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import hashes
 
@@ -405,13 +413,10 @@ def validate_claims_oid(oid: str) -> str:
 
 def recorded_claims_oid(conn: sqlite3.Connection) -> str:
     """The claims OID the ledger last recorded for this home (the default if none)."""
-    row = conn.execute(
-        "SELECT details FROM events WHERE type = ? ORDER BY seq DESC LIMIT 1",
-        (CLAIMS_OID_EVENT,),
-    ).fetchone()
-    if row is None:
+    details = _latest_details(conn, CLAIMS_OID_EVENT, "oid")
+    if details is None:
         return DEFAULT_CLAIMS_OID
-    return str(_details(row["details"], "oid")["oid"])
+    return str(details["oid"])
 
 
 def check_claims_oid(home: CaHome, config: HomeConfig, conn: sqlite3.Connection) -> str:
@@ -506,13 +511,10 @@ def validate_public_url(url: str) -> str:
 
 def recorded_public_url(conn: sqlite3.Connection) -> str | None:
     """The public URL the ledger last recorded for this home (None: unset or cleared)."""
-    row = conn.execute(
-        "SELECT details FROM events WHERE type = ? ORDER BY seq DESC LIMIT 1",
-        (PUBLIC_URL_EVENT,),
-    ).fetchone()
-    if row is None:
+    details = _latest_details(conn, PUBLIC_URL_EVENT, "url")
+    if details is None:
         return None
-    url = _details(row["details"], "url")["url"]
+    url = details["url"]
     return str(url) if url is not None else None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cyphrs_cli.ledger.events import event_body, rfc3339
+from cyphrs_cli.ledger.events import EVENT_BODY_FIELDS, event_body, rfc3339
 
 if TYPE_CHECKING:
     import sqlite3
@@ -48,7 +48,7 @@ def iter_events(conn: sqlite3.Connection, where: EventFilter) -> Iterator[dict[s
     if where.target is not None:
         clauses.append("target GLOB ?")
         params.append(where.target)
-    columns = "seq, at, type, actor, host, outcome, target, params_hash, details"
+    columns = ", ".join(EVENT_BODY_FIELDS)
     condition = " AND ".join(clauses) or "1"
     if where.limit is None:
         sql = f"SELECT {columns} FROM events WHERE {condition} ORDER BY seq"  # noqa: S608

@@ -18,6 +18,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+#: The stored fields of an event that its hash covers, in their order.
+EVENT_BODY_FIELDS = (
+    "seq",
+    "at",
+    "type",
+    "actor",
+    "host",
+    "outcome",
+    "target",
+    "params_hash",
+    "details",
+)
+#: Every column of a stored event, for SELECTs that read rows by position.
+EVENT_COLUMNS = ", ".join((*EVENT_BODY_FIELDS, "prev_hash", "hash"))
 ACTOR_ENV = "CYPHRS_ACTOR"
 #: Test-only: a fixed RFC 3339 instant that ``utc_now`` returns instead of the clock, so
 #: tests can issue, renew and revoke at known times (docs/testing.md). Never set it on a CA.

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cyphrs_cli.ledger.events import GENESIS_HASH, sha256_hex
+from cyphrs_cli.ledger.events import EVENT_COLUMNS, GENESIS_HASH, sha256_hex
 
 #: Extra columns ``list --valid-at`` reads after the register's own (``queries._COLUMNS``):
 #: the revocation as recorded (the register hides one after the instant) and when the
@@ -239,9 +239,6 @@ def chain_summaries(conn: sqlite3.Connection, ids: list[int]) -> list[dict[str, 
 
 # -- events ------------------------------------------------------------------------------
 
-_EVENT_COLUMNS = (
-    "seq, at, type, actor, host, outcome, target, params_hash, details, prev_hash, hash"
-)
 #: The expression of index ``events_spiffe_at``, spelled exactly as the index spells it.
 _SPIFFE_EXPR = "(CASE WHEN json_valid(details) THEN json_extract(details, '$.spiffe_id') END)"
 _ISSUER_EXPR = "(CASE WHEN json_valid(details) THEN json_extract(details, '$.issuer') END)"
@@ -291,7 +288,7 @@ def events_of_targets(
     cursor.row_factory = None
     for target in dict.fromkeys(targets):
         found += cursor.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE target = ?{window}",  # noqa: S608
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE target = ?{window}",  # noqa: S608
             [target, *window_args],
         ).fetchall()
     return found
@@ -312,13 +309,13 @@ def events_naming_spiffe_ids(
     found: list[tuple[Any, ...]] = []
     if spiffe_id is not None:
         found += cursor.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {_SPIFFE_EXPR} = ?{window}",  # noqa: S608
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {_SPIFFE_EXPR} = ?{window}",  # noqa: S608
             [spiffe_id, *window_args],
         ).fetchall()
     for prefix in prefixes:
         # '/' + 1 is '0': every ID under "<prefix>/" sorts in [prefix/, prefix0).
         found += cursor.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {_SPIFFE_EXPR} >= ?"  # noqa: S608
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {_SPIFFE_EXPR} >= ?"  # noqa: S608
             f" AND {_SPIFFE_EXPR} < ?{window}",
             [prefix + "/", prefix + "0", *window_args],
         ).fetchall()
@@ -334,7 +331,7 @@ def events_of_issuer(
     cursor = conn.cursor()
     cursor.row_factory = None
     return cursor.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE 1 = 1{window} AND ("  # noqa: S608
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1{window} AND ("  # noqa: S608
         f" target = ? OR {_ISSUER_EXPR} = ? OR (target >= 'certificate:' AND"
         " target < 'certificate;' AND EXISTS (SELECT 1 FROM certificates c"
         " WHERE c.serial = substr(events.target, 13) AND +c.authority_id = ?)))",
@@ -417,7 +414,7 @@ def check_events(conn: sqlite3.Connection, seqs: list[int], first: int, last: in
         rows = {
             row[0]: row
             for row in cursor.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= ? AND seq <= ?",  # noqa: S608
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ? AND seq <= ?",  # noqa: S608
                 (seq - 1, seq + 1),
             )
         }
@@ -468,7 +465,7 @@ def check_chain(conn: sqlite3.Connection, first: int, last: int) -> ChainCheck:
     cursor.row_factory = None
     expected_seq = first
     for row in cursor.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq",  # noqa: S608
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq",  # noqa: S608
         (first, last + 1),
     ):
         seq, prev_hash, digest, details = row[0], row[9], row[10], row[8]

@@ -36,6 +36,7 @@ from cyphrs_cli.errors import InvalidInputError
 from cyphrs_cli.ledger.acme_records import ACME_AUDITED_EVENTS, check_acme
 from cyphrs_cli.ledger.credentials import CREDENTIAL_EVENTS, check_credentials
 from cyphrs_cli.ledger.events import (
+    EVENT_COLUMNS,
     GENESIS_HASH,
     canonical_json,
     sha256_hex,
@@ -151,11 +152,6 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-_EVENT_COLUMNS = (
-    "seq, at, type, actor, host, outcome, target, params_hash, details, prev_hash, hash"
-)
-
-
 _encode_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
 
 
@@ -264,7 +260,7 @@ class _Walk:
         cursor = self.conn.cursor()
         cursor.row_factory = None
         cursor.arraysize = 1024
-        for row in cursor.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"):  # noqa: S608
+        for row in cursor.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq"):  # noqa: S608
             seq, type_, raw = row[0], row[2], row[8]
             parsed: Any = None
             parse_error = False

@@ -6,41 +6,17 @@ stdout is a real pseudo-terminal (``pty.openpty``) given to a real ``cyphrs`` pr
 from __future__ import annotations
 
 import os
-import pty
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Hierarchy, tool
+from tests.processes import on_terminal
 
 
 def _run_on_pty(*args: str) -> tuple[int, str, str]:
     """Run cyphrs with stdout on a pty; return (exit code, what the terminal got, stderr)."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [tool("cyphrs"), *args],
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "CI": "true"},
-        )
-    finally:
-        os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read().decode()
-    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace"), stderr
+    return on_terminal([tool("cyphrs"), *args], {**os.environ, "CI": "true"})
 
 
 def _common(h: Hierarchy) -> tuple[str, ...]:

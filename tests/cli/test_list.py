@@ -43,20 +43,6 @@ class Listed:
     boundary: str  # RFC 3339 second between the two issuance windows
 
 
-def _issue(h: Hierarchy, *args: str) -> str:
-    result = cli(
-        "issue",
-        *args,
-        "--json",
-        "--home",
-        str(h.home),
-        "--passphrase-file",
-        str(h.inter_pass),
-    )
-    assert result.exit_code == 0, result.stderr
-    return str(result.json()["certificate"]["serial"])
-
-
 def _list(h: Hierarchy, *args: str, expect: int = 0) -> list[dict[str, object]]:
     result = cli("list", *args, "--json", "--home", str(h.home))
     assert result.exit_code == expect, result.stderr
@@ -82,16 +68,16 @@ def listed(tmp_path_factory: pytest.TempPathFactory) -> Listed:
     ca_serials = _serials(_list(h))
     assert len(ca_serials) == 2  # root and intermediate
     s = {}
-    s["early-agent"] = _issue(h, "agent", "--workflow", "list-early", "--instance", "e1")
-    s["server"] = _issue(h, "server", "--dns", "api.acme.internal", "--ip", "10.0.0.7")
-    s["expired"] = _issue(h, "short", "--cn", "soon-expired", "--ttl", "62s")
+    s["early-agent"] = h.issue_serial("agent", "--workflow", "list-early", "--instance", "e1")
+    s["server"] = h.issue_serial("server", "--dns", "api.acme.internal", "--ip", "10.0.0.7")
+    s["expired"] = h.issue_serial("short", "--cn", "soon-expired", "--ttl", "62s")
     # issued_at has one-second resolution: put a whole second on each side of the boundary.
     time.sleep(1.1)
     boundary = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     time.sleep(1.1)
-    s["revoked"] = _issue(h, "agent", "--workflow", "list-revoked", "--instance", "r1")
-    s["old"] = _issue(h, "agent", "--workflow", "list-renewed", "--instance", "n1")
-    s["soon"] = _issue(h, "client", "--cn", "list-soon", "--ttl", "30m")
+    s["revoked"] = h.issue_serial("agent", "--workflow", "list-revoked", "--instance", "r1")
+    s["old"] = h.issue_serial("agent", "--workflow", "list-renewed", "--instance", "n1")
+    s["soon"] = h.issue_serial("client", "--cn", "list-soon", "--ttl", "30m")
     revoke = cli("revoke", "--serial", s["revoked"], "--home", str(h.home))
     assert revoke.exit_code == 0, revoke.stderr
     renewed = cli(

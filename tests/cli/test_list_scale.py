@@ -19,14 +19,7 @@ from pathlib import Path
 from cyphrs_cli.errors import ExitCode
 from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, cli, run_cyphrs, tool
-
-
-def _issue(h: Hierarchy, *args: str) -> str:
-    result = cli(
-        "issue", *args, "--json", "--home", str(h.home), "--passphrase-file", str(h.inter_pass)
-    )
-    assert result.exit_code == 0, result.stderr
-    return str(result.json()["certificate"]["serial"])
+from tests.processes import on_terminal
 
 
 def _grow(h: Hierarchy, total: int) -> None:
@@ -55,7 +48,7 @@ def test_piped_table_has_full_serials_that_revoke_accepts(fresh_hierarchy: Hiera
     """The human table, piped, names each certificate by its whole serial: the first cell
     of a row must be usable as ``revoke --serial`` (a cut "abcd…" prefix is not)."""
     h = fresh_hierarchy
-    serial = _issue(h, "agent", "--workflow", "piped", "--instance", "p1")
+    serial = h.issue_serial("agent", "--workflow", "piped", "--instance", "p1")
     env = {"CYPHRS_HOME": str(h.home)}
     listed = run_cyphrs("list", "--workflow", "piped", env=env)
     assert listed.returncode == 0, listed.stderr
@@ -80,7 +73,7 @@ def test_piped_table_has_full_serials_that_revoke_accepts(fresh_hierarchy: Hiera
 def test_piped_table_escapes_cells(fresh_hierarchy: Hierarchy) -> None:
     """The plain (Rich-free) table escapes hostile text like the terminal table did."""
     h = fresh_hierarchy
-    _issue(h, "agent", "--workflow", "esc", "--instance", "e1")
+    h.issue_serial("agent", "--workflow", "esc", "--instance", "e1")
     conn = sqlite3.connect(h.home / "ledger.sqlite3")
     conn.execute(
         "UPDATE certificates SET spiffe_id = ? WHERE workflow = 'esc'", ("x\x1b]0;owned\x07y",)
@@ -123,7 +116,7 @@ def test_list_json_streams_in_bounded_memory(fresh_hierarchy: Hierarchy, tmp_pat
     memory does not grow with the rows (the old list held every row, PEM included, and
     its pretty-printed document at once: ~200 MB here)."""
     h = fresh_hierarchy
-    _issue(h, "agent", "--workflow", "big", "--instance", "b1")
+    h.issue_serial("agent", "--workflow", "big", "--instance", "b1")
     _grow(h, 30_000)
     rss, out, code = _rss_of(["list", "--json"], {"CYPHRS_HOME": str(h.home)}, tmp_path)
     assert code == 0
@@ -140,7 +133,7 @@ def test_list_json_streams_in_bounded_memory(fresh_hierarchy: Hierarchy, tmp_pat
 def test_csv_streams_every_row_under_one_header(fresh_hierarchy: Hierarchy) -> None:
     """CSV is written in chunks; the result is one header and every row, in order."""
     h = fresh_hierarchy
-    _grow_after_one = _issue(h, "agent", "--workflow", "csv", "--instance", "c1")
+    _grow_after_one = h.issue_serial("agent", "--workflow", "csv", "--instance", "c1")
     assert _grow_after_one
     _grow(h, 2_500)
     result = cli("list", "--csv", "--home", str(h.home))
@@ -156,35 +149,15 @@ def test_csv_streams_every_row_under_one_header(fresh_hierarchy: Hierarchy) -> N
 
 def test_terminal_table_stops_at_the_cap(fresh_hierarchy: Hierarchy) -> None:
     """On a terminal the Rich table shows the newest TERMINAL_ROWS rows and says so."""
-    import pty
-
     from cyphrs_cli.cli.commands.listing import TERMINAL_ROWS
 
     h = fresh_hierarchy
-    _issue(h, "agent", "--workflow", "tty", "--instance", "t1")
+    h.issue_serial("agent", "--workflow", "tty", "--instance", "t1")
     _grow(h, TERMINAL_ROWS + 50)
-    primary, secondary = pty.openpty()
-    with subprocess.Popen(
-        [tool("cyphrs"), "list"],
-        env={**os.environ, "CYPHRS_HOME": str(h.home), "COLUMNS": "200"},
-        stdout=secondary,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        os.close(secondary)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-    os.close(primary)
-    assert proc.returncode == 0
-    shown = b"".join(chunks).decode()
+    code, shown, err = on_terminal(
+        [tool("cyphrs"), "list"], {**os.environ, "CYPHRS_HOME": str(h.home), "COLUMNS": "200"}
+    )
+    assert code == 0
     assert f"{TERMINAL_ROWS + 50 + 3} certificate(s); showing the newest {TERMINAL_ROWS}" in err
     assert shown.count("…") >= TERMINAL_ROWS  # serials cut for people on a terminal
     assert len([line for line in shown.splitlines() if "agent" in line]) == TERMINAL_ROWS
@@ -219,7 +192,7 @@ def test_root_flags_do_not_leak_into_the_next_invocation(
     )
     assert cli("--home", str(tmp_path / "x"), "list", "--home", str(h.home)).exit_code == 0
     # --actor is recorded for its invocation only.
-    serial = _issue(h, "agent", "--workflow", "actor", "--instance", "a1")
+    serial = h.issue_serial("agent", "--workflow", "actor", "--instance", "a1")
     cli(
         "--actor",
         "bob",

@@ -36,7 +36,7 @@ def agents(fresh_hierarchy: Hierarchy, tmp_path: Path) -> tuple[Hierarchy, list[
 
 def _on_terminal(home: Path, columns: int, *args: str) -> str:
     env = {**os.environ, "CYPHRS_HOME": str(home), "COLUMNS": str(columns), "NO_COLOR": "1"}
-    code, shown = on_terminal([tool("cyphrs"), "list", *args], env)
+    code, shown, _ = on_terminal([tool("cyphrs"), "list", *args], env)
     assert code == 0
     return shown
 

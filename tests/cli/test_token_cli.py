@@ -13,12 +13,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from tests.cli.test_json_contract import assert_valid
 from tests.enrollment_helpers import make_csr
-from tests.helpers import INTER_PASS, Hierarchy, cli
+from tests.helpers import Hierarchy, cli
 
 
 def _run(hierarchy: Hierarchy, *args: str, expect: int = 0) -> Any:
@@ -41,7 +39,7 @@ def test_token_create_list_revoke_json(fresh_hierarchy: Hierarchy) -> None:
     assert [t["token_id"] for t in listed.json()["tokens"]] == [created["token_id"]]
     assert secret not in listed.stdout and secret.removeprefix("cyphrs_tok_") not in listed.stdout
     # The token enrolls on the use-case API (what the server calls).
-    with Authority.open(CaHome(fresh_hierarchy.home), secrets=lambda p: INTER_PASS.encode()) as ca:
+    with fresh_hierarchy.authority() as ca:
         ca.enroll(EnrollRequest(csr_pem=make_csr()[0], token=secret))
     revoked = _run(fresh_hierarchy, "token", "revoke", created["token_id"], "--json").json()
     assert_valid(revoked)

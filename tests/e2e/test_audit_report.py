@@ -14,7 +14,7 @@ import pytest
 
 from cyphrs_cli import __version__
 from cyphrs_cli.ledger.events import rfc3339, utc_now
-from tests.helpers import INTER_PASS, ROOT_PASS, Hierarchy, cli
+from tests.helpers import Hierarchy, build_hierarchy, cli
 
 HOSTILE_ORG = "Acme <b>Corp</b> & Sons"
 
@@ -41,21 +41,13 @@ def _section(html: str, heading_id: str) -> str:
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Hierarchy, dict[str, str]]:
     base = tmp_path_factory.mktemp("report")
-    root_pass, inter_pass = base / "root.pass", base / "inter.pass"
-    root_pass.write_text(ROOT_PASS)
-    inter_pass.write_text(INTER_PASS)
-    home = base / "home"
-    steps = [
-        ("init-root", "--name", "Report Root", "--alias", "test-root", "--organization",
-         HOSTILE_ORG, "--passphrase-file", str(root_pass)),
-        ("create-intermediate", "--name", "Report Issuing", "--alias", "test-inter",
-         "--trust-domain", "acme.internal", "--name-constraints", "--passphrase-file",
-         str(inter_pass), "--root-passphrase-file", str(root_pass)),
-    ]  # fmt: skip
-    for step in steps:
-        done = cli(*step, "--home", str(home))
-        assert done.exit_code == 0, done.stderr
-    h = Hierarchy(home, root_pass, inter_pass, "p256")
+    h = build_hierarchy(
+        base,
+        root_name="Report Root",
+        inter_name="Report Issuing",
+        root_extra=("--organization", HOSTILE_ORG),
+        extra=("--name-constraints",),
+    )
     agent = h.issue("agent", "--workflow", "recon", "--json")
     server = h.issue("server", "--dns", "api.acme.internal", "--ttl", "8d", "--json")
     assert agent.exit_code == 0 and server.exit_code == 0, agent.stderr + server.stderr
@@ -64,9 +56,9 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Hierarchy, dict[st
         "server": server.json()["certificate"]["serial"],
     }
     revoked = cli("--actor", "alice", "revoke", "--serial", serials["agent"], "--reason",
-                  "key-compromise", "--home", str(home))  # fmt: skip
+                  "key-compromise", "--home", str(h.home))  # fmt: skip
     assert revoked.exit_code == 0, revoked.stderr
-    assert cli("crl", "--passphrase-file", str(inter_pass), "--home", str(home)).exit_code == 0
+    assert cli("crl", "--passphrase-file", str(h.inter_pass), "--home", str(h.home)).exit_code == 0
     return h, serials
 
 

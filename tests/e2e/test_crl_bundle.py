@@ -20,7 +20,7 @@ import pytest
 
 from tests.cli.test_json_contract import assert_valid
 from tests.helpers import Hierarchy, cli
-from tests.processes import free_port, wait_for_port
+from tests.processes import free_port, stop_process, wait_for_port
 
 SERVER = textwrap.dedent(
     """
@@ -246,13 +246,7 @@ def nginx(
         yield start, h, good, bad
     finally:
         for process in processes:
-            # SIGTERM: the master stops its workers (SIGKILL would orphan them).
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)  # SIGTERM first: SIGKILL would orphan nginx's workers
 
 
 def _curl(port: int, agent: Path, h: Hierarchy) -> tuple[str, str]:

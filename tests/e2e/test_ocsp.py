@@ -39,7 +39,7 @@ def status_ca(tmp_path_factory: pytest.TempPathFactory) -> Hierarchy:
 
 @pytest.fixture(scope="module")
 def authority(status_ca: Hierarchy) -> Iterator[Authority]:
-    with Authority.open(CaHome(status_ca.home), secrets=lambda _: INTER_PASS.encode()) as opened:
+    with status_ca.authority() as opened:
         yield opened
 
 
@@ -342,7 +342,7 @@ def test_responder_certificate_profile_and_lint(
 
 def test_responder_key_never_touches_disk(status_ca: Hierarchy, tmp_path: Path) -> None:
     before = sorted(p.name for p in status_ca.home.rglob("*") if p.is_file())
-    with Authority.open(CaHome(status_ca.home), secrets=lambda _: INTER_PASS.encode()) as ca:
+    with status_ca.authority() as ca:
         cert = _agent(status_ca, tmp_path / "a", "no-key-file")
         assert ca.ocsp_response(_request(status_ca, cert, tmp_path)).status == "good"
         assert ca.status.responder_certificate("test-inter") is not None
@@ -386,7 +386,7 @@ def test_responder_renewed_when_a_third_of_its_life_is_left(
     cert = _agent(status_ca, tmp_path / "a", "renewal")
     request = _request(status_ca, cert, tmp_path, "-no_nonce")
     clock = _Clock()
-    with Authority.open(CaHome(status_ca.home), secrets=lambda _: INTER_PASS.encode()) as ca:
+    with status_ca.authority() as ca:
         service = StatusService(ca, clock=clock)
         assert service.ocsp_response(request).status == "good"
         first = service.responder_certificate("test-inter")
@@ -420,7 +420,7 @@ def test_threads_keep_answering_while_the_responder_is_renewed(
     clock = _Clock()
     answers: list[bytes] = []
     errors: list[BaseException] = []
-    with Authority.open(CaHome(status_ca.home), secrets=lambda _: INTER_PASS.encode()) as ca:
+    with status_ca.authority() as ca:
         service = StatusService(ca, clock=clock)
         service.ocsp_response(request)
         first = service.responder_certificate("test-inter")
@@ -627,7 +627,7 @@ def test_revoked_issuer_answers_with_its_own_key(
     cert = _agent(h, tmp_path / "a", "under-revoked-ca")
     request = _request(h, cert, tmp_path, "-no_nonce")
     inter = x509.load_pem_x509_certificate(h.inter_cert.read_bytes())
-    with Authority.open(CaHome(h.home), secrets=lambda _: INTER_PASS.encode()) as ca:
+    with h.authority() as ca:
         ca.revoke(RevokeRequest(CertificateTarget(serial=format(inter.serial_number, "x"))))
         answer = ca.ocsp_response(request)
         assert ca.status.responder_certificate("test-inter") == inter

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import INTER_PASS, ROOT_PASS, Hierarchy, cli
+from tests.helpers import build_hierarchy, cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium is not installed (scripts/test does it)"
@@ -38,33 +38,24 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """An exported bundle's report.html (agents, a revocation, CRLs, doctor findings) and
     the serial of the revoked agent."""
     base = tmp_path_factory.mktemp("render")
-    root_pass, inter_pass = base / "root.pass", base / "inter.pass"
-    root_pass.write_text(ROOT_PASS)
-    inter_pass.write_text(INTER_PASS)
-    home = base / "home"
-    steps = [
-        ("init-root", "--name", "Render Root", "--alias", "test-root", "--organization",
-         "Acme Examined Ltd", "--passphrase-file", str(root_pass)),
-        ("create-intermediate", "--name", "Render Issuing", "--alias", "test-inter",
-         "--trust-domain", "acme.internal", "--passphrase-file", str(inter_pass),
-         "--root-passphrase-file", str(root_pass)),
-    ]  # fmt: skip
-    for step in steps:
-        done = cli(*step, "--home", str(home))
-        assert done.exit_code == 0, done.stderr
-    h = Hierarchy(home, root_pass, inter_pass, "p256")
+    h = build_hierarchy(
+        base,
+        root_name="Render Root",
+        inter_name="Render Issuing",
+        root_extra=("--organization", "Acme Examined Ltd"),
+    )
     serials = []
     for n in range(12):
         done = h.issue("agent", "--workflow", f"wf-{n}", "--json")
         assert done.exit_code == 0, done.stderr
         serials.append(done.json()["certificate"]["serial"])
     revoked = cli("--actor", "alice", "revoke", "--serial", serials[0], "--reason",
-                  "key-compromise", "--home", str(home))  # fmt: skip
+                  "key-compromise", "--home", str(h.home))  # fmt: skip
     assert revoked.exit_code == 0, revoked.stderr
-    assert cli("crl", "--passphrase-file", str(inter_pass), "--home", str(home)).exit_code == 0
+    assert cli("crl", "--passphrase-file", str(h.inter_pass), "--home", str(h.home)).exit_code == 0
     out = base / "bundle"
     done = cli("--actor", "auditor-bob", "audit-export", "--out", str(out), "--since",
-               "2000-01-01", "--passphrase-file", str(inter_pass), "--home", str(home))  # fmt: skip
+               "2000-01-01", "--passphrase-file", str(h.inter_pass), "--home", str(h.home))  # fmt: skip
     assert done.exit_code == 0, done.stderr
     html = (out / "report.html").read_text()
     assert "<script" not in html.lower()

@@ -25,6 +25,7 @@ from cyphrs_cli.cli.options import (
     PinFileOption,
     QuietOption,
 )
+from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def init_root(
 ) -> None:
     """Create a CA home with a new self-signed root CA (key encrypted, or on a token)."""
     from cyphrs_cli.ca.hierarchy import create_root
-    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import prepare_home_dir, resolve_home
     from cyphrs_cli.config.trust import set_claims_oid, validate_claims_oid
     from cyphrs_cli.durations import parse_duration
@@ -165,14 +166,8 @@ def init_root(
         key_spec=KeySpec.parse(key_type),
         key_uri=key_uri,
         ttl=parse_duration(validity),
-        secrets=secret_provider(
-            file=passphrase_file,
-            env=passphrase_env,
-            flag="--passphrase",
-            new=True,
-            no_input=no_input,
-            pin_file=pin_file,
-            pin_env=pin_env,
+        secrets=ca_key_secrets(
+            passphrase_file, passphrase_env, pin_file, pin_env, no_input, new=True
         ),
         existing_key=existing_key,
     )
@@ -263,21 +258,13 @@ def create_intermediate(
 ) -> None:
     """Create an intermediate CA signed by this home's root (pathLen 0 by default)."""
     from cyphrs_cli.ca.hierarchy import create_intermediate as create
-    from cyphrs_cli.cli.secrets import secret_provider
+    from cyphrs_cli.cli.secrets import ca_key_secrets, secret_provider
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.durations import parse_duration
     from cyphrs_cli.keystore.base import KeySpec
 
     ca_home = resolve_home(home)
-    secrets = secret_provider(
-        file=passphrase_file,
-        env=passphrase_env,
-        flag="--passphrase",
-        new=True,
-        no_input=no_input,
-        pin_file=pin_file,
-        pin_env=pin_env,
-    )
+    secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input, new=True)
     if csr_out is None and force:
         from cyphrs_cli.errors import UsageError
 
@@ -477,14 +464,14 @@ def sign_intermediate(
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, read_input, refuse_existing
+    from cyphrs_cli.fsutil import read_input
 
     if out is None and not dry_run:
         raise UsageError("name the output with --out FILE (or --out -)")
     if dry_run and (out is not None or force or yes):
         raise UsageError("--dry-run signs and writes nothing: drop --out, --force and --yes")
-    if out not in (None, "-") and not dry_run:
-        refuse_existing([Path(out)], force=force)
+    if not dry_run:
+        refuse_existing_output(out, force=force)
     given = tuple(
         flag
         for flag, value in (
@@ -546,10 +533,9 @@ def sign_intermediate(
             console.print(line)
         return
     assert out is not None
+    write_output(out, result.bundle)
     if out == "-":
-        render.emit_text(result.bundle.decode())
         return
-    atomic_write(Path(out), result.bundle, mode=PUBLIC_FILE)
     from cyphrs_cli.cli.views import issued_view
 
     view = {**issued_view(result.issued), "path": out}

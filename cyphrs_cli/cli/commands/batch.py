@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 
 if TYPE_CHECKING:
     from cyphrs_cli.keystore.base import SecretProvider
@@ -31,9 +32,7 @@ def run_batch(
 
     from cyphrs_cli.ca.batch import pause_point
     from cyphrs_cli.cli.views import refuse_key_on_terminal
-    from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.batch import DEFAULT_GROUP_SIZE, BatchRequest, check_batch
 
     base_dir = Path.cwd() if source == "-" else Path(source).parent
@@ -58,9 +57,7 @@ def run_batch(
             refuse_key_on_terminal(force=force)  # --json would print the generated keys
     # One Authority serves the check (no key unlocked) and then the issuance (the issuer
     # is unlocked on first use, after every item was checked).
-    authority = Authority.open(
-        resolve_home(home), issuer=issuer_name, secrets=secrets, unlock=False
-    )
+    authority = open_authority(home, issuer=issuer_name, secrets=secrets)
     with authority:
         checked = check_batch(authority, request)
         pause_point("batch-validated")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 from cyphrs_cli.cli.options import HomeOption, IssuerOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.provisioners import ProvisionerSpec
 
 TOKEN_EPILOG = f"""\
@@ -83,16 +83,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(provisioner_app, name="provisioner")
 
 
-def _open(home: str | None, issuer: str | None = None) -> Authority:
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.service.authority import Authority
-
-    def no_secrets(purpose: str) -> bytes:  # these commands never unlock a key
-        raise AssertionError(f"no secret expected here ({purpose})")
-
-    return Authority.open(resolve_home(home), issuer=issuer, secrets=no_secrets, unlock=False)
-
-
 PermissionOption = Annotated[
     list[str] | None,
     typer.Option("--permission", help="Permission granted (repeatable).", show_default=False),
@@ -139,7 +129,7 @@ def create_token(
         ttl=parse_duration(ttl),
         requester=requester,
     )
-    with _open(home, issuer) as ca:
+    with open_authority(home, issuer=issuer) as ca:
         created = ca.create_token(spec)
     if render.json_mode():
         render.emit_json(created.to_json(utc_now()))
@@ -164,7 +154,7 @@ def list_tokens(
     from cyphrs_cli.ledger.events import utc_now
 
     now = utc_now()
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         tokens = [t.to_json(now) for t in ca.list_tokens(include_inactive=all_tokens)]
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.token-list/v1", "tokens": tokens})
@@ -190,7 +180,7 @@ def revoke_token(
     """Revoke an enrollment token so that it can no longer be used."""
     from cyphrs_cli.ledger.events import utc_now
 
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         info = ca.revoke_token(token_id)
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.token-revoke/v1", **info.to_json(utc_now())})
@@ -285,7 +275,7 @@ def add_provisioner(
         required_claims=_claim_pairs(require_claim),
         max_ttl=parse_duration(max_ttl) if max_ttl else None,
     )
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         changed = ca.set_provisioner(spec, replace=replace)
     if render.json_mode():
         render.emit_json(
@@ -303,7 +293,7 @@ def list_provisioners(
     home: HomeOption = None, json_output: JsonOption = False, quiet: QuietOption = False
 ) -> None:
     """List JWT provisioners, each checked against its ledger record."""
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         specs = ca.list_provisioners()
     if render.json_mode():
         render.emit_json(
@@ -331,7 +321,7 @@ def remove_provisioner(
     quiet: QuietOption = False,
 ) -> None:
     """Withdraw a JWT provisioner: its JWTs enroll no more."""
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         ca.remove_provisioner(name)
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.provisioner-remove/v1", "name": name})

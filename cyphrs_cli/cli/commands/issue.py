@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 from cyphrs_cli.cli.completion import complete_profiles
 from cyphrs_cli.cli.options import (
     ForceOption,
@@ -168,10 +169,8 @@ def issue(
     from cyphrs_cli.ca.orders import LeafOrder
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.cli.views import refuse_key_on_terminal, render_issued
-    from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import read_input
-    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueRequest
 
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
@@ -239,7 +238,7 @@ def issue(
     )
     # unlock=False: the key is unlocked only once the order, profile and outputs passed,
     # and never for --dry-run.
-    with Authority.open(resolve_home(home), issuer=issuer, secrets=secrets, unlock=False) as ca:
+    with open_authority(home, issuer=issuer, secrets=secrets) as ca:
         if dry_run:
             _render_dry_run(ca.dry_run(order))
             return

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 from cyphrs_cli.cli.options import (
     ForceOption,
     HomeOption,
@@ -20,11 +21,10 @@ from cyphrs_cli.cli.options import (
     PinFileOption,
     QuietOption,
 )
+from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    from cyphrs_cli.keystore.base import SecretProvider
-    from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import CertificateTarget
 
 RENEW_EPILOG = f"""\
@@ -110,20 +110,6 @@ def _target(source: str | None, serial: str | None) -> CertificateTarget:
         return CertificateTarget(serial=serial)
     assert source is not None
     return CertificateTarget(certificate=read_input(source), source=source)
-
-
-def _open(
-    home: str | None, secrets: SecretProvider | None = None, issuer: str | None = None
-) -> Authority:
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.service.authority import Authority
-
-    def no_secrets(purpose: str) -> bytes:  # revoke and --check never unlock a key
-        raise AssertionError(f"no secret expected here ({purpose})")
-
-    return Authority.open(
-        resolve_home(home), issuer=issuer, secrets=secrets or no_secrets, unlock=False
-    )
 
 
 CertArgument = Annotated[
@@ -252,7 +238,7 @@ def renew(
         return
     target = _target(source, serial)
     if check:
-        with _open(home) as ca:
+        with open_authority(home) as ca:
             answer = ca.check_renewal(RenewalCheckRequest(target, due_fraction))
         if render.json_mode():
             render.emit_json(
@@ -288,7 +274,7 @@ def renew(
         force=force,
     )
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-    with _open(home, secrets) as ca:
+    with open_authority(home, secrets=secrets) as ca:
         result = ca.renew(request)
     render_issued(result, out=out, command="renew", headline="Renewed {replaces} as {serial}")
 
@@ -308,7 +294,7 @@ def revoke(
     from cyphrs_cli.service.requests import RevokeRequest
 
     request = RevokeRequest(_target(source, serial), reason)  # checks the reason first
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         revocation = ca.revoke(request)
     document = {
         "serial": revocation.serial,
@@ -357,13 +343,10 @@ def crl(
     quiet: QuietOption = False,
 ) -> None:
     """Publish the issuer's next CRL (v2, AKI, increasing CRL number) from the ledger."""
-    import sys
-
     from cryptography.hazmat.primitives import serialization
 
     from cyphrs_cli.cli.secrets import ca_key_secrets
     from cyphrs_cli.durations import parse_duration
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
     from cyphrs_cli.ledger.events import rfc3339
     from cyphrs_cli.service.requests import CrlRequest
 
@@ -380,20 +363,16 @@ def crl(
         )
         return
     secrets = ca_key_secrets(passphrase_file, passphrase_env, pin_file, pin_env, no_input)
-    with _open(home, secrets, issuer) as ca:
+    with open_authority(home, issuer=issuer, secrets=secrets) as ca:
         ca.issuer_name  # noqa: B018 -- an unknown --issuer is refused first (exit 6)
-        if out not in (None, "-"):
-            refuse_existing([Path(out)], force=force)
+        refuse_existing_output(out, force=force)
         result = ca.crl(CrlRequest(parse_duration(validity) if validity else None))
     published, stored = result.published, result.path
     data = published.crl.public_bytes(
         serialization.Encoding.DER if der else serialization.Encoding.PEM
     )
-    if out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    elif out is not None:
-        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+    if out is not None:
+        write_output(out, data)
     document = {
         "issuer": published.authority,
         "number": published.number,
@@ -423,8 +402,6 @@ def _crl_bundle(
     validity: str | None,
 ) -> None:
     """``crl --all``: every CA's newest CRL, into one PEM file (or stdout) or a directory."""
-    import sys
-
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
     from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
@@ -446,14 +423,11 @@ def _crl_bundle(
             atomic_write(target, crl.pem.encode(), mode=PUBLIC_FILE)
             files.append(str(target))
     else:
-        data = "".join(crl.pem for crl in crls).encode()
-        if out == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-            return
         assert out is not None
-        refuse_existing([Path(out)], force=force)
-        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+        refuse_existing_output(out, force=force)
+        write_output(out, "".join(crl.pem for crl in crls).encode())
+        if out == "-":
+            return
         files.append(out)
     views = [
         {

@@ -8,6 +8,7 @@ import typer
 
 from cyphrs_cli.cli import render
 from cyphrs_cli.cli.options import ForceOption, HomeOption, JsonOption, QuietOption
+from cyphrs_cli.cli.output_file import refuse_existing_output, write_output
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 TRUST_BUNDLE_EPILOG = f"""\
@@ -42,25 +43,15 @@ def trust_bundle(
     quiet: QuietOption = False,
 ) -> None:
     """Write the home's root certificate(s) as PEM for trust stores, with fingerprints."""
-    import sys
-    from pathlib import Path
-
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import UsageError
-    from cyphrs_cli.fsutil import PUBLIC_FILE, atomic_write, refuse_existing
     from cyphrs_cli.service.trust_bundle import collect_trust_anchors
 
     if out == "-" and render.json_mode():
         raise UsageError("--json needs --out FILE (stdout carries the JSON document)")
-    if out != "-":
-        refuse_existing([Path(out)], force=force)
+    refuse_existing_output(out, force=force)
     anchors = collect_trust_anchors(resolve_home(home))
-    data = "".join(anchor.pem for anchor in anchors).encode()
-    if out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
-        atomic_write(Path(out), data, mode=PUBLIC_FILE)
+    write_output(out, "".join(anchor.pem for anchor in anchors).encode())
     views = [
         {
             "authority": anchor.authority,

@@ -23,8 +23,8 @@ import pytest
 
 from cyphrs_cli.ledger.db import Ledger, _migrations
 from cyphrs_cli.ledger.queries import CertificateFilter, iter_certificates
-from cyphrs_cli.ledger.records import CERT_IMMUTABLE_COLUMNS
 from cyphrs_cli.ledger.verify import verify_ledger
+from tests.unit.ledger.certificate_rows import certificate_row, insert_row
 
 SANS = [
     ["DNS:api.acme.internal", "IP:10.0.0.7"],
@@ -39,33 +39,7 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def _row(n: int, sans: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(CERT_IMMUTABLE_COLUMNS)
-    row.update(
-        serial=f"{n:040x}",
-        issuer_ski="00",
-        fingerprint=f"sha256:{n:064x}",
-        subject=f"CN=c{n}",
-        sans=json.dumps(sans),
-        profile="agent",
-        key_algorithm="p256",
-        signature_algorithm="ecdsa-with-SHA256",
-        is_ca=0,
-        not_before="2026-01-01T00:00:00Z",
-        not_after="2036-01-01T00:00:00Z",
-        issued_at=f"2026-01-01T00:00:{n:02d}Z",
-        pem="-----BEGIN CERTIFICATE-----",
-    )
-    return row
-
-
-def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
-    cursor = conn.execute(
-        f"INSERT INTO certificates ({', '.join(CERT_IMMUTABLE_COLUMNS)})"  # noqa: S608
-        f" VALUES ({', '.join('?' for _ in CERT_IMMUTABLE_COLUMNS)})",
-        [row[c] for c in CERT_IMMUTABLE_COLUMNS],
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    return certificate_row(n, sans=json.dumps(sans), issued_at=f"2026-01-01T00:00:{n:02d}Z")
 
 
 def _ascii_lower(text: str) -> str:
@@ -100,7 +74,7 @@ def test_migration_fills_rows_written_before_it(tmp_path: Path) -> None:
                 conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {earlier[-1][0]}")
     for n, sans in enumerate(SANS, 1):
-        _insert(conn, _row(n, sans))
+        insert_row(conn, _row(n, sans))
     conn.close()
     with Ledger(path) as ledger:
         assert _stored(ledger.conn) == _expected(ledger.conn)
@@ -113,7 +87,7 @@ def ledger(tmp_path: Path) -> Ledger:
     ledger = Ledger(tmp_path / "ledger.sqlite3", create=True)
     with ledger.transaction() as conn:
         for n, sans in enumerate(SANS, 1):
-            _insert(conn, _row(n, sans))
+            insert_row(conn, _row(n, sans))
     return ledger
 
 
@@ -122,7 +96,7 @@ def test_entries_are_written_and_rolled_back_with_their_row(ledger: Ledger) -> N
     assert _stored(conn) == _expected(conn)
     before = _stored(conn)
     with pytest.raises(RuntimeError), ledger.transaction() as tx:
-        _insert(tx, _row(50, ["DNS:rolled.back"]))
+        insert_row(tx, _row(50, ["DNS:rolled.back"]))
         assert ("rolled.back", 8) in _stored(tx)
         raise RuntimeError("crash between the row and the commit")
     assert _stored(conn) == before
@@ -196,7 +170,7 @@ def test_an_edited_table_is_a_verify_problem(ledger: Ledger, tamper: str, expect
 
 def test_a_dropped_trigger_is_caught_on_the_next_row(ledger: Ledger) -> None:
     ledger.conn.execute("DROP TRIGGER certificate_sans_insert")
-    _insert(ledger.conn, _row(60, ["DNS:hidden.example"]))
+    insert_row(ledger.conn, _row(60, ["DNS:hidden.example"]))
     assert _san_problems(ledger.conn) == [
         "SAN index: entry 'hidden.example' of certificate id 8 is missing"
     ]

@@ -20,6 +20,7 @@ from cyphrs_cli.ledger.db import Ledger
 from cyphrs_cli.ledger.events import LedgerEvent, append_event, canonical_json
 from cyphrs_cli.ledger.records import CERT_IMMUTABLE_COLUMNS, row_digest
 from cyphrs_cli.ledger.verify import _ROW_CANONICAL_SQL, verify_ledger
+from tests.unit.ledger.certificate_rows import certificate_row, insert_row
 
 # Every code point SQLite can store as UTF-8 (lone surrogates cannot be bound at all).
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -62,29 +63,15 @@ def _ledger_with_rows(tmp_path: Path, n: int) -> Ledger:
     ledger = Ledger(tmp_path / "ledger.sqlite3", create=True)
     with ledger.transaction() as conn:
         for i in range(1, n + 1):
-            row: dict[str, Any] = dict.fromkeys(CERT_IMMUTABLE_COLUMNS)
-            row.update(
-                serial=f"{i:040x}",
-                issuer_ski="00",
-                fingerprint=f"sha256:{i:064x}",
+            row = certificate_row(
+                i,
                 subject=f'CN=c{i} "\\\n\x00é\U0001f600',
                 sans='["DNS:a.example"]',
-                profile="agent",
-                key_algorithm="p256",
-                signature_algorithm="ecdsa-with-SHA256",
-                is_ca=0,
-                not_before="2026-01-01T00:00:00Z",
-                not_after="2036-01-01T00:00:00Z",
-                issued_at="2026-01-01T00:00:00Z",
                 pem="-----BEGIN CERTIFICATE-----\nAAAA\n",
             )
-            cursor = conn.execute(
-                f"INSERT INTO certificates ({', '.join(CERT_IMMUTABLE_COLUMNS)})"  # noqa: S608
-                f" VALUES ({', '.join('?' for _ in CERT_IMMUTABLE_COLUMNS)})",
-                [row[c] for c in CERT_IMMUTABLE_COLUMNS],
-            )
+            row_id = insert_row(conn, row)
             details = {
-                "certificate_id": cursor.lastrowid,
+                "certificate_id": row_id,
                 "serial": row["serial"],
                 "row_digest": row_digest(row),
             }

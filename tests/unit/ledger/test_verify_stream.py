@@ -27,8 +27,9 @@ from cyphrs_cli.ledger.events import (
     chain_hash,
     event_body,
 )
-from cyphrs_cli.ledger.records import CERT_IMMUTABLE_COLUMNS, row_digest
+from cyphrs_cli.ledger.records import row_digest
 from cyphrs_cli.ledger.verify import LedgerVerification, _body_hash, _Walk, verify_ledger
+from tests.unit.ledger.certificate_rows import certificate_row, insert_row
 
 COLUMNS = ("seq", "at", "type", "actor", "host", "outcome", "target", "params_hash")
 
@@ -70,36 +71,6 @@ def _ledger(tmp_path: Path) -> Ledger:
     return Ledger(tmp_path / "ledger.sqlite3", create=True)
 
 
-def _certificate(conn: sqlite3.Connection, n: int) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(CERT_IMMUTABLE_COLUMNS)
-    row.update(
-        serial=f"{n:040x}",
-        issuer_ski="00",
-        fingerprint=f"sha256:{n:064x}",
-        subject=f"CN=c{n}",
-        sans="[]",
-        profile="agent",
-        key_algorithm="p256",
-        signature_algorithm="ecdsa-with-SHA256",
-        is_ca=0,
-        not_before="2026-01-01T00:00:00Z",
-        not_after="2036-01-01T00:00:00Z",
-        issued_at="2026-01-01T00:00:00Z",
-        pem="-----BEGIN CERTIFICATE-----",
-    )
-    return row
-
-
-def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
-    cursor = conn.execute(
-        f"INSERT INTO certificates ({', '.join(CERT_IMMUTABLE_COLUMNS)})"  # noqa: S608
-        f" VALUES ({', '.join('?' for _ in CERT_IMMUTABLE_COLUMNS)})",
-        [row[c] for c in CERT_IMMUTABLE_COLUMNS],
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
 def _issued(conn: sqlite3.Connection, cert_id: int, row: dict[str, Any], digest: str) -> None:
     append_event(
         conn,
@@ -114,8 +85,8 @@ def test_out_of_order_and_duplicate_events_are_judged_as_before(tmp_path: Path) 
     with _ledger(tmp_path) as ledger:
         conn = ledger.conn
         conn.execute("BEGIN IMMEDIATE")
-        rows = {n: _certificate(conn, n) for n in range(1, 9)}
-        ids = {n: _insert(conn, rows[n]) for n in rows}
+        rows = {n: certificate_row(n) for n in range(1, 9)}
+        ids = {n: insert_row(conn, rows[n]) for n in rows}
         good = {n: row_digest(rows[n]) for n in rows}
         # 1..3 in order; 5 before 4 (out of order); 6 twice, the last one wrong;
         # 7 twice, the first one wrong (the last one counts: fine); 8 has no event;

@@ -1,6 +1,7 @@
-"""Fixtures of the enrollment tests: a private CA home and an ``Authority`` opened on it
-(unlocked with the test passphrase, closed at the end of the test). A test module that
-defines its own ``home`` or ``ca`` fixture overrides these."""
+"""Fixtures of the service tests: a private CA home and an ``Authority`` opened on it
+(unlocked with the test passphrase, closed at the end of the test) -- ``ca`` in the
+enrollment tests, ``authority`` in the commit tests. A test module that defines its own
+``home`` or ``ca`` fixture overrides these."""
 
 from __future__ import annotations
 
@@ -22,3 +23,9 @@ def home(fresh_hierarchy: Hierarchy) -> CaHome:
 def ca(home: CaHome) -> Iterator[Authority]:
     with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
         yield opened
+
+
+@pytest.fixture
+def authority(ca: Authority) -> Authority:
+    """``ca`` under the name the commit tests give it."""
+    return ca

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cyphrs_cli.audit.checkpoint import load_anchor
 from cyphrs_cli.ca.orders import LeafOrder
 from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.config.settings import load_config
 from cyphrs_cli.errors import (
     ConflictError,
     InvalidInputError,
@@ -26,7 +25,7 @@ from cyphrs_cli.errors import (
     SecretError,
     UsageError,
 )
-from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
+from cyphrs_cli.ledger.verify import verify_ledger
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.requests import (
     CertificateTarget,
@@ -36,6 +35,7 @@ from cyphrs_cli.service.requests import (
     RenewRequest,
     RevokeRequest,
 )
+from tests.enrollment_helpers import audit_problems
 from tests.helpers import INTER_PASS, ROOT_PASS, Hierarchy
 
 
@@ -79,13 +79,6 @@ def _agent(workflow: str = "svc", **kw: object) -> LeafOrder:
 def _count(home: CaHome, sql: str = "SELECT count(*) FROM certificates") -> int:
     with sqlite3.connect(home.ledger_path) as conn:
         return int(conn.execute(sql).fetchone()[0])
-
-
-def _verify(home: CaHome) -> list[str]:
-    with sqlite3.connect(home.ledger_path) as conn:
-        conn.row_factory = sqlite3.Row
-        result = verify_ledger(conn, home=HomeFacts.of(home, load_config(home)))
-    return list(result.problems) if not result.ok else []
 
 
 def test_issue_records_then_writes_files(opened: Callable[..., Authority], tmp_path: Path) -> None:
@@ -276,7 +269,7 @@ def test_concurrent_issue_from_threads(opened: Callable[..., Authority]) -> None
         "SELECT count(*) FROM events WHERE type = 'certificate.issued'"
     ).fetchone()[0]
     assert issued_events == threads * each
-    assert _verify(ca.home) == []
+    assert audit_problems(ca.home) == []
 
 
 def test_close_ends_every_thread_connection(home: CaHome) -> None:

@@ -19,8 +19,8 @@ from cyphrs_cli.config.home import CaHome
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.requests import CrlRequest, IssueRequest
 from tests.e2e.test_hsm import PIN, _module
+from tests.enrollment_helpers import audit_problems
 from tests.helpers import cli
-from tests.unit.service.test_authority import _verify
 
 pytestmark = pytest.mark.hsm
 TOKEN = "service-token"
@@ -125,7 +125,7 @@ def test_threads_sign_through_one_token_session(token_home: TokenHome) -> None:
             "SELECT count(*) FROM certificates WHERE workflow LIKE 'hsm%'"
         ).fetchone()[0]
         assert recorded == threads * each
-    assert _verify(token_home.home) == []
+    assert audit_problems(token_home.home) == []
 
 
 def test_a_session_closed_underneath_is_reopened(token_home: TokenHome) -> None:
@@ -138,4 +138,4 @@ def test_a_session_closed_underneath_is_reopened(token_home: TokenHome) -> None:
         after.certificate.verify_directly_issued_by(ca.facts.certificate)
         _close_all_sessions(token_home.module)
         assert ca.crl(CrlRequest()).published.number >= 1
-    assert _verify(token_home.home) == []
+    assert audit_problems(token_home.home) == []

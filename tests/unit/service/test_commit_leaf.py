@@ -6,7 +6,7 @@ own item (no row, no event) while the rest of the group commits; the hash chain 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -14,23 +14,10 @@ from cyphrs_cli.ca.issuance import issue_leaves
 from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
 from cyphrs_cli.ca.orders import LeafOrder, prepare_request
 from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.config.settings import load_config
 from cyphrs_cli.errors import ConflictError, PolicyDenied
 from cyphrs_cli.ledger.events import LedgerEvent, append_event
-from cyphrs_cli.ledger.verify import HomeFacts, verify_ledger
 from cyphrs_cli.service.authority import Authority
-from tests.helpers import INTER_PASS, Hierarchy
-
-
-@pytest.fixture
-def home(fresh_hierarchy: Hierarchy) -> CaHome:
-    return CaHome(fresh_hierarchy.home)
-
-
-@pytest.fixture
-def authority(home: CaHome) -> Iterator[Authority]:
-    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
-        yield opened
+from tests.enrollment_helpers import audit_problems, count
 
 
 def _leaf(authority: Authority, instance: str) -> LeafRequest:
@@ -40,30 +27,18 @@ def _leaf(authority: Authority, instance: str) -> LeafRequest:
     return request
 
 
-def _count(home: CaHome, sql: str) -> int:
-    with sqlite3.connect(home.ledger_path) as conn:
-        return int(conn.execute(sql).fetchone()[0])
-
-
 def _certs(home: CaHome, instance: str) -> int:
-    return _count(
+    return count(
         home,
         f"SELECT count(*) FROM certificates WHERE spiffe_id LIKE '%/{instance}'",  # noqa: S608
     )
 
 
 def _events(home: CaHome, like: str) -> int:
-    return _count(
+    return count(
         home,
         f"SELECT count(*) FROM events WHERE target LIKE '{like}' OR details LIKE '%{like}%'",  # noqa: S608
     )
-
-
-def _verified(home: CaHome) -> list[str]:
-    with sqlite3.connect(home.ledger_path) as conn:
-        conn.row_factory = sqlite3.Row
-        report = verify_ledger(conn, home=HomeFacts.of(home, load_config(home)))
-    return report.problems
 
 
 def _note(text: str) -> Callable[[sqlite3.Connection, IssuedCertificate], None]:
@@ -103,7 +78,7 @@ def test_commit_leaf_records_and_runs_the_hook_in_the_same_transaction(
     with sqlite3.connect(home.ledger_path) as conn:
         types = [r[0] for r in conn.execute("SELECT type FROM events ORDER BY seq DESC LIMIT 2")]
     assert types == ["test.note", "certificate.issued"]
-    assert _verified(home) == []
+    assert audit_problems(home) == []
 
 
 def test_commit_leaf_without_hook_and_by_issuer_name(authority: Authority, home: CaHome) -> None:
@@ -114,7 +89,7 @@ def test_commit_leaf_without_hook_and_by_issuer_name(authority: Authority, home:
 
 
 def test_a_refusing_hook_leaves_no_row_and_no_event(authority: Authority, home: CaHome) -> None:
-    events_before = _count(home, "SELECT count(*) FROM events")
+    events_before = count(home, "SELECT count(*) FROM events")
     with pytest.raises(PolicyDenied) as refused:
         authority.commit_leaf(
             authority.profile("agent"),
@@ -123,8 +98,8 @@ def test_a_refusing_hook_leaves_no_row_and_no_event(authority: Authority, home: 
         )
     assert refused.value.rule == "test.hook"
     assert _certs(home, "no1") == 0 and _events(home, "note:no1") == 0
-    assert _count(home, "SELECT count(*) FROM events") == events_before
-    assert _verified(home) == []
+    assert count(home, "SELECT count(*) FROM events") == events_before
+    assert audit_problems(home) == []
     # The instance is free again: nothing of the refused item survived.
     authority.commit_leaf(authority.profile("agent"), _leaf(authority, "no1"))
     assert _certs(home, "no1") == 1
@@ -148,8 +123,8 @@ def test_a_refusing_hook_drops_only_its_item_from_the_group(
     assert isinstance(results[3], IssuedCertificate)
     assert [_certs(home, n) for n in names] == [1, 0, 1, 1]
     assert [_events(home, f"note:{n}") for n in names] == [1, 0, 0, 1]
-    assert _count(home, "SELECT count(*) FROM events WHERE details LIKE '%/svc/g2%'") == 0
-    assert _verified(home) == []
+    assert count(home, "SELECT count(*) FROM events WHERE details LIKE '%/svc/g2%'") == 0
+    assert audit_problems(home) == []
 
 
 def test_a_hook_that_crashes_aborts_the_whole_group(authority: Authority, home: CaHome) -> None:
@@ -167,7 +142,7 @@ def test_a_hook_that_crashes_aborts_the_whole_group(authority: Authority, home: 
             after_record=[_note("b1"), broken],
         )
     assert _certs(home, "b1") == 0 and _certs(home, "b2") == 0 and _events(home, "note:b1") == 0
-    assert _verified(home) == []
+    assert audit_problems(home) == []
 
 
 def test_a_conflict_with_a_hook_is_still_the_items_result(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,18 +15,7 @@ from cyphrs_cli.ca.orders import LeafOrder, prepare_request
 from cyphrs_cli.config.home import CaHome
 from cyphrs_cli.errors import CyphrsError, PolicyDenied, StorageError
 from cyphrs_cli.service.authority import Authority
-from tests.helpers import INTER_PASS, Hierarchy, cli
-
-
-@pytest.fixture
-def home(fresh_hierarchy: Hierarchy) -> CaHome:
-    return CaHome(fresh_hierarchy.home)
-
-
-@pytest.fixture
-def authority(home: CaHome) -> Iterator[Authority]:
-    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as opened:
-        yield opened
+from tests.helpers import cli
 
 
 def _leaf(authority: Authority, instance: str) -> LeafRequest:

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from cyphrs_cli.service.provisioners import ProvisionerSpec
 from tests.enrollment_helpers import audit_problems, count, events, make_csr
+from tests.processes import free_port, stop_process
 
 ISSUER = "https://token.actions.example.com"
 AUDIENCE = "https://ca.acme.internal"
@@ -300,12 +300,6 @@ def test_provisioner_configuration_is_checked_and_recorded(
 # -- a JWKS served over HTTP by a real server process -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def jwks_server(tmp_path: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
     """``python -m http.server`` on 127.0.0.1 serving ``jwks.json``; stopped by PID."""
@@ -316,7 +310,7 @@ def jwks_server(tmp_path: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]]
         (root / "jwks.json").write_text(json.dumps(document))
 
     publish({"keys": []})
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(root)],
         stdout=subprocess.DEVNULL,
@@ -335,12 +329,7 @@ def jwks_server(tmp_path: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]]
                 time.sleep(0.05)
         yield url, publish
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_a_jwks_url_is_fetched_and_checked(
@@ -360,7 +349,7 @@ def test_a_jwks_url_is_fetched_and_checked(
 
 
 def test_an_unreachable_jwks_url_refuses(ca: Authority, signers: dict[str, Signer]) -> None:
-    ca.set_provisioner(_spec(None, jwks_url=f"http://127.0.0.1:{_free_port()}/jwks.json"))
+    ca.set_provisioner(_spec(None, jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json"))
     assert _rule(ca, signers["RS256"].sign(claims())) == "jwt.jwks-unavailable"
 
 

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cyphrs_cli.cli import render
+from cyphrs_cli.cli.authority import open_authority
 from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
 
 if TYPE_CHECKING:
-    from cyphrs_cli.service.authority import Authority
+    pass
 
 EAB_EPILOG = f"""\
 Examples:
@@ -50,16 +51,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(acme_app, name="acme")
 
 
-def _open(home: str | None) -> Authority:
-    from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.service.authority import Authority
-
-    def no_secrets(purpose: str) -> bytes:  # these commands never unlock a key
-        raise AssertionError(f"no secret expected here ({purpose})")
-
-    return Authority.open(resolve_home(home), secrets=no_secrets, unlock=False)
-
-
 @eab_app.command("create", epilog=EAB_EPILOG)
 def create(
     profile: Annotated[str, typer.Option("--profile", help="Issuance profile.")] = "server",
@@ -90,7 +81,7 @@ def create(
         ip_networks=tuple(ip_network or ()),
         ttl=parse_duration(ttl) if ttl else None,
     )
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         key = create_eab_key(ca, spec)
     document = {"schema": "cyphrs.acme-eab/v1", "hmac_key": key.hmac_key,
                 **key.to_json(utc_now())}
@@ -112,7 +103,7 @@ def list_keys(
     from cyphrs_cli.service.acme_eab import list_eab_keys
 
     now = utc_now()
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         keys = [k.to_json(now) for k in list_eab_keys(ca)]
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.acme-eab-list/v1", "keys": keys})
@@ -137,7 +128,7 @@ def revoke(
     from cyphrs_cli.ledger.events import utc_now
     from cyphrs_cli.service.acme_eab import revoke_eab_key
 
-    with _open(home) as ca:
+    with open_authority(home) as ca:
         key = revoke_eab_key(ca, kid)
     if render.json_mode():
         render.emit_json({"schema": "cyphrs.acme-eab-revoke/v1", **key.to_json(utc_now())})

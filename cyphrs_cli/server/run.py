@@ -64,6 +64,7 @@ class ServeOptions:
     body_timeout: float = 10.0
     token_rate: Rate = field(default_factory=lambda: Rate(10, 60.0))
     identity_rate: Rate = field(default_factory=lambda: Rate(60, 60.0))
+    failure_rate: Rate = field(default_factory=lambda: Rate(20, 60.0))
     workers: int = 16
     shutdown_timeout: float = 30.0
     acme: AcmeSettings | None = None  # ACME (RFC 8555) at /acme/... when set
@@ -157,6 +158,7 @@ async def _serve(
         executor=executor,
         token_limiter=RateLimiter(options.token_rate),
         identity_limiter=RateLimiter(options.identity_rate),
+        failure_limiter=RateLimiter(options.failure_rate),
         max_body=options.max_body,
         body_timeout=options.body_timeout,
         admin_profile=options.admin_profile,

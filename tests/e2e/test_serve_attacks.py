@@ -1,0 +1,100 @@
+"""Adversarial review of ``cyphrs serve`` (docs/threat-model.d/sec.md): each test replays
+one attack against a real server process on 127.0.0.1 and checks the defence holds."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.helpers import Hierarchy, build_hierarchy, cli
+from tests.serve_clients import Reply, client_context, new_csr, request
+from tests.server_process import ServerProcess, start_server
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Hierarchy:
+    return build_hierarchy(tmp_path_factory.mktemp("sec-ca"))
+
+
+@pytest.fixture(scope="module")
+def server(ca: Hierarchy) -> object:
+    # Per-credential limit off: the attacker varies the credential anyway.
+    running = start_server(ca.home, ca.inter_pass, "--token-rate", "0/m", "--failure-rate", "5/m")
+    yield running
+    running.stop()
+
+
+def _refusal_events(ca: Hierarchy) -> int:
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM events WHERE type = 'token.refused'").fetchone()[0]
+        )
+
+
+def _enroll_from(server: ServerProcess, source: str, body: dict[str, Any]) -> Reply:
+    """POST /v1/enroll from the loopback address ``source`` (127.0.0.0/8 is all ours)."""
+    context: ssl.SSLContext = client_context(server)
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, context=context, timeout=20, source_address=(source, 0)
+    )
+    try:
+        connection.request(
+            "POST",
+            "/v1/enroll",
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        return Reply(response.status, response.read(), dict(response.getheaders()))
+    finally:
+        connection.close()
+
+
+def test_flood_of_made_up_tokens_is_cut_off_per_address(
+    ca: Hierarchy, server: ServerProcess
+) -> None:
+    """Every made-up token differs (the per-token limit never sees the same key twice) and
+    every refusal costs a ledger event; the per-address refusal budget (5/m here) answers
+    429 before any ledger work, while another client's good token still enrolls."""
+    _, csr = new_csr()
+    before = _refusal_events(ca)
+    made_up = [{"csr": csr.decode(), "token": f"cyphrs_tok_{i:043d}"} for i in range(12)]
+    statuses = [_enroll_from(server, "127.0.0.3", body).status for body in made_up]
+    assert statuses[:5] == [403] * 5 and statuses[5:] == [429] * 7, statuses
+    assert _refusal_events(ca) - before == 5
+    blocked = _enroll_from(server, "127.0.0.3", made_up[0])
+    assert blocked.json()["slug"] == "rate-limited" and int(blocked.headers["Retry-After"]) >= 1
+    # A concurrent burst from the same address is refused without ledger writes either.
+    with ThreadPoolExecutor(8) as pool:
+        burst = list(pool.map(lambda b: _enroll_from(server, "127.0.0.3", b).status, made_up))
+    assert burst == [429] * 12
+    assert _refusal_events(ca) - before == 5
+
+    # Another address (another client) with a real token is not affected.
+    created = cli(
+        "token", "create", "--workflow", "payments-recon", "--json", "--home", str(ca.home)
+    )
+    assert created.exit_code == 0, created.stderr
+    good = {"csr": csr.decode(), "token": json.loads(created.stdout)["token"]}
+    reply = _enroll_from(server, "127.0.0.4", good)
+    assert reply.status == 201, reply.body
+    metrics = request(server, "GET", "/metrics").body.decode()
+    assert 'cyphrs_rate_limited_total{limit="address"}' in metrics
+
+
+def test_successful_enrollments_do_not_spend_the_refusal_budget(
+    ca: Hierarchy, server: ServerProcess
+) -> None:
+    """Only refusals count: a CI runner enrolling many agents from one address is fine."""
+    for _ in range(7):
+        created = cli("token", "create", "--workflow", "ci-fleet", "--json", "--home", str(ca.home))
+        _, csr = new_csr()
+        body = {"csr": csr.decode(), "token": json.loads(created.stdout)["token"]}
+        reply = _enroll_from(server, "127.0.0.5", body)
+        assert reply.status == 201, reply.body

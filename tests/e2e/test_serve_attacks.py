@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sqlite3
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -98,3 +100,51 @@ def test_successful_enrollments_do_not_spend_the_refusal_budget(
         body = {"csr": csr.decode(), "token": json.loads(created.stdout)["token"]}
         reply = _enroll_from(server, "127.0.0.5", body)
         assert reply.status == 201, reply.body
+
+
+def _raw_exchange(server: ServerProcess, payload: bytes) -> bytes:
+    context = client_context(server)
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(payload)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+SECRET = "cyphrs_tok_" + "S3cr3t" * 7 + "x"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # A header line over the parser's limit, carrying a token.
+        b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + SECRET.encode()
+        + b"A" * 9000
+        + b"\r\n\r\n",
+        # A header value with a forbidden control character next to a token.
+        b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + SECRET.encode()
+        + b"\x01\r\n\r\n",
+        # A request line over the limit with a token in the query string.
+        b"GET /healthz?token=" + SECRET.encode() + b"B" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["long-header", "control-char", "long-request-line"],
+)
+def test_requests_the_parser_rejects_leak_no_token(server: ServerProcess, payload: bytes) -> None:
+    """aiohttp answers its own parser errors (before any middleware): the answer is a 4xx
+    and neither it nor the server's log may echo the credential the request carried."""
+    answer = _raw_exchange(server, payload)
+    assert answer.startswith((b"HTTP/1.0 4", b"HTTP/1.1 4")), answer[:200]
+    assert SECRET.encode() not in answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head.lower()
+    assert json.loads(body)["slug"] == "bad-request"
+    time.sleep(0.3)  # the log line is written after the answer
+    assert SECRET not in server.log()
+    assert '"event": "http.rejected"' in server.log()
+    assert request(server, "GET", "/healthz").status == 200

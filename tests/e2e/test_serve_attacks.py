@@ -70,6 +70,15 @@ def test_flood_of_made_up_tokens_is_cut_off_per_address(
     statuses = [_enroll_from(server, "127.0.0.3", body).status for body in made_up]
     assert statuses[:5] == [403] * 5 and statuses[5:] == [429] * 7, statuses
     assert _refusal_events(ca) - before == 5
+    # The refused tokens are in neither the ledger (events name rules, not secrets) nor
+    # the server's log.
+    ledger_bytes = b"".join(
+        path.read_bytes() for path in ca.home.glob("ledger.sqlite3*") if path.is_file()
+    )
+    assert b"token.refused" in ledger_bytes  # the check reads where the events are
+    for body in made_up[:5]:
+        assert body["token"].encode() not in ledger_bytes
+        assert body["token"] not in server.log()
     blocked = _enroll_from(server, "127.0.0.3", made_up[0])
     assert blocked.json()["slug"] == "rate-limited" and int(blocked.headers["Retry-After"]) >= 1
     # A concurrent burst from the same address is refused without ledger writes either.

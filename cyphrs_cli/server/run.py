@@ -69,6 +69,7 @@ class ServeOptions:
     identity_rate: Rate = field(default_factory=lambda: Rate(60, 60.0))
     failure_rate: Rate = field(default_factory=lambda: Rate(20, 60.0))
     workers: int = 16
+    max_connections: int = 1024
     shutdown_timeout: float = 30.0
     acme: AcmeSettings | None = None  # ACME (RFC 8555) at /acme/... when set
     acme_rate: Rate | None = None  # requests per ACME account (None: the default)
@@ -102,12 +103,43 @@ def _tls_names(options: ServeOptions) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(dict.fromkeys(dns)), tuple(ips)
 
 
+@dataclass
+class _ConnectionGate:
+    """How many HTTP connections are open, and how many may be (one per listening site)."""
+
+    limit: int
+    open: int = 0
+
+
 class _ProblemRequestHandler(RequestHandler):
     """aiohttp's connection protocol, but its own errors (a request line or header over the
     parser's limits, a forbidden byte, a bad method) answer problem+json like every other
     error, and never echo the request: aiohttp's text/plain answer and its logged
     traceback quote the offending bytes, which may be an ``Authorization`` header or a
-    token. One JSON log line names the status and the error type only."""
+    token. One JSON log line names the status and the error type only.
+
+    Connections past the gate's limit are closed as soon as they are made (after the TLS
+    handshake, which its own timeout bounds), so a client opening thousands of connections
+    cannot exhaust the process's file descriptors for everyone."""
+
+    def __init__(self, *args: Any, gate: _ConnectionGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._gate.open >= self._gate.limit:
+            transport.close()
+            return
+        self._gate.open += 1
+        self._admitted = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._gate.open -= 1
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -144,10 +176,12 @@ class _Site(web.SockSite):
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
         protocol_options: dict[str, Any],
+        max_connections: int,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context)
         self._handshake_timeout = handshake_timeout
         self._protocol_options = protocol_options
+        self._gate = _ConnectionGate(max_connections)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -157,7 +191,7 @@ class _Site(web.SockSite):
         options = self._protocol_options
 
         def connection() -> RequestHandler:
-            return _ProblemRequestHandler(server, loop=loop, **options)
+            return _ProblemRequestHandler(server, loop=loop, gate=self._gate, **options)
 
         self._server = await loop.create_server(
             connection,
@@ -248,6 +282,7 @@ async def _serve(
         ssl_context=context,
         handshake_timeout=options.header_timeout,
         protocol_options=protocol_options,
+        max_connections=options.max_connections,
     )
     await site.start()
 

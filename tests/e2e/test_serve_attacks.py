@@ -157,3 +157,27 @@ def test_requests_the_parser_rejects_leak_no_token(server: ServerProcess, payloa
     assert SECRET not in server.log()
     assert '"event": "http.rejected"' in server.log()
     assert request(server, "GET", "/healthz").status == 200
+
+
+def test_connections_past_the_limit_are_closed_and_service_resumes(ca: Hierarchy) -> None:
+    """A client holding many idle connections cannot take them all: past
+    ``--max-connections`` new ones are closed at once; when one frees, service resumes."""
+    limited = start_server(ca.home, ca.inter_pass, "--max-connections", "3", "--timeout", "20")
+    try:
+        context = client_context(limited)
+        held = []
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
+            held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises((ConnectionError, ssl.SSLError, OSError, http.client.HTTPException)):
+            request(limited, "GET", "/healthz", timeout=10)
+        assert time.monotonic() - started < 5  # closed at once, not after a timeout
+        held.pop().close()
+        time.sleep(0.3)
+        assert request(limited, "GET", "/healthz").status == 200
+        for sock in held:
+            sock.close()
+    finally:
+        limited.stop()

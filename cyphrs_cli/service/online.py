@@ -110,12 +110,23 @@ def renew_presented(
             7 the certificate is revoked or was already renewed (also when a concurrent
             renewal won the race), 3 a bad CSR, 8 a ledger failure.
     """
-    from cyphrs_cli.ca.renewal import check_renewable, renewal_request
+    from cyphrs_cli.ca.renewal import check_renewable, lifetime, renewal_request
+    from cyphrs_cli.durations import format_duration
     from cyphrs_cli.service.issuing import deliver
 
     row = presented_row(authority, presented_der)
     conn = authority.ledger.conn
     check_renewable(row, conn)
+    granted = lifetime(row)
+    if ttl is not None and ttl > granted:
+        # Self-service renewal must not outgrow what was granted (a token's max TTL is
+        # not in the row; the predecessor's lifetime carries it).
+        raise PolicyDenied(
+            f"a renewal lives at most as long as the certificate it replaces"
+            f" ({format_duration(granted)}); asked for {format_duration(ttl)}",
+            rule="renew.ttl",
+            hint="omit ttl to keep the current lifetime; enroll again for a longer one",
+        )
     leaf, _ = renewal_request(
         row,
         public_key_mode="csr",

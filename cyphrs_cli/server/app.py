@@ -26,7 +26,7 @@ from aiohttp import web
 
 from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, NotFoundError, PolicyDenied
 from cyphrs_cli.server import spec
-from cyphrs_cli.server.limits import RateLimiter
+from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
 from cyphrs_cli.server.problems import HttpProblem, from_error, from_http, problem
 
@@ -52,6 +52,9 @@ class ServerState:
     max_body: int = 64 * 1024
     body_timeout: float = 10.0
     admin_profile: str = "admin"
+    # Refused enrollments per client address: made-up tokens vary the credential, and each
+    # refusal costs a ledger event (one fsync); past this rate the address gets 429 first.
+    failure_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(Rate(20, 60.0)))
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     validators: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
@@ -210,8 +213,30 @@ def _bearer(request: web.Request) -> str | None:
     return credential.strip()
 
 
+def _failure_key(request: web.Request) -> str:
+    return "addr:" + (request.remote or "unknown")
+
+
 async def enroll(request: web.Request) -> web.Response:
     state = _state(request)
+    wait = state.failure_limiter.pending(_failure_key(request))
+    if wait:  # this address spent its refusals: no parsing, no ledger event
+        state.metrics.rate_limited.labels("address").inc()
+        raise HttpProblem(
+            429,
+            "rate-limited",
+            "too many refused enrollments from this address; retry later",
+            ExitCode.POLICY_DENIED,
+            retry_after=wait,
+        )
+    try:
+        return await _enroll(request, state)
+    except PolicyDenied:
+        state.failure_limiter.retry_after(_failure_key(request))
+        raise
+
+
+async def _enroll(request: web.Request, state: ServerState) -> web.Response:
     jwt = _bearer(request)
     body = await read_json(request, "enroll")
     from cyphrs_cli.service.enrollment import EnrollRequest

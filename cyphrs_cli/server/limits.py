@@ -1,5 +1,8 @@
 """Per-key rate limits of ``cyphrs serve``: token buckets, one per enrollment token (its
-hash) and one per client identity (its certificate's fingerprint).
+hash), one per client identity (its certificate's fingerprint), and one per client address
+for refused enrollments (a flood of made-up credentials varies the credential, not the
+address: ``pending`` checks that bucket before any work, ``retry_after`` spends from it
+only when a request was refused).
 
 Buckets live in one ``RateLimiter`` per server (no module state), are touched only from the
 event loop thread, and are bounded in number: the least recently used are dropped first,
@@ -44,6 +47,18 @@ class RateLimiter:
         self._rate = rate
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def pending(self, key: str, *, now: float | None = None) -> int:
+        """The whole seconds until ``key`` may be charged again (0: now), spending nothing."""
+        if self._rate.count == 0:
+            return 0
+        found = self._buckets.get(key)
+        if found is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        refill = self._rate.count / self._rate.period
+        tokens = min(float(self._rate.count), found[0] + (now - found[1]) * refill)
+        return 0 if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / refill))
 
     def retry_after(self, key: str, *, now: float | None = None) -> int:
         """Take one request from ``key``'s bucket: 0 when allowed, else the whole seconds

@@ -33,11 +33,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from cyphrs_cli.errors import UsageError
+from cyphrs_cli.errors import ExitCode, UsageError
 from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
+from cyphrs_cli.server.problems import problem
 from cyphrs_cli.server.tls import load_certificate, server_context
 
 if TYPE_CHECKING:
@@ -64,7 +67,9 @@ class ServeOptions:
     body_timeout: float = 10.0
     token_rate: Rate = field(default_factory=lambda: Rate(10, 60.0))
     identity_rate: Rate = field(default_factory=lambda: Rate(60, 60.0))
+    failure_rate: Rate = field(default_factory=lambda: Rate(20, 60.0))
     workers: int = 16
+    max_connections: int = 1024
     shutdown_timeout: float = 30.0
     acme: AcmeSettings | None = None  # ACME (RFC 8555) at /acme/... when set
     acme_rate: Rate | None = None  # requests per ACME account (None: the default)
@@ -98,8 +103,70 @@ def _tls_names(options: ServeOptions) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(dict.fromkeys(dns)), tuple(ips)
 
 
+@dataclass
+class _ConnectionGate:
+    """How many HTTP connections are open, and how many may be (one per listening site)."""
+
+    limit: int
+    open: int = 0
+
+
+class _ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, but its own errors (a request line or header over the
+    parser's limits, a forbidden byte, a bad method) answer problem+json like every other
+    error, and never echo the request: aiohttp's text/plain answer and its logged
+    traceback quote the offending bytes, which may be an ``Authorization`` header or a
+    token. One JSON log line names the status and the error type only.
+
+    Connections past the gate's limit are closed as soon as they are made (after the TLS
+    handshake, which its own timeout bounds), so a client opening thousands of connections
+    cannot exhaust the process's file descriptors for everyone."""
+
+    def __init__(self, *args: Any, gate: _ConnectionGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._gate.open >= self._gate.limit:
+            transport.close()
+            return
+        self._gate.open += 1
+        self._admitted = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._gate.open -= 1
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        slug, exit_code = (
+            ("bad-request", ExitCode.USAGE) if status < 500 else ("internal", ExitCode.INTERNAL)
+        )
+        detail = "the HTTP request could not be parsed" if status < 500 else "internal error"
+        _log("http.rejected", status=status, type=type(exc).__name__ if exc else None)
+        response = web.Response(
+            status=status,
+            text=json.dumps(problem(status, slug, detail, exit_code)),
+            content_type="application/problem+json",
+        )
+        response.force_close()
+        return response
+
+
 class _Site(web.SockSite):
-    """A socket site whose TLS handshakes must finish within ``handshake_timeout``."""
+    """A socket site whose TLS handshakes must finish within ``handshake_timeout`` and whose
+    connections answer parser errors as problem+json (``_ProblemRequestHandler``)."""
 
     def __init__(
         self,
@@ -108,16 +175,26 @@ class _Site(web.SockSite):
         *,
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
+        protocol_options: dict[str, Any],
+        max_connections: int,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context)
         self._handshake_timeout = handshake_timeout
+        self._protocol_options = protocol_options
+        self._gate = _ConnectionGate(max_connections)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
+        loop = asyncio.get_running_loop()
+        options = self._protocol_options
+
+        def connection() -> RequestHandler:
+            return _ProblemRequestHandler(server, loop=loop, gate=self._gate, **options)
+
+        self._server = await loop.create_server(
+            connection,
             sock=self._sock,
             ssl=self._ssl_context,
             backlog=self._backlog,
@@ -157,6 +234,7 @@ async def _serve(
         executor=executor,
         token_limiter=RateLimiter(options.token_rate),
         identity_limiter=RateLimiter(options.identity_rate),
+        failure_limiter=RateLimiter(options.failure_rate),
         max_body=options.max_body,
         body_timeout=options.body_timeout,
         admin_profile=options.admin_profile,
@@ -187,19 +265,25 @@ async def _serve(
         if options.acme_rate is not None:
             acme_state.limiter = RateLimiter(options.acme_rate)
         mount(app, acme_state)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
+    protocol_options: dict[str, Any] = {
+        "access_log": None,
         # aiohttp 3.14 arms this timer when a connection opens and closes the connection
         # when it fires while no complete request has arrived: a header-read timeout.
-        keepalive_timeout=options.header_timeout,
-        shutdown_timeout=options.shutdown_timeout,
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=64,
-    )
+        "keepalive_timeout": options.header_timeout,
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 64,
+    }
+    runner = web.AppRunner(app, shutdown_timeout=options.shutdown_timeout, **protocol_options)
     await runner.setup()
-    site = _Site(runner, sock, ssl_context=context, handshake_timeout=options.header_timeout)
+    site = _Site(
+        runner,
+        sock,
+        ssl_context=context,
+        handshake_timeout=options.header_timeout,
+        protocol_options=protocol_options,
+        max_connections=options.max_connections,
+    )
     await site.start()
 
     stop, renew_now = asyncio.Event(), asyncio.Event()

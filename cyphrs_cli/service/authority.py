@@ -408,13 +408,9 @@ class Authority:
         with self._lock:
             client = self._jwks_clients.get(url)
             if client is None:
-                from jwt import PyJWKClient
+                from cyphrs_cli.service.jwks import JwksFetcher
 
-                from cyphrs_cli.service.provisioners import JWKS_FETCH_TIMEOUT_S
-
-                client = PyJWKClient(
-                    url, cache_keys=True, lifespan=300, timeout=JWKS_FETCH_TIMEOUT_S
-                )
+                client = JwksFetcher(url)  # bounded, no redirects, backs off after a failure
                 self._jwks_clients[url] = client
             return client
     # -- status (OCSP, CRL distribution, CA certificates): service.status -----------

@@ -31,8 +31,9 @@ def presented_row(authority: Authority, presented_der: bytes) -> sqlite3.Row:
 
     Raises:
         PolicyDenied: no certificate presented (``mtls.required``), not one of this
-            ledger's (``mtls.unknown-certificate``), a CA certificate (``mtls.ca``), or
-            expired (``mtls.expired``).
+            ledger's (``mtls.unknown-certificate``), a CA certificate (``mtls.ca``),
+            expired (``mtls.expired``), or issued by a CA whose own certificate (or an
+            ancestor's) is revoked (``mtls.issuer-revoked``).
     """
     from cryptography import x509
 
@@ -67,8 +68,36 @@ def presented_row(authority: Authority, presented_der: bytes) -> sqlite3.Row:
             rule="mtls.expired",
             hint="enroll again with a new token",
         )
+    revoked_ca = _revoked_issuer(authority.ledger.conn, row["authority_id"])
+    if revoked_ca is not None:
+        # The TLS layer checks no CRL: a leaf under a revoked CA still chains to the root.
+        raise PolicyDenied(
+            f"the presented certificate {row['serial']} was issued by {revoked_ca!r},"
+            " whose certificate is revoked",
+            rule="mtls.issuer-revoked",
+            hint="enroll again under a current issuer",
+        )
     found: sqlite3.Row = row
     return found
+
+
+def _revoked_issuer(conn: sqlite3.Connection, authority_id: int | None) -> str | None:
+    """The name of the first CA up the chain from ``authority_id`` whose own certificate
+    is revoked, or None. Bounded by the depth of the hierarchy (a cycle stops it too)."""
+    seen: set[int] = set()
+    while authority_id is not None and authority_id not in seen:
+        seen.add(authority_id)
+        found = conn.execute(
+            "SELECT a.name, a.parent_id, c.status FROM authorities a"
+            " LEFT JOIN certificates c ON c.id = a.certificate_id WHERE a.id = ?",
+            (authority_id,),
+        ).fetchone()
+        if found is None:
+            return None
+        if found["status"] == "revoked":
+            return str(found["name"])
+        authority_id = found["parent_id"]
+    return None
 
 
 def renew_presented(
@@ -81,12 +110,23 @@ def renew_presented(
             7 the certificate is revoked or was already renewed (also when a concurrent
             renewal won the race), 3 a bad CSR, 8 a ledger failure.
     """
-    from cyphrs_cli.ca.renewal import check_renewable, renewal_request
+    from cyphrs_cli.ca.renewal import check_renewable, lifetime, renewal_request
+    from cyphrs_cli.durations import format_duration
     from cyphrs_cli.service.issuing import deliver
 
     row = presented_row(authority, presented_der)
     conn = authority.ledger.conn
     check_renewable(row, conn)
+    granted = lifetime(row)
+    if ttl is not None and ttl > granted:
+        # Self-service renewal must not outgrow what was granted (a token's max TTL is
+        # not in the row; the predecessor's lifetime carries it).
+        raise PolicyDenied(
+            f"a renewal lives at most as long as the certificate it replaces"
+            f" ({format_duration(granted)}); asked for {format_duration(ttl)}",
+            rule="renew.ttl",
+            hint="omit ttl to keep the current lifetime; enroll again for a longer one",
+        )
     leaf, _ = renewal_request(
         row,
         public_key_mode="csr",

@@ -78,6 +78,19 @@ def serve(
             "--identity-rate", help="Requests per client certificate (N/s|m|h; 0/m: off)."
         ),
     ] = "60/m",
+    failure_rate: Annotated[
+        str,
+        typer.Option(
+            "--failure-rate",
+            help="Refused enrollments per client address before 429 (N/s|m|h; 0/m: off).",
+        ),
+    ] = "20/m",
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections", min=1, help="Open HTTP connections at most (more are closed)."
+        ),
+    ] = 1024,
     acme: Annotated[
         bool, typer.Option("--acme", help="Serve ACME (RFC 8555) at /acme/directory.")
     ] = False,
@@ -150,6 +163,8 @@ def serve(
         body_timeout=timeout,
         token_rate=Rate.parse(token_rate),
         identity_rate=Rate.parse(identity_rate),
+        failure_rate=Rate.parse(failure_rate),
+        max_connections=max_connections,
     )
     if acme or acme_allow_no_eab or acme_dns_resolver or acme_allow_network:
         options = replace(

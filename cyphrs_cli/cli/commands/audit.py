@@ -211,9 +211,9 @@ def audit_events(
     quiet: QuietOption = False,
 ) -> None:
     """Read the event log (who, when, where, outcome) with filters; signs nothing."""
-    from cyphrs_cli.ca.hierarchy import open_ledger
     from cyphrs_cli.config.home import resolve_home
-    from cyphrs_cli.ledger.event_log import EventFilter, iter_events
+    from cyphrs_cli.ledger.event_log import EventFilter
+    from cyphrs_cli.service.records import read_events
     from cyphrs_cli.times import parse_time
 
     where = EventFilter(
@@ -224,10 +224,7 @@ def audit_events(
         target=target,
         limit=limit,
     )
-    ca_home = resolve_home(home)
-    ca_home.require_initialised()
-    with open_ledger(ca_home) as ledger:
-        events = list(iter_events(ledger.conn, where))
+    events = read_events(resolve_home(home), where)
     if render.json_mode():
         render.emit_json(
             {"schema": "cyphrs.audit-events/v1", "events": events, "count": len(events)}

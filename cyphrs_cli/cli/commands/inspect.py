@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from cyphrs_cli.cli import render
 from cyphrs_cli.cli.options import HomeOption, JsonOption, QuietOption
 from cyphrs_cli.errors import EXIT_CODE_HELP
-
-if TYPE_CHECKING:
-    from cryptography import x509
-
-    from cyphrs_cli.config.home import CaHome
 
 INSPECT_EPILOG = f"""\
 Examples:
@@ -31,24 +26,6 @@ Examples:
 
 def register(app: typer.Typer) -> None:
     app.command("inspect", epilog=INSPECT_EPILOG)(inspect)
-
-
-def _home_authorities(home: CaHome) -> tuple[list[x509.Certificate], str | None]:
-    """This home's CA certificates and claims OID, as the ledger records them (not the
-    files in certs/, which are only caches); nothing when there is no home."""
-    from cryptography import x509
-
-    from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.config.trust import recorded_claims_oid
-
-    if not home.is_initialised():
-        return [], None
-    with open_ledger(home) as ledger:
-        rows = ledger.conn.execute(
-            "SELECT c.pem FROM authorities a JOIN certificates c ON c.id = a.certificate_id"
-        ).fetchall()
-        oid = recorded_claims_oid(ledger.conn)
-    return [x509.load_pem_x509_certificate(str(r["pem"]).encode()) for r in rows], oid
 
 
 def inspect(
@@ -74,13 +51,14 @@ def inspect(
     from cyphrs_cli.config.home import resolve_home
     from cyphrs_cli.errors import InvalidInputError, UsageError
     from cyphrs_cli.fsutil import read_input
+    from cyphrs_cli.service.records import home_authorities, ledger_records, recorded_pem
 
     if (source is None) == (serial is None):
         raise UsageError("give a file (or -) or --serial, exactly one")
     ca_home = resolve_home(home)
     objects: list[dict[str, Any]] = []
     if serial is not None:
-        data = _ledger_pem(ca_home, serial)
+        data = recorded_pem(ca_home, serial)
         label = f"ledger serial {serial}"
     else:
         assert source is not None
@@ -94,8 +72,8 @@ def inspect(
             objects.append(csr_summary(load_csr(data, source=label)))
         else:
             certs = load_certificates(data, source=label)
-            authorities, claims_oid = _home_authorities(ca_home)
-            for cert, record in zip(certs, _ledger_views(ca_home, certs), strict=True):
+            authorities, claims_oid = home_authorities(ca_home)
+            for cert, record in zip(certs, ledger_records(ca_home, certs), strict=True):
                 summary = certificate_summary(cert, claims_oid=claims_oid)
                 roots = [c for c in authorities if c.subject == c.issuer]
                 summary["chains_to_home_root"] = (
@@ -110,35 +88,6 @@ def inspect(
         render.emit_json(document)
     else:
         _print_human(document)
-
-
-def _ledger_pem(home: CaHome, serial: str) -> bytes:
-    from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.ca.serials import parse_serial, serial_prefix
-    from cyphrs_cli.errors import NotFoundError
-    from cyphrs_cli.ledger.records import certificates_by_serial, find_certificate
-
-    home.require_initialised()
-    with open_ledger(home) as ledger:
-        rows = certificates_by_serial(ledger.conn, parse_serial(serial))
-        prefix = serial_prefix(serial)
-        if not rows and prefix is not None:  # an unambiguous prefix names one certificate
-            rows = [find_certificate(ledger.conn, serial=parse_serial(serial), prefix=prefix)]
-    if not rows:
-        raise NotFoundError(f"no certificate with serial {serial} in the ledger")
-    return "".join(r["pem"] for r in rows).encode()
-
-
-def _ledger_views(home: CaHome, certs: list[x509.Certificate]) -> list[dict[str, Any] | None]:
-    """The ledger's record of each certificate; None for all when there is no CA home."""
-    if not home.is_initialised():
-        return [None for _ in certs]
-    from cyphrs_cli.ca.hierarchy import open_ledger
-    from cyphrs_cli.ca.issuance import fingerprint
-    from cyphrs_cli.ledger.queries import ledger_record
-
-    with open_ledger(home) as ledger:
-        return [ledger_record(ledger.conn, fingerprint(cert)) for cert in certs]
 
 
 def _print_human(document: dict[str, Any]) -> None:

@@ -73,3 +73,26 @@ def test_online_renewal_cannot_outgrow_the_token_s_max_ttl(tmp_path: Path) -> No
         renewed = authority.renew_presented(der, make_csr()[0])
         issued = renewed.issued
         assert issued.not_after - issued.not_before <= timedelta(minutes=11)
+
+
+def test_only_an_admin_profile_certificate_administers(tmp_path: Path) -> None:
+    """The threat model says only the admin profile administers: a valid, recorded agent,
+    server or client certificate of the same CA, and the CA certificate itself, are all
+    refused by ``admin_identity`` (the ledger decides, whatever TLS accepted)."""
+    ca = build_hierarchy(tmp_path / "ca")
+    made = {
+        "agent": ("agent", "--workflow", "w"),
+        "server": ("server", "--dns", "api.acme.internal"),
+        "client": ("client", "--cn", "svc-bob"),
+        "admin": ("admin", "--cn", "ops-eve"),
+    }
+    for name, args in made.items():
+        done = ca.issue(*args, "--out-dir", str(tmp_path / name))
+        assert done.exit_code == 0, (name, done.stderr)
+    inter = x509.load_pem_x509_certificate(ca.inter_cert.read_bytes()).public_bytes(Encoding.DER)
+    secret = ca.inter_pass.read_bytes().strip()
+    with Authority.open(CaHome(ca.home), secrets=lambda _: secret, unlock=False) as authority:
+        assert "ops-eve" in authority.admin_identity(_der(tmp_path / "admin"))
+        for der in (*(_der(tmp_path / n) for n in ("agent", "server", "client")), inter):
+            with pytest.raises(PolicyDenied):
+                authority.admin_identity(der)

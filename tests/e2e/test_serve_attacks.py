@@ -1,4 +1,4 @@
-"""Adversarial review of ``cyphrs serve`` (docs/threat-model.d/sec.md): each test replays
+"""Adversarial review of ``cyphrs serve`` (docs/threat-model.md, "Adversarial review of the online CA"): each test replays
 one attack against a real server process on 127.0.0.1 and checks the defence holds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A hostile or broken JWKS host (docs/threat-model.d/sec.md): a real loopback HTTP server
+"""A hostile or broken JWKS host (docs/threat-model.md, "Adversarial review of the online CA"): a real loopback HTTP server
 (stdlib, in a thread, shut down in a finalizer) that is slow, answers a huge body, or
 redirects. Each test attacks one promise of ``service.jwks.JwksFetcher``: a slow host costs
 one timeout per back-off interval, not one per JWT (workers are not pinned); a huge answer

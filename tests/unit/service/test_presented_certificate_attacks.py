@@ -1,5 +1,5 @@
 """Who a presented client certificate is (``service.online``), attacked with certificates
-the TLS layer would accept (docs/threat-model.d/sec.md): a leaf whose issuing CA has been
+the TLS layer would accept (docs/threat-model.md, "Adversarial review of the online CA"): a leaf whose issuing CA has been
 revoked still chains to the root (the server's TLS layer checks no CRL), so the ledger
 must refuse it for administration, renewal and self-revocation alike. And a renewal over
 mTLS must not outlive what its predecessor was granted (a token's max TTL)."""

@@ -8,7 +8,10 @@ Each level runs C client threads, each with its own HTTPS keep-alive connection
 servers), sending pre-generated P-256 CSRs back to back. Reported: enrollments/s over the
 level's wall time and the p50/p99 latency of single requests.
 
-Run: .venv/bin/python bench/bench_serve.py [--requests-per-client N] [--levels 1,4,16]
+``--processes`` (default: one per CPU) runs ``cyphrs serve --processes N``; ``--processes 1``
+the single-process server. cfssl (Go) uses every core by itself.
+
+Run: .venv/bin/python bench/bench_serve.py [--total N] [--levels 1,4,16] [--processes N]
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=0)
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--total", type=int, default=400, help="requests per level")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -199,6 +203,8 @@ def main() -> None:
                 "0/m",
                 "--identity-rate",
                 "0/m",
+                "--processes",
+                str(args.processes),
             ],
             env=env,
         )
@@ -311,6 +317,7 @@ def main() -> None:
 
         print(
             f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]};"
+            f" cyphrs serve --processes {args.processes};"
             f" cyphrs ledger rows {recorded}, cfssl certdb rows {cf_recorded}"
         )
         print("| clients | cyphrs /s | p50 ms | p99 ms | cfssl /s | p50 ms | p99 ms | ratio |")

@@ -71,8 +71,25 @@ class ServerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes of ``--processes N`` (empty for one process): those of the
+        ready line, then the replacements the log names."""
+        started = [
+            int(e["worker"]) for e in self.log_events() if e.get("event") == "worker.started"
+        ]
+        return [int(w["pid"]) for w in self.ready.get("processes", [])] + started
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; never leaves the process behind."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds; never leaves the process behind
+        (nor any worker of ``--processes N``: each is SIGKILLed by its PID if still there)."""
+        try:
+            self._stop_main(grace)
+        finally:
+            for pid in self.worker_pids:
+                kill_worker(pid)
+
+    def _stop_main(self, grace: float) -> None:
         try:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
@@ -154,3 +171,19 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
+
+
+def worker_alive(pid: int) -> bool:
+    """Whether ``pid`` is still a running cyphrs serve worker (not a reused pid, not a zombie)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"cyphrs_cli.server.worker" in cmdline and state != "Z"
+
+
+def kill_worker(pid: int) -> None:
+    if worker_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

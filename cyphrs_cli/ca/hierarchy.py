@@ -216,7 +216,7 @@ def creating_in(home: CaHome, *, create: bool) -> Iterator[HomeConfig]:
         except BaseException:
             if not home.config_path.exists():
                 if not had_ledger:
-                    for suffix in ("", "-wal", "-shm", "-journal"):
+                    for suffix in ("", "-wal", "-shm", "-journal", "-lock"):
                         with contextlib.suppress(OSError):
                             home.ledger_path.with_name(home.ledger_path.name + suffix).unlink()
                 for directory in dirs:

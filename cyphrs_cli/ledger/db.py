@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from cyphrs_cli.errors import StorageError
+from cyphrs_cli.ledger.writelock import WriterLock
 
 BUSY_TIMEOUT_ENV = "CYPHRS_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
@@ -69,6 +70,7 @@ class Ledger:
             except OSError as exc:
                 raise StorageError(f"cannot create ledger {path}: {exc.strerror}") from exc
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
+        self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -123,20 +125,27 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the write lock from its first statement."""
+        """A write transaction that holds the write lock from its first statement.
+
+        The writer lock (``writelock``) is taken first, so writers of several processes
+        queue on it instead of on SQLite's sleeping busy handler."""
+        self._writer_lock.acquire()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StorageError(_write_failure(self.path, exc)) from exc
-        except BaseException:
-            self._rollback()
-            raise
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(_write_failure(self.path, exc)) from exc
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            self._writer_lock.release()
 
     def _rollback(self) -> None:
         """Undo the open transaction, never hiding the error that made us undo it.
@@ -150,6 +159,7 @@ class Ledger:
 
     def close(self) -> None:
         self.conn.close()
+        self._writer_lock.close()
 
     def __enter__(self) -> Ledger:
         return self

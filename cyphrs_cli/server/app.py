@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -530,6 +531,7 @@ async def problems_and_log(request: web.Request, handler: Handler) -> web.Stream
                 "status": response.status,
                 "ms": round(elapsed * 1000, 3),
                 "client": ("sha256:" + hashlib.sha256(der).hexdigest()) if der else None,
+                "pid": os.getpid(),  # which worker of ``--processes N`` answered
             }
         )
     )

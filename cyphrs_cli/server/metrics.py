@@ -1,5 +1,10 @@
 """Prometheus metrics of one ``cyphrs serve`` process, in a registry of its own (no
-process-wide default registry, so two servers in one test process never mix)."""
+process-wide default registry, so two servers in one test process never mix).
+
+With ``--processes N`` every worker keeps its values in prometheus-client's multiprocess
+files (its supervisor starts it with ``PROMETHEUS_MULTIPROC_DIR`` set, which the library
+reads when it is imported), and ``/metrics``, whichever worker answers, sums the files of
+every worker, those of a worker that died and was replaced included."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.issuance = Counter(
             "cyphrs_issuance",
@@ -60,4 +66,10 @@ class ServerMetrics:
         self.commit_latency.observe(seconds)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(every_worker)

@@ -20,12 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import signal
 import socket
-import ssl
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,14 +30,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
-from cyphrs_cli.errors import ExitCode, UsageError
+from cyphrs_cli.errors import UsageError
 from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
-from cyphrs_cli.server.problems import problem
+from cyphrs_cli.server.sites import HandedSite, ListeningSite, log
 from cyphrs_cli.server.tls import load_certificate, server_context
 
 if TYPE_CHECKING:
@@ -103,103 +98,18 @@ def _tls_names(options: ServeOptions) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(dict.fromkeys(dns)), tuple(ips)
 
 
-@dataclass
-class _ConnectionGate:
-    """How many HTTP connections are open, and how many may be (one per listening site)."""
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process of ``--processes N`` gets from its supervisor
+    (``server.supervisor``): the channel its connections arrive on (``sites.HandedSite``),
+    the URL the supervisor listens on, the supervisor's pid (a worker whose supervisor is
+    gone stops by itself), and the directory where prometheus-client's multiprocess mode
+    keeps every worker's counters."""
 
-    limit: int
-    open: int = 0
-
-
-class _ProblemRequestHandler(RequestHandler):
-    """aiohttp's connection protocol, but its own errors (a request line or header over the
-    parser's limits, a forbidden byte, a bad method) answer problem+json like every other
-    error, and never echo the request: aiohttp's text/plain answer and its logged
-    traceback quote the offending bytes, which may be an ``Authorization`` header or a
-    token. One JSON log line names the status and the error type only.
-
-    Connections past the gate's limit are closed as soon as they are made (after the TLS
-    handshake, which its own timeout bounds), so a client opening thousands of connections
-    cannot exhaust the process's file descriptors for everyone."""
-
-    def __init__(self, *args: Any, gate: _ConnectionGate, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._gate = gate
-        self._admitted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._gate.open >= self._gate.limit:
-            transport.close()
-            return
-        self._gate.open += 1
-        self._admitted = True
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._admitted:
-            self._admitted = False
-            self._gate.open -= 1
-        super().connection_lost(exc)
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; cannot send the error")
-        slug, exit_code = (
-            ("bad-request", ExitCode.USAGE) if status < 500 else ("internal", ExitCode.INTERNAL)
-        )
-        detail = "the HTTP request could not be parsed" if status < 500 else "internal error"
-        _log("http.rejected", status=status, type=type(exc).__name__ if exc else None)
-        response = web.Response(
-            status=status,
-            text=json.dumps(problem(status, slug, detail, exit_code)),
-            content_type="application/problem+json",
-        )
-        response.force_close()
-        return response
-
-
-class _Site(web.SockSite):
-    """A socket site whose TLS handshakes must finish within ``handshake_timeout`` and whose
-    connections answer parser errors as problem+json (``_ProblemRequestHandler``)."""
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        sock: socket.socket,
-        *,
-        ssl_context: ssl.SSLContext,
-        handshake_timeout: float,
-        protocol_options: dict[str, Any],
-        max_connections: int,
-    ) -> None:
-        super().__init__(runner, sock, ssl_context=ssl_context)
-        self._handshake_timeout = handshake_timeout
-        self._protocol_options = protocol_options
-        self._gate = _ConnectionGate(max_connections)
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        loop = asyncio.get_running_loop()
-        options = self._protocol_options
-
-        def connection() -> RequestHandler:
-            return _ProblemRequestHandler(server, loop=loop, gate=self._gate, **options)
-
-        self._server = await loop.create_server(
-            connection,
-            sock=self._sock,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout,
-        )
+    channel: socket.socket
+    listening: str
+    supervisor_pid: int
+    metrics_dir: str
 
 
 def serve(
@@ -207,26 +117,52 @@ def serve(
     secrets: SecretProvider,
     options: ServeOptions,
     ready: Callable[[dict[str, Any]], None],
+    *,
+    worker: WorkerSetup | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; ``ready`` gets the ready document once listening."""
     from cyphrs_cli.service.authority import Authority
 
-    _tls_names(options)  # refuse a nameless listen address before unlocking anything
+    check_listen_names(options)  # refuse a nameless listen address before unlocking anything
     with Authority.open(home, issuer=options.issuer, secrets=secrets, unlock=True) as authority:
-        asyncio.run(_serve(authority, options, ready))
+        asyncio.run(_serve(authority, options, ready, worker))
 
 
-def _log(event: str, **details: Any) -> None:
-    print(json.dumps({"event": event, **details}), file=sys.stderr, flush=True)
+def listening_socket(options: ServeOptions) -> socket.socket:
+    """The bound, listening socket of ``--listen`` (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.host, options.port))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {options.host}:{options.port}: {exc.strerror}") from exc
+    return sock
+
+
+def listening_url(options: ServeOptions, sock: socket.socket) -> str:
+    port = sock.getsockname()[1]
+    host = f"[{options.host}]" if sock.family == socket.AF_INET6 else options.host
+    return f"https://{host}:{port}"
+
+
+def check_listen_names(options: ServeOptions) -> None:
+    """Refuse a listen address that names no host for the TLS certificate (exit 2)."""
+    _tls_names(options)
 
 
 async def _serve(
-    authority: Authority, options: ServeOptions, ready: Callable[[dict[str, Any]], None]
+    authority: Authority,
+    options: ServeOptions,
+    ready: Callable[[dict[str, Any]], None],
+    worker: WorkerSetup | None,
 ) -> None:
     from cyphrs_cli.ledger.events import rfc3339
 
     loop = asyncio.get_running_loop()
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(multiprocess_dir=worker.metrics_dir if worker else None)
     authority.start_group_commit(observer=metrics.observe_commit)
     executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="cyphrs-req")
     state = ServerState(
@@ -250,11 +186,6 @@ async def _serve(
     context = server_context(bundle.decode())
     load_certificate(context, current)
 
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((options.host, options.port))
-    sock.listen(512)
     app = build_app(state)
     if options.acme is not None:
         from cyphrs_cli.server.acme.routes import AcmeState, mount
@@ -276,27 +207,49 @@ async def _serve(
     }
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_timeout, **protocol_options)
     await runner.setup()
-    site = _Site(
-        runner,
-        sock,
-        ssl_context=context,
-        handshake_timeout=options.header_timeout,
-        protocol_options=protocol_options,
-        max_connections=options.max_connections,
-    )
+    stop, renew_now = asyncio.Event(), asyncio.Event()
+    stop_reasons: list[str] = []
+
+    def stop_for(reason: str) -> Callable[[], None]:
+        def stopping() -> None:
+            stop_reasons.append(reason)
+            stop.set()
+
+        return stopping
+    site: web.BaseSite
+    if worker is None:
+        sock = listening_socket(options)
+        listening = listening_url(options, sock)
+        site = ListeningSite(
+            runner,
+            sock,
+            ssl_context=context,
+            handshake_timeout=options.header_timeout,
+            protocol_options=protocol_options,
+            max_connections=options.max_connections,
+        )
+    else:
+        listening = worker.listening
+        site = HandedSite(
+            runner,
+            worker.channel,
+            ssl_context=context,
+            handshake_timeout=options.header_timeout,
+            protocol_options=protocol_options,
+            max_connections=options.max_connections,
+            name=listening,
+            on_channel_closed=stop_for("supervisor-gone"),
+        )
     await site.start()
 
-    stop, renew_now = asyncio.Event(), asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop_for("signal"))
+    loop.add_signal_handler(signal.SIGINT, stop_for("signal"))
     loop.add_signal_handler(signal.SIGHUP, renew_now.set)
 
-    port = sock.getsockname()[1]
-    host = f"[{options.host}]" if family == socket.AF_INET6 else options.host
     ready(
         {
             "schema": "cyphrs.serve/v1",
-            "listening": f"https://{host}:{port}",
+            "listening": listening,
             "pid": os.getpid(),
             "issuer": authority.issuer_name,
             "public_url": options.public_url,
@@ -318,25 +271,35 @@ async def _serve(
                 fresh = await state.call(issue_tls)
                 load_certificate(context, fresh)
             except Exception as error:  # keep serving the current one; retry soon
-                _log("tls.renew-failed", error=f"{type(error).__name__}: {error}")
+                log("tls.renew-failed", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(min(60.0, max(1.0, wait / 10)))
                 continue
             current = fresh
-            _log(
+            log(
                 "tls.renewed",
                 serial=fresh.issued.serial,
                 not_after=rfc3339(fresh.issued.not_after),
             )
 
+    async def watch_supervisor(supervisor_pid: int) -> None:
+        # A worker must not outlive its supervisor (kill -9 of the supervisor included):
+        # orphans are re-parented, so a changed parent pid means the supervisor is gone.
+        while os.getppid() == supervisor_pid:
+            await asyncio.sleep(0.5)
+        stop_for("supervisor-gone")()
+
     renewer = asyncio.create_task(keep_certificate_fresh())
+    watcher = asyncio.create_task(watch_supervisor(worker.supervisor_pid)) if worker else None
     try:
         await stop.wait()
-        _log("shutdown", reason="signal")
+        log("shutdown", reason=stop_reasons[0])
     finally:
         renewer.cancel()
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()
         executor.shutdown(wait=True)
-        _log("stopped", pid=os.getpid())
+        log("stopped", pid=os.getpid())
 
 
-__all__ = ["ServeOptions", "parse_listen", "serve"]
+__all__ = ["ServeOptions", "WorkerSetup", "parse_listen", "serve"]

@@ -25,12 +25,19 @@ Examples:
 
   cyphrs serve --listen 0.0.0.0:8443 --dns ca.acme.internal --pin-file /run/pin
 
+  cyphrs serve --listen 0.0.0.0:8443 --dns ca.acme.internal --processes 4 --passphrase-file p
+
 The server issues its own TLS certificate (profile server) from the CA it serves, keeps
 its key in memory, and renews it at 2/3 of its lifetime (or at once on SIGHUP). When it
 listens it prints one JSON line on stdout (schema cyphrs.serve/v1: listening URL, pid;
 --json also makes a start-up error one JSON object on stderr); logs (one JSON object per
 line, no secrets) go to stderr. SIGTERM stops it gracefully:
 in-flight requests finish, then it exits 0. API: GET /openapi.json.
+
+--processes N starts N worker processes on one socket and one ledger (a supervisor
+passes the secrets to them over a pipe, replaces a worker that dies, and stops them all
+on SIGTERM); each worker enforces ceil(R/N) of every rate R and of --max-connections.
+ACME (--acme) runs in one process.
 
 {EXIT_CODE_HELP}"""
 
@@ -91,6 +98,15 @@ def serve(
             "--max-connections", min=1, help="Open HTTP connections at most (more are closed)."
         ),
     ] = 1024,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Worker processes sharing the socket and the ledger (one core each).",
+        ),
+    ] = 1,
     acme: Annotated[
         bool, typer.Option("--acme", help="Serve ACME (RFC 8555) at /acme/directory.")
     ] = False,
@@ -181,4 +197,9 @@ def serve(
         sys.stdout.write(json.dumps(document) + "\n")
         sys.stdout.flush()
 
-    run_server(resolve_home(home), secrets, options, ready)
+    if processes > 1:
+        from cyphrs_cli.server.supervisor import supervise
+
+        supervise(resolve_home(home), secrets, options, processes, ready)
+    else:
+        run_server(resolve_home(home), secrets, options, ready)

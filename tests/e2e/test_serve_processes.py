@@ -1,0 +1,259 @@
+"""``cyphrs serve --processes N`` attacked as a fleet, a replayer and an unlucky operator
+would: enrollments spread over workers land in one ledger with one hash chain; a one-use
+token replayed by 20 clients over 2 workers issues once; rate limits hold for the server as
+a whole; kill -9 of a worker is repaired, kill -9 of the supervisor stops every worker, and
+kill -9 of everything under load loses no delivered certificate. Real server processes on
+127.0.0.1, real TLS, every process stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_serve_crash import RenewalLoad, _ledger_serials
+from tests.helpers import Hierarchy, cli
+from tests.serve_clients import new_csr, request
+from tests.server_process import ServerProcess, start_server, worker_alive
+
+pytestmark = pytest.mark.slow
+
+
+def _token(ca: Hierarchy, uses: int) -> str:
+    done = cli(
+        "token", "create", "--home", str(ca.home), "--workflow", "fleet",
+        "--uses", str(uses), "--ttl", "10m", "--json",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    return str(done.json()["token"])
+
+
+def _enroll(server: ServerProcess, token: str) -> int:
+    _, csr = new_csr()
+    return request(server, "POST", "/v1/enroll", {"csr": csr.decode(), "token": token}).status
+
+
+def _answered_by(server: ServerProcess, operation: str) -> set[int]:
+    return {
+        int(e["pid"])
+        for e in server.log_events()
+        if e.get("operation") == operation and e.get("status") in (200, 201)
+    }
+
+
+def _wait_until(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_workers_share_the_load_the_ledger_and_the_metrics(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    token = _token(ca, 100)
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m") as server:
+        workers = server.worker_pids
+        assert len(set(workers)) == 2 and server.pid not in workers
+        statuses: list[int] = []
+
+        def client() -> None:
+            for _ in range(5):
+                statuses.append(_enroll(server, token))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert statuses == [201] * 20
+        # Both workers answered (the supervisor hands each connection to the least busy).
+        assert _answered_by(server, "enroll") == set(workers)
+        # /metrics sums every worker's counters, whichever worker answers it.
+        seen = set()
+        for _ in range(4):
+            reply = request(server, "GET", "/metrics")
+            assert reply.status == 200
+            text = reply.body.decode()
+            seen.add(_metric(text, "cyphrs_issuance_total", operation="enroll", outcome="issued"))
+        assert seen == {20.0}
+        assert _answered_by(server, "metrics") == set(workers)
+    assert server.process.returncode == 0
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (agents,) = conn.execute(
+            "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'"
+        ).fetchone()
+    assert agents == 20
+    verified = cli("audit", "verify", "--home", str(ca.home))
+    assert verified.exit_code == 0, verified.stderr  # one hash chain from two writers
+
+
+def test_one_use_token_replayed_over_two_workers_issues_once(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    token = _token(ca, 1)
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m", "--failure-rate", "0/m"
+    ) as server:
+        statuses: list[int] = []
+        gate = threading.Barrier(20)
+
+        def replay() -> None:
+            gate.wait()
+            statuses.append(_enroll(server, token))
+
+        threads = [threading.Thread(target=replay) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(_answered_by(server, "enroll")) == 1  # the winner's worker
+        replayed_on = {int(e["pid"]) for e in server.log_events() if e.get("operation") == "enroll"}
+    assert replayed_on == set(server.worker_pids)  # the replays really reached both workers
+    assert sorted(statuses).count(201) == 1, statuses
+    assert all(s in (201, 403, 409) for s in statuses), statuses
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (issued,) = conn.execute(
+            "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'"
+        ).fetchone()
+    assert issued == 1
+    assert cli("audit", "verify", "--home", str(ca.home)).exit_code == 0
+
+
+def test_failure_rate_bounds_the_server_not_each_worker(fresh_hierarchy: Hierarchy) -> None:
+    """--failure-rate 6/m over 2 workers: each enforces 3/m, so 12 made-up tokens from one
+    address get at most 6 refusals (each one a ledger event) and the rest 429."""
+    ca = fresh_hierarchy
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", "2", "--failure-rate", "6/m"
+    ) as server:
+        statuses = [_enroll(server, "cyphrs_tok_" + "A" * 43) for _ in range(12)]
+    assert statuses.count(429) >= 6, statuses
+    assert 1 <= statuses.count(403) <= 6, statuses
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (refusals,) = conn.execute(
+            "SELECT count(*) FROM events WHERE type = 'token.refused'"
+        ).fetchone()
+    assert refusals == statuses.count(403) <= 6
+
+
+def test_a_killed_worker_is_replaced_and_service_goes_on(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    token = _token(ca, 50)
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m") as server:
+        victim = server.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        assert _wait_until(
+            lambda: any(e.get("event") == "worker.started" for e in server.log_events()), 30
+        ), server.log()[-2000:]
+        exited = [e for e in server.log_events() if e.get("event") == "worker.exited"]
+        assert exited[0]["worker"] == victim and exited[0]["code"] == -signal.SIGKILL
+        replacement = next(
+            int(e["worker"]) for e in server.log_events() if e.get("event") == "worker.started"
+        )
+        # Every request is answered meanwhile, and the replacement takes its share.
+        assert [_enroll(server, token) for _ in range(8)] == [201] * 8
+        assert _wait_until(
+            lambda: _enroll(server, token) == 201 and replacement in _answered_by(server, "enroll"),
+            60,
+        ), server.log()[-2000:]
+        assert not worker_alive(victim)
+    assert server.process.returncode == 0
+    assert not any(worker_alive(pid) for pid in server.worker_pids)
+
+
+def test_sigterm_stops_every_worker_gracefully(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    server = start_server(ca.home, ca.inter_pass, "--processes", "3")
+    try:
+        workers = server.worker_pids
+        assert len(workers) == 3 and all(worker_alive(pid) for pid in workers)
+        assert request(server, "GET", "/readyz").status == 200
+        assert server.terminate() == 0
+        assert not any(worker_alive(pid) for pid in workers)
+        stopped = {e.get("pid") for e in server.log_events() if e.get("event") == "stopped"}
+        assert stopped == set(workers)  # each drained its committer and closed its ledger
+    finally:
+        server.stop()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    server = start_server(ca.home, ca.inter_pass, "--processes", "2")
+    try:
+        workers = server.worker_pids
+        server.kill()  # SIGKILL: no chance to stop anyone
+        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 15)
+        reasons = {e.get("reason") for e in server.log_events() if e.get("event") == "shutdown"}
+        assert reasons <= {"supervisor-gone"} and reasons
+    finally:
+        server.stop()
+
+
+def test_kill_9_of_every_process_under_load_loses_no_delivered_certificate(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    ca = fresh_hierarchy
+    server = start_server(ca.home, ca.inter_pass, "--processes", "2", "--identity-rate", "0/m")
+    try:
+        load = RenewalLoad(ca, server, tmp_path)
+        load.start()
+        time.sleep(2.0)
+        for pid in [server.pid, *server.worker_pids]:
+            os.kill(pid, signal.SIGKILL)
+        load.stop()
+    finally:
+        server.stop()
+    assert len(load.received) >= 4, load.errors
+    ledger = _ledger_serials(ca)
+    missing = [s for s in load.received if s not in ledger]
+    assert not missing, f"{len(missing)} delivered certificates are not in the ledger"
+    verified = cli("audit", "verify", "--home", str(ca.home))
+    assert verified.exit_code == 0, verified.stderr
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as again:
+        assert request(again, "GET", "/readyz").status == 200
+
+
+def test_wrong_passphrase_is_refused_before_any_worker_starts(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    ca = fresh_hierarchy
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not the passphrase\n")
+    with pytest.raises(RuntimeError, match=r"exit 4"):
+        start_server(ca.home, wrong, "--processes", "2")
+
+
+def test_acme_is_refused_with_several_processes(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    with pytest.raises(RuntimeError, match=r"exit 2\).*--acme serves from one process"):
+        start_server(ca.home, ca.inter_pass, "--processes", "2", "--acme")
+
+
+def test_ready_line_names_the_supervisor_and_each_worker(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        ready = server.ready
+        assert ready["pid"] == server.pid
+        assert re.fullmatch(r"https://127\.0\.0\.1:\d+", ready["listening"])
+        serials = [w["tls_serial"] for w in ready["processes"]]
+        assert len(set(serials)) == 2  # each worker has its own TLS certificate
+        assert ready["tls_serial"] == serials[0]
+        recorded = _ledger_serials(ca)
+        assert all(recorded[serial] == "valid" for serial in serials)

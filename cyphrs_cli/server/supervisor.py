@@ -133,6 +133,7 @@ class _Supervisor:
         self._listening = listening_url(options, sock)
         self.workers: list[_Worker] = []
         self._restarts: list[float] = []
+        self._starting = True  # until every first worker is ready: a failure stops all
         self._selector = selectors.DefaultSelector()
         sock.setblocking(False)
 
@@ -176,6 +177,7 @@ class _Supervisor:
             if left <= 0:
                 raise StorageError(f"a worker did not start within {READY_TIMEOUT:g} s")
             self._poll(min(left, 1.0), accept=False)
+        self._starting = False
 
     def _read_ready(self, worker: _Worker) -> None:
         chunk = os.read(worker.stdout, 65536)
@@ -190,6 +192,10 @@ class _Supervisor:
             document = {}
         if document.get("schema") == "cyphrs.serve/v1":
             worker.ready = document
+            return
+        if not self._starting:  # a replacement that failed: ``replace_dead`` counts it
+            error = document.get("error") or {}
+            _log("worker.failed", {"worker": worker.process.pid, "error": error.get("message")})
             return
         code = worker.process.wait(timeout=30)
         raise worker_error(document.get("error"), code)
@@ -264,10 +270,8 @@ class _Supervisor:
             self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW]
             _log("worker.exited", {"worker": worker.process.pid, "code": code})
             if len(self._restarts) >= RESTART_LIMIT:
-                raise worker_error(
-                    {"message": f"workers exited {RESTART_LIMIT} times in {RESTART_WINDOW:g} s"},
-                    code if code > 0 else int(ExitCode.STORAGE),
-                )
+                deaths = f"workers exited {RESTART_LIMIT + 1} times in {RESTART_WINDOW:g} s"
+                raise worker_error({"message": deaths}, code)
             self._restarts.append(now)
             fresh = self.start_worker()
             _log("worker.started", {"worker": fresh.process.pid, "replaces": worker.process.pid})
@@ -304,7 +308,10 @@ class _Supervisor:
 def worker_error(error: dict[str, Any] | None, code: int) -> CyphrsError:
     """The CyphrsError a worker died of (its exit code decides the class)."""
     message = (error or {}).get("message") or f"a server worker exited with code {code}"
-    wanted = code if code in {int(c) for c in ExitCode} else int(ExitCode.INTERNAL)
+    # Killed by a signal (negative code: OOM killer, kill -9): the environment, not a bug.
+    wanted = int(ExitCode.STORAGE) if code < 0 else code
+    if wanted not in {int(c) for c in ExitCode}:
+        wanted = int(ExitCode.INTERNAL)
     for cls in _error_classes(CyphrsError):
         if int(cls.exit_code) == wanted and cls.__init__ is CyphrsError.__init__:
             return cls(message, hint=(error or {}).get("hint"))
@@ -375,7 +382,7 @@ def supervise(
         sock.close()  # what waits in the kernel's queue is refused, not left hanging
         failed = [c for c in supervisor.stop_all(options.shutdown_timeout + 5) if c != 0]
         if failed:
-            raise worker_error(None, failed[0] if failed[0] > 0 else int(ExitCode.INTERNAL))
+            raise worker_error(None, failed[0])
     finally:
         supervisor.stop_all(options.shutdown_timeout + 5)
         sock.close()

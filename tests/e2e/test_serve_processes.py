@@ -257,3 +257,49 @@ def test_ready_line_names_the_supervisor_and_each_worker(fresh_hierarchy: Hierar
         assert ready["tls_serial"] == serials[0]
         recorded = _ledger_serials(ca)
         assert all(recorded[serial] == "valid" for serial in serials)
+
+
+def test_secrets_reach_workers_over_a_pipe_only(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    passphrase = ca.inter_pass.read_bytes().strip()
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        for pid in [server.pid, *server.worker_pids]:
+            for part in ("cmdline", "environ"):
+                assert passphrase not in Path(f"/proc/{pid}/{part}").read_bytes(), (pid, part)
+
+
+def test_sighup_renews_every_workers_tls_certificate(fresh_hierarchy: Hierarchy) -> None:
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        before = {w["tls_serial"] for w in server.ready["processes"]}
+        server.process.send_signal(signal.SIGHUP)
+
+        def renewed() -> list[str]:
+            return [e["serial"] for e in server.log_events() if e.get("event") == "tls.renewed"]
+
+        assert _wait_until(lambda: len(renewed()) == 2, 30), server.log()[-2000:]
+        assert len(set(renewed()) | before) == 4
+        assert request(server, "GET", "/readyz").status == 200
+
+
+def test_a_worker_dying_again_and_again_stops_the_server(fresh_hierarchy: Hierarchy) -> None:
+    """The 6th death within 60 s (5 replacements) stops the server: exit 8, no worker left."""
+    ca = fresh_hierarchy
+    server = start_server(ca.home, ca.inter_pass, "--processes", "2")
+    try:
+        for round_ in range(6):
+            alive = [pid for pid in server.worker_pids if worker_alive(pid)]
+            assert alive, server.log()[-2000:]
+            os.kill(alive[-1], signal.SIGKILL)
+            if round_ < 5:
+                assert _wait_until(
+                    lambda r=round_: (
+                        sum(1 for e in server.log_events() if e.get("event") == "worker.started")
+                        == r + 1
+                    ),
+                    30,
+                ), server.log()[-2000:]
+        assert server.process.wait(timeout=60) == 8
+        assert not any(worker_alive(pid) for pid in server.worker_pids)
+    finally:
+        server.stop()

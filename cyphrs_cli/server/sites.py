@@ -49,7 +49,7 @@ class ConnectionGate:
 
     limit: int
     open: int = 0
-    #: Called when an admitted connection closes (a worker tells its supervisor).
+    #: Called when a connection closes, admitted or not (a worker tells its supervisor).
     on_close: Callable[[], None] | None = None
 
 
@@ -81,8 +81,10 @@ class ProblemRequestHandler(RequestHandler):
         if self._admitted:
             self._admitted = False
             self._gate.open -= 1
-            if self._gate.on_close is not None:
-                self._gate.on_close()
+        # Every connection that was made reports its close, admitted or turned away: the
+        # supervisor counts what it handed, not what the gate let in.
+        if self._gate.on_close is not None:
+            self._gate.on_close()
         super().connection_lost(exc)
 
     def handle_error(

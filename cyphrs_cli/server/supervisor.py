@@ -229,11 +229,14 @@ class _Supervisor:
                 self._hand(connection)
 
     def _hand(self, connection: socket.socket) -> None:
-        """To the ready worker with the fewest open connections; closed if none is left."""
+        """To the ready worker with the fewest open connections; closed (refused) when every
+        worker is gone or has a full channel."""
         ready = (w for w in self.workers if w.ready)
         for worker in sorted(ready, key=lambda w: (w.open, w.handed)):
             try:
                 send_connection(worker.channel, connection)
+            except BlockingIOError:
+                continue  # its channel is full (a stalled worker): try the next one
             except OSError:
                 worker.ready = None  # its end is closed: it died; do not try it again
                 continue

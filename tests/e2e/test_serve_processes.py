@@ -303,3 +303,43 @@ def test_a_worker_dying_again_and_again_stops_the_server(fresh_hierarchy: Hierar
         assert not any(worker_alive(pid) for pid in server.worker_pids)
     finally:
         server.stop()
+
+
+def test_connection_cap_is_per_worker_and_refusals_keep_the_balance(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """--max-connections 2 over 2 workers: one each. Two idle clients fill both; a third is
+    closed at once. Once they leave, sequential requests alternate between the workers
+    again: the turned-away connection was reported closed too, or the supervisor would
+    count it open forever and send everything to the other worker."""
+    import socket
+    import ssl
+
+    ca = fresh_hierarchy
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", "2", "--max-connections", "2"
+    ) as server:
+        context = ssl.create_default_context(cafile=str(server.root_pem))
+
+        def connect() -> ssl.SSLSocket:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+        idle = [connect(), connect()]
+        try:
+            refused = connect()
+            try:
+                refused.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert refused.recv(1024) == b""  # closed without an answer
+            except (ssl.SSLError, ConnectionError):
+                pass  # closed while the request was still being written
+            finally:
+                refused.close()
+        finally:
+            for conn in idle:
+                conn.close()
+        time.sleep(0.5)  # the workers report the closes
+        for _ in range(6):
+            assert request(server, "GET", "/healthz").status == 200
+        healthy = [int(e["pid"]) for e in server.log_events() if e.get("operation") == "healthz"]
+        assert sorted(healthy.count(pid) for pid in server.worker_pids) == [3, 3]

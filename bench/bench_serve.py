@@ -318,6 +318,7 @@ def main() -> None:
         print(
             f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]};"
             f" cyphrs serve --processes {args.processes};"
+            f" load average {os.getloadavg()[0]:.2f} at the end;"
             f" cyphrs ledger rows {recorded}, cfssl certdb rows {cf_recorded}"
         )
         print("| clients | cyphrs /s | p50 ms | p99 ms | cfssl /s | p50 ms | p99 ms | ratio |")

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def _token(ca: Hierarchy, uses: int) -> str:
 def _enroll(server: ServerProcess, token: str) -> int:
     _, csr = new_csr()
     return request(server, "POST", "/v1/enroll", {"csr": csr.decode(), "token": token}).status
+
+
+def _in_threads(target: Callable[[], None], count: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
 
 
 def _answered_by(server: ServerProcess, operation: str) -> set[int]:
@@ -78,11 +87,7 @@ def test_workers_share_the_load_the_ledger_and_the_metrics(fresh_hierarchy: Hier
             for _ in range(5):
                 statuses.append(_enroll(server, token))
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _in_threads(client, 4)
         assert statuses == [201] * 20
         # Both workers answered (the supervisor hands each connection to the least busy).
         assert _answered_by(server, "enroll") == set(workers)
@@ -118,11 +123,7 @@ def test_one_use_token_replayed_over_two_workers_issues_once(fresh_hierarchy: Hi
             gate.wait()
             statuses.append(_enroll(server, token))
 
-        threads = [threading.Thread(target=replay) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _in_threads(replay, 20)
         assert len(_answered_by(server, "enroll")) == 1  # the winner's worker
         replayed_on = {int(e["pid"]) for e in server.log_events() if e.get("operation") == "enroll"}
     assert replayed_on == set(server.worker_pids)  # the replays really reached both workers

@@ -344,3 +344,44 @@ def test_connection_cap_is_per_worker_and_refusals_keep_the_balance(
             assert request(server, "GET", "/healthz").status == 200
         healthy = [int(e["pid"]) for e in server.log_events() if e.get("operation") == "healthz"]
         assert sorted(healthy.count(pid) for pid in server.worker_pids) == [3, 3]
+
+
+def test_workers_sign_with_a_pkcs11_token_key(tmp_path: Path) -> None:
+    """The issuing key in SoftHSM2: the supervisor asks for the PIN once, each worker opens
+    its own session with it, and both sign certificates that openssl verifies. The PIN is
+    in no worker's argv or environment."""
+    import subprocess
+
+    from tests.e2e.test_hsm import PIN, _hsm_hierarchy, make_tokens
+
+    (tmp_path / "hsm").mkdir()
+    tokens = make_tokens(tmp_path / "hsm", "root-token", "issuing-token")
+    hsm = _hsm_hierarchy(tokens, tmp_path, "p256")
+    done = cli(
+        "token", "create", "--home", str(hsm.home), "--workflow", "fleet", "--uses", "10",
+        "--ttl", "10m", "--json",
+    )  # fmt: skip
+    token = str(done.json()["token"])
+    with start_server(
+        hsm.home, tokens.pin_file, "--pin-file", str(tokens.pin_file), "--processes", "2",
+        "--token-rate", "0/m", env=tokens.env(),
+    ) as server:  # fmt: skip
+        issued = []
+        for _ in range(6):
+            _, csr = new_csr()
+            reply = request(server, "POST", "/v1/enroll", {"csr": csr.decode(), "token": token})
+            assert reply.status == 201, reply.body
+            issued.append(reply.json())
+        assert _answered_by(server, "enroll") == set(server.worker_pids)
+        for pid in server.worker_pids:
+            for part in ("cmdline", "environ"):
+                assert PIN.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
+    for n, one in enumerate(issued):
+        (tmp_path / f"leaf{n}.pem").write_text(one["certificate"])
+        (tmp_path / f"chain{n}.pem").write_text(one["chain"])
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(server.root_pem), "-untrusted",
+             str(tmp_path / f"chain{n}.pem"), str(tmp_path / f"leaf{n}.pem")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -18,6 +18,11 @@ frames, SQLite never rewinds the WAL, and the file grows (measured: 12,000 pages
 restart could not get its locks), a ``TRUNCATE`` checkpoint empties the file. Closing
 runs a last ``TRUNCATE`` checkpoint and stops the thread.
 
+A RESTART or TRUNCATE holds the write lock while it waits for readers of the WAL (a long
+``audit export`` or ``list`` in another process) to finish: the writer would wait with
+it. So those wait at most ``BLOCKING_WAIT_MS``; past that SQLite answers busy, the
+checkpoint is counted as ``busy`` and tried again at the next one, and the writer goes on.
+
 Durability is unchanged: a checkpoint only copies committed frames from the WAL into the
 database file (``synchronous = FULL`` syncs both); a crash at any point leaves every
 committed transaction either in the database file or in the WAL, from which SQLite
@@ -26,6 +31,7 @@ recovers it on the next open.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -38,7 +44,10 @@ DEFAULT_EVERY_ITEMS = 128
 DEFAULT_LIMIT_PAGES = 10_000
 #: With commits pending but no new ones for this long, checkpoint anyway (quiet periods).
 IDLE_SECONDS = 1.0
-BUSY_TIMEOUT_MS = 5_000
+#: The longest a RESTART/TRUNCATE checkpoint waits for locks (and so may hold up the writer).
+BLOCKING_WAIT_MS = 50
+#: At close the writer has stopped: the last TRUNCATE may wait for readers longer.
+CLOSING_WAIT_MS = 5_000
 
 
 @dataclass
@@ -68,10 +77,15 @@ class WalCheckpointer:
         self._limit_pages = max(1, limit_pages)
         self._idle_seconds = idle_seconds
         # Used by the checkpoint thread only (and by ``close`` after that thread ended).
+        # mode=rw: never create a ledger file that is not there.
         self._conn = sqlite3.connect(
-            path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            f"{path.resolve().as_uri()}?mode=rw",
+            uri=True,
+            isolation_level=None,
+            timeout=BLOCKING_WAIT_MS / 1000,
+            check_same_thread=False,
         )
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._conn.execute(f"PRAGMA busy_timeout = {BLOCKING_WAIT_MS}")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._lock = threading.Lock()
         self._pending = 0  # items committed since the last checkpoint
@@ -117,6 +131,8 @@ class WalCheckpointer:
                 else:
                     continue
             if closing:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute(f"PRAGMA busy_timeout = {CLOSING_WAIT_MS}")
                 self._checkpoint("TRUNCATE")
                 return
             self._checkpoint("PASSIVE")

@@ -109,6 +109,34 @@ def test_checkpoint_items_zero_keeps_sqlites_own_checkpoints(authority: Authorit
     assert committer.stats.items == 4
 
 
+def test_a_long_reader_does_not_hold_up_the_writer(authority: Authority, home: CaHome) -> None:
+    """A RESTART checkpoint holds the write lock while it waits for readers: with a reader
+    parked on an old snapshot (a long export in another process), it must give up after
+    its short wait and let the writer go on, not stall issuance for seconds."""
+    committer = authority.start_group_commit(checkpoint_items=5)
+    checkpointer = committer.checkpointer
+    assert checkpointer is not None
+    profile = authority.profile("agent")
+    reader = sqlite3.connect(home.ledger_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM certificates").fetchone()  # holds its snapshot
+    slowest = 0.0
+    try:
+        for n in range(40):
+            order = LeafOrder(profile="agent", workflow="wal", instance=f"r{n}")
+            request, _ = prepare_request(order, profile, authority.facts.trust_domain)
+            started = time.monotonic()
+            authority.commit_leaf(profile, request)
+            slowest = max(slowest, time.monotonic() - started)
+            if checkpointer.stats.busy >= 2:
+                break
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert checkpointer.stats.busy >= 1, checkpointer.stats  # the reader did block a RESTART
+    assert slowest < 2.0, f"an issuance waited {slowest:.2f} s behind a checkpoint"
+
+
 _ISSUER = textwrap.dedent(
     """
     import sys, threading

@@ -88,7 +88,7 @@ def pem_bundle(
 ) -> PemBundle:
     from cryptography.hazmat.primitives import serialization
 
-    chain, root = chain_pems(issued.chain)
+    chain, root = chain_pems(tuple(issued.chain))
     key_pem = None
     if private_key is not None:
         key_pem = private_key.private_bytes(

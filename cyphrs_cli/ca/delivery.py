@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import unicodedata
@@ -66,16 +67,28 @@ class PemBundle:
         return [(role, name, text, mode) for role, name, text, mode in files if text is not None]
 
 
+def _pem(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@functools.lru_cache(maxsize=16)
+def chain_pems(chain: tuple[x509.Certificate, ...]) -> tuple[str, str]:
+    """(intermediates, roots) of an issuer's chain as PEM text. Every certificate an
+    issuer signs carries the same chain, so a server encodes it once per issuer, not
+    once per certificate (certificates are immutable and hash by their DER)."""
+    intermediates = "".join(_pem(c) for c in chain if c.subject != c.issuer)
+    roots = "".join(_pem(c) for c in chain if c.subject == c.issuer)
+    return intermediates, roots
+
+
 def pem_bundle(
     issued: IssuedCertificate, private_key: CertificateIssuerPrivateKeyTypes | None
 ) -> PemBundle:
     from cryptography.hazmat.primitives import serialization
 
-    def pem(cert: x509.Certificate) -> str:
-        return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    intermediates = [c for c in issued.chain if c.subject != c.issuer]
-    roots = [c for c in issued.chain if c.subject == c.issuer]
+    chain, root = chain_pems(tuple(issued.chain))
     key_pem = None
     if private_key is not None:
         key_pem = private_key.private_bytes(
@@ -84,9 +97,9 @@ def pem_bundle(
             serialization.NoEncryption(),
         ).decode()
     return PemBundle(
-        certificate=pem(issued.certificate),
-        chain="".join(pem(c) for c in intermediates),
-        root="".join(pem(c) for c in roots),
+        certificate=_pem(issued.certificate),
+        chain=chain,
+        root=root,
         private_key=key_pem,
     )
 

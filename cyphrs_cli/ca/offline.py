@@ -519,7 +519,7 @@ def _requested_key(
     from cyphrs_cli.keystore.base import KeyInfo
 
     rows = conn.execute(
-        "SELECT details FROM events WHERE type = 'authority.requested' AND target = ?"
+        "SELECT details FROM events WHERE +type = 'authority.requested' AND target = ?"
         " ORDER BY seq DESC",
         (f"authority:{alias}",),
     ).fetchall()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cyphrs_cli.errors import InvalidInputError, UsageError
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import (
         CertificateIssuerPrivateKeyTypes,
         CertificatePublicKeyTypes,
@@ -86,8 +87,13 @@ def prepare_request(
     trust_domain: str | None,
     *,
     stand_in: Callable[[KeySpec], CertificatePublicKeyTypes] | None = None,
+    csr: x509.CertificateSigningRequest | None = None,
 ) -> tuple[LeafRequest, CertificateIssuerPrivateKeyTypes | None]:
     """Validate the order and produce the request plus a generated key (None for a CSR).
+
+    ``csr`` is ``order.csr_pem`` as the caller already loaded it with ``load_csr`` (its
+    signature verified): enrollment parses the CSR first to read its SPIFFE ID, and a
+    second parse and signature check of the same bytes would only cost time.
 
     With ``stand_in`` (the batch pre-pass) no key pair is generated: the request carries a
     public key of the requested type from ``stand_in`` so that the policy decision and the
@@ -136,7 +142,8 @@ def prepare_request(
 
         if order.key_type:
             raise UsageError("--key-type applies to generated keys, not to a CSR")
-        public_key = load_csr(order.csr_pem, source=order.csr_source).public_key()
+        loaded = csr if csr is not None else load_csr(order.csr_pem, source=order.csr_source)
+        public_key = loaded.public_key()
         key_type = key_algorithm_name(public_key)
         key_storage = "csr"
     else:

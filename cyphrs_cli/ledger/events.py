@@ -143,6 +143,7 @@ def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str
     """Append ``event`` inside the caller's transaction; returns (seq, hash)."""
     head = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev_hash = (head["seq"] + 1, head["hash"]) if head else (1, GENESIS_HASH)
+    details_json = canonical_json(event.details)  # hashed and stored: encoded once
     body = {
         "seq": seq,
         "at": rfc3339(utc_now()),
@@ -151,7 +152,7 @@ def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str
         "host": _host_name(),
         "outcome": event.outcome,
         "target": event.target,
-        "params_hash": sha256_hex(canonical_json(event.details)),
+        "params_hash": sha256_hex(details_json),
         "details": event.details,
     }
     digest = chain_hash(prev_hash, body)
@@ -167,7 +168,7 @@ def append_event(conn: sqlite3.Connection, event: LedgerEvent) -> tuple[int, str
             body["outcome"],
             body["target"],
             body["params_hash"],
-            canonical_json(event.details).decode(),
+            details_json.decode(),
             prev_hash,
             digest,
         ),

@@ -264,9 +264,12 @@ class Authority:
         max_items: int | None = None,
         max_wait: float | None = None,
         observer: CommitObserver | None = None,
+        checkpoint_items: int | None = None,
     ) -> GroupCommitter:
         """From now on ``commit_leaf`` calls of every thread are batched by one writer
-        thread (``service.committer``); ``close`` drains it. The server's mode."""
+        thread (``service.committer``), whose WAL checkpoints run on a thread of their own
+        every ``checkpoint_items`` items (0: in its COMMITs, as SQLite does by default);
+        ``close`` drains both. The server's mode."""
         from cyphrs_cli.service import committer as group
 
         with self._lock:
@@ -276,6 +279,7 @@ class Authority:
                     max_items=max_items or group.DEFAULT_MAX_ITEMS,
                     max_wait=group.DEFAULT_MAX_WAIT if max_wait is None else max_wait,
                     observer=observer,
+                    checkpoint_items=checkpoint_items,
                 )
             return self._committer
 
@@ -362,6 +366,7 @@ class Authority:
         from cyphrs_cli.ledger.queries import list_certificates
 
         return list_certificates(self.ledger.conn, query, utc_now())
+
     # -- enrollment (tokens, JWT provisioners) ----------------------------------------
 
     def create_token(self, spec: TokenSpec) -> CreatedToken:
@@ -413,6 +418,7 @@ class Authority:
                 client = JwksFetcher(url)  # bounded, no redirects, backs off after a failure
                 self._jwks_clients[url] = client
             return client
+
     # -- status (OCSP, CRL distribution, CA certificates): service.status -----------
 
     @property

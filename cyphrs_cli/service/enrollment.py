@@ -212,7 +212,7 @@ def _leaf_request(
         requester=grant.requester,
         csr_pem=request.csr_pem,
     )
-    leaf, _ = prepare_request(order, profile, issuer_domain)
+    leaf, _ = prepare_request(order, profile, issuer_domain, csr=csr)
     return profile, replace(leaf, ttl=ttl)
 
 

@@ -1,0 +1,159 @@
+"""WAL checkpoints off the commit path, for a ledger with one busy writer (``cyphrs serve``).
+
+With SQLite's default auto-checkpoint, the COMMIT that takes the WAL past 1000 pages also
+copies those pages into the database file and fsyncs it: the requests of that group wait
+for it (a latency spike), and the hot pages (index tails, the events table's end) are
+copied once per 1000 pages although most of them were rewritten many times meanwhile.
+
+A ``WalCheckpointer`` does that work on its own thread and its own connection instead:
+the writer turns its auto-checkpoint off (``PRAGMA wal_autocheckpoint = 0`` on the
+writer's connection only) and calls ``committed(items)`` after each transaction; once
+``every_items`` items were committed since the last checkpoint, the thread runs a
+``PASSIVE`` checkpoint, which copies the frames without blocking the writer, then a
+``RESTART`` checkpoint, which takes the writer's lock only to copy the few frames
+committed meanwhile and makes the next transaction write the WAL from its start again.
+Without that second step a busy writer always outruns the passive checkpoint by a few
+frames, SQLite never rewinds the WAL, and the file grows (measured: 12,000 pages after
+2,000 enrollments). Should the WAL still hold more than ``limit_pages`` frames (the
+restart could not get its locks), a ``TRUNCATE`` checkpoint empties the file. Closing
+runs a last ``TRUNCATE`` checkpoint and stops the thread.
+
+A RESTART or TRUNCATE holds the write lock while it waits for readers of the WAL (a long
+``audit export`` or ``list`` in another process) to finish: the writer would wait with
+it. So those wait at most ``BLOCKING_WAIT_MS``; past that SQLite answers busy, the
+checkpoint is counted as ``busy`` and tried again at the next one, and the writer goes on.
+
+Durability is unchanged: a checkpoint only copies committed frames from the WAL into the
+database file (``synchronous = FULL`` syncs both); a crash at any point leaves every
+committed transaction either in the database file or in the WAL, from which SQLite
+recovers it on the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Items (certificates) committed between two PASSIVE checkpoints. One enrollment writes
+#: about 35 WAL pages alone and fewer per item in a group, so this is a few thousand pages.
+DEFAULT_EVERY_ITEMS = 128
+#: Frames past which the WAL is checkpointed with TRUNCATE (about 40 MB of 4 KiB pages).
+DEFAULT_LIMIT_PAGES = 10_000
+#: With commits pending but no new ones for this long, checkpoint anyway (quiet periods).
+IDLE_SECONDS = 1.0
+#: The longest a RESTART/TRUNCATE checkpoint waits for locks (and so may hold up the writer).
+BLOCKING_WAIT_MS = 50
+#: At close the writer has stopped: the last TRUNCATE may wait for readers longer.
+CLOSING_WAIT_MS = 5_000
+
+
+@dataclass
+class CheckpointStats:
+    """What the checkpointer did so far (read by tests)."""
+
+    passive: int = 0  # PASSIVE checkpoints run
+    restart: int = 0  # RESTART checkpoints run (one after each PASSIVE)
+    truncate: int = 0  # TRUNCATE checkpoints run (WAL over its limit, or closing)
+    busy: int = 0  # checkpoints that could not complete (a reader or the writer was busy)
+    largest_wal_pages: int = 0  # the most frames a checkpoint found in the WAL
+    errors: int = 0  # checkpoints that failed (I/O); the next one tries again
+
+
+class WalCheckpointer:
+    """The checkpoint thread of one ledger file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        every_items: int = DEFAULT_EVERY_ITEMS,
+        limit_pages: int = DEFAULT_LIMIT_PAGES,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
+        self._every_items = max(1, every_items)
+        self._limit_pages = max(1, limit_pages)
+        self._idle_seconds = idle_seconds
+        # Used by the checkpoint thread only (and by ``close`` after that thread ended).
+        # mode=rw: never create a ledger file that is not there.
+        self._conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=rw",
+            uri=True,
+            isolation_level=None,
+            timeout=BLOCKING_WAIT_MS / 1000,
+            check_same_thread=False,
+        )
+        self._conn.execute(f"PRAGMA busy_timeout = {BLOCKING_WAIT_MS}")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._lock = threading.Lock()
+        self._pending = 0  # items committed since the last checkpoint
+        self._wake = threading.Event()
+        self._closed = False
+        self.stats = CheckpointStats()
+        self._thread = threading.Thread(target=self._run, name="cyphrs-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def committed(self, items: int) -> None:
+        """The writer committed a transaction of ``items`` items (cheap: no I/O here)."""
+        with self._lock:
+            self._pending += items
+            due = self._pending >= self._every_items
+        if due:
+            self._wake.set()
+
+    def close(self) -> None:
+        """Checkpoint everything (TRUNCATE), stop the thread, close the connection
+        (idempotent). Call it after the writer has stopped writing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._wake.set()
+        self._thread.join()
+        self._conn.close()
+
+    # -- the checkpoint thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            woken = self._wake.wait(timeout=self._idle_seconds)
+            self._wake.clear()
+            with self._lock:
+                closing, pending = self._closed, self._pending
+                if closing or pending >= self._every_items or (pending and not woken):
+                    self._pending = 0
+                else:
+                    continue
+            if closing:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute(f"PRAGMA busy_timeout = {CLOSING_WAIT_MS}")
+                self._checkpoint("TRUNCATE")
+                return
+            self._checkpoint("PASSIVE")
+            frames = self._checkpoint("RESTART")
+            if frames > self._limit_pages:
+                self._checkpoint("TRUNCATE")
+
+    def _checkpoint(self, mode: str) -> int:
+        """Run one checkpoint; the number of frames the WAL held (0 on failure)."""
+        try:
+            busy, frames, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            self.stats.errors += 1
+            return 0
+        if mode == "PASSIVE":
+            self.stats.passive += 1
+        elif mode == "RESTART":
+            self.stats.restart += 1
+        else:
+            self.stats.truncate += 1
+        if busy:
+            self.stats.busy += 1
+        self.stats.largest_wal_pages = max(self.stats.largest_wal_pages, max(frames, 0))
+        return int(frames)

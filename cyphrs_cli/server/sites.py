@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import sys
@@ -199,15 +200,22 @@ class HandedSite(web.BaseSite):
         def receive() -> None:
             for _ in range(_HANDED_PER_WAKEUP):
                 try:
-                    _, fds, _, _ = socket.recv_fds(self._channel, 16, 1)
+                    message, fds, _, _ = socket.recv_fds(self._channel, 16, 1)
                 except BlockingIOError:
                     return
                 except OSError:
-                    fds = []
-                if not fds:  # EOF: the supervisor closed the channel
+                    message, fds = b"", []
+                if not message:  # EOF: the supervisor closed the channel
                     self._stop_reading()
                     self._on_channel_closed()
                     return
+                if not fds:
+                    # A message without its descriptor: this process is out of descriptors
+                    # (EMFILE) and the kernel closed the connection (MSG_CTRUNC). Not the
+                    # supervisor's EOF; count it closed so the balance stays true.
+                    log("connection.dropped", pid=os.getpid(), reason="out of file descriptors")
+                    self._tell_closed()
+                    continue
                 connection = socket.socket(fileno=fds[0])
                 connection.setblocking(False)
                 task = loop.create_task(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import math
 import os
@@ -69,6 +70,8 @@ RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 POLL_INTERVAL = 0.2  # seconds between checks for signals and dead workers
 ACCEPT_PER_WAKEUP = 64
+#: What sending on a hand-over channel fails with once the worker's end is closed.
+_CHANNEL_GONE = {errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN}
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
@@ -237,8 +240,11 @@ class _Supervisor:
                 send_connection(worker.channel, connection)
             except BlockingIOError:
                 continue  # its channel is full (a stalled worker): try the next one
-            except OSError:
-                worker.ready = None  # its end is closed: it died; do not try it again
+            except OSError as exc:
+                if exc.errno in _CHANNEL_GONE:
+                    worker.ready = None  # its end is closed: it died; do not try it again
+                else:  # e.g. ETOOMANYREFS (descriptors in flight): the worker may recover
+                    _log("handover.failed", {"worker": worker.process.pid, "error": exc.strerror})
                 continue
             worker.open += 1
             worker.handed += 1

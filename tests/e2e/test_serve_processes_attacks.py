@@ -7,15 +7,22 @@ stopped by its PID."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
+import select
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import Hierarchy
+from tests.helpers import Hierarchy, tool
 from tests.serve_clients import request
 from tests.server_process import ServerProcess, start_server, worker_alive
 
@@ -85,3 +92,72 @@ def test_a_worker_out_of_descriptors_drops_connections_but_keeps_serving(
             assert request(server, "GET", "/healthz").status == 200
         answered = _healthz_by_worker(server)
         assert sorted(answered.count(pid) for pid in server.worker_pids) == [3, 3], answered
+
+
+def _start_without_resource_capabilities(
+    home: Path, passphrase_file: Path, *args: str
+) -> ServerProcess:
+    """``cyphrs serve`` as ``start_server`` runs it, but without CAP_SYS_RESOURCE and
+    CAP_SYS_ADMIN (``setpriv``), so the kernel's limit on descriptors in flight over Unix
+    sockets (ETOOMANYREFS past RLIMIT_NOFILE) applies even when the tests run as root, as it
+    does for any unprivileged operator account."""
+    log_file = Path(tempfile.mkstemp(prefix="cyphrs-serve-", suffix=".log")[1])
+    command = [
+        "setpriv", "--bounding-set", "-sys_resource,-sys_admin", "--",
+        tool("cyphrs"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
+        "--passphrase-file", str(passphrase_file), *args,
+    ]  # fmt: skip
+    with log_file.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "CI": "true"},
+        )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    if not ready:
+        process.kill()
+        process.wait(timeout=10)
+        raise RuntimeError(f"not ready: {log_file.read_text()[-2000:]}")
+    line = process.stdout.readline()
+    return ServerProcess(process, json.loads(line), home, log_file)
+
+
+def test_a_hand_over_error_does_not_retire_a_live_worker_for_good(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """A worker stalled (SIGSTOP) while the supervisor keeps handing it connections: the
+    descriptors pile up in flight until the kernel refuses more (ETOOMANYREFS, past the
+    supervisor's RLIMIT_NOFILE) for every worker. That is not a dead worker: once the
+    stalled one resumes and the flood is gone, both workers must be handed connections
+    again (before the fix, any send error marked a worker gone for good, and a live worker
+    is never replaced: the server accepted and closed every connection, forever)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop CAP_SYS_RESOURCE")
+    ca = fresh_hierarchy
+    server = _start_without_resource_capabilities(
+        ca.home, ca.inter_pass, "--processes", "2", "--timeout", "3"
+    )
+    stalled = server.worker_pids[0]
+    try:
+        os.kill(stalled, signal.SIGSTOP)
+        with _descriptor_limit(server.pid, _open_fds(server.pid) + 8):
+            flood = _silent_connections(server, 60)
+            time.sleep(1.0)
+        os.kill(stalled, signal.SIGCONT)
+        for conn in flood:
+            conn.close()
+        time.sleep(4.0)  # the stalled worker times its backlog of handshakes out
+        assert not [e for e in server.log_events() if e.get("event") == "worker.exited"]
+        for _ in range(6):
+            assert request(server, "GET", "/healthz").status == 200, server.log()[-2000:]
+        answered = _healthz_by_worker(server)
+        assert sorted(answered.count(pid) for pid in server.worker_pids) == [3, 3], answered
+        # The kernel's limit really was met (and is logged, not taken for a death).
+        assert any(e.get("event") == "handover.failed" for e in server.log_events())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGCONT)
+        server.stop()

@@ -35,7 +35,7 @@ from cyphrs_cli.errors import UsageError
 from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
-from cyphrs_cli.server.sites import HandedSite, ListeningSite, log
+from cyphrs_cli.server.sites import HandedSite, ListeningSite, log, write_log_line
 from cyphrs_cli.server.tls import load_certificate, server_context
 
 if TYPE_CHECKING:
@@ -175,6 +175,7 @@ async def _serve(
         body_timeout=options.body_timeout,
         admin_profile=options.admin_profile,
         metrics=metrics,
+        log=write_log_line,
     )
     dns, ips = _tls_names(options)
 

@@ -41,7 +41,16 @@ CLOSED_MARK = b"c"
 
 def log(event: str, **details: Any) -> None:
     """One JSON line on stderr (the server's log)."""
-    print(json.dumps({"event": event, **details}), file=sys.stderr, flush=True)
+    write_log_line(json.dumps({"event": event, **details}))
+
+
+def write_log_line(line: str) -> None:
+    """``line`` and its newline on stderr in one write(2). The supervisor and every worker of
+    ``--processes N`` share one stderr, which Python leaves unbuffered on a file or pipe:
+    ``print`` would write the text and the newline separately, and another process's line
+    could land between them."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 @dataclass

@@ -58,7 +58,7 @@ from cyphrs_cli.server.run import (
     listening_socket,
     listening_url,
 )
-from cyphrs_cli.server.sites import closed_connections, send_connection
+from cyphrs_cli.server.sites import closed_connections, send_connection, write_log_line
 
 if TYPE_CHECKING:
     from cyphrs_cli.config.home import CaHome
@@ -400,7 +400,7 @@ def supervise(
 
 
 def _log(event: str, details: dict[str, Any]) -> None:
-    print(json.dumps({"event": event, "pid": os.getpid(), **details}), file=sys.stderr, flush=True)
+    write_log_line(json.dumps({"event": event, "pid": os.getpid(), **details}))
 
 
 __all__ = ["options_from_document", "per_process", "supervise"]

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +162,35 @@ def test_a_hand_over_error_does_not_retire_a_live_worker_for_good(
         with contextlib.suppress(ProcessLookupError):
             os.kill(stalled, signal.SIGCONT)
         server.stop()
+
+
+def test_log_lines_of_several_workers_never_interleave(fresh_hierarchy: Hierarchy) -> None:
+    """Every worker and the supervisor write to one shared stderr. Each log line must reach
+    it in one write(2): Python's stderr on a file or pipe is unbuffered, so ``print`` writes
+    the text and the newline separately, and another process's line can land between them
+    (two JSON documents on one line, then an empty line), which breaks every log shipper."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+
+        def client() -> None:
+            for _ in range(150):
+                request(server, "GET", "/healthz")
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert server.terminate() == 0
+    lines = server.log().split("\n")
+    assert lines[-1] == ""  # the log ends with a newline
+    broken = [line for line in lines[:-1] if not _is_json_object(line)]
+    assert not broken, broken[:5]
+    assert len(_healthz_by_worker(server)) == 600
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

@@ -125,7 +125,13 @@ def serve(
 
     check_listen_names(options)  # refuse a nameless listen address before unlocking anything
     with Authority.open(home, issuer=options.issuer, secrets=secrets, unlock=True) as authority:
-        asyncio.run(_serve(authority, options, ready, worker))
+        # Bound before the TLS certificate is issued: a port in use records nothing.
+        sock = listening_socket(options) if worker is None else None
+        try:
+            asyncio.run(_serve(authority, options, ready, worker, sock))
+        finally:
+            if sock is not None:
+                sock.close()
 
 
 def listening_socket(options: ServeOptions) -> socket.socket:
@@ -158,6 +164,7 @@ async def _serve(
     options: ServeOptions,
     ready: Callable[[dict[str, Any]], None],
     worker: WorkerSetup | None,
+    sock: socket.socket | None,
 ) -> None:
     from cyphrs_cli.ledger.events import rfc3339
 
@@ -219,7 +226,7 @@ async def _serve(
         return stopping
     site: web.BaseSite
     if worker is None:
-        sock = listening_socket(options)
+        assert sock is not None
         listening = listening_url(options, sock)
         site = ListeningSite(
             runner,

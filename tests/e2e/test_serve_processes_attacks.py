@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -194,3 +195,38 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def _certificates(ca: Hierarchy) -> int:
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (count,) = conn.execute("SELECT count(*) FROM certificates").fetchone()
+    return int(count)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use_exits_2_and_records_nothing(
+    fresh_hierarchy: Hierarchy, processes: str
+) -> None:
+    """One process or several: the same exit code and line, and no TLS certificate issued
+    (and recorded for ever) for a server that never listened."""
+    ca = fresh_hierarchy
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    before = _certificates(ca)
+    try:
+        done = subprocess.run(
+            [
+                tool("cyphrs"), "serve", "--home", str(ca.home),
+                "--listen", f"127.0.0.1:{taken.getsockname()[1]}",
+                "--passphrase-file", str(ca.inter_pass), "--processes", processes,
+            ],
+            capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CI": "true"},
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode == 2, done.stderr
+    assert b"cannot listen on 127.0.0.1:" in done.stderr and b"in use" in done.stderr
+    assert done.stdout == b""
+    assert _certificates(ca) == before

@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers import Hierarchy, tool
 from tests.serve_clients import request
-from tests.server_process import ServerProcess, start_server, worker_alive
+from tests.server_process import ServerProcess, kill_worker, start_server, worker_alive
 
 pytestmark = pytest.mark.slow
 
@@ -190,6 +190,14 @@ def test_log_lines_of_several_workers_never_interleave(fresh_hierarchy: Hierarch
     assert len(_healthz_by_worker(server)) == 600
 
 
+def _json_or_empty(line: str) -> dict[str, object]:
+    try:
+        document = json.loads(line)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 def _is_json_object(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
@@ -230,3 +238,100 @@ def test_a_port_in_use_exits_2_and_records_nothing(
     assert b"cannot listen on 127.0.0.1:" in done.stderr and b"in use" in done.stderr
     assert done.stdout == b""
     assert _certificates(ca) == before
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_supervisor_killed_during_start_up_leaves_no_worker(fresh_hierarchy: Hierarchy) -> None:
+    """SIGKILL of the supervisor while its workers are still starting (opening the
+    Authority, issuing their TLS certificates): no worker may live on, unsupervised."""
+    ca = fresh_hierarchy
+    process = subprocess.Popen(
+        [
+            tool("cyphrs"), "serve", "--home", str(ca.home), "--listen", "127.0.0.1:0",
+            "--passphrase-file", str(ca.inter_pass), "--processes", "3",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "CI": "true"},
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        assert _wait_until(lambda: len(_children(process.pid)) == 3, 30)
+        time.sleep(0.2)  # each has its configuration; none is ready yet (imports alone take longer)
+        workers = [pid for pid in _children(process.pid) if worker_alive(pid)]
+        assert len(workers) == 3
+        process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None and process.stdout.read() == b""  # not ready yet
+        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 30)
+        assert process.stderr is not None
+        log = process.stderr.read().decode()  # every writer is gone: read to the end
+        # Each stopped as a worker without a supervisor does, not with a traceback.
+        assert "Traceback" not in log, log[-3000:]
+        events = [_json_or_empty(line) for line in log.splitlines()]
+        stopped = {e.get("pid") for e in events if e.get("event") == "stopped"}
+        assert set(workers) <= stopped, log[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in workers:
+            kill_worker(pid)
+
+
+def test_silent_connections_leak_no_descriptor_in_the_supervisor(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """300 connections that never start TLS: the supervisor hands each over and keeps no
+    descriptor of its own; the workers time the handshakes out (--timeout 2) and keep
+    answering others meanwhile."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", "--timeout", "2") as server:
+        baseline = _open_fds(server.pid)
+        flood = _silent_connections(server, 300)
+        try:
+            assert request(server, "GET", "/healthz", timeout=10).status == 200
+            assert _open_fds(server.pid) <= baseline + 2
+            # The workers hung up on every silent client after the handshake timeout.
+            assert _wait_until(lambda: all(not c.recv(1) for c in flood), 10)
+        finally:
+            for conn in flood:
+                conn.close()
+        assert _open_fds(server.pid) <= baseline + 2
+        for pid in server.worker_pids:
+            assert _open_fds(pid) < 100, pid
+
+
+def test_metrics_keep_a_dead_workers_counts(fresh_hierarchy: Hierarchy) -> None:
+    """/metrics sums every worker's files, a worker killed with SIGKILL included: the
+    counts it made before it died are not lost from the total."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        for _ in range(10):
+            assert request(server, "GET", "/healthz").status == 200
+        answered = _healthz_by_worker(server)
+        victim = answered[0]
+        os.kill(victim, signal.SIGKILL)
+        assert _wait_until(
+            lambda: any(e.get("event") == "worker.started" for e in server.log_events()), 30
+        )
+        for _ in range(4):
+            text = request(server, "GET", "/metrics").body.decode()
+            count = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("cyphrs_request_seconds_count") and 'operation="healthz"' in line
+            )
+            assert count == 10.0, text

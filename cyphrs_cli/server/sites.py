@@ -4,10 +4,12 @@
 - ``HandedSite``: a worker of ``--processes N`` gets connections its supervisor accepted,
   one descriptor per ``SOCK_SEQPACKET`` message (``SCM_RIGHTS``), and writes one byte back
   when such a connection closes, so the supervisor can hand the next one to the worker with
-  the fewest open connections (``send_connection`` / ``closed_connections`` are the
-  supervisor's side). A kernel-shared listening socket instead let whichever worker woke
-  first accept every pending connection: with keep-alive clients one worker did all the
-  work while the other idled.
+  the fewest open connections (``send_connection`` / ``worker_reports`` are the
+  supervisor's side). A ``PING`` message (no descriptor) is answered with ``PING`` at once:
+  a worker whose event loop is stopped (SIGSTOP, a blocking call) answers nothing, and its
+  supervisor hands it nothing until it does. A kernel-shared listening socket instead let
+  whichever worker woke first accept every pending connection: with keep-alive clients one
+  worker did all the work while the other idled.
 
 Both build connections with ``ProblemRequestHandler``, which answers aiohttp's own parser
 errors as problem+json and caps open connections (``ConnectionGate``).
@@ -37,6 +39,8 @@ from cyphrs_cli.server.problems import problem
 _HANDED_PER_WAKEUP = 64
 #: What a worker writes back per closed connection.
 CLOSED_MARK = b"c"
+#: What a supervisor sends to ask "is your event loop running?", and the worker's answer.
+PING = b"p"
 
 
 def log(event: str, **details: Any) -> None:
@@ -218,6 +222,10 @@ class HandedSite(web.BaseSite):
                     self._stop_reading()
                     self._on_channel_closed()
                     return
+                if message == PING:
+                    with contextlib.suppress(OSError):
+                        self._channel.send(PING)
+                    continue
                 if not fds:
                     # A message without its descriptor: this process is out of descriptors
                     # (EMFILE) and the kernel closed the connection (MSG_CTRUNC). Not the
@@ -266,17 +274,18 @@ def send_connection(channel: socket.socket, connection: socket.socket) -> None:
     socket.send_fds(channel, [b"h"], [connection.fileno()])
 
 
-def closed_connections(channel: socket.socket) -> int | None:
-    """How many handed connections the worker reported closed since the last call; None
-    when the worker's end is closed (supervisor side, ``channel`` non-blocking)."""
-    closed = 0
+def worker_reports(channel: socket.socket) -> bytes | None:
+    """What the worker wrote since the last call: one ``CLOSED_MARK`` per handed connection
+    it closed, ``PING`` per ping answered; None when the worker's end is closed (supervisor
+    side, ``channel`` non-blocking)."""
+    reports = b""
     while True:
         try:
             data = channel.recv(4096)
         except BlockingIOError:
-            return closed
+            return reports
         except OSError:
             return None
         if not data:
             return None
-        closed += len(data)
+        reports += data

@@ -58,7 +58,13 @@ from cyphrs_cli.server.run import (
     listening_socket,
     listening_url,
 )
-from cyphrs_cli.server.sites import closed_connections, send_connection, write_log_line
+from cyphrs_cli.server.sites import (
+    CLOSED_MARK,
+    PING,
+    send_connection,
+    worker_reports,
+    write_log_line,
+)
 
 if TYPE_CHECKING:
     from cyphrs_cli.config.home import CaHome
@@ -68,7 +74,10 @@ MAX_PROCESSES = 64
 READY_TIMEOUT = 120.0
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
-POLL_INTERVAL = 0.2  # seconds between checks for signals and dead workers
+POLL_INTERVAL = 0.2  # seconds between checks for signals and dead workers; and pings
+#: A worker that has not answered a ping for this long is stalled: handed nothing (unless
+#: every worker is) until it answers.
+STALL_AFTER = 1.0
 ACCEPT_PER_WAKEUP = 64
 #: What sending on a hand-over channel fails with once the worker's end is closed.
 _CHANNEL_GONE = {errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN}
@@ -112,6 +121,10 @@ class _Worker:
     pending: bytes = b""
     open: int = 0  # connections handed and not reported closed
     handed: int = 0  # connections handed in all (ties go to the least used)
+    ping_sent: float | None = None  # monotonic time of the ping not answered yet
+
+    def stalled(self, now: float) -> bool:
+        return self.ping_sent is not None and now - self.ping_sent > STALL_AFTER
 
     @property
     def stdout(self) -> int:
@@ -212,12 +225,14 @@ class _Supervisor:
             elif kind == "stdout":
                 self._read_ready(worker)
             else:
-                closed = closed_connections(worker.channel)
-                if closed is None:  # the worker is gone; reaped by ``replace_dead``
+                reports = worker_reports(worker.channel)
+                if reports is None:  # the worker is gone; reaped by ``replace_dead``
                     self._selector.unregister(worker.channel)
                     worker.ready = None
                 else:
-                    worker.open = max(0, worker.open - closed)
+                    worker.open = max(0, worker.open - reports.count(CLOSED_MARK))
+                    if PING in reports:
+                        worker.ping_sent = None
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_PER_WAKEUP):
@@ -235,7 +250,8 @@ class _Supervisor:
         """To the ready worker with the fewest open connections; closed (refused) when every
         worker is gone or has a full channel."""
         ready = (w for w in self.workers if w.ready)
-        for worker in sorted(ready, key=lambda w: (w.open, w.handed)):
+        now = time.monotonic()
+        for worker in sorted(ready, key=lambda w: (w.stalled(now), w.open, w.handed)):
             try:
                 send_connection(worker.channel, connection)
             except BlockingIOError:
@@ -267,6 +283,15 @@ class _Supervisor:
             if time.monotonic() - last_reap >= POLL_INTERVAL:
                 last_reap = time.monotonic()
                 self.replace_dead()
+                self.ping()
+
+    def ping(self) -> None:
+        """Ask every ready worker that answered its last ping whether its loop runs."""
+        for worker in self.workers:
+            if worker.ready and worker.ping_sent is None:
+                with contextlib.suppress(OSError):  # full: not reading; gone: reaped later
+                    worker.channel.send(PING)
+                worker.ping_sent = time.monotonic()
 
     def replace_dead(self) -> None:
         """Reap exited workers and start replacements (bounded, see the module docstring)."""

@@ -335,3 +335,74 @@ def test_metrics_keep_a_dead_workers_counts(fresh_hierarchy: Hierarchy) -> None:
                 if line.startswith("cyphrs_request_seconds_count") and 'operation="healthz"' in line
             )
             assert count == 10.0, text
+
+
+def test_supervisor_stopped_and_continued_loses_no_connection(fresh_hierarchy: Hierarchy) -> None:
+    """SIGSTOP of the supervisor (a debugger, a paused container): connections wait in the
+    kernel's queue, the workers do not take the pause for their supervisor's death, and on
+    SIGCONT every waiting client is answered."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        os.kill(server.pid, signal.SIGSTOP)
+        statuses: list[int] = []
+        try:
+            threads = [
+                threading.Thread(
+                    target=lambda: statuses.append(request(server, "GET", "/healthz").status)
+                )
+                for _ in range(4)
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(2.0)
+            assert statuses == []  # nobody accepts while the supervisor is stopped
+            assert all(worker_alive(pid) for pid in server.worker_pids)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(timeout=30)
+        assert statuses == [200] * 4
+        assert all(worker_alive(pid) for pid in server.worker_pids)
+        assert not [
+            e for e in server.log_events() if e.get("event") in ("worker.exited", "shutdown")
+        ]
+    assert server.process.returncode == 0
+
+
+def test_a_stalled_worker_is_handed_no_connection(fresh_hierarchy: Hierarchy) -> None:
+    """A worker stalled (SIGSTOP; or a frozen event loop) while alive: the supervisor must
+    notice it answers nothing (it pings each worker over the hand-over channel) and hand
+    the connections to the others; before, it got every connection on which it tied with a
+    busy worker, and those clients waited for ever. Once it runs again it gets its share."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        stalled, other = server.worker_pids
+        os.kill(stalled, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+            statuses: list[object] = []
+            for _ in range(8):
+                try:
+                    statuses.append(request(server, "GET", "/healthz", timeout=5).status)
+                except OSError as error:
+                    statuses.append(type(error).__name__)
+
+            def client() -> None:
+                try:
+                    statuses.append(request(server, "GET", "/healthz", timeout=5).status)
+                except OSError as error:
+                    statuses.append(type(error).__name__)
+
+            threads = [threading.Thread(target=client) for _ in range(12)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert statuses == [200] * 20, statuses
+        finally:
+            os.kill(stalled, signal.SIGCONT)
+        assert set(_healthz_by_worker(server)) == {other}
+        time.sleep(1.0)
+        for _ in range(6):
+            assert request(server, "GET", "/healthz", timeout=5).status == 200
+        assert stalled in _healthz_by_worker(server)  # back in the rotation

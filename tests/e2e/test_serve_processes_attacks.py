@@ -406,3 +406,63 @@ def test_a_stalled_worker_is_handed_no_connection(fresh_hierarchy: Hierarchy) ->
         for _ in range(6):
             assert request(server, "GET", "/healthz", timeout=5).status == 200
         assert stalled in _healthz_by_worker(server)  # back in the rotation
+
+
+def _cli_process(ca: Hierarchy, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            tool("cyphrs"), "issue", "agent", "--workflow", "payments-recon",
+            "--out-dir", str(out), "--json",
+            "--home", str(ca.home), "--passphrase-file", str(ca.inter_pass),
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "CI": "true"},
+    )  # fmt: skip
+
+
+def test_cli_writers_racing_a_multi_process_server_keep_one_chain(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """``cyphrs issue`` and ``cyphrs revoke`` processes writing while two workers enroll:
+    every writer takes the same writer lock, every command succeeds, nothing is lost and
+    the ledger's events still form one hash chain."""
+    from tests.e2e.test_serve_processes import _enroll, _token
+
+    ca = fresh_hierarchy
+    token = _token(ca, 40)
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m") as server:
+        statuses: list[int] = []
+
+        def enroller() -> None:
+            for _ in range(6):
+                statuses.append(_enroll(server, token))
+
+        threads = [threading.Thread(target=enroller) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        issuers = [_cli_process(ca, tmp_path / f"agent{n}") for n in range(4)]
+        outputs = [issuer.communicate(timeout=120) for issuer in issuers]
+        assert [issuer.returncode for issuer in issuers] == [0] * 4, outputs[0][1]
+        serial = json.loads(outputs[0][0])["certificate"]["serial"]
+        revoked = subprocess.run(
+            [
+                tool("cyphrs"), "revoke", "--serial", serial, "--reason", "key-compromise",
+                "--home", str(ca.home),
+            ],
+            capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CI": "true"},
+        )  # fmt: skip
+        for thread in threads:
+            thread.join(timeout=120)
+        assert revoked.returncode == 0, revoked.stderr
+        assert statuses == [201] * 18
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (enrolled,) = conn.execute(
+            "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'"
+        ).fetchone()
+    assert enrolled == 18
+    verified = subprocess.run(
+        [tool("cyphrs"), "audit", "verify", "--home", str(ca.home)],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr

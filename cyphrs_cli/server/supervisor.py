@@ -150,6 +150,8 @@ class _Supervisor:
         self.workers: list[_Worker] = []
         self._restarts: list[float] = []
         self._starting = True  # until every first worker is ready: a failure stops all
+        self._accepting = False  # whether the listening socket is watched
+        self._accept_again_at = 0.0  # after an accept error, not before this time
         self._selector = selectors.DefaultSelector()
         sock.setblocking(False)
 
@@ -240,8 +242,13 @@ class _Supervisor:
                 connection, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: log, keep serving
+            except OSError as exc:  # out of descriptors: log, pause, keep serving
+                # The connection stays queued and the socket readable: retrying at once
+                # would spin. Accept again at the next tick (``serve_forever``).
                 _log("accept.failed", {"error": exc.strerror})
+                self._selector.unregister(self._sock)
+                self._accepting = False
+                self._accept_again_at = time.monotonic() + POLL_INTERVAL
                 return
             with connection:
                 self._hand(connection)
@@ -269,14 +276,17 @@ class _Supervisor:
     def serve_forever(self) -> None:
         """Accept and hand over connections, replace dead workers, pass SIGHUP on; return on
         SIGTERM or SIGINT."""
-        self._selector.register(self._sock, selectors.EVENT_READ, ("accept", None))
         last_reap = time.monotonic()
         while True:
+            if not self._accepting and time.monotonic() >= self._accept_again_at:
+                self._selector.register(self._sock, selectors.EVENT_READ, ("accept", None))
+                self._accepting = True
             self._poll(POLL_INTERVAL, accept=True)
             info = signal.sigtimedwait(_SIGNALS, 0)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 _log("shutdown", {"reason": "signal", "signal": info.si_signo})
-                self._selector.unregister(self._sock)
+                if self._accepting:
+                    self._selector.unregister(self._sock)
                 return
             if info is not None and info.si_signo == signal.SIGHUP:
                 self.signal_all(signal.SIGHUP)

@@ -466,3 +466,35 @@ def test_cli_writers_racing_a_multi_process_server_keep_one_chain(
         capture_output=True, timeout=120,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stderr
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_supervisor_out_of_descriptors_pauses_accepting_instead_of_spinning(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """The supervisor at its descriptor limit (EMFILE on accept) with a connection waiting:
+    the listening socket stays readable, so retrying at once is a busy loop that burns a
+    core and writes a log line per try (over 100 000 a second, before the fix). It must
+    pause accepting briefly, log the condition a few times, and accept again once a
+    descriptor is free."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        used = {int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")}
+        lowest_free = min(set(range(len(used) + 1)) - used)
+        waiting = None
+        with _descriptor_limit(server.pid, lowest_free):
+            waiting = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            before = _cpu_ticks(server.pid)
+            time.sleep(2.0)
+            spent = _cpu_ticks(server.pid) - before
+        try:
+            failures = [e for e in server.log_events() if e.get("event") == "accept.failed"]
+            assert 1 <= len(failures) <= 40, len(failures)
+            assert spent < 50, spent  # clock ticks (1/100 s) in 2 s: not a spinning core
+            assert request(server, "GET", "/healthz", timeout=10).status == 200
+        finally:
+            waiting.close()

@@ -7,7 +7,9 @@ certificate and OCSP responder certificate. What they share, and how:
 
 - the listening socket: only the supervisor accepts; it hands each new connection to the
   ready worker with the fewest open connections (``server.sites``: a descriptor over a
-  ``SOCK_SEQPACKET`` pair; the worker reports each close). TLS handshakes and requests run
+  ``SOCK_SEQPACKET`` pair; the worker reports each close). A worker that has not answered
+  a ping over that pair for ``STALL_AFTER`` seconds (stopped, a frozen loop) is handed
+  nothing while another worker can take the connection. TLS handshakes and requests run
   in the workers;
 - the ledger: every write takes the ledger's writer lock (``ledger.writelock``) and SQLite's
   ``BEGIN IMMEDIATE``; the hash chain is read inside that lock, so the workers' events form

@@ -498,3 +498,56 @@ def test_supervisor_out_of_descriptors_pauses_accepting_instead_of_spinning(
             assert request(server, "GET", "/healthz", timeout=10).status == 200
         finally:
             waiting.close()
+
+
+def _metrics_dir(worker: int) -> Path:
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    entry = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    return Path(entry.split(b"=", 1)[1].decode())
+
+
+def test_metrics_directory_removed_on_sigterm_left_on_sigkill(fresh_hierarchy: Hierarchy) -> None:
+    """SIGTERM removes the workers' metrics directory; SIGKILL of the supervisor leaves it
+    (0700, counters only; documented), and the workers still stop."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        directory = _metrics_dir(server.worker_pids[0])
+        assert directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
+        assert server.terminate() == 0
+    assert not directory.exists()
+    server = start_server(ca.home, ca.inter_pass, "--processes", "2")
+    try:
+        directory = _metrics_dir(server.worker_pids[0])
+        server.kill()
+        assert _wait_until(lambda: not any(worker_alive(p) for p in server.worker_pids), 15)
+        assert directory.is_dir()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_ready_line_of_several_processes_meets_the_schema(fresh_hierarchy: Hierarchy) -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas/serve.v1.json").read_text())
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "3") as server:
+        Draft202012Validator(schema).validate(server.ready)
+        assert [w["pid"] for w in server.ready["processes"]] == server.worker_pids
+
+
+def test_home_checks_are_not_confused_by_the_lock_file(fresh_hierarchy: Hierarchy) -> None:
+    """After a multi-process server ran, the home holds ``ledger.sqlite3-lock`` (and
+    SQLite's ``-wal``/``-shm``): ``audit verify`` and ``config check`` pass, ``doctor``
+    names none of these files."""
+    ca = fresh_hierarchy
+    with start_server(ca.home, ca.inter_pass, "--processes", "2") as server:
+        assert request(server, "GET", "/readyz").status == 200
+    assert (ca.home / "ledger.sqlite3-lock").exists()
+    home = ("--home", str(ca.home))
+    for command in (("audit", "verify"), ("config", "check")):
+        done = subprocess.run([tool("cyphrs"), *command, *home], capture_output=True, timeout=60)
+        assert done.returncode == 0, (command, done.stderr)
+    doctor = subprocess.run([tool("cyphrs"), "doctor", *home], capture_output=True, timeout=60)
+    assert b"sqlite3-" not in doctor.stdout + doctor.stderr
+    assert doctor.returncode in (0, 10), doctor.stderr  # findings about the test CA itself

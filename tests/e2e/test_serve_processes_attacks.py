@@ -551,3 +551,75 @@ def test_home_checks_are_not_confused_by_the_lock_file(fresh_hierarchy: Hierarch
     doctor = subprocess.run([tool("cyphrs"), "doctor", *home], capture_output=True, timeout=60)
     assert b"sqlite3-" not in doctor.stdout + doctor.stderr
     assert doctor.returncode in (0, 10), doctor.stderr  # findings about the test CA itself
+
+
+def _lock_holder(lock_file: Path) -> int | None:
+    """The pid holding the flock on ``lock_file`` (from /proc/locks), if any."""
+    inode = lock_file.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
+
+
+def test_a_worker_killed_holding_the_writer_lock_frees_it_for_the_others(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """Under enrollment load, a worker is stopped at a moment /proc/locks shows it holding
+    the ledger's writer lock (mid-transaction), then SIGKILLed: its transaction is rolled
+    back, the lock is free at once (the next enrollment does not wait the 30 s busy
+    timeout), and every certificate a client received is in a verifiable ledger."""
+    from tests.e2e.test_serve_processes import _enroll, _token
+
+    ca = fresh_hierarchy
+    token = _token(ca, 400)
+    lock_file = ca.home / "ledger.sqlite3-lock"
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m") as server:
+        statuses: list[int] = []
+        running = threading.Event()
+        running.set()
+
+        def load() -> None:
+            while running.is_set():
+                with contextlib.suppress(OSError):
+                    statuses.append(_enroll(server, token))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        victim = None
+        try:
+            deadline = time.monotonic() + 30
+            while victim is None and time.monotonic() < deadline:
+                for pid in server.worker_pids:
+                    if not worker_alive(pid):
+                        continue
+                    os.kill(pid, signal.SIGSTOP)
+                    if _lock_holder(lock_file) == pid:
+                        victim = pid
+                        os.kill(pid, signal.SIGKILL)
+                        break
+                    os.kill(pid, signal.SIGCONT)
+            assert victim is not None, "never caught a worker holding the lock"
+            time.sleep(0.5)
+            assert _lock_holder(lock_file) != victim
+            started = time.monotonic()
+            assert _enroll(server, token) == 201
+            assert time.monotonic() - started < 10
+        finally:
+            running.clear()
+            for thread in threads:
+                thread.join(timeout=60)
+    assert statuses.count(201) >= 1
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        (enrolled,) = conn.execute(
+            "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'"
+        ).fetchone()
+    assert enrolled >= statuses.count(201) + 1  # each delivered one recorded (+ the probe)
+    verified = subprocess.run(
+        [tool("cyphrs"), "audit", "verify", "--home", str(ca.home)], capture_output=True
+    )
+    assert verified.returncode == 0, verified.stderr

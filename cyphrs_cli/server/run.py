@@ -302,12 +302,32 @@ async def _serve(
         await stop.wait()
         log("shutdown", reason=stop_reasons[0])
     finally:
+        if worker is not None:
+            _ignore_further_stop_signals(loop)
         renewer.cancel()
         if watcher is not None:
             watcher.cancel()
         await runner.cleanup()
         executor.shutdown(wait=True)
         log("stopped", pid=os.getpid())
+
+
+def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """A worker that is stopping ignores SIGTERM and SIGINT from now on. Ctrl-C and systemd
+    signal the whole process group: the worker and its supervisor get the signal together,
+    then the supervisor sends its own SIGTERM. Once the loop closes, asyncio restores the
+    default action, and that second signal would kill the worker in its last clean-up: a
+    crash to its supervisor (exit 8) after a clean stop. Blocked meanwhile, so no signal
+    falls between asyncio's handler and ``SIG_IGN``; its supervisor SIGKILLs a worker that
+    does not exit in time."""
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        for signum in stopping:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
 __all__ = ["ServeOptions", "WorkerSetup", "parse_listen", "serve"]

@@ -103,10 +103,17 @@ def _start_without_resource_capabilities(
     CAP_SYS_ADMIN (``setpriv``), so the kernel's limit on descriptors in flight over Unix
     sockets (ETOOMANYREFS past RLIMIT_NOFILE) applies even when the tests run as root, as it
     does for any unprivileged operator account."""
+    prefix = ("setpriv", "--bounding-set", "-sys_resource,-sys_admin", "--")
+    return _start_own_session(home, passphrase_file, *args, prefix=prefix)
+
+
+def _start_own_session(
+    home: Path, passphrase_file: Path, *args: str, prefix: tuple[str, ...] = ()
+) -> ServerProcess:
+    """``cyphrs serve`` (after ``prefix``) in a process group of its own, ready."""
     log_file = Path(tempfile.mkstemp(prefix="cyphrs-serve-", suffix=".log")[1])
     command = [
-        "setpriv", "--bounding-set", "-sys_resource,-sys_admin", "--",
-        tool("cyphrs"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
+        *prefix, tool("cyphrs"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
         "--passphrase-file", str(passphrase_file), *args,
     ]  # fmt: skip
     with log_file.open("wb") as stderr:
@@ -116,6 +123,7 @@ def _start_without_resource_capabilities(
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "CI": "true"},
+            start_new_session=True,
         )
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 30)
@@ -623,3 +631,23 @@ def test_a_worker_killed_holding_the_writer_lock_frees_it_for_the_others(
         [tool("cyphrs"), "audit", "verify", "--home", str(ca.home)], capture_output=True
     )
     assert verified.returncode == 0, verified.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_stops_cleanly(
+    fresh_hierarchy: Hierarchy, signum: int
+) -> None:
+    """Ctrl-C in a terminal (SIGINT) and systemd's stop (SIGTERM to the whole control
+    group) reach the supervisor and every worker at once: the workers stopping by
+    themselves must not be taken for deaths and replaced; exit 0, no worker left."""
+    ca = fresh_hierarchy
+    server = _start_own_session(ca.home, ca.inter_pass, "--processes", "3")
+    try:
+        workers = server.worker_pids
+        os.killpg(server.pid, signum)
+        assert server.process.wait(timeout=40) == 0, server.log()[-2000:]
+        assert not any(worker_alive(pid) for pid in workers)
+        events = {e.get("event") for e in server.log_events()}
+        assert "worker.started" not in events and "worker.exited" not in events, events
+    finally:
+        server.stop()

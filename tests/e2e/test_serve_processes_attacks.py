@@ -92,8 +92,10 @@ def test_a_worker_out_of_descriptors_drops_connections_but_keeps_serving(
         time.sleep(3.5)
         for _ in range(6):
             assert request(server, "GET", "/healthz").status == 200
+        # Had the lost connections not been reported closed, the supervisor would count
+        # them open for ever and hand the victim nothing.
         answered = _healthz_by_worker(server)
-        assert sorted(answered.count(pid) for pid in server.worker_pids) == [3, 3], answered
+        assert victim in answered and len(answered) == 6, answered
 
 
 def _start_without_resource_capabilities(
@@ -164,7 +166,7 @@ def test_a_hand_over_error_does_not_retire_a_live_worker_for_good(
         for _ in range(6):
             assert request(server, "GET", "/healthz").status == 200, server.log()[-2000:]
         answered = _healthz_by_worker(server)
-        assert sorted(answered.count(pid) for pid in server.worker_pids) == [3, 3], answered
+        assert set(answered) == set(server.worker_pids), answered  # both back in rotation
         # The kernel's limit really was met (and is logged, not taken for a death).
         assert any(e.get("event") == "handover.failed" for e in server.log_events())
     finally:

@@ -16,6 +16,7 @@ exactly as their two SQLite connections would.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -37,6 +38,7 @@ class WriterLock:
     """The writer lock of one ledger file, held by one ``Ledger`` (one open file)."""
 
     def __init__(self, ledger_path: Path, *, timeout: float) -> None:
+        self._ledger_path = ledger_path
         self._path = lock_path(ledger_path)
         self._timeout = timeout
         self._fd: int | None = None
@@ -49,7 +51,18 @@ class WriterLock:
                 raise StorageError(
                     f"cannot open the ledger's writer lock {self._path}: {exc.strerror}"
                 ) from exc
+            if os.geteuid() == 0:
+                self._give_to_ledger_owner(self._fd)
         return self._fd
+
+    def _give_to_ledger_owner(self, fd: int) -> None:
+        """Root writing to another account's ledger (``sudo cyphrs revoke``) would leave a
+        lock file that account cannot open (0600, root's): every later write of its server
+        would fail. SQLite gives its ``-wal`` and ``-shm`` to the ledger's owner in the same
+        case; so does this."""
+        with contextlib.suppress(OSError):
+            owner = os.stat(self._ledger_path)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
 
     def acquire(self) -> None:
         """Take the lock, waiting at most the ledger's busy timeout.

@@ -35,7 +35,7 @@ from cyphrs_cli.errors import UsageError
 from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
-from cyphrs_cli.server.sites import HandedSite, ListeningSite, log
+from cyphrs_cli.server.sites import HandedSite, ListeningSite, log, write_log_line
 from cyphrs_cli.server.tls import load_certificate, server_context
 
 if TYPE_CHECKING:
@@ -125,7 +125,13 @@ def serve(
 
     check_listen_names(options)  # refuse a nameless listen address before unlocking anything
     with Authority.open(home, issuer=options.issuer, secrets=secrets, unlock=True) as authority:
-        asyncio.run(_serve(authority, options, ready, worker))
+        # Bound before the TLS certificate is issued: a port in use records nothing.
+        sock = listening_socket(options) if worker is None else None
+        try:
+            asyncio.run(_serve(authority, options, ready, worker, sock))
+        finally:
+            if sock is not None:
+                sock.close()
 
 
 def listening_socket(options: ServeOptions) -> socket.socket:
@@ -158,6 +164,7 @@ async def _serve(
     options: ServeOptions,
     ready: Callable[[dict[str, Any]], None],
     worker: WorkerSetup | None,
+    sock: socket.socket | None,
 ) -> None:
     from cyphrs_cli.ledger.events import rfc3339
 
@@ -175,6 +182,7 @@ async def _serve(
         body_timeout=options.body_timeout,
         admin_profile=options.admin_profile,
         metrics=metrics,
+        log=write_log_line,
     )
     dns, ips = _tls_names(options)
 
@@ -218,7 +226,7 @@ async def _serve(
         return stopping
     site: web.BaseSite
     if worker is None:
-        sock = listening_socket(options)
+        assert sock is not None
         listening = listening_url(options, sock)
         site = ListeningSite(
             runner,
@@ -294,12 +302,32 @@ async def _serve(
         await stop.wait()
         log("shutdown", reason=stop_reasons[0])
     finally:
+        if worker is not None:
+            _ignore_further_stop_signals(loop)
         renewer.cancel()
         if watcher is not None:
             watcher.cancel()
         await runner.cleanup()
         executor.shutdown(wait=True)
         log("stopped", pid=os.getpid())
+
+
+def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """A worker that is stopping ignores SIGTERM and SIGINT from now on. Ctrl-C and systemd
+    signal the whole process group: the worker and its supervisor get the signal together,
+    then the supervisor sends its own SIGTERM. Once the loop closes, asyncio restores the
+    default action, and that second signal would kill the worker in its last clean-up: a
+    crash to its supervisor (exit 8) after a clean stop. Blocked meanwhile, so no signal
+    falls between asyncio's handler and ``SIG_IGN``; its supervisor SIGKILLs a worker that
+    does not exit in time."""
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        for signum in stopping:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
 __all__ = ["ServeOptions", "WorkerSetup", "parse_listen", "serve"]

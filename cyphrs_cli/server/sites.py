@@ -4,10 +4,12 @@
 - ``HandedSite``: a worker of ``--processes N`` gets connections its supervisor accepted,
   one descriptor per ``SOCK_SEQPACKET`` message (``SCM_RIGHTS``), and writes one byte back
   when such a connection closes, so the supervisor can hand the next one to the worker with
-  the fewest open connections (``send_connection`` / ``closed_connections`` are the
-  supervisor's side). A kernel-shared listening socket instead let whichever worker woke
-  first accept every pending connection: with keep-alive clients one worker did all the
-  work while the other idled.
+  the fewest open connections (``send_connection`` / ``worker_reports`` are the
+  supervisor's side). A ``PING`` message (no descriptor) is answered with ``PING`` at once:
+  a worker whose event loop is stopped (SIGSTOP, a blocking call) answers nothing, and its
+  supervisor hands it nothing until it does. A kernel-shared listening socket instead let
+  whichever worker woke first accept every pending connection: with keep-alive clients one
+  worker did all the work while the other idled.
 
 Both build connections with ``ProblemRequestHandler``, which answers aiohttp's own parser
 errors as problem+json and caps open connections (``ConnectionGate``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import sys
@@ -36,11 +39,22 @@ from cyphrs_cli.server.problems import problem
 _HANDED_PER_WAKEUP = 64
 #: What a worker writes back per closed connection.
 CLOSED_MARK = b"c"
+#: What a supervisor sends to ask "is your event loop running?", and the worker's answer.
+PING = b"p"
 
 
 def log(event: str, **details: Any) -> None:
     """One JSON line on stderr (the server's log)."""
-    print(json.dumps({"event": event, **details}), file=sys.stderr, flush=True)
+    write_log_line(json.dumps({"event": event, **details}))
+
+
+def write_log_line(line: str) -> None:
+    """``line`` and its newline on stderr in one write(2). The supervisor and every worker of
+    ``--processes N`` share one stderr, which Python leaves unbuffered on a file or pipe:
+    ``print`` would write the text and the newline separately, and another process's line
+    could land between them."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 @dataclass
@@ -199,15 +213,26 @@ class HandedSite(web.BaseSite):
         def receive() -> None:
             for _ in range(_HANDED_PER_WAKEUP):
                 try:
-                    _, fds, _, _ = socket.recv_fds(self._channel, 16, 1)
+                    message, fds, _, _ = socket.recv_fds(self._channel, 16, 1)
                 except BlockingIOError:
                     return
                 except OSError:
-                    fds = []
-                if not fds:  # EOF: the supervisor closed the channel
+                    message, fds = b"", []
+                if not message:  # EOF: the supervisor closed the channel
                     self._stop_reading()
                     self._on_channel_closed()
                     return
+                if message == PING:
+                    with contextlib.suppress(OSError):
+                        self._channel.send(PING)
+                    continue
+                if not fds:
+                    # A message without its descriptor: this process is out of descriptors
+                    # (EMFILE) and the kernel closed the connection (MSG_CTRUNC). Not the
+                    # supervisor's EOF; count it closed so the balance stays true.
+                    log("connection.dropped", pid=os.getpid(), reason="out of file descriptors")
+                    self._tell_closed()
+                    continue
                 connection = socket.socket(fileno=fds[0])
                 connection.setblocking(False)
                 task = loop.create_task(
@@ -249,17 +274,18 @@ def send_connection(channel: socket.socket, connection: socket.socket) -> None:
     socket.send_fds(channel, [b"h"], [connection.fileno()])
 
 
-def closed_connections(channel: socket.socket) -> int | None:
-    """How many handed connections the worker reported closed since the last call; None
-    when the worker's end is closed (supervisor side, ``channel`` non-blocking)."""
-    closed = 0
+def worker_reports(channel: socket.socket) -> bytes | None:
+    """What the worker wrote since the last call: one ``CLOSED_MARK`` per handed connection
+    it closed, ``PING`` per ping answered; None when the worker's end is closed (supervisor
+    side, ``channel`` non-blocking)."""
+    reports = b""
     while True:
         try:
             data = channel.recv(4096)
         except BlockingIOError:
-            return closed
+            return reports
         except OSError:
             return None
         if not data:
             return None
-        closed += len(data)
+        reports += data

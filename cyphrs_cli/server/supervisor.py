@@ -7,7 +7,9 @@ certificate and OCSP responder certificate. What they share, and how:
 
 - the listening socket: only the supervisor accepts; it hands each new connection to the
   ready worker with the fewest open connections (``server.sites``: a descriptor over a
-  ``SOCK_SEQPACKET`` pair; the worker reports each close). TLS handshakes and requests run
+  ``SOCK_SEQPACKET`` pair; the worker reports each close). A worker that has not answered
+  a ping over that pair for ``STALL_AFTER`` seconds (stopped, a frozen loop) is handed
+  nothing while another worker can take the connection. TLS handshakes and requests run
   in the workers;
 - the ledger: every write takes the ledger's writer lock (``ledger.writelock``) and SQLite's
   ``BEGIN IMMEDIATE``; the hash chain is read inside that lock, so the workers' events form
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import math
 import os
@@ -57,7 +60,13 @@ from cyphrs_cli.server.run import (
     listening_socket,
     listening_url,
 )
-from cyphrs_cli.server.sites import closed_connections, send_connection
+from cyphrs_cli.server.sites import (
+    CLOSED_MARK,
+    PING,
+    send_connection,
+    worker_reports,
+    write_log_line,
+)
 
 if TYPE_CHECKING:
     from cyphrs_cli.config.home import CaHome
@@ -67,8 +76,13 @@ MAX_PROCESSES = 64
 READY_TIMEOUT = 120.0
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
-POLL_INTERVAL = 0.2  # seconds between checks for signals and dead workers
+POLL_INTERVAL = 0.2  # seconds between checks for signals and dead workers; and pings
+#: A worker that has not answered a ping for this long is stalled: handed nothing (unless
+#: every worker is) until it answers.
+STALL_AFTER = 1.0
 ACCEPT_PER_WAKEUP = 64
+#: What sending on a hand-over channel fails with once the worker's end is closed.
+_CHANNEL_GONE = {errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN}
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
@@ -109,6 +123,10 @@ class _Worker:
     pending: bytes = b""
     open: int = 0  # connections handed and not reported closed
     handed: int = 0  # connections handed in all (ties go to the least used)
+    ping_sent: float | None = None  # monotonic time of the ping not answered yet
+
+    def stalled(self, now: float) -> bool:
+        return self.ping_sent is not None and now - self.ping_sent > STALL_AFTER
 
     @property
     def stdout(self) -> int:
@@ -134,6 +152,8 @@ class _Supervisor:
         self.workers: list[_Worker] = []
         self._restarts: list[float] = []
         self._starting = True  # until every first worker is ready: a failure stops all
+        self._accepting = False  # whether the listening socket is watched
+        self._accept_again_at = 0.0  # after an accept error, not before this time
         self._selector = selectors.DefaultSelector()
         sock.setblocking(False)
 
@@ -209,12 +229,14 @@ class _Supervisor:
             elif kind == "stdout":
                 self._read_ready(worker)
             else:
-                closed = closed_connections(worker.channel)
-                if closed is None:  # the worker is gone; reaped by ``replace_dead``
+                reports = worker_reports(worker.channel)
+                if reports is None:  # the worker is gone; reaped by ``replace_dead``
                     self._selector.unregister(worker.channel)
                     worker.ready = None
                 else:
-                    worker.open = max(0, worker.open - closed)
+                    worker.open = max(0, worker.open - reports.count(CLOSED_MARK))
+                    if PING in reports:
+                        worker.ping_sent = None
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_PER_WAKEUP):
@@ -222,8 +244,13 @@ class _Supervisor:
                 connection, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: log, keep serving
+            except OSError as exc:  # out of descriptors: log, pause, keep serving
+                # The connection stays queued and the socket readable: retrying at once
+                # would spin. Accept again at the next tick (``serve_forever``).
                 _log("accept.failed", {"error": exc.strerror})
+                self._selector.unregister(self._sock)
+                self._accepting = False
+                self._accept_again_at = time.monotonic() + POLL_INTERVAL
                 return
             with connection:
                 self._hand(connection)
@@ -232,13 +259,17 @@ class _Supervisor:
         """To the ready worker with the fewest open connections; closed (refused) when every
         worker is gone or has a full channel."""
         ready = (w for w in self.workers if w.ready)
-        for worker in sorted(ready, key=lambda w: (w.open, w.handed)):
+        now = time.monotonic()
+        for worker in sorted(ready, key=lambda w: (w.stalled(now), w.open, w.handed)):
             try:
                 send_connection(worker.channel, connection)
             except BlockingIOError:
                 continue  # its channel is full (a stalled worker): try the next one
-            except OSError:
-                worker.ready = None  # its end is closed: it died; do not try it again
+            except OSError as exc:
+                if exc.errno in _CHANNEL_GONE:
+                    worker.ready = None  # its end is closed: it died; do not try it again
+                else:  # e.g. ETOOMANYREFS (descriptors in flight): the worker may recover
+                    _log("handover.failed", {"worker": worker.process.pid, "error": exc.strerror})
                 continue
             worker.open += 1
             worker.handed += 1
@@ -247,20 +278,32 @@ class _Supervisor:
     def serve_forever(self) -> None:
         """Accept and hand over connections, replace dead workers, pass SIGHUP on; return on
         SIGTERM or SIGINT."""
-        self._selector.register(self._sock, selectors.EVENT_READ, ("accept", None))
         last_reap = time.monotonic()
         while True:
+            if not self._accepting and time.monotonic() >= self._accept_again_at:
+                self._selector.register(self._sock, selectors.EVENT_READ, ("accept", None))
+                self._accepting = True
             self._poll(POLL_INTERVAL, accept=True)
             info = signal.sigtimedwait(_SIGNALS, 0)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 _log("shutdown", {"reason": "signal", "signal": info.si_signo})
-                self._selector.unregister(self._sock)
+                if self._accepting:
+                    self._selector.unregister(self._sock)
                 return
             if info is not None and info.si_signo == signal.SIGHUP:
                 self.signal_all(signal.SIGHUP)
             if time.monotonic() - last_reap >= POLL_INTERVAL:
                 last_reap = time.monotonic()
                 self.replace_dead()
+                self.ping()
+
+    def ping(self) -> None:
+        """Ask every ready worker that answered its last ping whether its loop runs."""
+        for worker in self.workers:
+            if worker.ready and worker.ping_sent is None:
+                with contextlib.suppress(OSError):  # full: not reading; gone: reaped later
+                    worker.channel.send(PING)
+                worker.ping_sent = time.monotonic()
 
     def replace_dead(self) -> None:
         """Reap exited workers and start replacements (bounded, see the module docstring)."""
@@ -394,7 +437,7 @@ def supervise(
 
 
 def _log(event: str, details: dict[str, Any]) -> None:
-    print(json.dumps({"event": event, "pid": os.getpid(), **details}), file=sys.stderr, flush=True)
+    write_log_line(json.dumps({"event": event, "pid": os.getpid(), **details}))
 
 
 __all__ = ["options_from_document", "per_process", "supervise"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import socket
 import sys
@@ -28,8 +29,10 @@ def main() -> int:
         signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
     )
     try:
-        config = json.loads(sys.stdin.buffer.readline())
-        return _serve(config)
+        line = sys.stdin.buffer.readline()
+        if not line:  # the supervisor died before it wrote the configuration
+            raise UsageError("no configuration on stdin: the supervisor is gone")
+        return _serve(json.loads(line))
     except CyphrsError as error:
         _say({"error": {"message": error.message, "hint": error.hint, "slug": error.slug}})
         return int(error.exit_code)
@@ -62,8 +65,14 @@ def _serve(config: dict[str, Any]) -> int:
 
 
 def _say(document: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(document) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The supervisor died (kill -9) while this worker started: carry on, and stop as
+        # its closed channel and changed parent pid say, instead of a traceback (exit 1).
+        # stdout now points nowhere, so the exit's own flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ level's wall time and the p50/p99 latency of single requests.
 ``--processes`` (default: one per CPU) runs ``cyphrs serve --processes N``; ``--processes 1``
 the single-process server. cfssl (Go) uses every core by itself.
 
-Run: .venv/bin/python bench/bench_serve.py [--total N] [--levels 1,4,16] [--processes N]
+Both servers run side by side; every round runs each level on both, alternating which goes
+first, and the ratio reported per level is the median of the per-round ratios (this shared
+machine's speed drifts by 1.5x from one minute to the next). p50/p99 are medians over rounds.
+
+Run: .venv/bin/python bench/bench_serve.py [--total N] [--rounds R] [--levels 1,4,16]
+     [--processes N]
 """
 
 from __future__ import annotations
@@ -135,202 +140,169 @@ def wait_port(port: int, context: ssl.SSLContext) -> None:
     raise SystemExit(f"nothing answered on port {port}")
 
 
+def _cfssl(work: Path, tls: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``cfssl serve`` with its own P-256 CA (cfssl wants an unencrypted key file) and a
+    SQLite certdb; the same TLS certificate as cyphrs's bench server."""
+    import socket
+
+    cf = work / "cfssl"
+    cf.mkdir()
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", str(cf / "ca-key.pem"), "-out", str(cf / "ca.pem"),
+            "-days", "30", "-subj", "/CN=cfssl bench CA",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    usages = ["digital signature", "client auth", "server auth"]
+    (cf / "config.json").write_text(
+        json.dumps({"signing": {"default": {"expiry": "4h", "usages": usages}}})
+    )
+    with sqlite3.connect(cf / "certs.db") as conn:
+        conn.executescript(CFSSL_SCHEMA)
+    (cf / "db.json").write_text(
+        json.dumps({"driver": "sqlite3", "data_source": str(cf / "certs.db")})
+    )
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    process = start(
+        [
+            "cfssl", "serve", "-address", "127.0.0.1", "-port", str(port),
+            "-ca", str(cf / "ca.pem"), "-ca-key", str(cf / "ca-key.pem"),
+            "-config", str(cf / "config.json"), "-db-config", str(cf / "db.json"),
+            "-tls-cert", str(tls / "fullchain.pem"), "-tls-key", str(tls / "key.pem"),
+        ]
+    )  # fmt: skip
+    return process, port, cf / "certs.db"
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests-per-client", type=int, default=0)
     parser.add_argument("--levels", default="1,4,16")
-    parser.add_argument("--total", type=int, default=400, help="requests per level")
+    parser.add_argument("--total", type=int, default=400, help="requests per level and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    cyphrs_server = cfssl_server = None
     try:
         ca = demo_hierarchy(work / "ca")
         env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
         root = next(Path(ca["home"], "certs").glob("*root*.pem"))
         context = ssl.create_default_context(cafile=str(root))
-        # One TLS certificate for both servers (cfssl's; cyphrs serve makes its own alike).
+        # One TLS certificate for cfssl (cyphrs serve makes its own alike).
         subprocess.run(
             [
-                CYPHRS,
-                "issue",
-                "server",
-                "--ip",
-                "127.0.0.1",
-                "--out-dir",
-                str(work / "tls"),
-                "--passphrase-file",
-                ca["inter_pass"],
+                CYPHRS, "issue", "server", "--ip", "127.0.0.1", "--out-dir", str(work / "tls"),
+                "--passphrase-file", ca["inter_pass"],
             ],
             env=env,
             check=True,
             capture_output=True,
-        )
-        per_level = {c: args.requests_per_client or max(args.total // c, 1) for c in levels}
-        pool = csrs(max(c * n for c, n in per_level.items()))
-        results: dict[str, list[dict[str, float]]] = {"cyphrs": [], "cfssl": []}
+        )  # fmt: skip
+        per_level = {c: max(args.total // c, 1) for c in levels}
+        slots = [(r, c) for r in range(args.rounds) for c in levels]
+        offsets, size = {}, 0
+        for slot in slots:
+            offsets[slot] = size
+            size += slot[1] * per_level[slot[1]]
+        pool = csrs(size)
 
-        # cyphrs serve: tokens with enough uses for every request of a client.
-        tokens = []
-        for _ in range(max(levels)):
-            done = subprocess.run(
-                [
-                    CYPHRS,
-                    "token",
-                    "create",
-                    "--workflow",
-                    "bench",
-                    "--uses",
-                    "10000",
-                    "--ttl",
-                    "1h",
-                    "--json",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            tokens.append(json.loads(done.stdout)["token"])
-        server = start(
+        # A token per client slot, with a use for each of its requests.
+        tokens: dict[tuple[int, int, int], str] = {}
+        for r, c in slots:
+            for i in range(c):
+                done = subprocess.run(
+                    [
+                        CYPHRS, "token", "create", "--workflow", "bench",
+                        "--uses", str(per_level[c]), "--ttl", "1h", "--json",
+                    ],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )  # fmt: skip
+                tokens[(r, c, i)] = json.loads(done.stdout)["token"]
+        cyphrs_server = start(
             [
-                CYPHRS,
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--passphrase-file",
-                ca["inter_pass"],
-                "--token-rate",
-                "0/m",
-                "--identity-rate",
-                "0/m",
-                "--processes",
-                str(args.processes),
+                CYPHRS, "serve", "--listen", "127.0.0.1:0", "--passphrase-file", ca["inter_pass"],
+                "--token-rate", "0/m", "--identity-rate", "0/m",
+                "--processes", str(args.processes),
             ],
             env=env,
-        )
-        try:
-            assert server.stdout is not None
-            ready = json.loads(server.stdout.readline())
-            port = int(ready["listening"].rsplit(":", 1)[1])
-            for clients in levels:
-                n = per_level[clients]
+        )  # fmt: skip
+        assert cyphrs_server.stdout is not None
+        ready = json.loads(cyphrs_server.stdout.readline())
+        port = int(ready["listening"].rsplit(":", 1)[1])
+        cfssl_server, cf_port, cf_db = _cfssl(work, work / "tls")
+        wait_port(cf_port, context)
 
-                def enroll_body(i: int, k: int, n: int = n) -> tuple[str, bytes]:
-                    return "/v1/enroll", json.dumps(
-                        {"csr": pool[i * n + k], "token": tokens[i]}
-                    ).encode()
+        # Rounds alternate which server goes first, so a slow spell of this shared machine
+        # falls on both; each level's ratio is the median of its per-round ratios.
+        rows: dict[int, dict[str, list[dict[str, float]]]] = {
+            c: {"cyphrs": [], "cfssl": []} for c in levels
+        }
+        for r, c in slots:
+            n, base = per_level[c], offsets[(r, c)]
 
-                results["cyphrs"].append(
-                    run_level("127.0.0.1", port, context, clients, n, enroll_body)
-                )
-        finally:
-            stop(server)
+            def enroll_body(
+                i: int, k: int, r: int = r, c: int = c, n: int = n, b: int = base
+            ) -> tuple[str, bytes]:
+                body = {"csr": pool[b + i * n + k], "token": tokens[(r, c, i)]}
+                return "/v1/enroll", json.dumps(body).encode()
+
+            def sign_body(i: int, k: int, n: int = n, b: int = base) -> tuple[str, bytes]:
+                body = {"certificate_request": pool[b + i * n + k]}
+                return "/api/v1/cfssl/sign", json.dumps(body).encode()
+
+            runs: list[tuple[str, int, Callable[[int, int], tuple[str, bytes]]]] = [
+                ("cyphrs", port, enroll_body),
+                ("cfssl", cf_port, sign_body),
+            ]
+            for name, to_port, body in runs if r % 2 == 0 else runs[::-1]:
+                rows[c][name].append(run_level("127.0.0.1", to_port, context, c, n, body))
+    finally:
+        for server in (cyphrs_server, cfssl_server):
+            if server is not None:
+                stop(server)
+    try:
         with sqlite3.connect(Path(ca["home"]) / "ledger.sqlite3") as conn:
             recorded = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
-
-        # cfssl serve: its own P-256 CA (cfssl wants an unencrypted key file), SQLite certdb.
-        cf = work / "cfssl"
-        cf.mkdir()
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                str(cf / "ca-key.pem"),
-                "-out",
-                str(cf / "ca.pem"),
-                "-days",
-                "30",
-                "-subj",
-                "/CN=cfssl bench CA",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        (cf / "config.json").write_text(
-            json.dumps(
-                {
-                    "signing": {
-                        "default": {
-                            "expiry": "4h",
-                            "usages": ["digital signature", "client auth", "server auth"],
-                        }
-                    }
-                }
-            )
-        )
-        with sqlite3.connect(cf / "certs.db") as conn:
-            conn.executescript(CFSSL_SCHEMA)
-        (cf / "db.json").write_text(
-            json.dumps({"driver": "sqlite3", "data_source": str(cf / "certs.db")})
-        )
-        import socket
-
-        with socket.create_server(("127.0.0.1", 0)) as probe:
-            cf_port = probe.getsockname()[1]
-        tls = work / "tls"
-        cfssl = start(
-            [
-                "cfssl",
-                "serve",
-                "-address",
-                "127.0.0.1",
-                "-port",
-                str(cf_port),
-                "-ca",
-                str(cf / "ca.pem"),
-                "-ca-key",
-                str(cf / "ca-key.pem"),
-                "-config",
-                str(cf / "config.json"),
-                "-db-config",
-                str(cf / "db.json"),
-                "-tls-cert",
-                str(tls / "fullchain.pem"),
-                "-tls-key",
-                str(tls / "key.pem"),
-            ]
-        )
-        try:
-            wait_port(cf_port, context)
-            for clients in levels:
-                n = per_level[clients]
-
-                def sign_body(i: int, k: int, n: int = n) -> tuple[str, bytes]:
-                    return "/api/v1/cfssl/sign", json.dumps(
-                        {"certificate_request": pool[i * n + k]}
-                    ).encode()
-
-                results["cfssl"].append(
-                    run_level("127.0.0.1", cf_port, context, clients, n, sign_body)
-                )
-        finally:
-            stop(cfssl)
-        with sqlite3.connect(cf / "certs.db") as conn:
+        with sqlite3.connect(cf_db) as conn:
             cf_recorded = conn.execute("SELECT count(*) FROM certificates").fetchone()[0]
-
         print(
             f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]};"
-            f" cyphrs serve --processes {args.processes};"
-            f" load average {os.getloadavg()[0]:.2f} at the end;"
-            f" cyphrs ledger rows {recorded}, cfssl certdb rows {cf_recorded}"
+            f" cyphrs serve --processes {args.processes}; {args.rounds} rounds of"
+            f" {args.total} requests per level; load average {os.getloadavg()[0]:.2f} at the"
+            f" end; cyphrs ledger rows {recorded}, cfssl certdb rows {cf_recorded}"
         )
-        print("| clients | cyphrs /s | p50 ms | p99 ms | cfssl /s | p50 ms | p99 ms | ratio |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for ours, theirs in zip(results["cyphrs"], results["cfssl"], strict=True):
-            ratio = ours["per_second"] / theirs["per_second"]
+        print(
+            "| clients | cyphrs /s | p50 ms | p99 ms | cfssl /s | p50 ms | p99 ms"
+            " | ratio (median of rounds) | per-round ratios |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for c in levels:
+            ours, theirs = rows[c]["cyphrs"], rows[c]["cfssl"]
+            ratios = [
+                a["per_second"] / b["per_second"] for a, b in zip(ours, theirs, strict=True)
+            ]
             print(
-                f"| {ours['clients']} | {ours['per_second']} | {ours['p50_ms']} |"
-                f" {ours['p99_ms']} | {theirs['per_second']} | {theirs['p50_ms']} |"
-                f" {theirs['p99_ms']} | {ratio:.2f}x |"
+                f"| {c} | {_median([x['per_second'] for x in ours])}"
+                f" | {_median([x['p50_ms'] for x in ours])}"
+                f" | {_median([x['p99_ms'] for x in ours])}"
+                f" | {_median([x['per_second'] for x in theirs])}"
+                f" | {_median([x['p50_ms'] for x in theirs])}"
+                f" | {_median([x['p99_ms'] for x in theirs])}"
+                f" | {statistics.median(ratios):.2f}x"
+                f" | {' '.join(f'{x:.2f}' for x in ratios)} |"
             )
-        print(json.dumps(results))
+        print(json.dumps({str(c): rows[c] for c in levels}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,6 +27,7 @@ threads into one transaction per group by ``service.committer``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +288,11 @@ class Authority:
     def group_committer(self) -> GroupCommitter | None:
         return self._committer
 
+    def _expecting_leaf(self) -> contextlib.AbstractContextManager[None]:
+        """Tell the group committer a leaf is probably on its way (see ``expecting``)."""
+        committer = self._committer
+        return committer.expecting() if committer is not None else contextlib.nullcontext()
+
     # -- use cases ------------------------------------------------------------------
 
     def issue(self, request: IssueRequest) -> IssueResult:
@@ -336,7 +342,8 @@ class Authority:
     ) -> IssueResult:
         from cyphrs_cli.service.online import renew_presented
 
-        return renew_presented(self, presented_der, csr_pem, ttl=ttl)
+        with self._expecting_leaf():
+            return renew_presented(self, presented_der, csr_pem, ttl=ttl)
 
     def revoke_presented(self, presented_der: bytes, reason: str | None) -> Revocation:
         from cyphrs_cli.service.online import revoke_presented
@@ -390,7 +397,8 @@ class Authority:
         credential spent in the certificate's own transaction."""
         from cyphrs_cli.service.enrollment import enroll
 
-        return enroll(self, request)
+        with self._expecting_leaf():
+            return enroll(self, request)
 
     def set_provisioner(self, spec: ProvisionerSpec, *, replace: bool = False) -> bool:
         from cyphrs_cli.service.provisioners import set_provisioner

@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -92,6 +92,9 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        # Callers inside ``expecting`` that have not submitted yet, and which thread is one.
+        self._expected = 0
+        self._caller = threading.local()
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
         self.checkpointer: WalCheckpointer | None = (
@@ -102,6 +105,24 @@ class GroupCommitter:
 
     def set_observer(self, observer: CommitObserver | None) -> None:
         self._observer = observer
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around a use case that will probably ``submit`` one item (an enrollment while it
+        checks its CSR and credential): the writer waits up to ``max_wait`` after a group's
+        first item only while such callers are on their way, so a lone request is never
+        delayed for company that is not coming, and concurrent ones still share a commit
+        (PostgreSQL's ``commit_delay`` with ``commit_siblings``, in effect)."""
+        with self._lock:
+            self._expected += 1
+        self._caller.expected = True
+        try:
+            yield
+        finally:
+            if getattr(self._caller, "expected", False):
+                self._caller.expected = False
+                with self._lock:
+                    self._expected -= 1
 
     def submit(
         self,
@@ -121,7 +142,11 @@ class GroupCommitter:
         if threading.current_thread() is self._thread:  # pragma: no cover - a hook re-entering
             raise CyphrsError("commit_leaf called from inside a group commit")
         item = _Item(profile, request, issuer, after_record)
+        arrived = getattr(self._caller, "expected", False)
+        self._caller.expected = False
         with self._lock:
+            if arrived:  # no longer on its way: here (counted off with the put, atomically)
+                self._expected -= 1
             if self._closed:
                 raise StorageError("the group committer is closed (the server is shutting down)")
             self._queue.put(item)
@@ -157,6 +182,10 @@ class GroupCommitter:
             batch = [first]
             deadline = time.monotonic() + self._max_wait
             while len(batch) < self._max_items:
+                with self._lock:
+                    coming = self._expected
+                if not coming and self._queue.empty():
+                    break  # nobody else is on the way: commit now, do not wait for company
                 try:
                     more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -112,3 +113,57 @@ def test_close_drains_then_refuses(authority: Authority, home: CaHome) -> None:
     assert _rows(home)[issued.serial] == "valid"
     with pytest.raises(StorageError):
         authority.commit_leaf(profile, _leaf(authority, "after-close"))
+
+
+def test_a_lone_caller_is_not_kept_waiting_for_company(authority: Authority) -> None:
+    """max_wait 2 s, one caller inside ``expecting``: nobody else is on the way, so its
+    item commits at once instead of after the 2 s the writer would wait for more."""
+    committer = authority.start_group_commit(max_wait=2.0)
+    profile = authority.profile("agent")
+    timings = []
+    for n in range(3):
+        started = time.monotonic()
+        with committer.expecting():
+            authority.commit_leaf(profile, _leaf(authority, f"lone{n}"))
+        timings.append(time.monotonic() - started)
+    assert max(timings) < 1.0, timings
+    assert committer.stats.groups == 3
+
+
+def test_the_writer_waits_for_a_caller_that_is_on_its_way(authority: Authority) -> None:
+    """A second caller inside ``expecting`` but still preparing when the first submits:
+    the writer waits (up to max_wait) and both items share one transaction."""
+    committer = authority.start_group_commit(max_wait=5.0)
+    profile = authority.profile("agent")
+    second_inside, first_submitted = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def second() -> None:
+        with committer.expecting():
+            second_inside.set()
+            first_submitted.wait(timeout=10)
+            time.sleep(0.3)  # still preparing after the first item was queued
+            results.append(authority.commit_leaf(profile, _leaf(authority, "late")))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert second_inside.wait(timeout=10)
+    timer = threading.Timer(0.1, first_submitted.set)
+    timer.start()
+    results.append(authority.commit_leaf(profile, _leaf(authority, "early")))
+    thread.join(timeout=30)
+    timer.cancel()
+    assert len(results) == 2 and all(isinstance(r, IssuedCertificate) for r in results)
+    assert committer.stats.groups == 1 and committer.stats.items == 2
+
+
+def test_a_caller_that_never_submits_stops_being_expected(authority: Authority) -> None:
+    """A refusal before submitting (bad CSR, spent token) leaves ``expecting`` without an
+    item; later lone callers are not kept waiting for it."""
+    committer = authority.start_group_commit(max_wait=2.0)
+    with pytest.raises(RuntimeError), committer.expecting():
+        raise RuntimeError("refused before submitting")
+    started = time.monotonic()
+    with committer.expecting():
+        authority.commit_leaf(authority.profile("agent"), _leaf(authority, "after"))
+    assert time.monotonic() - started < 1.0

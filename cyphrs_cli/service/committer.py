@@ -5,7 +5,8 @@ its one item, every certificate would pay its own ``BEGIN IMMEDIATE`` ... ``COMM
 fsync of the WAL with ``synchronous=FULL``) and the writers would queue on SQLite's lock.
 The ``GroupCommitter`` owns one writer thread instead: callers put their item on a queue
 and block; the writer takes everything queued (up to ``max_items``, waiting at most
-``max_wait`` for more after the first), and hands it to ``ca.issuance.issue_leaves`` --
+``max_wait`` for more after the first, and only while other callers are on their way: see
+``expecting``), and hands it to ``ca.issuance.issue_leaves`` --
 the one issuance path -- as one group per issuing CA: one transaction, one fsync. Each
 caller is woken with its own result only after that transaction committed, so "recorded
 before output" holds per item; an item's refusal (policy, conflict, its ``after_record``

@@ -189,15 +189,22 @@ class _Supervisor:
         self._selector.register(ours, selectors.EVENT_READ, ("closed", worker))
         return worker
 
-    def wait_ready(self) -> None:
-        """Every worker's ready document, or its start-up error raised here."""
+    def wait_ready(self) -> bool:
+        """Every worker's ready document (True), or its start-up error raised here; False
+        when SIGTERM or SIGINT came first (the signals are blocked, so they are looked
+        for here: start-up must not defer a stop for up to ``READY_TIMEOUT``)."""
         deadline = time.monotonic() + READY_TIMEOUT
         while any(w.ready is None for w in self.workers):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StorageError(f"a worker did not start within {READY_TIMEOUT:g} s")
-            self._poll(min(left, 1.0), accept=False)
+            self._poll(min(left, POLL_INTERVAL), accept=False)
+            info = signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 0)
+            if info is not None:
+                _log("shutdown", {"reason": "signal", "signal": info.si_signo})
+                return False
         self._starting = False
+        return True
 
     def _read_ready(self, worker: _Worker) -> None:
         chunk = os.read(worker.stdout, 65536)
@@ -411,7 +418,8 @@ def supervise(
     try:
         for _ in range(processes):
             supervisor.start_worker()
-        supervisor.wait_ready()
+        if not supervisor.wait_ready():
+            return  # stopped during start-up: ``finally`` stops the workers
         first = supervisor.workers[0].ready
         assert first is not None
         ready(

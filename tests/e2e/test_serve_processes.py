@@ -385,3 +385,50 @@ def test_workers_sign_with_a_pkcs11_token_key(tmp_path: Path) -> None:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_sigterm_during_start_up_stops_at_once(fresh_hierarchy: Hierarchy) -> None:
+    """SIGTERM while the workers are still starting (their TLS certificate's signing slowed
+    to 3 s): the supervisor stops them and exits 0 without waiting for them to be ready
+    and without announcing a server that is going away."""
+    import subprocess
+
+    from tests.helpers import tool
+
+    ca = fresh_hierarchy
+    process = subprocess.Popen(
+        [
+            tool("cyphrs"), "serve", "--home", str(ca.home), "--listen", "127.0.0.1:0",
+            "--passphrase-file", str(ca.inter_pass), "--processes", "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CI": "true", "CYPHRS_TEST_DELAY": "after-sign=3"},
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+
+        def children() -> list[int]:
+            found = []
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit() and worker_alive(int(entry.name)):
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == process.pid:
+                        found.append(int(entry.name))
+            return found
+
+        assert _wait_until(lambda: len(children()) == 2, 30)
+        workers = children()
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 2.5  # not after the 3 s start-up
+        assert process.stdout is not None and process.stdout.read() == b""
+        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in workers:
+            if worker_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -161,6 +161,7 @@ def test_concurrent_init_root_same_alias_one_winner(tmp_path: Path) -> None:
             ".cyphrs.lock",
             "config.toml",
             "ledger.sqlite3",
+            "ledger.sqlite3-lock",  # the ledger's writer lock (ledger/writelock.py)
             "keys/race-root.key.pem",
             "certs/race-root.pem",
         }

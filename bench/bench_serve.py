@@ -140,6 +140,26 @@ def wait_port(port: int, context: ssl.SSLContext) -> None:
     raise SystemExit(f"nothing answered on port {port}")
 
 
+def bench_ca(work: Path) -> tuple[dict[str, str], dict[str, str], ssl.SSLContext]:
+    """A demo CA in ``work/ca``, the environment that selects it, a client context that
+    trusts its root, and a server TLS certificate for 127.0.0.1 in ``work/tls`` (for the
+    peer servers; cyphrs serve makes its own alike)."""
+    ca = demo_hierarchy(work / "ca")
+    env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
+    root = next(Path(ca["home"], "certs").glob("*root*.pem"))
+    context = ssl.create_default_context(cafile=str(root))
+    subprocess.run(
+        [
+            CYPHRS, "issue", "server", "--ip", "127.0.0.1", "--out-dir", str(work / "tls"),
+            "--passphrase-file", ca["inter_pass"],
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return ca, env, context
+
+
 def _cfssl(work: Path, tls: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     """``cfssl serve`` with its own P-256 CA (cfssl wants an unencrypted key file) and a
     SQLite certdb; the same TLS certificate as cyphrs's bench server."""
@@ -193,20 +213,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     cyphrs_server = cfssl_server = None
     try:
-        ca = demo_hierarchy(work / "ca")
-        env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
-        root = next(Path(ca["home"], "certs").glob("*root*.pem"))
-        context = ssl.create_default_context(cafile=str(root))
-        # One TLS certificate for cfssl (cyphrs serve makes its own alike).
-        subprocess.run(
-            [
-                CYPHRS, "issue", "server", "--ip", "127.0.0.1", "--out-dir", str(work / "tls"),
-                "--passphrase-file", ca["inter_pass"],
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        ca, env, context = bench_ca(work)
         per_level = {c: max(args.total // c, 1) for c in levels}
         slots = [(r, c) for r in range(args.rounds) for c in levels]
         offsets, size = {}, 0

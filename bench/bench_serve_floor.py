@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import ssl
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_serve import _cfssl, csrs, run_level, start, stop, wait_port
-from common import CYPHRS, demo_hierarchy
+from bench_serve import _cfssl, bench_ca, csrs, run_level, start, stop, wait_port
 
 FLOOR_SERVER = r"""
 import datetime, json, os, socket, sqlite3, ssl, sys
@@ -89,19 +87,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        ca = demo_hierarchy(work / "ca")
-        env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
-        root = next(Path(ca["home"], "certs").glob("*root*.pem"))
-        context = ssl.create_default_context(cafile=str(root))
-        subprocess.run(
-            [
-                CYPHRS, "issue", "server", "--ip", "127.0.0.1", "--out-dir", str(work / "tls"),
-                "--passphrase-file", ca["inter_pass"],
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        _, _, context = bench_ca(work)
         with socket.create_server(("127.0.0.1", 0)) as probe:
             port = probe.getsockname()[1]
         for _ in range(args.processes):

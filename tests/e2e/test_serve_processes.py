@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.test_serve_crash import RenewalLoad, _ledger_serials
 from tests.helpers import Hierarchy, cli
 from tests.serve_clients import new_csr, request
-from tests.server_process import ServerProcess, start_server, worker_alive
+from tests.server_process import ServerProcess, start_server, wait_until, worker_alive
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +54,6 @@ def _answered_by(server: ServerProcess, operation: str) -> set[int]:
         for e in server.log_events()
         if e.get("operation") == operation and e.get("status") in (200, 201)
     }
-
-
-def _wait_until(condition: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -160,7 +151,7 @@ def test_a_killed_worker_is_replaced_and_service_goes_on(fresh_hierarchy: Hierar
     with start_server(ca.home, ca.inter_pass, "--processes", "2", "--token-rate", "0/m") as server:
         victim = server.worker_pids[0]
         os.kill(victim, signal.SIGKILL)
-        assert _wait_until(
+        assert wait_until(
             lambda: any(e.get("event") == "worker.started" for e in server.log_events()), 30
         ), server.log()[-2000:]
         exited = [e for e in server.log_events() if e.get("event") == "worker.exited"]
@@ -170,7 +161,7 @@ def test_a_killed_worker_is_replaced_and_service_goes_on(fresh_hierarchy: Hierar
         )
         # Every request is answered meanwhile, and the replacement takes its share.
         assert [_enroll(server, token) for _ in range(8)] == [201] * 8
-        assert _wait_until(
+        assert wait_until(
             lambda: _enroll(server, token) == 201 and replacement in _answered_by(server, "enroll"),
             60,
         ), server.log()[-2000:]
@@ -200,7 +191,7 @@ def test_workers_stop_when_their_supervisor_is_killed(fresh_hierarchy: Hierarchy
     try:
         workers = server.worker_pids
         server.kill()  # SIGKILL: no chance to stop anyone
-        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 15)
+        assert wait_until(lambda: not any(worker_alive(pid) for pid in workers), 15)
         reasons = {e.get("reason") for e in server.log_events() if e.get("event") == "shutdown"}
         assert reasons <= {"supervisor-gone"} and reasons
     finally:
@@ -278,7 +269,7 @@ def test_sighup_renews_every_workers_tls_certificate(fresh_hierarchy: Hierarchy)
         def renewed() -> list[str]:
             return [e["serial"] for e in server.log_events() if e.get("event") == "tls.renewed"]
 
-        assert _wait_until(lambda: len(renewed()) == 2, 30), server.log()[-2000:]
+        assert wait_until(lambda: len(renewed()) == 2, 30), server.log()[-2000:]
         assert len(set(renewed()) | before) == 4
         assert request(server, "GET", "/readyz").status == 200
 
@@ -293,7 +284,7 @@ def test_a_worker_dying_again_and_again_stops_the_server(fresh_hierarchy: Hierar
             assert alive, server.log()[-2000:]
             os.kill(alive[-1], signal.SIGKILL)
             if round_ < 5:
-                assert _wait_until(
+                assert wait_until(
                     lambda r=round_: (
                         sum(1 for e in server.log_events() if e.get("event") == "worker.started")
                         == r + 1
@@ -417,14 +408,14 @@ def test_sigterm_during_start_up_stops_at_once(fresh_hierarchy: Hierarchy) -> No
                         found.append(int(entry.name))
             return found
 
-        assert _wait_until(lambda: len(children()) == 2, 30)
+        assert wait_until(lambda: len(children()) == 2, 30)
         workers = children()
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - started < 2.5  # not after the 3 s start-up
         assert process.stdout is not None and process.stdout.read() == b""
-        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 10)
+        assert wait_until(lambda: not any(worker_alive(pid) for pid in workers), 10)
     finally:
         if process.poll() is None:
             process.kill()

@@ -26,18 +26,9 @@ import pytest
 
 from tests.helpers import Hierarchy, tool
 from tests.serve_clients import request
-from tests.server_process import ServerProcess, kill_worker, start_server, worker_alive
+from tests.server_process import ServerProcess, kill_worker, start_server, wait_until, worker_alive
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_until(condition: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _open_fds(pid: int) -> int:
@@ -281,14 +272,14 @@ def test_supervisor_killed_during_start_up_leaves_no_worker(fresh_hierarchy: Hie
     )  # fmt: skip
     workers: list[int] = []
     try:
-        assert _wait_until(lambda: len(_children(process.pid)) == 3, 30)
+        assert wait_until(lambda: len(_children(process.pid)) == 3, 30)
         time.sleep(0.2)  # each has its configuration; none is ready yet (imports alone take longer)
         workers = [pid for pid in _children(process.pid) if worker_alive(pid)]
         assert len(workers) == 3
         process.kill()
         process.wait(timeout=10)
         assert process.stdout is not None and process.stdout.read() == b""  # not ready yet
-        assert _wait_until(lambda: not any(worker_alive(pid) for pid in workers), 30)
+        assert wait_until(lambda: not any(worker_alive(pid) for pid in workers), 30)
         assert process.stderr is not None
         log = process.stderr.read().decode()  # every writer is gone: read to the end
         # Each stopped as a worker without a supervisor does, not with a traceback.
@@ -318,7 +309,7 @@ def test_silent_connections_leak_no_descriptor_in_the_supervisor(
             assert request(server, "GET", "/healthz", timeout=10).status == 200
             assert _open_fds(server.pid) <= baseline + 2
             # The workers hung up on every silent client after the handshake timeout.
-            assert _wait_until(lambda: all(not c.recv(1) for c in flood), 10)
+            assert wait_until(lambda: all(not c.recv(1) for c in flood), 10)
         finally:
             for conn in flood:
                 conn.close()
@@ -337,7 +328,7 @@ def test_metrics_keep_a_dead_workers_counts(fresh_hierarchy: Hierarchy) -> None:
         answered = _healthz_by_worker(server)
         victim = answered[0]
         os.kill(victim, signal.SIGKILL)
-        assert _wait_until(
+        assert wait_until(
             lambda: any(e.get("event") == "worker.started" for e in server.log_events()), 30
         )
         for _ in range(4):
@@ -532,7 +523,7 @@ def test_metrics_directory_removed_on_sigterm_left_on_sigkill(fresh_hierarchy: H
     try:
         directory = _metrics_dir(server.worker_pids[0])
         server.kill()
-        assert _wait_until(lambda: not any(worker_alive(p) for p in server.worker_pids), 15)
+        assert wait_until(lambda: not any(worker_alive(p) for p in server.worker_pids), 15)
         assert directory.is_dir()
     finally:
         server.stop()

@@ -126,8 +126,9 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
 
 
 @dataclass(frozen=True)
-class _Signed:
-    """A certificate that passed its self-check and is not recorded yet: never output."""
+class SignedLeaf:
+    """A certificate that passed its self-check and is not recorded yet: never output.
+    Only ``record_signed`` (in the ledger transaction) turns it into an issued one."""
 
     plan: CertificatePlan
     certificate: x509.Certificate
@@ -138,7 +139,7 @@ class _Signed:
 
 def _sign(
     ledger: Ledger, issuer: Issuer, plan: CertificatePlan, now: datetime, *, seq: int | None = None
-) -> _Signed:
+) -> SignedLeaf:
     """Steps 2-4: validity, serial, signature, self-check (step 5 is ``_record``)."""
     from cryptography import x509
 
@@ -190,10 +191,10 @@ def _sign(
     self_check(cert, issuer, plan)
     fault_point("after-sign", seq=seq)
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
-    return _Signed(plan, cert, row, now, clamped)
+    return SignedLeaf(plan, cert, row, now, clamped)
 
 
-def _record(conn: sqlite3.Connection, issuer: Issuer, signed: _Signed) -> IssuedCertificate:
+def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> IssuedCertificate:
     """Step 5 inside the caller's ``BEGIN IMMEDIATE`` transaction: the uniqueness check
     that decides races, the row, its hash-chained event, the superseded predecessor."""
     from cyphrs_cli.ca.models import IssuedCertificate
@@ -592,6 +593,73 @@ def issue_leaf(
         raise
 
 
+def sign_leaf(
+    ledger: Ledger,
+    issuer: Issuer,
+    profile: Profile,
+    request: LeafRequest,
+    now: datetime,
+    *,
+    checked: set[str] | None = None,
+    seq: int | None = None,
+    record_denials: bool = True,
+) -> SignedLeaf:
+    """Steps 1-4 of one leaf, before any transaction: the profile text checked against
+    the ledger (once per name in ``checked``), policy, plan, signature, self-check.
+
+    A policy denial, or a revoked or expired issuer, is recorded (its own committed
+    ``policy.denied`` event) before it is raised, unless ``record_denials`` is off: the
+    serving fast path (``service.enrollment``) must not wait for an fsync on its event
+    loop, so it raises unrecorded and hands the request to the blocking path, which
+    decides again and records.
+    """
+    from cyphrs_cli.config.trust import check_profile
+    from cyphrs_cli.policy.decide import decide
+
+    if checked is None or profile.name not in checked:
+        check_profile(ledger.conn, profile)  # the text must be the one recorded
+        if checked is not None:
+            checked.add(profile.name)
+    try:
+        decision = decide(profile, request, issuer)
+        return _sign(ledger, issuer, plan_leaf(request, profile, issuer, decision), now, seq=seq)
+    except PolicyDenied as denial:  # the profile's rules, or the issuer revoked or expired
+        if record_denials:
+            record_denial(ledger, denial, request, issuer)
+        raise
+
+
+def record_signed(
+    ledger: Ledger,
+    issuer: Issuer,
+    items: Sequence[tuple[SignedLeaf, AfterRecord | None]],
+) -> list[IssuedCertificate | CyphrsError]:
+    """Step 5 for signed leaves of one issuer: ONE ``BEGIN IMMEDIATE`` transaction, a
+    savepoint per item. Returns one entry per item, in order: the issued certificate, or
+    the item's own refusal (a conflict found inside the transaction, or a
+    ``CyphrsError`` from its ``after_record`` hook), its savepoint rolled back while the
+    rest commit. Any other failure raises and records nothing of the group."""
+    results: list[IssuedCertificate | CyphrsError] = []
+    with ledger.transaction() as conn:
+        for one, hook in items:
+            conn.execute("SAVEPOINT item")
+            try:
+                issued = _record(conn, issuer, one)
+                if hook is not None:
+                    hook(conn, issued)
+                results.append(issued)
+            except ConflictError as conflict:
+                conn.execute("ROLLBACK TO item")
+                results.append(conflict)
+            except CyphrsError as refused:
+                if hook is None:
+                    raise  # only a hook's refusal is per item; the rest fails the group
+                conn.execute("ROLLBACK TO item")
+                results.append(refused)
+            conn.execute("RELEASE item")
+    return results
+
+
 def issue_leaves(
     ledger: Ledger,
     issuer: Issuer,
@@ -602,8 +670,9 @@ def issue_leaves(
     after_record: Sequence[AfterRecord | None] | None = None,
 ) -> list[IssuedCertificate | CyphrsError | None]:
     """Group commit: ``issue_leaf`` for many requests, every row and event in ONE
-    ``BEGIN IMMEDIATE`` transaction. Same steps, same code: profile check, policy (denials
-    recorded), plan, sign, self-check, then ``_record`` per item in the one transaction.
+    ``BEGIN IMMEDIATE`` transaction. Same steps, same code: ``sign_leaf`` per item
+    (profile check, policy with denials recorded, plan, sign, self-check), then
+    ``record_signed`` for all of them in the one transaction.
 
     Returns one entry per request, in order: the issued certificate, the item's error, or
     None for an item not attempted because an earlier one failed with ``stop_on_error``.
@@ -623,28 +692,19 @@ def issue_leaves(
     transaction as the certificate it pays for.
     """
     from cyphrs_cli.ca.batch import pause_point
-    from cyphrs_cli.config.trust import check_profile
 
     if after_record is not None and len(after_record) != len(entries):
         raise ValueError("after_record needs one hook (or None) per entry")
     results: list[IssuedCertificate | CyphrsError | None] = [None] * len(entries)
-    signed: list[tuple[int, _Signed]] = []
+    signed: list[tuple[int, SignedLeaf]] = []
     checked: set[str] = set()
     now = utc_now()
     for position, (profile, request) in enumerate(entries):
         try:
-            if profile.name not in checked:
-                check_profile(ledger.conn, profile)  # the text must be the one recorded
-                checked.add(profile.name)
-            decision = authorize_leaf(ledger, issuer, profile, request)
-            plan = plan_leaf(request, profile, issuer, decision)
-            try:
-                signed.append(
-                    (position, _sign(ledger, issuer, plan, now, seq=first_seq + position))
-                )
-            except PolicyDenied as denial:  # the issuer itself is revoked or expired
-                record_denial(ledger, denial, request, issuer)
-                raise
+            one = sign_leaf(
+                ledger, issuer, profile, request, now, checked=checked, seq=first_seq + position
+            )
+            signed.append((position, one))
         except CyphrsError as error:
             results[position] = error
             if stop_on_error:
@@ -652,24 +712,13 @@ def issue_leaves(
     if not signed:
         return results
     pause_point("group-signed")
-    with ledger.transaction() as conn:
-        for position, one in signed:
-            conn.execute("SAVEPOINT item")
-            hook = after_record[position] if after_record is not None else None
-            try:
-                issued = _record(conn, issuer, one)
-                if hook is not None:
-                    hook(conn, issued)
-                results[position] = issued
-            except ConflictError as conflict:
-                conn.execute("ROLLBACK TO item")
-                results[position] = conflict
-            except CyphrsError as refused:
-                if hook is None:
-                    raise  # only a hook's refusal is per item; the rest fails the group
-                conn.execute("ROLLBACK TO item")
-                results[position] = refused
-            conn.execute("RELEASE item")
+    recorded = record_signed(
+        ledger,
+        issuer,
+        [(one, after_record[p] if after_record is not None else None) for p, one in signed],
+    )
+    for (position, _), result in zip(signed, recorded, strict=True):
+        results[position] = result
     fault_point("after-record", seq=range(first_seq, first_seq + len(entries)))
     return results
 

@@ -31,6 +31,14 @@ _SPECS: dict[str, tuple[str, str | None, int | None]] = {
 KEY_TYPES = tuple(_SPECS)
 
 
+def signs_in_process(key: CertificateIssuerPrivateKeyTypes) -> bool:
+    """Whether ``key`` signs in this process's memory (a software key: tens of
+    microseconds, never waits), as opposed to a PKCS#11 token key, whose every signature
+    is a session call that may wait on a device or a network HSM. The server signs on its
+    event loop only with the former (``service.enrollment.enroll_online``)."""
+    return not getattr(key, "signs_on_token", False)
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """A key type by its short name (``p256``, ``rsa3072``, ``ed25519`` ...)."""

@@ -225,6 +225,9 @@ class _TokenKey:
 
     _tokens: TokenSession
     _label: str
+    #: A signature is a call into the token (a device, maybe over a network): see
+    #: ``keystore.base.signs_in_process``.
+    signs_on_token = True
 
     def close(self) -> None:
         """End the token session (an ``Authority`` calls this when it closes)."""

@@ -264,7 +264,7 @@ async def _enroll(request: web.Request, state: ServerState) -> web.Response:
         permissions=tuple(permissions) if permissions is not None else None,
     )
     try:
-        result = await state.call(lambda: state.authority.enroll(enroll_request))
+        result = await state.authority.enroll_online(enroll_request, offload=state.call)
     except CyphrsError as error:
         state.metrics.issuance.labels("enroll", "unknown", _outcome(error)).inc()
         raise

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from cyphrs_cli.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from datetime import timedelta
     from types import TracebackType
 
@@ -244,13 +245,15 @@ class Authority:
             CyphrsError: the item's refusal (5 policy, recorded; 7 a duplicate instance),
                 the hook's error, or 8 a ledger failure (nothing recorded).
         """
-        from cyphrs_cli.ca.issuance import issue_leaves
+        from cyphrs_cli.ca.issuance import issue_leaves, sign_leaf
         from cyphrs_cli.errors import CyphrsError
+        from cyphrs_cli.ledger.events import utc_now
 
+        signer = self.signing_issuer(issuer) if issuer is not None else self.issuer
         committer = self._committer
         if committer is not None:
-            return committer.submit(profile, request, issuer=issuer, after_record=after_record)
-        signer = self.signing_issuer(issuer) if issuer is not None else self.issuer
+            signed = sign_leaf(self.ledger, signer, profile, request, utc_now())
+            return committer.submit(signer, signed, after_record=after_record).result()
         (result,) = issue_leaves(
             self.ledger, signer, [(profile, request)], after_record=[after_record]
         )
@@ -399,6 +402,19 @@ class Authority:
 
         with self._expecting_leaf():
             return enroll(self, request)
+
+    async def enroll_online(
+        self,
+        request: EnrollRequest,
+        *,
+        offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
+    ) -> IssueResult:
+        """``enroll`` from a server's event loop: a clean token redemption is decided and
+        signed on the loop and recorded by the group committer; anything else runs
+        ``enroll`` through ``offload`` (a worker thread). See ``service.enrollment``."""
+        from cyphrs_cli.service.enrollment import enroll_online
+
+        return await enroll_online(self, request, offload)
 
     def set_provisioner(self, spec: ProvisionerSpec, *, replace: bool = False) -> bool:
         from cyphrs_cli.service.provisioners import set_provisioner

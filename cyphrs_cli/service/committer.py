@@ -1,17 +1,19 @@
 """Group commit for a serving ``Authority``: many concurrent leaf issuances, one transaction.
 
-``cyphrs serve`` handles requests on many threads. Were each to call ``issue_leaves`` with
-its one item, every certificate would pay its own ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one
-fsync of the WAL with ``synchronous=FULL``) and the writers would queue on SQLite's lock.
-The ``GroupCommitter`` owns one writer thread instead: callers put their item on a queue
-and block; the writer takes everything queued (up to ``max_items``, waiting at most
-``max_wait`` for more after the first, and only while other callers are on their way: see
-``expecting``), and hands it to ``ca.issuance.issue_leaves`` --
-the one issuance path -- as one group per issuing CA: one transaction, one fsync. Each
-caller is woken with its own result only after that transaction committed, so "recorded
-before output" holds per item; an item's refusal (policy, conflict, its ``after_record``
-hook) is that item's alone, while a failure of the transaction itself fails every item of
-the group and records none of them.
+``cyphrs serve`` handles requests on many threads (and on its event loop). Were each to
+record its certificate itself, every certificate would pay its own ``BEGIN IMMEDIATE`` ...
+``COMMIT`` (one fsync of the WAL with ``synchronous=FULL``) and the writers would queue on
+SQLite's lock. The ``GroupCommitter`` owns one writer thread instead. A caller decides and
+signs in its own thread (``ca.issuance.sign_leaf``: policy, plan, signature, self-check),
+then puts the signed, unrecorded leaf on a queue and waits on its future; the writer takes
+everything queued (up to ``max_items``, waiting at most ``max_wait`` for more after the
+first, and only while other callers are on their way: see ``expecting``), and hands it to
+``ca.issuance.record_signed`` as one group per issuing CA: one transaction, one fsync.
+Each future is resolved with its own result only after that transaction committed, so
+"recorded before output" holds per item; an item's refusal (a conflict, its
+``after_record`` hook) is that item's alone, while a failure of the transaction itself
+fails every item of the group and records none of them. The writer does only the
+transaction: signing in the callers keeps the one serial step of the process short.
 
 Under no load a group holds one item and costs what a direct call costs; under load the
 queue fills while the previous group commits, so groups grow with the load without a
@@ -38,10 +40,9 @@ from typing import TYPE_CHECKING
 from cyphrs_cli.errors import CyphrsError, StorageError
 
 if TYPE_CHECKING:
-    from cyphrs_cli.ca.issuance import AfterRecord
-    from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
+    from cyphrs_cli.ca.issuance import AfterRecord, SignedLeaf
+    from cyphrs_cli.ca.models import IssuedCertificate, Issuer
     from cyphrs_cli.ledger.checkpoint import WalCheckpointer
-    from cyphrs_cli.profiles.model import Profile
     from cyphrs_cli.service.authority import Authority
 
 #: Called after every group transaction: (items in the group, seconds the group took).
@@ -53,9 +54,8 @@ DEFAULT_MAX_WAIT = 0.001
 
 @dataclass
 class _Item:
-    profile: Profile
-    request: LeafRequest
-    issuer: str | None
+    issuer: Issuer  # the CA that signed it (and whose chain its record names)
+    signed: SignedLeaf
     after_record: AfterRecord | None
     result: Future[IssuedCertificate] = field(default_factory=Future)
 
@@ -126,23 +126,21 @@ class GroupCommitter:
                     self._expected -= 1
 
     def submit(
-        self,
-        profile: Profile,
-        request: LeafRequest,
-        *,
-        issuer: str | None = None,
-        after_record: AfterRecord | None = None,
-    ) -> IssuedCertificate:
-        """Queue one leaf and wait until its group has committed; its certificate, or its
-        own error raised here.
+        self, issuer: Issuer, signed: SignedLeaf, *, after_record: AfterRecord | None = None
+    ) -> Future[IssuedCertificate]:
+        """Queue one signed leaf of ``issuer`` for recording; its future resolves after its
+        group committed: to its certificate, or to its own error.
 
-        Raises:
-            CyphrsError: the item's refusal, or 8 when the group's transaction failed or
-                the committer was closed before the item was taken.
+        The future's error is the item's refusal (a conflict, its hook's ``CyphrsError``),
+        or 8 when the group's transaction failed or the committer was closed before the
+        item was taken; 8 is also raised here at once when the committer is closed.
         """
         if threading.current_thread() is self._thread:  # pragma: no cover - a hook re-entering
             raise CyphrsError("commit_leaf called from inside a group commit")
-        item = _Item(profile, request, issuer, after_record)
+        item = _Item(issuer, signed, after_record)
+        # Running from now on: a waiter that gives up (an asyncio task cancelled with
+        # ``wrap_future``) cannot cancel it, so the writer always sets its outcome.
+        item.result.set_running_or_notify_cancel()
         arrived = getattr(self._caller, "expected", False)
         self._caller.expected = False
         with self._lock:
@@ -151,7 +149,7 @@ class GroupCommitter:
             if self._closed:
                 raise StorageError("the group committer is closed (the server is shutting down)")
             self._queue.put(item)
-        return item.result.result()
+        return item.result
 
     def close(self) -> None:
         """Commit what is queued, stop the writer thread, then checkpoint the WAL and stop
@@ -200,13 +198,13 @@ class GroupCommitter:
                 checkpointer.committed(len(batch))
 
     def _commit(self, batch: list[_Item]) -> None:
-        by_issuer: dict[str | None, list[_Item]] = {}
+        by_issuer: dict[str, list[_Item]] = {}
         for item in batch:
-            by_issuer.setdefault(item.issuer, []).append(item)
-        for issuer_name, items in by_issuer.items():
+            by_issuer.setdefault(item.issuer.name, []).append(item)
+        for items in by_issuer.values():
             started = time.perf_counter()
             try:
-                results = self._issue(issuer_name, items)
+                results = self._record(items)
             except BaseException as error:  # the group's transaction failed: nothing recorded
                 failure = error if isinstance(error, CyphrsError) else _internal(error)
                 for item in items:
@@ -220,27 +218,19 @@ class GroupCommitter:
             for item, result in zip(items, results, strict=True):
                 if isinstance(result, BaseException):
                     item.result.set_exception(result)
-                elif result is None:  # pragma: no cover - stop_on_error is off
-                    item.result.set_exception(CyphrsError("item was not attempted"))
                 else:
                     item.result.set_result(result)
 
-    def _issue(
-        self, issuer_name: str | None, items: list[_Item]
-    ) -> list[IssuedCertificate | CyphrsError | None]:
-        from cyphrs_cli.ca.issuance import issue_leaves
+    def _record(self, items: list[_Item]) -> list[IssuedCertificate | CyphrsError]:
+        from cyphrs_cli.ca.issuance import fault_point, record_signed
 
-        authority = self._authority
-        signer = (
-            authority.signing_issuer(issuer_name) if issuer_name is not None else authority.issuer
+        results = record_signed(
+            self._authority.ledger,
+            items[0].issuer,
+            [(item.signed, item.after_record) for item in items],
         )
-        return issue_leaves(
-            authority.ledger,
-            signer,
-            [(item.profile, item.request) for item in items],
-            stop_on_error=False,
-            after_record=[item.after_record for item in items],
-        )
+        fault_point("after-record", seq=range(1, len(items) + 1))
+        return results
 
 
 def _internal(error: BaseException) -> CyphrsError:

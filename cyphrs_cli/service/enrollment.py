@@ -14,6 +14,17 @@ The credential is spent in the certificate's own transaction (``after_record`` h
 certificate even under concurrent replay. Every refusal is a ``PolicyDenied`` (exit 5)
 naming its rule and is recorded as a ``token.refused`` / ``jwt.refused`` event (a profile
 refusal is also the issuance path's ``policy.denied`` event).
+
+``enroll_online`` is the same use case for a server's event loop, where most enrollments
+are clean token redemptions and every thread hand-off costs (a request used to cross four
+threads). Its fast path decides and signs on the calling thread, records nothing itself,
+and awaits the group committer's future: same checks, same ``sign_leaf``, same
+transaction with the same spending hook. Whatever the fast path would have to record --
+a refusal, a policy denial, a token spent or an instance taken meanwhile -- it leaves
+unrecorded and hands the whole request to the blocking ``enroll`` on a worker thread,
+which decides again from the start and records exactly as above, once. JWT credentials
+(a JWKS may be fetched over the network) and keys in a PKCS#11 token (a signature may
+wait on a device) always take the blocking path.
 """
 
 from __future__ import annotations
@@ -25,18 +36,20 @@ from cyphrs_cli.errors import ConflictError, InvalidInputError, PolicyDenied, Us
 from cyphrs_cli.service.tokens import CredentialRefused
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+    from concurrent.futures import Future
     from datetime import timedelta
 
     from cryptography import x509
 
     from cyphrs_cli.ca.issuance import AfterRecord
-    from cyphrs_cli.ca.models import LeafRequest
+    from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
     from cyphrs_cli.profiles.model import Profile
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueResult
 
 REQUESTER_LIMIT = 128
+
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,69 @@ def enroll(authority: Authority, request: EnrollRequest) -> IssueResult:
         record_refusal(authority.ledger, kind, refused, evidence)
         raise
     return deliver(issued, None, None)
+
+
+async def enroll_online(
+    authority: Authority,
+    request: EnrollRequest,
+    offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
+) -> IssueResult:
+    """``enroll`` for a serving authority on an event loop: the fast path when it applies
+    and succeeds, else the blocking ``Authority.enroll`` through ``offload``; see the
+    module docstring. Same results, same records, same errors as ``enroll``."""
+    import asyncio
+
+    from cyphrs_cli.service.issuing import deliver
+
+    started = start_enrollment(authority, request)
+    if started is not None:
+        try:
+            issued = await asyncio.wrap_future(started)
+        except (PolicyDenied, ConflictError):
+            pass  # spent or taken meanwhile: the blocking path decides again and records
+        else:
+            return deliver(issued, None, None)
+    return await offload(lambda: authority.enroll(request))
+
+
+def start_enrollment(
+    authority: Authority, request: EnrollRequest
+) -> Future[IssuedCertificate] | None:
+    """The fast path of ``enroll_online``: on the calling thread, check the CSR and the
+    token, decide and sign; queue the signed leaf with the token's spending hook for the
+    group committer and return its future (resolved after the commit). Nothing is
+    recorded here.
+
+    Returns None, having recorded nothing, when the blocking ``enroll`` must handle the
+    request: no group committer, a JWT, a key in a PKCS#11 token, or any refusal (which
+    that path records).
+
+    Raises:
+        CyphrsError: what ``enroll`` raises without recording anything (a bad CSR or TTL
+            text 3, an unknown bound profile 6, a closed committer 8).
+    """
+    from cyphrs_cli.ca.issuance import sign_leaf
+    from cyphrs_cli.ca.parsing import load_csr
+    from cyphrs_cli.keystore.base import signs_in_process
+    from cyphrs_cli.ledger.events import utc_now
+
+    committer = authority.group_committer
+    if committer is None or request.token is None or request.jwt is not None:
+        return None
+    signer = authority.issuer  # re-reads the issuer's revocation
+    if not signs_in_process(signer.signer):
+        return None
+    with committer.expecting():
+        csr = load_csr(request.csr_pem, source="CSR")
+        try:
+            grant = token_grant(authority, request.token)
+            profile, leaf = _leaf_request(authority, grant, request, csr)
+            signed = sign_leaf(
+                authority.ledger, signer, profile, leaf, utc_now(), record_denials=False
+            )
+        except PolicyDenied:
+            return None
+        return committer.submit(signer, signed, after_record=grant.spend)
 
 
 def _leaf_request(

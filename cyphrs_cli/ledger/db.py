@@ -71,6 +71,7 @@ class Ledger:
                 raise StorageError(f"cannot create ledger {path}: {exc.strerror}") from exc
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
+        self._turn = False  # the writer lock is held across transactions (``writer_turn``)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -123,13 +124,36 @@ class Ledger:
                     getattr(importlib.import_module(module), function)(conn)
                 conn.execute(f"PRAGMA user_version = {number}")
 
+    @property
+    def busy_timeout(self) -> float:
+        """Seconds a writer waits for the writer lock before giving up (exit 8)."""
+        return self._writer_lock.timeout
+
+    @contextmanager
+    def writer_turn(self) -> Iterator[bool]:
+        """Take the writer lock now if it is free, without waiting, and hold it across the
+        ``transaction`` blocks inside; yields whether it was taken (when not, nothing may
+        be written in the block). For an event loop, which must not sleep on the lock: it
+        tries again later (``service.committer``)."""
+        if self._turn or not self._writer_lock.try_acquire():
+            yield False
+            return
+        self._turn = True
+        try:
+            yield True
+        finally:
+            self._turn = False
+            self._writer_lock.release()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement.
 
         The writer lock (``writelock``) is taken first, so writers of several processes
         queue on it instead of on SQLite's sleeping busy handler."""
-        self._writer_lock.acquire()
+        held = self._turn  # inside ``writer_turn``: already ours, and released by it
+        if not held:
+            self._writer_lock.acquire()
         try:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -145,7 +169,8 @@ class Ledger:
                 self._rollback()
                 raise
         finally:
-            self._writer_lock.release()
+            if not held:
+                self._writer_lock.release()
 
     def _rollback(self) -> None:
         """Undo the open transaction, never hiding the error that made us undo it.

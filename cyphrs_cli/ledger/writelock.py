@@ -90,6 +90,25 @@ class WriterLock:
             except OSError as exc:
                 raise StorageError(f"cannot lock {self._path}: {exc.strerror}") from exc
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting: whether it was taken.
+
+        Raises:
+            StorageError: the lock file cannot be opened or locked.
+        """
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self._path}: {exc.strerror}") from exc
+        return True
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

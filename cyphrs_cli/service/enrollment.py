@@ -36,6 +36,7 @@ from cyphrs_cli.errors import ConflictError, InvalidInputError, PolicyDenied, Us
 from cyphrs_cli.service.tokens import CredentialRefused
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable
     from concurrent.futures import Future
     from datetime import timedelta
@@ -187,7 +188,7 @@ async def enroll_online(
 
     from cyphrs_cli.service.issuing import deliver
 
-    started = start_enrollment(authority, request)
+    started = start_enrollment(authority, request, asyncio.get_running_loop())
     if started is not None:
         try:
             issued = await asyncio.wrap_future(started)
@@ -199,7 +200,7 @@ async def enroll_online(
 
 
 def start_enrollment(
-    authority: Authority, request: EnrollRequest
+    authority: Authority, request: EnrollRequest, loop: asyncio.AbstractEventLoop
 ) -> Future[IssuedCertificate] | None:
     """The fast path of ``enroll_online``: on the calling thread, check the CSR and the
     token, decide and sign; queue the signed leaf with the token's spending hook for the
@@ -225,17 +226,14 @@ def start_enrollment(
     signer = authority.issuer  # re-reads the issuer's revocation
     if not signs_in_process(signer.signer):
         return None
-    with committer.expecting():
-        csr = load_csr(request.csr_pem, source="CSR")
-        try:
-            grant = token_grant(authority, request.token)
-            profile, leaf = _leaf_request(authority, grant, request, csr)
-            signed = sign_leaf(
-                authority.ledger, signer, profile, leaf, utc_now(), record_denials=False
-            )
-        except PolicyDenied:
-            return None
-        return committer.submit(signer, signed, after_record=grant.spend)
+    csr = load_csr(request.csr_pem, source="CSR")
+    try:
+        grant = token_grant(authority, request.token)
+        profile, leaf = _leaf_request(authority, grant, request, csr)
+        signed = sign_leaf(authority.ledger, signer, profile, leaf, utc_now(), record_denials=False)
+    except PolicyDenied:
+        return None
+    return committer.submit_here(loop, signer, signed, after_record=grant.spend)
 
 
 def _leaf_request(

@@ -121,11 +121,8 @@ def serve(
     worker: WorkerSetup | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; ``ready`` gets the ready document once listening."""
-    import os as _os
-    import sys as _sys
-
     from cyphrs_cli.service.authority import Authority
-    if _os.environ.get("XSW"): _sys.setswitchinterval(float(_os.environ["XSW"]))
+
     check_listen_names(options)  # refuse a nameless listen address before unlocking anything
     with Authority.open(home, issuer=options.issuer, secrets=secrets, unlock=True) as authority:
         # Bound before the TLS certificate is issued: a port in use records nothing.

@@ -639,24 +639,34 @@ def record_signed(
     the item's own refusal (a conflict found inside the transaction, or a
     ``CyphrsError`` from its ``after_record`` hook), its savepoint rolled back while the
     rest commit. Any other failure raises and records nothing of the group."""
-    results: list[IssuedCertificate | CyphrsError] = []
     with ledger.transaction() as conn:
-        for one, hook in items:
-            conn.execute("SAVEPOINT item")
-            try:
-                issued = _record(conn, issuer, one)
-                if hook is not None:
-                    hook(conn, issued)
-                results.append(issued)
-            except ConflictError as conflict:
-                conn.execute("ROLLBACK TO item")
-                results.append(conflict)
-            except CyphrsError as refused:
-                if hook is None:
-                    raise  # only a hook's refusal is per item; the rest fails the group
-                conn.execute("ROLLBACK TO item")
-                results.append(refused)
-            conn.execute("RELEASE item")
+        return record_in_transaction(conn, issuer, items)
+
+
+def record_in_transaction(
+    conn: sqlite3.Connection,
+    issuer: Issuer,
+    items: Sequence[tuple[SignedLeaf, AfterRecord | None]],
+) -> list[IssuedCertificate | CyphrsError]:
+    """``record_signed``'s work inside a transaction the caller began and will end (the
+    serving event loop commits on another thread: ``service.committer``)."""
+    results: list[IssuedCertificate | CyphrsError] = []
+    for one, hook in items:
+        conn.execute("SAVEPOINT item")
+        try:
+            issued = _record(conn, issuer, one)
+            if hook is not None:
+                hook(conn, issued)
+            results.append(issued)
+        except ConflictError as conflict:
+            conn.execute("ROLLBACK TO item")
+            results.append(conflict)
+        except CyphrsError as refused:
+            if hook is None:
+                raise  # only a hook's refusal is per item; the rest fails the group
+            conn.execute("ROLLBACK TO item")
+            results.append(refused)
+        conn.execute("RELEASE item")
     return results
 
 

@@ -71,7 +71,6 @@ class Ledger:
                 raise StorageError(f"cannot create ledger {path}: {exc.strerror}") from exc
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
-        self._turn = False  # the writer lock is held across transactions (``writer_turn``)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -129,20 +128,49 @@ class Ledger:
         """Seconds a writer waits for the writer lock before giving up (exit 8)."""
         return self._writer_lock.timeout
 
-    @contextmanager
-    def writer_turn(self) -> Iterator[bool]:
-        """Take the writer lock now if it is free, without waiting, and hold it across the
-        ``transaction`` blocks inside; yields whether it was taken (when not, nothing may
-        be written in the block). For an event loop, which must not sleep on the lock: it
-        tries again later (``service.committer``)."""
-        if self._turn or not self._writer_lock.try_acquire():
-            yield False
-            return
-        self._turn = True
+    def try_begin(self) -> bool:
+        """Begin a write transaction only if no other writer holds the writer lock: take
+        the lock without waiting (False, nothing begun, when it is taken), then ``BEGIN
+        IMMEDIATE``. End it with ``end``, which may run on another thread (one at a time).
+        For an event loop, which must neither sleep on the lock nor wait for the COMMIT's
+        fsync (``service.committer``); everything else uses ``transaction``.
+
+        Raises:
+            StorageError: the lock file cannot be locked, or BEGIN fails (lock released).
+        """
+        if not self._writer_lock.try_acquire():
+            return False
         try:
-            yield True
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._writer_lock.release()
+            raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
+        except BaseException:
+            self._writer_lock.release()
+            raise
+        return True
+
+    def end(self, *, commit: bool) -> None:
+        """COMMIT (or ROLLBACK) the transaction ``try_begin`` began, then release the
+        writer lock.
+
+        Raises:
+            StorageError: the COMMIT failed (the transaction was rolled back, nothing of it
+                recorded), in one line naming the cause (disk full, I/O error).
+        """
+        try:
+            if not commit:
+                self._rollback()
+                return
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(_write_failure(self.path, exc)) from exc
+            except BaseException:
+                self._rollback()
+                raise
         finally:
-            self._turn = False
             self._writer_lock.release()
 
     @contextmanager
@@ -151,9 +179,7 @@ class Ledger:
 
         The writer lock (``writelock``) is taken first, so writers of several processes
         queue on it instead of on SQLite's sleeping busy handler."""
-        held = self._turn  # inside ``writer_turn``: already ours, and released by it
-        if not held:
-            self._writer_lock.acquire()
+        self._writer_lock.acquire()
         try:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -169,8 +195,7 @@ class Ledger:
                 self._rollback()
                 raise
         finally:
-            if not held:
-                self._writer_lock.release()
+            self._writer_lock.release()
 
     def _rollback(self) -> None:
         """Undo the open transaction, never hiding the error that made us undo it.

@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.issuance import AfterRecord, SignedLeaf
     from cyphrs_cli.ca.models import IssuedCertificate, Issuer
     from cyphrs_cli.ledger.checkpoint import WalCheckpointer
+    from cyphrs_cli.ledger.db import Ledger
     from cyphrs_cli.service.authority import Authority
 
 #: Called after every group transaction: (items in the group, seconds the group took).
@@ -72,6 +73,7 @@ class _LoopGroup:
 
     items: list[_Item] = field(default_factory=list)
     scheduled: bool = False  # a ``_record_here`` call is pending on the loop
+    committing: bool = False  # its previous group's COMMIT is running on the commit thread
     since: float | None = None  # when the loop first found the writer lock taken
     pause: float = _FIRST_PAUSE
 
@@ -130,6 +132,8 @@ class GroupCommitter:
         self._caller = threading.local()
         # Items queued by event loops for the groups they record themselves (``submit_here``).
         self._here: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
+        self._loop_ledger: Ledger | None = None
+        self._commits: ThreadPoolExecutor | None = None
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
         self.checkpointer: WalCheckpointer | None = (
@@ -194,17 +198,22 @@ class GroupCommitter:
         after_record: AfterRecord | None = None,
     ) -> Future[IssuedCertificate]:
         """Like ``submit``, for a caller on ``loop``'s thread, which must never block: the
-        item joins the group that ``loop`` records itself, in one transaction, once the
-        callbacks now ready have run (every request prepared in this turn of the loop
-        shares it). The future resolves after that commit, exactly as ``submit``'s.
+        item joins the group that ``loop`` writes itself, once the callbacks now ready
+        have run (every request prepared in this turn of the loop shares it). The future
+        resolves after that group's COMMIT, exactly as ``submit``'s. Must be called on
+        ``loop``'s thread.
 
-        Why the loop records rather than the writer thread: each SQLite statement releases
-        the GIL, and a writer thread then waits for the busy loop to hand it back (up to
-        the 5 ms switch interval) a dozen times per item. Why it never sleeps on the
-        ledger's writer lock: while another process holds it, the loop tries again every
-        0.1 to 1 ms (``loop.call_later``) and goes on preparing requests meanwhile, which
-        join the waiting group -- contention grows the groups instead of idling the core.
-        Must be called on ``loop``'s thread.
+        How a loop group is written (``_record_here``): the loop takes the ledger's
+        writer lock only if it is free and writes the group's rows and events in one
+        transaction on a connection of its own; a commit thread runs the COMMIT (the
+        fsync) and resolves the futures, while the loop goes on preparing requests, which
+        form the next group. While another writer holds the lock, the loop tries again
+        every 0.1 to 1 ms (``loop.call_later``) rather than sleeping, and what arrives
+        meanwhile joins the waiting group: contention grows the groups instead of idling
+        the core. Why not the writer thread: each SQLite statement releases the GIL, and
+        a writer thread then waits for the busy loop to hand it back (up to the 5 ms
+        switch interval) a dozen times per item; the commit thread needs it once per
+        group.
 
         Raises:
             StorageError: the committer is closed (the server is shutting down).
@@ -216,42 +225,136 @@ class GroupCommitter:
         item.result.set_running_or_notify_cancel()
         group = self._here.setdefault(loop, _LoopGroup())
         group.items.append(item)
-        if not group.scheduled:
+        if not group.scheduled and not group.committing:
             group.scheduled = True
             loop.call_soon(self._record_here, loop)
         return item.result
 
     def _record_here(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Record ``loop``'s waiting group if the writer lock is free, else try again soon
-        (until the ledger's busy timeout, then fail the group with exit 8)."""
+        """Write ``loop``'s waiting group and hand its COMMIT to the commit thread if the
+        writer lock is free, else try again soon (until the ledger's busy timeout, then
+        fail the group with exit 8). Runs on the loop."""
         group = self._here[loop]
+        group.scheduled = False
+        if group.committing or not group.items:
+            return  # the running commit schedules the next group when it ends
+        batch: list[_Item] = []
         try:
-            ledger = self._authority.ledger
-            with ledger.writer_turn() as ours:
-                if ours:
-                    batch = group.take()
-                    self._quiet_autocheckpoint()
-                    self._commit(batch)
-                    if self.checkpointer is not None:
-                        self.checkpointer.committed(len(batch))
-                    return
-            waited = group.waited()
-            if waited >= ledger.busy_timeout:
-                raise StorageError(
-                    f"the ledger is locked by another writer for over {waited:.0f} s",
-                    hint="another cyphrs process is writing; retry, or raise"
-                    " CYPHRS_BUSY_TIMEOUT_MS",
-                )
-            loop.call_later(group.next_pause(), self._record_here, loop)
+            ledger = self._loop_writer()
+            if not ledger.try_begin():
+                waited = group.waited()
+                if waited >= ledger.busy_timeout:
+                    raise StorageError(
+                        f"the ledger is locked by another writer for over {waited:.0f} s",
+                        hint="another cyphrs process is writing; retry, or raise"
+                        " CYPHRS_BUSY_TIMEOUT_MS",
+                    )
+                group.scheduled = True
+                loop.call_later(group.next_pause(), self._record_here, loop)
+                return
+            batch = group.take()
+            started = time.perf_counter()
+            try:
+                results = self._record_items(ledger.conn, batch)
+                commits = self._commit_thread()
+            except BaseException:
+                ledger.end(commit=False)
+                raise
+            group.committing = True
+            commits.submit(self._commit_here, loop, ledger, batch, results, started)
         except BaseException as error:  # a loop callback must not leave its futures waiting
             failure = error if isinstance(error, CyphrsError) else _internal(error)
-            for item in group.take():
+            for item in batch or group.take():
                 if not item.result.done():
                     item.result.set_exception(failure)
 
+    def _record_items(
+        self, conn: sqlite3.Connection, batch: list[_Item]
+    ) -> list[IssuedCertificate | CyphrsError]:
+        """Every item of a loop group, issuer by issuer, in the one open transaction."""
+        from cyphrs_cli.ca.issuance import record_in_transaction
+
+        by_issuer: dict[str, list[int]] = {}
+        for position, item in enumerate(batch):
+            by_issuer.setdefault(item.issuer.name, []).append(position)
+        results: list[IssuedCertificate | CyphrsError | None] = [None] * len(batch)
+        for positions in by_issuer.values():
+            recorded = record_in_transaction(
+                conn,
+                batch[positions[0]].issuer,
+                [(batch[p].signed, batch[p].after_record) for p in positions],
+            )
+            for position, result in zip(positions, recorded, strict=True):
+                results[position] = result
+        return [result for result in results if result is not None]
+
+    def _commit_here(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ledger: Ledger,
+        batch: list[_Item],
+        results: list[IssuedCertificate | CyphrsError],
+        started: float,
+    ) -> None:
+        """On the commit thread: COMMIT a loop group (the lock is released with it), then
+        resolve its futures, then let the loop start its next group."""
+        from cyphrs_cli.ca.issuance import fault_point
+
+        try:
+            ledger.end(commit=True)
+            fault_point("after-record", seq=range(1, len(batch) + 1))
+        except BaseException as error:  # nothing of the group was recorded
+            failure = error if isinstance(error, CyphrsError) else _internal(error)
+            for item in batch:
+                item.result.set_exception(failure)
+        else:
+            self._count_group(len(batch), time.perf_counter() - started)
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    item.result.set_exception(result)
+                else:
+                    item.result.set_result(result)
+        with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains its group
+            loop.call_soon_threadsafe(self._committed_here, loop)
+
+    def _committed_here(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._here[loop]
+        group.committing = False
+        if group.items and not group.scheduled:
+            group.scheduled = True
+            loop.call_soon(self._record_here, loop)
+
+    def _loop_writer(self) -> Ledger:
+        """The connection event loops write their groups with: its own, so the loop's
+        reads (on the loop thread's connection) go on while a COMMIT runs."""
+        with self._lock:
+            if self._loop_ledger is None:
+                from cyphrs_cli.ca.hierarchy import open_ledger
+
+                ledger = open_ledger(self._authority.home, shared=True)
+                if self.checkpointer is not None:
+                    ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._loop_ledger = ledger
+            return self._loop_ledger
+
+    def _commit_thread(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._commits is None:
+                self._commits = ThreadPoolExecutor(1, thread_name_prefix="cyphrs-loop-commit")
+            return self._commits
+
+    def _count_group(self, items: int, seconds: float) -> None:
+        with self._lock:  # the writer thread and the commit thread both count
+            self.stats.groups += 1
+            self.stats.items += items
+        if self._observer is not None:
+            self._observer(items, seconds)
+        if self.checkpointer is not None:
+            self.checkpointer.committed(items)
+
     def _drain_here(self) -> None:
-        """At close: record what event loops left waiting, waiting for the lock as any
-        writer does (the loops have stopped)."""
+        """At close, after the commit thread stopped: record what event loops left
+        waiting, waiting for the lock as any writer does (the loops have stopped)."""
         for group in list(self._here.values()):
             batch = group.take()
             if batch:
@@ -274,14 +377,17 @@ class GroupCommitter:
             self._closed = True
             self._queue.put(None)
         self._thread.join()
+        if self._commits is not None:
+            self._commits.shutdown(wait=True)
         self._drain_here()
+        if self._loop_ledger is not None:
+            self._loop_ledger.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
 
     # -- the writer thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        checkpointer = self.checkpointer
         # This thread's connection is the ledger's busy writer: its COMMITs no longer copy
         # the WAL into the database file; the checkpoint thread does. Should the connection
         # fail here, the first group meets (and reports) the same failure.
@@ -307,8 +413,6 @@ class GroupCommitter:
                     break
                 batch.append(more)
             self._commit(batch)
-            if checkpointer is not None:
-                checkpointer.committed(len(batch))
 
     def _commit(self, batch: list[_Item]) -> None:
         by_issuer: dict[str, list[_Item]] = {}
@@ -323,12 +427,7 @@ class GroupCommitter:
                 for item in items:
                     item.result.set_exception(failure)
                 continue
-            elapsed = time.perf_counter() - started
-            with self._lock:  # the writer thread and event loops both commit groups
-                self.stats.groups += 1
-                self.stats.items += len(items)
-            if self._observer is not None:
-                self._observer(len(items), elapsed)
+            self._count_group(len(items), time.perf_counter() - started)
             for item, result in zip(items, results, strict=True):
                 if isinstance(result, BaseException):
                     item.result.set_exception(result)

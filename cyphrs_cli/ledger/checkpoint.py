@@ -18,15 +18,22 @@ frames, SQLite never rewinds the WAL, and the file grows (measured: 12,000 pages
 restart could not get its locks), a ``TRUNCATE`` checkpoint empties the file. Closing
 runs a last ``TRUNCATE`` checkpoint and stops the thread.
 
-A RESTART or TRUNCATE holds the write lock while it waits for readers of the WAL (a long
-``audit export`` or ``list`` in another process, or just the servers' own brief reads) to
-finish: the writers wait with it. So the routine RESTART waits at most
-``ROUTINE_WAIT_MS``; past that SQLite answers busy, the checkpoint is counted as ``busy``
-and tried again at the next one, and the writers go on. Measured with two serving
-processes at 4 clients: a 50 ms wait there stalled the writers often enough to lift the
-p99 latency from 12 to 18 ms. Only once the WAL has grown past ``patient_pages`` (the
-quick attempts kept losing) does a RESTART wait up to ``BLOCKING_WAIT_MS``, and past
-``limit_pages`` a TRUNCATE does: the WAL stays bounded, and long stalls stay rare.
+A RESTART or TRUNCATE needs a moment with no writer, and then holds the write lock while
+it waits for readers of the WAL (a long ``audit export`` or ``list`` in another process,
+or just the servers' own brief reads) to finish: the writers wait with it. Two rules
+keep that short and sure:
+- it takes the ledger's writer lock (``ledger.writelock``) first, rather than SQLite's
+  busy handler, which sleeps 1, 2, 5 ... ms between attempts and so loses every race to
+  writers that commit back to back (measured: the WAL of a busy server then grew past
+  every bound); while it waits for that lock (``wants_writer_lock``), the writers of its
+  own process hold back (``service.committer``), so it gets the lock at the next COMMIT;
+- the routine RESTART then waits at most ``ROUTINE_WAIT_MS`` for readers; past that
+  SQLite answers busy, the checkpoint is counted as ``busy`` and tried again at the next
+  one, and the writers go on. Measured with two serving processes at 4 clients: a 50 ms
+  wait there stalled the writers often enough to lift the p99 latency from 12 to 18 ms.
+  Only once the WAL has grown past ``patient_pages`` (the quick attempts kept losing to
+  readers) does a RESTART wait up to ``BLOCKING_WAIT_MS``, and past ``limit_pages`` a
+  TRUNCATE does: the WAL stays bounded, and long stalls stay rare.
 
 Durability is unchanged: a checkpoint only copies committed frames from the WAL into the
 database file (``synchronous = FULL`` syncs both); a crash at any point leaves every
@@ -41,6 +48,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cyphrs_cli.errors import StorageError
+from cyphrs_cli.ledger.writelock import WriterLock
+
 #: Items (certificates) committed between two PASSIVE checkpoints. One enrollment writes
 #: about 35 WAL pages alone and fewer per item in a group, so this is a few thousand pages.
 DEFAULT_EVERY_ITEMS = 128
@@ -50,10 +60,14 @@ DEFAULT_LIMIT_PAGES = 10_000
 IDLE_SECONDS = 1.0
 #: The longest a routine RESTART checkpoint waits for locks (and so may hold up writers).
 ROUTINE_WAIT_MS = 2
-#: Frames past which the RESTART waits up to ``BLOCKING_WAIT_MS`` (about 16 MB of pages).
-DEFAULT_PATIENT_PAGES = 4_000
+#: WAL frames per item of ``every_items`` past which the RESTART waits up to
+#: ``BLOCKING_WAIT_MS``: an enrollment writes 20-35 frames, so this is one to two intervals
+#: that the quick attempts failed to rewind (4,096 frames, 16 MB, at the default 128).
+PATIENT_FRAMES_PER_ITEM = 32
 #: The longest a patient RESTART or a TRUNCATE checkpoint waits for locks.
 BLOCKING_WAIT_MS = 50
+#: The longest a RESTART or TRUNCATE queues for the ledger's writer lock.
+WRITER_LOCK_WAIT = 5.0
 #: At close the writer has stopped: the last TRUNCATE may wait for readers longer.
 CLOSING_WAIT_MS = 5_000
 
@@ -80,12 +94,15 @@ class WalCheckpointer:
         *,
         every_items: int = DEFAULT_EVERY_ITEMS,
         limit_pages: int = DEFAULT_LIMIT_PAGES,
-        patient_pages: int = DEFAULT_PATIENT_PAGES,
+        patient_pages: int | None = None,
         idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self._every_items = max(1, every_items)
         self._limit_pages = max(1, limit_pages)
-        self._patient_pages = max(0, min(patient_pages, self._limit_pages))
+        patient = (
+            PATIENT_FRAMES_PER_ITEM * self._every_items if patient_pages is None else patient_pages
+        )
+        self._patient_pages = max(0, min(patient, self._limit_pages))
         self._idle_seconds = idle_seconds
         # Used by the checkpoint thread only (and by ``close`` after that thread ended).
         # mode=rw: never create a ledger file that is not there.
@@ -98,6 +115,8 @@ class WalCheckpointer:
         )
         self._conn.execute(f"PRAGMA busy_timeout = {BLOCKING_WAIT_MS}")
         self._conn.execute("PRAGMA synchronous = FULL")
+        self._writers = WriterLock(path, timeout=WRITER_LOCK_WAIT)
+        self._wants_lock = threading.Event()
         self._lock = threading.Lock()
         self._pending = 0  # items committed since the last checkpoint
         self._wake = threading.Event()
@@ -105,6 +124,12 @@ class WalCheckpointer:
         self.stats = CheckpointStats()
         self._thread = threading.Thread(target=self._run, name="cyphrs-wal-checkpoint", daemon=True)
         self._thread.start()
+
+    @property
+    def wants_writer_lock(self) -> bool:
+        """A RESTART or TRUNCATE is waiting for the writer lock: this process's writers
+        should let it have it before their next transaction."""
+        return self._wants_lock.is_set()
 
     @property
     def running(self) -> bool:
@@ -128,6 +153,7 @@ class WalCheckpointer:
         self._wake.set()
         self._thread.join()
         self._conn.close()
+        self._writers.close()
 
     # -- the checkpoint thread ------------------------------------------------------
 
@@ -145,22 +171,37 @@ class WalCheckpointer:
                 self._checkpoint("TRUNCATE", CLOSING_WAIT_MS)
                 return
             self._checkpoint("PASSIVE", ROUTINE_WAIT_MS)
+            busy_before = self.stats.busy
             frames = self._checkpoint("RESTART", ROUTINE_WAIT_MS)
-            if frames > self._patient_pages:
-                self.stats.patient += 1
+            if self.stats.busy > busy_before and frames > self._patient_pages:
+                self.stats.patient += 1  # readers kept the WAL from rewinding: wait longer
                 frames = self._checkpoint("RESTART", BLOCKING_WAIT_MS)
             if frames > self._limit_pages:
                 self._checkpoint("TRUNCATE", BLOCKING_WAIT_MS)
 
     def _checkpoint(self, mode: str, wait_ms: int) -> int:
-        """Run one checkpoint, waiting at most ``wait_ms`` for locks; the number of frames
-        the WAL held (0 on failure)."""
+        """Run one checkpoint, waiting at most ``wait_ms`` for SQLite's locks (a RESTART or
+        TRUNCATE holding the ledger's writer lock meanwhile); the number of frames the WAL
+        held (0 on failure)."""
+        exclusive = mode != "PASSIVE"
+        if exclusive:
+            self._wants_lock.set()
+            try:
+                self._writers.acquire()
+            except StorageError:  # writers kept the lock for WRITER_LOCK_WAIT: next time
+                self.stats.busy += 1
+                return 0
+            finally:
+                self._wants_lock.clear()
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
             busy, frames, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error:
             self.stats.errors += 1
             return 0
+        finally:
+            if exclusive:
+                self._writers.release()
         if mode == "PASSIVE":
             self.stats.passive += 1
         elif mode == "RESTART":

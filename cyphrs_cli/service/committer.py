@@ -241,7 +241,7 @@ class GroupCommitter:
         batch: list[_Item] = []
         try:
             ledger = self._loop_writer()
-            if not ledger.try_begin():
+            if self._checkpoint_waiting() or not ledger.try_begin():
                 waited = group.waited()
                 if waited >= ledger.busy_timeout:
                     raise StorageError(
@@ -343,6 +343,11 @@ class GroupCommitter:
                 self._commits = ThreadPoolExecutor(1, thread_name_prefix="cyphrs-loop-commit")
             return self._commits
 
+    def _checkpoint_waiting(self) -> bool:
+        """The checkpoint thread waits for the writer lock (see ``ledger.checkpoint``):
+        this process's writers hold back so it gets the lock before their next group."""
+        return self.checkpointer is not None and self.checkpointer.wants_writer_lock
+
     def _count_group(self, items: int, seconds: float) -> None:
         with self._lock:  # the writer thread and the commit thread both count
             self.stats.groups += 1
@@ -412,6 +417,8 @@ class GroupCommitter:
                     stopping = True
                     break
                 batch.append(more)
+            while self._checkpoint_waiting():  # let it have the writer lock first
+                time.sleep(_FIRST_PAUSE)
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:

@@ -332,6 +332,9 @@ class GroupCommitter:
                 from cyphrs_cli.ca.hierarchy import open_ledger
 
                 ledger = open_ledger(self._authority.home, shared=True)
+                # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
+                # taken (a writer that skips the lock file) is retried like a taken lock.
+                ledger.conn.execute("PRAGMA busy_timeout = 0")
                 if self.checkpointer is not None:
                     ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
                 self._loop_ledger = ledger

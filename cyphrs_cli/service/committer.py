@@ -421,7 +421,7 @@ class GroupCommitter:
                     break
                 batch.append(more)
             while self._checkpoint_waiting():  # let it have the writer lock first
-                time.sleep(_FIRST_PAUSE)
+                time.sleep(_MAX_PAUSE)
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:

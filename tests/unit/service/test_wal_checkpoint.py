@@ -210,3 +210,113 @@ def test_sigkill_while_checkpointing_loses_no_delivered_certificate(
     assert not missing, f"{len(missing)} of {len(delivered)} delivered serials are not recorded"
     verified = cli("audit", "verify", "--home", str(home.root))
     assert verified.exit_code == 0, verified.stderr
+
+
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+def _append_events(home: CaHome, count: int) -> None:
+    """Committed writes through the writer lock, as any cyphrs writer makes them (the
+    checkpointer under test is not told of them: tests call ``committed`` themselves)."""
+    from cyphrs_cli.ledger.db import Ledger
+    from cyphrs_cli.ledger.events import LedgerEvent, append_event
+
+    with Ledger(home.ledger_path) as ledger:
+        ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        for n in range(count):
+            with ledger.transaction() as conn:
+                append_event(conn, LedgerEvent(type="test.wal", target=f"w:{n}"))
+
+
+def test_a_restart_queues_on_the_writer_lock_and_asks_this_processes_writers_to_wait(
+    home: CaHome,
+) -> None:
+    """Another process holds the writer lock: the RESTART neither runs under it nor gives
+    up; it waits for the lock (``wants_writer_lock`` meanwhile, which this process's
+    writers honour) and runs once the holder lets go."""
+    from cyphrs_cli.ledger.checkpoint import WalCheckpointer
+    from cyphrs_cli.ledger.writelock import lock_path
+
+    _append_events(home, 5)
+    checkpointer = WalCheckpointer(home.ledger_path, every_items=1, idle_seconds=60)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock_path(home.ledger_path)), "1.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        checkpointer.committed(1)
+        deadline = time.monotonic() + 10
+        while not checkpointer.wants_writer_lock and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.wants_writer_lock  # the PASSIVE ran; the RESTART waits
+        assert checkpointer.stats.passive == 1 and checkpointer.stats.restart == 0
+        holder.wait(timeout=30)  # lets go after 1 s
+        deadline = time.monotonic() + 10
+        while checkpointer.stats.restart == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.stats.restart == 1 and checkpointer.stats.busy == 0
+        assert not checkpointer.wants_writer_lock
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        checkpointer.close()
+    assert _wal_bytes(home) == 0
+
+
+def test_the_writer_thread_lets_a_waiting_checkpoint_have_the_lock(
+    authority: Authority, home: CaHome
+) -> None:
+    """Writers that commit back to back (callers sign before they queue) must not starve
+    the checkpoint: every RESTART gets the lock, none is counted busy, and the WAL is
+    rewound at each checkpoint instead of growing."""
+    committer = authority.start_group_commit(checkpoint_items=10)
+    checkpointer = committer.checkpointer
+    assert checkpointer is not None
+    _issue(authority, "y", 120, threads=6)
+    stats = checkpointer.stats
+    assert stats.restart >= 3 and stats.busy == 0 and stats.patient == 0, stats
+    assert stats.largest_wal_pages < 800, stats
+
+
+def test_a_reader_holding_the_wal_makes_the_restart_patient_only_past_its_bound(
+    home: CaHome,
+) -> None:
+    """A reader parked on a snapshot: the routine RESTART gives up after 2 ms and is
+    counted busy; once the WAL holds more than ``patient_pages`` frames, a RESTART waits
+    the longer ``BLOCKING_WAIT_MS`` (and still gives up: the reader never leaves)."""
+    from cyphrs_cli.ledger.checkpoint import WalCheckpointer
+
+    checkpointer = WalCheckpointer(
+        home.ledger_path, every_items=1, patient_pages=40, idle_seconds=60
+    )
+    reader = sqlite3.connect(home.ledger_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM events").fetchone()  # holds its snapshot
+    try:
+        _append_events(home, 4)  # a few frames: under the bound
+        checkpointer.committed(1)
+        deadline = time.monotonic() + 10
+        while checkpointer.stats.restart < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.stats.busy >= 1 and checkpointer.stats.patient == 0
+        _append_events(home, 60)  # now well past 40 frames
+        checkpointer.committed(1)
+        deadline = time.monotonic() + 10
+        while checkpointer.stats.patient < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.stats.patient >= 1, checkpointer.stats
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        checkpointer.close()
+    assert _wal_bytes(home) == 0  # the reader gone, closing's TRUNCATE empties the WAL

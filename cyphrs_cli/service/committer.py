@@ -98,7 +98,7 @@ class _LoopGroup:
 class CommitStats:
     """What the committer did so far (read by tests and the metrics endpoint)."""
 
-    groups: int = 0  # transactions (one per issuing CA per batch)
+    groups: int = 0  # transactions (writer thread: one per issuing CA per batch; loop: one)
     items: int = 0
 
 

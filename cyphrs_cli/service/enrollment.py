@@ -208,8 +208,9 @@ def start_enrollment(
     recorded here.
 
     Returns None, having recorded nothing, when the blocking ``enroll`` must handle the
-    request: no group committer, a JWT, a key in a PKCS#11 token, or any refusal (which
-    that path records).
+    request: no group committer, a JWT, a key in a PKCS#11 token, any refusal (which that
+    path records), or an instance that already has a certificate (which that path checks
+    against the token again).
 
     Raises:
         CyphrsError: what ``enroll`` raises without recording anything (a bad CSR or TTL
@@ -231,7 +232,7 @@ def start_enrollment(
         grant = token_grant(authority, request.token)
         profile, leaf = _leaf_request(authority, grant, request, csr)
         signed = sign_leaf(authority.ledger, signer, profile, leaf, utc_now(), record_denials=False)
-    except PolicyDenied:
+    except (PolicyDenied, ConflictError):  # to be recorded, or rechecked against the token
         return None
     return committer.submit_here(loop, signer, signed, after_record=grant.spend)
 

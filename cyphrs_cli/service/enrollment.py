@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 REQUESTER_LIMIT = 128
 
 
-
 @dataclass(frozen=True)
 class EnrollRequest:
     """An agent's enrollment: its CSR and exactly one credential."""
@@ -183,7 +182,30 @@ async def enroll_online(
 ) -> IssueResult:
     """``enroll`` for a serving authority on an event loop: the fast path when it applies
     and succeeds, else the blocking ``Authority.enroll`` through ``offload``; see the
-    module docstring. Same results, same records, same errors as ``enroll``."""
+    module docstring. Same results, same records, same errors as ``enroll``.
+
+    Shielded: a caller that stops waiting (its task cancelled: a client gone, a server
+    stopping) does not stop the enrollment half-way, so a refusal the fast path handed
+    over is still recorded by the blocking path."""
+    import asyncio
+
+    task = asyncio.ensure_future(_enroll_online(authority, request, offload))
+    # Its outcome is the awaiting caller's; once that caller is gone, nobody reads it: mark
+    # it read so a refusal is not reported again as "exception never retrieved".
+    task.add_done_callback(_outcome_read)
+    return await asyncio.shield(task)
+
+
+def _outcome_read(task: asyncio.Future[IssueResult]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _enroll_online(
+    authority: Authority,
+    request: EnrollRequest,
+    offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
+) -> IssueResult:
     import asyncio
 
     from cyphrs_cli.service.issuing import deliver

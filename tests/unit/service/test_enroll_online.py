@@ -1,0 +1,374 @@
+"""``Authority.enroll_online``: enrollment from a real asyncio event loop, the blocking
+path offloaded to a real thread pool, the group committer recording the loop's groups.
+Each test attacks one promise of the fast path: a clean token redemption is decided and
+signed on the loop and recorded durably before it returns; every refusal is the blocking
+``enroll``'s (same class, same rule) and recorded exactly once; a replayed single-use token
+pays for exactly one certificate; an instance is issued once; JWTs, PKCS#11 keys and an
+authority without a group committer take the blocking path; a cancelled caller leaves the
+loop, the committer and the ledger consistent. Real hierarchy, real SQLite, real keys."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+
+from cyphrs_cli.ca.models import IssuedCertificate
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.errors import ConflictError, CyphrsError, PolicyDenied
+from cyphrs_cli.service.authority import Authority
+from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment
+from cyphrs_cli.service.requests import IssueResult
+from cyphrs_cli.service.tokens import TokenSpec
+from tests.enrollment_helpers import audit_problems, count, events, make_csr
+from tests.helpers import cli
+
+T = TypeVar("T")
+
+
+def _token(ca: Authority, **kw: Any) -> str:
+    spec = TokenSpec(**{"workflow": "payments-recon", "permissions": ("ledger:read",), **kw})
+    return ca.create_token(spec).token
+
+
+def _request(token: str | None, **kw: Any) -> EnrollRequest:
+    return EnrollRequest(csr_pem=make_csr()[0], token=token, **kw)
+
+
+def _token_uses(home: CaHome) -> list[int]:
+    with sqlite3.connect(home.ledger_path) as conn:
+        return [int(r[0]) for r in conn.execute("SELECT uses FROM tokens ORDER BY rowid")]
+
+
+def _status(home: CaHome, serial: str) -> str | None:
+    with sqlite3.connect(home.ledger_path) as conn:
+        row = conn.execute("SELECT status FROM certificates WHERE serial = ?", (serial,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _token_certificates(home: CaHome) -> int:
+    return count(home, "SELECT count(*) FROM certificates WHERE requester LIKE 'token:%'")
+
+
+class Loop:
+    """Runs a coroutine on a fresh event loop whose exception handler records every call
+    (a callback or future that went wrong unseen), with a real thread pool as offload."""
+
+    def __init__(self) -> None:
+        self.unhandled: list[dict[str, Any]] = []
+        self.offloaded = 0
+
+    def run(self, make: Callable[[Loop], Coroutine[Any, Any, T]]) -> T:
+        async def main() -> T:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _loop, context: self.unhandled.append(context))
+            with ThreadPoolExecutor(4) as pool:
+                self.pool = pool
+                return await make(self)
+
+        return asyncio.run(main())
+
+    async def offload(self, work: Callable[[], IssueResult]) -> IssueResult:
+        self.offloaded += 1
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
+
+    async def enroll(self, ca: Authority, request: EnrollRequest) -> IssueResult:
+        return await ca.enroll_online(request, offload=self.offload)
+
+
+def _online(ca: Authority, request: EnrollRequest) -> tuple[IssueResult | CyphrsError, Loop]:
+    runner = Loop()
+
+    async def one(loop: Loop) -> IssueResult | CyphrsError:
+        try:
+            return await loop.enroll(ca, request)
+        except CyphrsError as error:
+            return error
+
+    outcome = runner.run(one)
+    assert runner.unhandled == []
+    return outcome, runner
+
+
+def _started(ca: Authority, request: EnrollRequest) -> Future[IssuedCertificate] | None:
+    """``start_enrollment`` on a running loop, its future awaited (if any)."""
+
+    async def start() -> Future[IssuedCertificate] | None:
+        started = start_enrollment(ca, request, asyncio.get_running_loop())
+        if started is not None:
+            await asyncio.wrap_future(started)
+        return started
+
+    return asyncio.run(start())
+
+
+def test_a_clean_token_enrollment_takes_the_fast_path_and_is_durable_on_return(
+    ca: Authority, home: CaHome
+) -> None:
+    committer = ca.start_group_commit()
+    token = _token(ca, uses=2, max_ttl=timedelta(hours=1))
+    # The fast path itself: a future, recorded by the loop's own group.
+    started = _started(ca, _request(token, instance="direct"))
+    assert isinstance(started, Future)
+    assert _status(home, started.result().serial) == "valid"
+    assert _token_uses(home) == [1]
+    groups = committer.stats.groups
+    csr, key = make_csr()
+    outcome, runner = _online(ca, EnrollRequest(csr_pem=csr, token=token, instance="online"))
+    assert isinstance(outcome, IssueResult), outcome
+    assert runner.offloaded == 0  # no thread hand-off
+    assert committer.stats.groups == groups + 1  # recorded by the group committer
+    issued = outcome.issued
+    assert issued.certificate.public_key() == key.public_key()
+    assert issued.spiffe_id == "spiffe://acme.internal/agent/payments-recon/online"
+    assert _status(home, issued.serial) == "valid"  # read by another connection
+    assert _token_uses(home) == [2]
+    assert events(home, "token.used") == 2
+    assert events(home, "token.refused") == 0
+    assert cli("audit", "verify", "--home", str(home.root)).exit_code == 0
+
+
+def _refusal_cases(ca: Authority) -> dict[str, tuple[EnrollRequest, str]]:
+    used = _token(ca)
+    ca.enroll(_request(used))
+    revoked = ca.create_token(TokenSpec(workflow="payments-recon", uses=3))
+    ca.revoke_token(revoked.token_id)
+    capped = _token(ca, max_ttl=timedelta(hours=1))
+    return {
+        "unknown": (_request("cyphrs_tok_" + "A" * 43), "token.unknown"),
+        "used": (_request(used), "token.used"),
+        "revoked": (_request(revoked.token), "token.revoked"),
+        "workflow": (_request(_token(ca), workflow="admin"), "token.workflow"),
+        "permission": (_request(_token(ca), permissions=("ledger:write",)), "token.permission"),
+        "ttl": (_request(capped, ttl="2h"), "token.ttl"),
+    }
+
+
+def test_every_refusal_is_the_blocking_one_and_recorded_exactly_once(
+    ca: Authority, home: CaHome
+) -> None:
+    ca.start_group_commit()
+    expired, created = _token(ca, ttl=timedelta(seconds=1)), time.monotonic()
+    cases = _refusal_cases(ca)
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - created)))  # its one second has passed
+    cases["expired"] = (_request(expired), "token.expired")
+    certificates = _token_certificates(home)
+    uses = _token_uses(home)
+    for name, (request, rule) in cases.items():
+        refusals = events(home, "token.refused")
+        # The fast path declines without recording anything ...
+        assert _started(ca, request) is None, name
+        assert events(home, "token.refused") == refusals, name
+        # ... and enroll_online refuses, recorded once, as the blocking path would.
+        online, _ = _online(ca, request)
+        assert isinstance(online, PolicyDenied), (name, online)
+        assert (online.rule, online.exit_code) == (rule, 5), name
+        assert events(home, "token.refused") == refusals + 1, name
+        assert events(home, "token.refused", f'%"rule":"{rule}"%') >= 1, name
+        with pytest.raises(CyphrsError) as blocking:
+            ca.enroll(request)
+        assert type(blocking.value) is type(online), name
+        assert getattr(blocking.value, "rule", None) == rule, name
+        assert events(home, "token.refused") == refusals + 2, name
+    assert events(home, "policy.denied") == 0
+    assert _token_certificates(home) == certificates  # nothing issued
+    assert _token_uses(home) == uses  # nothing spent
+    assert audit_problems(home) == []
+
+
+def test_a_profile_denial_is_recorded_as_one_policy_denied_and_one_token_refused(
+    ca: Authority, home: CaHome
+) -> None:
+    ca.start_group_commit()
+    token = _token(ca)  # no token max: the agent profile's 24 h bounds it
+    request = _request(token, ttl="48h")
+    assert _started(ca, request) is None
+    assert events(home, "policy.denied") == 0
+    online, _ = _online(ca, request)
+    assert isinstance(online, PolicyDenied) and online.rule.startswith("agent."), online
+    assert events(home, "policy.denied") == 1
+    assert events(home, "policy.denied", f'%"rule":"{online.rule}"%') == 1
+    assert events(home, "token.refused") == 1
+    assert events(home, "token.refused", f'%"rule":"{online.rule}"%') == 1
+    assert _token_uses(home) == [0]
+    with pytest.raises(PolicyDenied) as blocking:
+        ca.enroll(request)
+    assert blocking.value.rule == online.rule
+    assert audit_problems(home) == []
+
+
+def test_twenty_concurrent_replays_on_one_loop_issue_exactly_once(
+    ca: Authority, home: CaHome
+) -> None:
+    ca.start_group_commit()
+    token = _token(ca)
+    requests = [_request(token) for _ in range(20)]
+
+    async def race(loop: Loop) -> list[IssueResult | BaseException]:
+        return list(
+            await asyncio.gather(*(loop.enroll(ca, r) for r in requests), return_exceptions=True)
+        )
+
+    runner = Loop()
+    outcomes = runner.run(race)
+    assert runner.unhandled == []
+    # All 20 were signed on the loop and queued; the 19 the spending hook refused went
+    # to the blocking path, which refused and recorded them.
+    assert runner.offloaded == 19
+    issued = [o for o in outcomes if isinstance(o, IssueResult)]
+    refused = [o for o in outcomes if isinstance(o, PolicyDenied)]
+    assert len(issued) == 1, outcomes
+    assert len(refused) == 19 and {r.rule for r in refused} == {"token.used"}, outcomes
+    assert _status(home, issued[0].issued.serial) == "valid"
+    assert _token_certificates(home) == 1
+    assert _token_uses(home) == [1]
+    assert events(home, "token.used") == 1
+    assert events(home, "token.refused") == 19
+    assert events(home, "token.refused", '%"rule":"token.used"%') == 19
+    assert audit_problems(home) == []
+
+
+@pytest.mark.parametrize("how", ["request", "csr"])
+def test_one_instance_twice_at_once_is_issued_once_and_the_other_conflicts(
+    ca: Authority, home: CaHome, how: str
+) -> None:
+    ca.start_group_commit()
+    spiffe = "spiffe://acme.internal/agent/payments-recon/twin"
+    tokens = [_token(ca), _token(ca)]
+    if how == "request":
+        requests = [_request(t, instance="twin") for t in tokens]
+    else:
+        uri = x509.UniformResourceIdentifier(spiffe)
+        requests = [EnrollRequest(csr_pem=make_csr(uri)[0], token=t) for t in tokens]
+
+    async def race(loop: Loop) -> list[IssueResult | BaseException]:
+        return list(
+            await asyncio.gather(*(loop.enroll(ca, r) for r in requests), return_exceptions=True)
+        )
+
+    runner = Loop()
+    outcomes = runner.run(race)
+    assert runner.unhandled == []
+    issued = [o for o in outcomes if isinstance(o, IssueResult)]
+    conflicts = [o for o in outcomes if isinstance(o, ConflictError)]
+    assert len(issued) == 1 and len(conflicts) == 1, outcomes
+    assert conflicts[0].exit_code == 7
+    assert runner.offloaded == 1  # both signed on the loop; the loser decided again
+    assert issued[0].issued.spiffe_id == spiffe
+    assert count(home, "SELECT count(*) FROM certificates WHERE spiffe_id = ?", spiffe) == 1
+    assert sorted(_token_uses(home)) == [0, 1]  # the loser's token is not spent
+    assert events(home, "token.used") == 1
+    assert events(home, "token.refused") == 0  # a conflict is not a credential refusal
+    assert audit_problems(home) == []
+
+
+def test_a_jwt_takes_the_blocking_path(ca: Authority, home: CaHome) -> None:
+    from tests.unit.service.test_enrollment_jwt import Signer, _spec, claims
+
+    ca.start_group_commit()
+    signer = Signer("ES256", "k-online")
+    ca.set_provisioner(_spec({"keys": [signer.jwk]}))
+    request = EnrollRequest(csr_pem=make_csr()[0], jwt=signer.sign(claims()))
+    assert _started(ca, request) is None
+    before = count(home, "SELECT count(*) FROM certificates")
+    outcome, runner = _online(ca, request)
+    assert isinstance(outcome, IssueResult), outcome
+    assert runner.offloaded == 1
+    assert _status(home, outcome.issued.serial) == "valid"
+    assert count(home, "SELECT count(*) FROM certificates") == before + 1
+    # The same JWT again: refused by the blocking path, recorded once.
+    again, _ = _online(ca, request)
+    assert isinstance(again, PolicyDenied), again
+    assert events(home, "jwt.refused") == 1
+    assert audit_problems(home) == []
+
+
+def test_without_a_group_committer_the_blocking_path_issues(ca: Authority, home: CaHome) -> None:
+    assert ca.group_committer is None
+    token = _token(ca)
+    request = _request(token)
+    assert _started(ca, request) is None
+    assert _token_uses(home) == [0]
+    outcome, runner = _online(ca, request)
+    assert isinstance(outcome, IssueResult), outcome
+    assert runner.offloaded == 1
+    assert _status(home, outcome.issued.serial) == "valid"
+    assert _token_uses(home) == [1]
+    assert audit_problems(home) == []
+
+
+def test_a_cancelled_caller_leaves_the_loop_the_committer_and_the_ledger_consistent(
+    ca: Authority, home: CaHome
+) -> None:
+    committer = ca.start_group_commit()
+    token = _token(ca, uses=5)
+    csr, key = make_csr()
+
+    async def cancelled(loop: Loop) -> tuple[bool, IssueResult]:
+        task = asyncio.ensure_future(loop.enroll(ca, EnrollRequest(csr_pem=csr, token=token)))
+        await asyncio.sleep(0)  # the task ran up to its first await: the item is queued
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # A following enrollment on the same loop goes through.
+        await asyncio.sleep(0.05)
+        after = await loop.enroll(ca, _request(token, instance="after-cancel"))
+        return task.cancelled(), after
+
+    runner = Loop()
+    was_cancelled, after = runner.run(cancelled)
+    assert was_cancelled
+    assert runner.unhandled == []  # no exception escaped into the loop
+    assert _status(home, after.issued.serial) == "valid"
+    # The cancelled item's outcome was still decided and recorded consistently: its
+    # certificate exists (valid) or not, and the token paid exactly for what exists.
+    with sqlite3.connect(home.ledger_path) as conn:
+        rows = conn.execute("SELECT serial, status, pem FROM certificates").fetchall()
+    mine = [
+        (serial, status)
+        for serial, status, pem in rows
+        if x509.load_pem_x509_certificate(
+            pem.encode() if isinstance(pem, str) else pem
+        ).public_key()
+        == key.public_key()
+    ]
+    assert all(status == "valid" for _, status in mine) and len(mine) <= 1, mine
+    # Here the item was queued before the cancel: a waiter that gives up cannot take it
+    # back, so it is recorded (and its token use paid), though nobody receives it.
+    assert len(mine) == 1
+    assert _token_uses(home) == [_token_certificates(home)] == [1 + len(mine)]
+    assert committer.stats.items == 1 + len(mine)
+    assert audit_problems(home) == []
+
+
+def test_a_cancelled_waiter_does_not_cancel_the_committers_future(
+    ca: Authority, home: CaHome
+) -> None:
+    ca.start_group_commit()
+    token = _token(ca)
+
+    async def main() -> Future[IssuedCertificate]:
+        loop = asyncio.get_running_loop()
+        handled: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        started = start_enrollment(ca, _request(token), loop)
+        assert started is not None
+        waiter = asyncio.wrap_future(started)
+        waiter.cancel()  # the client went away before the group was recorded
+        await asyncio.sleep(0.05)
+        assert handled == []
+        return started
+
+    started = asyncio.run(main())
+    assert not started.cancelled()
+    issued = started.result(timeout=5)  # the writer set the outcome regardless
+    assert _status(home, issued.serial) == "valid"
+    assert _token_uses(home) == [1]
+    assert audit_problems(home) == []

@@ -157,7 +157,7 @@ def test_enroll_online_signs_a_token_key_off_the_event_loop(token_home: TokenHom
     with Authority.open(token_home.home, secrets=_pin) as ca:
         ca.start_group_commit()
         assert not signs_in_process(ca.issuer.signer)
-        token = ca.create_token(TokenSpec(workflow="hsm-online", uses=2)).token
+        token = ca.create_token(TokenSpec(workflow="online-token", uses=2)).token
         csr, key = make_csr()
         offloaded: list[str] = []
 

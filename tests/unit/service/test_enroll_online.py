@@ -22,7 +22,7 @@ from cryptography import x509
 
 from cyphrs_cli.ca.models import IssuedCertificate
 from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.errors import ConflictError, CyphrsError, PolicyDenied
+from cyphrs_cli.errors import ConflictError, CyphrsError, InvalidInputError, PolicyDenied
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment
 from cyphrs_cli.service.requests import IssueResult
@@ -372,3 +372,53 @@ def test_a_cancelled_waiter_does_not_cancel_the_committers_future(
     assert _status(home, issued.serial) == "valid"
     assert _token_uses(home) == [1]
     assert audit_problems(home) == []
+
+
+@pytest.mark.parametrize(("change", "rule"), [("revoke", "token.revoked"), ("spend", "token.used")])
+def test_a_token_changed_between_the_loops_check_and_its_commit_is_refused_once(
+    ca: Authority, home: CaHome, change: str, rule: str
+) -> None:
+    """The fast path checked the token and signed; before the loop records its group the
+    token is revoked, or spent by another enrollment: the spending hook refuses under the
+    write lock, the blocking path decides again and records the refusal, once."""
+    committer = ca.start_group_commit()
+    created = ca.create_token(TokenSpec(workflow="payments-recon"))
+
+    async def race(loop: Loop) -> IssueResult | CyphrsError:
+        async def enroll() -> IssueResult | CyphrsError:
+            try:
+                return await loop.enroll(ca, _request(created.token))
+            except CyphrsError as error:
+                return error
+
+        task = asyncio.ensure_future(enroll())
+        await asyncio.sleep(0)  # the task checked, signed and queued its item
+        assert committer.stats.items == 0 and _token_uses(home) == [0]
+        if change == "revoke":
+            ca.revoke_token(created.token_id)
+        else:  # another enrollment (the blocking path) spends the one use first
+            ca.enroll(_request(created.token, instance="first"))
+        return await task
+
+    runner = Loop()
+    outcome = runner.run(race)
+    assert runner.unhandled == []
+    assert isinstance(outcome, PolicyDenied) and outcome.rule == rule, outcome
+    assert runner.offloaded == 1  # the hook's refusal sent it to the blocking path
+    assert events(home, "token.refused") == 1
+    assert events(home, "token.refused", f'%"rule":"{rule}"%') == 1
+    expected = 1 if change == "spend" else 0
+    assert _token_certificates(home) == expected
+    assert _token_uses(home) == [expected]
+    assert audit_problems(home) == []
+
+
+def test_a_bad_csr_is_bad_input_recording_and_spending_nothing(ca: Authority, home: CaHome) -> None:
+    ca.start_group_commit()
+    token = _token(ca)
+    before = count(home, "SELECT count(*) FROM events")
+    outcome, runner = _online(ca, EnrollRequest(csr_pem=b"-----BEGIN NOT A CSR-----", token=token))
+    assert isinstance(outcome, InvalidInputError) and outcome.exit_code == 3, outcome
+    assert runner.offloaded == 0
+    assert count(home, "SELECT count(*) FROM events") == before
+    assert _token_uses(home) == [0]

@@ -22,7 +22,13 @@ from cryptography import x509
 
 from cyphrs_cli.ca.models import IssuedCertificate
 from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.errors import ConflictError, CyphrsError, InvalidInputError, PolicyDenied
+from cyphrs_cli.errors import (
+    ConflictError,
+    CyphrsError,
+    InvalidInputError,
+    PolicyDenied,
+    StorageError,
+)
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment
 from cyphrs_cli.service.requests import IssueResult
@@ -422,3 +428,32 @@ def test_a_bad_csr_is_bad_input_recording_and_spending_nothing(ca: Authority, ho
     assert runner.offloaded == 0
     assert count(home, "SELECT count(*) FROM events") == before
     assert _token_uses(home) == [0]
+
+
+def test_a_ledger_locked_past_the_busy_timeout_is_exit_8_with_nothing_recorded(
+    home: CaHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import INTER_PASS
+    from tests.unit.service.test_committer_loop import Holder
+
+    monkeypatch.setenv("CYPHRS_BUSY_TIMEOUT_MS", "300")
+    holder = Holder(home)
+    try:
+        with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as ca:
+            ca.start_group_commit()
+            token = _token(ca)
+            before = count(home, "SELECT count(*) FROM events")
+            held = holder.hold(2.0)
+            outcome, runner = _online(ca, _request(token))
+            assert isinstance(outcome, StorageError) and outcome.exit_code == 8, outcome
+            assert runner.offloaded == 0  # a storage failure is not retried on a thread
+            assert count(home, "SELECT count(*) FROM events") == before
+            assert _token_uses(home) == [0] and _token_certificates(home) == 0
+            held.kill()
+            held.wait(timeout=30)
+            retried, _ = _online(ca, _request(token))  # the client's retry then succeeds
+            assert isinstance(retried, IssueResult), retried
+            assert _token_uses(home) == [1]
+    finally:
+        holder.stop()
+    assert audit_problems(home) == []

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -456,4 +457,104 @@ def test_a_ledger_locked_past_the_busy_timeout_is_exit_8_with_nothing_recorded(
             assert _token_uses(home) == [1]
     finally:
         holder.stop()
+    assert audit_problems(home) == []
+
+
+_LOOP_REPLAYER = """
+import asyncio, json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.errors import CyphrsError
+from cyphrs_cli.service.authority import Authority
+from cyphrs_cli.service.enrollment import EnrollRequest
+from tests.enrollment_helpers import make_csr
+
+home, go = sys.argv[1], sys.argv[2]
+token = sys.stdin.readline().strip()
+passphrase = sys.stdin.readline().strip()
+out = []
+with Authority.open(CaHome(Path(home)), secrets=lambda p: passphrase.encode()) as ca:
+    ca.start_group_commit()
+    ca.issuer
+    csrs = [make_csr()[0] for _ in range(5)]
+    print("ready", flush=True)
+    deadline = time.time() + 30
+    while not os.path.exists(go) and time.time() < deadline:
+        time.sleep(0.005)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        unhandled = []
+        loop.set_exception_handler(lambda _l, c: unhandled.append(repr(c)))
+        with ThreadPoolExecutor(4) as pool:
+            async def offload(work):
+                return await loop.run_in_executor(pool, work)
+            async def one(csr):
+                try:
+                    result = await ca.enroll_online(EnrollRequest(csr_pem=csr, token=token), offload=offload)
+                    out.append(["issued", result.issued.serial])
+                except CyphrsError as e:
+                    out.append(["refused", getattr(e, "rule", e.slug)])
+            await asyncio.gather(*(one(c) for c in csrs))
+        out.append(["unhandled", unhandled])
+
+    asyncio.run(main())
+print(json.dumps(out))
+"""
+
+
+def test_concurrent_replays_from_event_loops_of_several_processes_issue_exactly_once(
+    ca: Authority, home: CaHome, tmp_path: Path
+) -> None:
+    """``cyphrs serve`` runs one event loop per worker process: three of them, five
+    enrollments each, one single-use token, all on the fast path at the same moment."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import INTER_PASS
+
+    token = _token(ca)
+    go = tmp_path / "go"
+    root = Path(__file__).resolve().parents[3]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOOP_REPLAYER, str(home.root), str(go)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(root),
+        )
+        for _ in range(3)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{token}\n{INTER_PASS}\n")  # secrets never go on argv
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        go.touch()
+        results: list[list[Any]] = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+            results += json.loads(stdout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+    assert [r[1] for r in results if r[0] == "unhandled"] == [[], [], []]
+    outcomes = [r for r in results if r[0] != "unhandled"]
+    assert len(outcomes) == 15
+    assert len([r for r in outcomes if r[0] == "issued"]) == 1, outcomes
+    assert sorted({r[1] for r in outcomes if r[0] == "refused"}) == ["token.used"], outcomes
+    assert _token_certificates(home) == 1
+    assert _token_uses(home) == [1]
+    assert events(home, "token.used") == 1
+    assert events(home, "token.refused") == 14
     assert audit_problems(home) == []

@@ -264,3 +264,67 @@ def test_sign_leaf_records_a_denial_once_or_not_at_all(authority: Authority, hom
     assert events(home, "policy.denied", f'%"rule":"{loud.value.rule}"%') == 1
     assert _certificates(home) == 0
     assert audit_problems(home) == []
+
+
+def test_items_of_a_loop_that_ended_while_waiting_are_recorded_at_close(
+    authority: Authority, home: CaHome, holder: Holder
+) -> None:
+    """The server's loop stops (shutdown) while its group waits for the lock: nothing
+    will run the retry any more; ``close`` records the items and resolves their futures."""
+    committer = authority.start_group_commit()
+    signed = _signed(authority, "orphan")
+    holder.hold(0.3)
+
+    async def main() -> Future[IssuedCertificate]:
+        future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
+        await asyncio.sleep(0.02)  # the loop found the lock taken and scheduled a retry
+        return future  # and ends without awaiting it
+
+    future = asyncio.run(main())
+    assert not future.done()
+    committer.close()
+    issued = future.result(timeout=0)
+    assert _rows(home)[issued.serial] == "valid"
+    assert audit_problems(home) == []
+
+
+def test_two_event_loops_in_two_threads_record_their_own_groups(
+    authority: Authority, home: CaHome
+) -> None:
+    """Two loops of one process contend for the writer lock through their own ledger
+    connections (one flock each): neither blocks, every item is recorded exactly once."""
+    import threading
+
+    committer = authority.start_group_commit()
+    items = committer.stats.items
+    outcomes: dict[int, list[IssuedCertificate] | BaseException] = {}
+
+    def serve(n: int) -> None:
+        try:
+            signed = [_signed(authority, f"loop{n}-{m}") for m in range(10)]
+
+            async def main() -> list[IssuedCertificate]:
+                loop = asyncio.get_running_loop()
+                futures: list[Future[IssuedCertificate]] = []
+                for one in signed:
+                    futures.append(committer.submit_here(loop, authority.issuer, one))
+                    await asyncio.sleep(0)  # one item per turn: many small groups
+                return await _all(futures)
+
+            outcomes[n] = asyncio.run(main())
+        except BaseException as error:
+            outcomes[n] = error
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(isinstance(o, list) for o in outcomes.values()) and len(outcomes) == 2, outcomes
+    issued = [i for o in outcomes.values() if isinstance(o, list) for i in o]
+    assert len({i.serial for i in issued}) == 20, outcomes
+    assert committer.stats.items == items + 20
+    rows = _rows(home)
+    assert all(rows[i.serial] == "valid" for i in issued)
+    assert _certificates(home) == 20
+    assert audit_problems(home) == []

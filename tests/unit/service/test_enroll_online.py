@@ -558,3 +558,45 @@ def test_concurrent_replays_from_event_loops_of_several_processes_issue_exactly_
     assert events(home, "token.used") == 1
     assert events(home, "token.refused") == 14
     assert audit_problems(home) == []
+
+
+def test_the_fast_path_records_what_the_blocking_path_records(ca: Authority, home: CaHome) -> None:
+    """Same request, one through the event loop's fast path, one through the blocking
+    ``enroll``: the same certificate row (but its serial, key and times) and the same
+    events with the same detail keys, in the same order."""
+    ca.start_group_commit()
+    token = _token(ca, uses=2, max_ttl=timedelta(hours=1))
+    fast, runner = _online(ca, _request(token, instance="same", ttl="30m"))
+    assert isinstance(fast, IssueResult) and runner.offloaded == 0, fast
+    blocking = ca.enroll(_request(token, instance="same-b", ttl="30m"))
+    compared = (
+        "issuer_ski, authority_id, subject, workflow, permissions, profile, key_algorithm,"
+        " signature_algorithm, is_ca, replaces_id, requester, key_storage"
+    )
+
+    def row(serial: str) -> tuple[Any, ...]:
+        with sqlite3.connect(home.ledger_path) as conn:
+            found = conn.execute(
+                f"SELECT {compared} FROM certificates WHERE serial = ?",  # noqa: S608
+                (serial,),
+            ).fetchone()
+        assert found is not None
+        return tuple(found)
+
+    def recorded(serial: str) -> list[tuple[str, list[str]]]:
+        import json
+
+        with sqlite3.connect(home.ledger_path) as conn:
+            rows = conn.execute(
+                "SELECT type, details FROM events WHERE details LIKE ? ORDER BY seq",
+                (f'%"serial":"{serial}"%',),
+            ).fetchall()
+        return [(kind, sorted(json.loads(details))) for kind, details in rows]
+
+    assert row(fast.issued.serial) == row(blocking.issued.serial)
+    fast_events = recorded(fast.issued.serial)
+    assert fast_events == recorded(blocking.issued.serial)
+    assert len(fast_events) == 2 and fast_events[-1][0] == "token.used", fast_events
+    lifetime = fast.issued.not_after - fast.issued.not_before
+    assert lifetime == blocking.issued.not_after - blocking.issued.not_before
+    assert audit_problems(home) == []

@@ -600,3 +600,39 @@ def test_the_fast_path_records_what_the_blocking_path_records(ca: Authority, hom
     lifetime = fast.issued.not_after - fast.issued.not_before
     assert lifetime == blocking.issued.not_after - blocking.issued.not_before
     assert audit_problems(home) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="enroll_online records a refusal only in its fallback, which runs in the awaiting"
+    " task: a task cancelled while its fast-path item waits never runs it, so the hook's"
+    " token.used refusal of a replay loser is rolled back and never recorded (the blocking"
+    " enroll, once started on its thread, records it regardless of the caller)",
+)
+def test_a_replay_loser_cancelled_while_its_item_waits_is_still_recorded_as_refused(
+    ca: Authority, home: CaHome
+) -> None:
+    """Two enrollments with one single-use token pass the loop's check together; the
+    loser's caller goes away (its task cancelled) before the group commits. The hook
+    refuses the loser in the transaction; the replay attempt must still be recorded, once,
+    as the blocking ``enroll`` running on its thread would have recorded it."""
+    ca.start_group_commit()
+    token = _token(ca)
+
+    async def race(loop: Loop) -> None:
+        winner = asyncio.ensure_future(loop.enroll(ca, _request(token)))
+        loser = asyncio.ensure_future(loop.enroll(ca, _request(token)))
+        await asyncio.sleep(0)  # both checked, signed and queued in one group
+        loser.cancel()
+        await winner
+        with pytest.raises(asyncio.CancelledError):
+            await loser
+        await asyncio.sleep(0.2)
+
+    runner = Loop()
+    runner.run(race)
+    assert runner.unhandled == []
+    assert _token_certificates(home) == 1
+    assert _token_uses(home) == [1]
+    assert audit_problems(home) == []
+    assert events(home, "token.refused", '%"rule":"token.used"%') == 1

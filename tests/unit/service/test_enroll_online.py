@@ -636,3 +636,72 @@ def test_a_replay_loser_cancelled_while_its_item_waits_is_still_recorded_as_refu
     assert _token_uses(home) == [1]
     assert audit_problems(home) == []
     assert events(home, "token.refused", '%"rule":"token.used"%') == 1
+
+
+_CRASHER = """
+import asyncio, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.service.authority import Authority
+from cyphrs_cli.service.enrollment import EnrollRequest
+from tests.enrollment_helpers import make_csr
+
+token = sys.stdin.readline().strip()
+passphrase = sys.stdin.readline().strip()
+with Authority.open(CaHome(Path(sys.argv[1])), secrets=lambda p: passphrase.encode()) as ca:
+    ca.start_group_commit()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(2) as pool:
+            async def offload(work):
+                return await loop.run_in_executor(pool, work)
+            request = EnrollRequest(csr_pem=make_csr()[0], token=token)
+            result = await ca.enroll_online(request, offload=offload)
+            print(result.issued.serial, flush=True)
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("fault", "recorded"), [("after-sign", False), ("after-record", True)])
+def test_a_server_killed_on_the_fast_path_leaves_the_certificate_and_its_token_use_together(
+    ca: Authority, home: CaHome, fault: str, recorded: bool
+) -> None:
+    """The process dies (exit 86) right after the loop signed, or right after its group
+    committed: either nothing is recorded and the token is unspent, or both the
+    certificate and the token's use are; no certificate is ever output unrecorded."""
+    import os
+    import subprocess
+    import sys
+
+    from cyphrs_cli.ca.issuance import FAULT_ENV
+    from tests.helpers import INTER_PASS
+
+    token = _token(ca)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASHER, str(home.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[3]),
+        env={**os.environ, FAULT_ENV: fault},
+    )
+    try:
+        stdout, stderr = proc.communicate(f"{token}\n{INTER_PASS}\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 86, stderr
+    assert stdout == ""  # nothing was output
+    assert _token_certificates(home) == int(recorded)
+    assert _token_uses(home) == [int(recorded)]
+    assert events(home, "token.used") == int(recorded)
+    assert audit_problems(home) == []
+    # The token (if unspent) still works for the next attempt.
+    if not recorded:
+        outcome, _ = _online(ca, _request(token))
+        assert isinstance(outcome, IssueResult), outcome

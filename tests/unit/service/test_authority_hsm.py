@@ -139,3 +139,55 @@ def test_a_session_closed_underneath_is_reopened(token_home: TokenHome) -> None:
         _close_all_sessions(token_home.module)
         assert ca.crl(CrlRequest()).published.number >= 1
     assert audit_problems(token_home.home) == []
+
+
+def test_enroll_online_signs_a_token_key_off_the_event_loop(token_home: TokenHome) -> None:
+    """A PKCS#11 signature may wait on a device: ``enroll_online`` never signs with one on
+    the event loop (``start_enrollment`` declines), and still issues through ``offload``."""
+    import asyncio
+    from collections.abc import Callable
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cyphrs_cli.keystore.base import signs_in_process
+    from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment
+    from cyphrs_cli.service.requests import IssueResult
+    from cyphrs_cli.service.tokens import TokenSpec
+    from tests.enrollment_helpers import make_csr
+
+    with Authority.open(token_home.home, secrets=_pin) as ca:
+        ca.start_group_commit()
+        assert not signs_in_process(ca.issuer.signer)
+        token = ca.create_token(TokenSpec(workflow="online-token", uses=2)).token
+        csr, key = make_csr()
+        offloaded: list[str] = []
+
+        async def main() -> IssueResult:
+            loop = asyncio.get_running_loop()
+            unhandled: list[object] = []
+            loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+            assert start_enrollment(ca, EnrollRequest(csr_pem=csr, token=token), loop) is None
+            with ThreadPoolExecutor(2) as pool:
+
+                async def offload(work: Callable[[], IssueResult]) -> IssueResult:
+                    offloaded.append(threading.current_thread().name)
+                    return await loop.run_in_executor(pool, work)
+
+                result = await ca.enroll_online(
+                    EnrollRequest(csr_pem=csr, token=token), offload=offload
+                )
+            assert unhandled == []
+            return result
+
+        result = asyncio.run(main())
+        assert len(offloaded) == 1
+        issued = result.issued
+        assert issued.certificate.public_key() == key.public_key()
+        assert ca.facts.certificate is not None
+        issued.certificate.verify_directly_issued_by(ca.facts.certificate)
+        uses = ca.ledger.conn.execute("SELECT uses FROM tokens").fetchone()[0]
+        assert uses == 1  # the start_enrollment call spent nothing
+        status = ca.ledger.conn.execute(
+            "SELECT status FROM certificates WHERE serial = ?", (issued.serial,)
+        ).fetchone()[0]
+        assert status == "valid"
+    assert audit_problems(token_home.home) == []

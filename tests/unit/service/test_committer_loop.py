@@ -1,0 +1,330 @@
+"""``GroupCommitter.submit_here``: an event loop records its own groups. Items submitted in
+one turn of the loop share one transaction; while another PROCESS holds the ledger's
+writer lock the loop never sleeps (its other callbacks keep running) and items submitted
+meanwhile join the waiting group; after the busy timeout the waiting items fail with exit
+8 and nothing is recorded; ``close`` records what is waiting. Also ``sign_leaf``'s
+``record_denials`` switch. Real hierarchy, real SQLite, real asyncio loop, real processes
+holding a real ``flock``."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from cyphrs_cli.ca.issuance import SignedLeaf, sign_leaf
+from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
+from cyphrs_cli.ca.orders import LeafOrder, prepare_request
+from cyphrs_cli.config.home import CaHome
+from cyphrs_cli.errors import PolicyDenied, StorageError
+from cyphrs_cli.ledger.db import BUSY_TIMEOUT_ENV
+from cyphrs_cli.ledger.events import utc_now
+from cyphrs_cli.ledger.writelock import lock_path
+from cyphrs_cli.service.authority import Authority
+from tests.enrollment_helpers import audit_problems, count, events
+from tests.helpers import INTER_PASS
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+class Holder:
+    """Processes holding the ledger's writer lock; every one killed by its PID at the end."""
+
+    def __init__(self, home: CaHome) -> None:
+        self.path = lock_path(home.ledger_path)
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def hold(self, seconds: float) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(self.path), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def holder(home: CaHome) -> Iterator[Holder]:
+    processes = Holder(home)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+
+
+def _leaf(authority: Authority, instance: str, *, ttl: str | None = None) -> LeafRequest:
+    profile = authority.profile("agent")
+    order = LeafOrder(profile="agent", workflow="loop", instance=instance, ttl=ttl)
+    request, _ = prepare_request(order, profile, authority.facts.trust_domain)
+    return request
+
+
+def _signed(authority: Authority, instance: str) -> SignedLeaf:
+    return sign_leaf(
+        authority.ledger, authority.issuer, authority.profile("agent"), _leaf(authority, instance),
+        utc_now(),
+    )  # fmt: skip
+
+
+def _rows(home: CaHome) -> dict[str, str]:
+    with sqlite3.connect(home.ledger_path) as conn:
+        return dict(conn.execute("SELECT serial, status FROM certificates").fetchall())
+
+
+def _certificates(home: CaHome) -> int:
+    return count(home, "SELECT count(*) FROM certificates WHERE workflow = 'loop'")
+
+
+async def _all(futures: list[Future[IssuedCertificate]]) -> list[IssuedCertificate]:
+    return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+
+def test_items_of_one_loop_turn_commit_in_one_group(authority: Authority, home: CaHome) -> None:
+    committer = authority.start_group_commit()
+    signed = [_signed(authority, f"turn{n}") for n in range(3)]
+    groups, items = committer.stats.groups, committer.stats.items
+
+    async def main() -> list[IssuedCertificate]:
+        loop = asyncio.get_running_loop()
+        futures = [committer.submit_here(loop, authority.issuer, one) for one in signed]
+        assert not any(f.done() for f in futures)  # recorded by a later callback, not here
+        return await _all(futures)
+
+    issued = asyncio.run(main())
+    assert (committer.stats.groups, committer.stats.items) == (groups + 1, items + 3)
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 3
+    assert audit_problems(home) == []
+
+
+def test_a_locked_ledger_does_not_stall_the_loop_and_late_items_join_the_group(
+    authority: Authority, home: CaHome, holder: Holder
+) -> None:
+    committer = authority.start_group_commit()
+    signed = [_signed(authority, f"wait{n}") for n in range(3)]
+    groups, items = committer.stats.groups, committer.stats.items
+    before = _certificates(home)
+    holder.hold(0.5)
+
+    async def main() -> tuple[list[IssuedCertificate], list[int], float]:
+        loop = asyncio.get_running_loop()
+        ticks = [0]
+        seen: list[int] = []
+
+        def tick() -> None:
+            ticks[0] += 1
+            loop.call_later(0.01, tick)
+
+        loop.call_soon(tick)
+        started = time.monotonic()
+        first = committer.submit_here(loop, authority.issuer, signed[0])
+        await asyncio.sleep(0.15)
+        assert not first.done()  # the other process still holds the lock
+        seen.append(ticks[0])
+        assert _certificates(home) == before
+        late = [committer.submit_here(loop, authority.issuer, one) for one in signed[1:]]
+        await asyncio.sleep(0.1)
+        seen.append(ticks[0])
+        issued = await _all([first, *late])
+        return issued, seen, time.monotonic() - started
+
+    issued, seen, elapsed = asyncio.run(main())
+    # The loop kept running its other callbacks while the group waited for the lock.
+    assert seen[0] >= 5 and seen[1] >= seen[0] + 4, seen
+    assert elapsed >= 0.3, elapsed  # recorded only once the holder let go
+    assert (committer.stats.groups, committer.stats.items) == (groups + 1, items + 3)
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 3
+    assert audit_problems(home) == []
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_waiting_items_with_exit_8(
+    home: CaHome, holder: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "300")
+    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as authority:
+        committer = authority.start_group_commit()
+        signed = [_signed(authority, f"timeout{n}") for n in range(2)]
+        after = _signed(authority, "after-timeout")
+        before = _certificates(home)
+        held = holder.hold(2.0)
+
+        async def main() -> tuple[list[BaseException | IssuedCertificate], float]:
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()
+            futures = [committer.submit_here(loop, authority.issuer, one) for one in signed]
+            outcomes = await asyncio.gather(
+                *(asyncio.wrap_future(f) for f in futures), return_exceptions=True
+            )
+            return list(outcomes), time.monotonic() - started
+
+        outcomes, elapsed = asyncio.run(main())
+        assert all(isinstance(o, StorageError) and o.exit_code == 8 for o in outcomes), outcomes
+        assert 0.25 <= elapsed < 1.5, elapsed
+        assert _certificates(home) == before
+        held.kill()  # the kernel drops the flock of a killed process
+        held.wait(timeout=30)
+
+        async def again() -> list[IssuedCertificate]:
+            loop = asyncio.get_running_loop()
+            return await _all([committer.submit_here(loop, authority.issuer, after)])
+
+        (issued,) = asyncio.run(again())  # the committer still works after the failure
+        assert _rows(home)[issued.serial] == "valid"
+        assert _certificates(home) == before + 1
+    assert audit_problems(home) == []
+
+
+def test_close_records_the_items_a_loop_left_waiting(authority: Authority, home: CaHome) -> None:
+    committer = authority.start_group_commit()
+    signed = [_signed(authority, f"close{n}") for n in range(2)]
+    groups = committer.stats.groups
+
+    async def main() -> list[Future[IssuedCertificate]]:
+        loop = asyncio.get_running_loop()
+        futures = [committer.submit_here(loop, authority.issuer, one) for one in signed]
+        committer.close()  # before the loop's own recording callback has run
+        assert all(f.done() for f in futures)
+        await asyncio.sleep(0.01)  # the loop's callback then finds nothing left to record
+        return futures
+
+    futures = asyncio.run(main())
+    issued = [f.result(timeout=0) for f in futures]
+    assert committer.stats.groups == groups + 1
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 2
+    with pytest.raises(StorageError):
+        asyncio.run(_submit_after_close(authority))
+    assert audit_problems(home) == []
+
+
+async def _submit_after_close(authority: Authority) -> None:
+    committer = authority.group_committer
+    assert committer is not None
+    committer.submit_here(asyncio.get_running_loop(), authority.issuer, _signed(authority, "late"))
+
+
+def test_close_waits_for_the_lock_and_records_the_waiting_items(
+    authority: Authority, home: CaHome, holder: Holder
+) -> None:
+    committer = authority.start_group_commit()
+    signed = [_signed(authority, f"drain{n}") for n in range(2)]
+    holder.hold(0.4)
+
+    async def main() -> list[Future[IssuedCertificate]]:
+        loop = asyncio.get_running_loop()
+        futures = [committer.submit_here(loop, authority.issuer, one) for one in signed]
+        await asyncio.sleep(0.05)  # the loop found the lock taken and is retrying
+        assert not any(f.done() for f in futures)
+        committer.close()  # waits for the lock as any writer does, then records
+        return futures
+
+    futures = asyncio.run(main())
+    issued = [f.result(timeout=0) for f in futures]
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 2
+    assert audit_problems(home) == []
+
+
+def test_sign_leaf_records_a_denial_once_or_not_at_all(authority: Authority, home: CaHome) -> None:
+    profile = authority.profile("agent")
+    too_long = _leaf(authority, "denied", ttl="48h")  # the agent profile allows 24h at most
+    before = events(home, "policy.denied")
+    with pytest.raises(PolicyDenied) as quiet:
+        sign_leaf(
+            authority.ledger, authority.issuer, profile, too_long, utc_now(), record_denials=False
+        )
+    assert quiet.value.exit_code == 5
+    assert events(home, "policy.denied") == before
+    with pytest.raises(PolicyDenied) as loud:
+        sign_leaf(authority.ledger, authority.issuer, profile, too_long, utc_now())
+    assert loud.value.rule == quiet.value.rule
+    assert events(home, "policy.denied") == before + 1
+    assert events(home, "policy.denied", f'%"rule":"{loud.value.rule}"%') == 1
+    assert _certificates(home) == 0
+    assert audit_problems(home) == []
+
+
+def test_items_of_a_loop_that_ended_while_waiting_are_recorded_at_close(
+    authority: Authority, home: CaHome, holder: Holder
+) -> None:
+    """The server's loop stops (shutdown) while its group waits for the lock: nothing
+    will run the retry any more; ``close`` records the items and resolves their futures."""
+    committer = authority.start_group_commit()
+    signed = _signed(authority, "orphan")
+    holder.hold(0.3)
+
+    async def main() -> Future[IssuedCertificate]:
+        future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
+        await asyncio.sleep(0.02)  # the loop found the lock taken and scheduled a retry
+        return future  # and ends without awaiting it
+
+    future = asyncio.run(main())
+    assert not future.done()
+    committer.close()
+    issued = future.result(timeout=0)
+    assert _rows(home)[issued.serial] == "valid"
+    assert audit_problems(home) == []
+
+
+def test_two_event_loops_in_two_threads_record_their_own_groups(
+    authority: Authority, home: CaHome
+) -> None:
+    """Two loops of one process contend for the writer lock through their own ledger
+    connections (one flock each): neither blocks, every item is recorded exactly once."""
+    import threading
+
+    committer = authority.start_group_commit()
+    items = committer.stats.items
+    outcomes: dict[int, list[IssuedCertificate] | BaseException] = {}
+
+    def serve(n: int) -> None:
+        try:
+            signed = [_signed(authority, f"loop{n}-{m}") for m in range(10)]
+
+            async def main() -> list[IssuedCertificate]:
+                loop = asyncio.get_running_loop()
+                futures: list[Future[IssuedCertificate]] = []
+                for one in signed:
+                    futures.append(committer.submit_here(loop, authority.issuer, one))
+                    await asyncio.sleep(0)  # one item per turn: many small groups
+                return await _all(futures)
+
+            outcomes[n] = asyncio.run(main())
+        except BaseException as error:
+            outcomes[n] = error
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(isinstance(o, list) for o in outcomes.values()) and len(outcomes) == 2, outcomes
+    issued = [i for o in outcomes.values() if isinstance(o, list) for i in o]
+    assert len({i.serial for i in issued}) == 20, outcomes
+    assert committer.stats.items == items + 20
+    rows = _rows(home)
+    assert all(rows[i.serial] == "valid" for i in issued)
+    assert _certificates(home) == 20
+    assert audit_problems(home) == []

@@ -218,13 +218,13 @@ class GroupCommitter:
         Raises:
             StorageError: the committer is closed (the server is shutting down).
         """
-        with self._lock:
-            if self._closed:
-                raise StorageError("the group committer is closed (the server is shutting down)")
         item = _Item(issuer, signed, after_record)
         item.result.set_running_or_notify_cancel()
-        group = self._here.setdefault(loop, _LoopGroup())
-        group.items.append(item)
+        with self._lock:  # ``close`` drains under it: nothing is added after that
+            if self._closed:
+                raise StorageError("the group committer is closed (the server is shutting down)")
+            group = self._here.setdefault(loop, _LoopGroup())
+            group.items.append(item)
         if not group.scheduled and not group.committing:
             group.scheduled = True
             loop.call_soon(self._record_here, loop)
@@ -363,8 +363,9 @@ class GroupCommitter:
     def _drain_here(self) -> None:
         """At close, after the commit thread stopped: record what event loops left
         waiting, waiting for the lock as any writer does (the loops have stopped)."""
-        for group in list(self._here.values()):
-            batch = group.take()
+        with self._lock:
+            batches = [group.take() for group in self._here.values()]
+        for batch in batches:
             if batch:
                 self._commit(batch)
 

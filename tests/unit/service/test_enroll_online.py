@@ -602,13 +602,6 @@ def test_the_fast_path_records_what_the_blocking_path_records(ca: Authority, hom
     assert audit_problems(home) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enroll_online records a refusal only in its fallback, which runs in the awaiting"
-    " task: a task cancelled while its fast-path item waits never runs it, so the hook's"
-    " token.used refusal of a replay loser is rolled back and never recorded (the blocking"
-    " enroll, once started on its thread, records it regardless of the caller)",
-)
 def test_a_replay_loser_cancelled_while_its_item_waits_is_still_recorded_as_refused(
     ca: Authority, home: CaHome
 ) -> None:

@@ -63,8 +63,8 @@ class _Item:
 
 
 #: Pauses between an event loop's attempts at the writer lock (see ``submit_here``).
-_FIRST_PAUSE = 0.0001
-_MAX_PAUSE = 0.001
+_FIRST_PAUSE = 0.00005
+_MAX_PAUSE = 0.0003
 
 
 @dataclass

@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -133,7 +133,7 @@ class GroupCommitter:
         # Items queued by event loops for the groups they record themselves (``submit_here``).
         self._here: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
         self._loop_ledger: Ledger | None = None
-        self._commits: ThreadPoolExecutor | None = None
+        self._commits: _CommitThread | None = None
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
         self.checkpointer: WalCheckpointer | None = (
@@ -261,7 +261,7 @@ class GroupCommitter:
                 ledger.end(commit=False)
                 raise
             group.committing = True
-            commits.submit(self._commit_here, loop, ledger, batch, results, started)
+            commits.put(lambda: self._commit_here(loop, ledger, batch, results, started))
         except BaseException as error:  # a loop callback must not leave its futures waiting
             failure = error if isinstance(error, CyphrsError) else _internal(error)
             for item in batch or group.take():
@@ -301,21 +301,23 @@ class GroupCommitter:
         from cyphrs_cli.ca.issuance import fault_point
 
         try:
-            ledger.end(commit=True)
-            fault_point("after-record", seq=range(1, len(batch) + 1))
-        except BaseException as error:  # nothing of the group was recorded
-            failure = error if isinstance(error, CyphrsError) else _internal(error)
-            for item in batch:
-                item.result.set_exception(failure)
-        else:
-            self._count_group(len(batch), time.perf_counter() - started)
+            try:
+                ledger.end(commit=True)
+                fault_point("after-record", seq=range(1, len(batch) + 1))
+            except BaseException as error:  # nothing of the group was recorded
+                failure = error if isinstance(error, CyphrsError) else _internal(error)
+                for item in batch:
+                    item.result.set_exception(failure)
+                return
             for item, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     item.result.set_exception(result)
                 else:
                     item.result.set_result(result)
-        with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains its group
-            loop.call_soon_threadsafe(self._committed_here, loop)
+            self._count_group(len(batch), time.perf_counter() - started)
+        finally:
+            with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains it
+                loop.call_soon_threadsafe(self._committed_here, loop)
 
     def _committed_here(self, loop: asyncio.AbstractEventLoop) -> None:
         group = self._here[loop]
@@ -340,10 +342,10 @@ class GroupCommitter:
                 self._loop_ledger = ledger
             return self._loop_ledger
 
-    def _commit_thread(self) -> ThreadPoolExecutor:
+    def _commit_thread(self) -> _CommitThread:
         with self._lock:
             if self._commits is None:
-                self._commits = ThreadPoolExecutor(1, thread_name_prefix="cyphrs-loop-commit")
+                self._commits = _CommitThread()
             return self._commits
 
     def _checkpoint_waiting(self) -> bool:
@@ -387,7 +389,7 @@ class GroupCommitter:
             self._queue.put(None)
         self._thread.join()
         if self._commits is not None:
-            self._commits.shutdown(wait=True)
+            self._commits.stop()
         self._drain_here()
         if self._loop_ledger is not None:
             self._loop_ledger.close()
@@ -455,6 +457,29 @@ class GroupCommitter:
         )
         fault_point("after-record", seq=range(1, len(items) + 1))
         return results
+
+
+class _CommitThread:
+    """The thread that runs event loops' COMMITs, one at a time, in order. A queue and a
+    thread rather than a ``ThreadPoolExecutor``: its ``submit`` (a future, a work item, a
+    semaphore) cost 4 % of the serving process's GIL time, measured."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cyphrs-loop-commit", daemon=True)
+        self._thread.start()
+
+    def put(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Run what is queued, then end the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()  # ``_commit_here`` settles every outcome itself and never raises
 
 
 def _internal(error: BaseException) -> CyphrsError:

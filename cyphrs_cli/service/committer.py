@@ -74,6 +74,7 @@ class _LoopGroup:
     items: list[_Item] = field(default_factory=list)
     scheduled: bool = False  # a ``_record_here`` call is pending on the loop
     committing: bool = False  # its previous group's COMMIT is running on the commit thread
+    ledger: Ledger | None = None  # the connection this loop writes with (its own lock file)
     since: float | None = None  # when the loop first found the writer lock taken
     pause: float = _FIRST_PAUSE
 
@@ -132,7 +133,6 @@ class GroupCommitter:
         self._caller = threading.local()
         # Items queued by event loops for the groups they record themselves (``submit_here``).
         self._here: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
-        self._loop_ledger: Ledger | None = None
         self._commits: _CommitThread | None = None
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
@@ -240,7 +240,7 @@ class GroupCommitter:
             return  # the running commit schedules the next group when it ends
         batch: list[_Item] = []
         try:
-            ledger = self._loop_writer()
+            ledger = self._loop_writer(group)
             if self._checkpoint_waiting() or not ledger.try_begin():
                 waited = group.waited()
                 if waited >= ledger.busy_timeout:
@@ -309,12 +309,14 @@ class GroupCommitter:
                 for item in batch:
                     item.result.set_exception(failure)
                 return
-            for item, result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    item.result.set_exception(result)
-                else:
-                    item.result.set_result(result)
-            self._count_group(len(batch), time.perf_counter() - started)
+            try:  # counted before anyone sees a result, as the writer thread does
+                self._count_group(len(batch), time.perf_counter() - started)
+            finally:
+                for item, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        item.result.set_exception(result)
+                    else:
+                        item.result.set_result(result)
         finally:
             with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains it
                 loop.call_soon_threadsafe(self._committed_here, loop)
@@ -326,21 +328,21 @@ class GroupCommitter:
             group.scheduled = True
             loop.call_soon(self._record_here, loop)
 
-    def _loop_writer(self) -> Ledger:
-        """The connection event loops write their groups with: its own, so the loop's
-        reads (on the loop thread's connection) go on while a COMMIT runs."""
-        with self._lock:
-            if self._loop_ledger is None:
-                from cyphrs_cli.ca.hierarchy import open_ledger
+    def _loop_writer(self, group: _LoopGroup) -> Ledger:
+        """The connection a loop writes its groups with: its own, so the loop's reads (on
+        the loop thread's connection) go on while a COMMIT runs, and one per loop, so two
+        loops exclude each other on the writer lock like two processes."""
+        if group.ledger is None:
+            from cyphrs_cli.ca.hierarchy import open_ledger
 
-                ledger = open_ledger(self._authority.home, shared=True)
-                # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
-                # taken (a writer that skips the lock file) is retried like a taken lock.
-                ledger.conn.execute("PRAGMA busy_timeout = 0")
-                if self.checkpointer is not None:
-                    ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
-                self._loop_ledger = ledger
-            return self._loop_ledger
+            ledger = open_ledger(self._authority.home, shared=True)
+            # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
+            # taken (a writer that skips the lock file) is retried like a taken lock.
+            ledger.conn.execute("PRAGMA busy_timeout = 0")
+            if self.checkpointer is not None:
+                ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            group.ledger = ledger
+        return group.ledger
 
     def _commit_thread(self) -> _CommitThread:
         with self._lock:
@@ -391,8 +393,9 @@ class GroupCommitter:
         if self._commits is not None:
             self._commits.stop()
         self._drain_here()
-        if self._loop_ledger is not None:
-            self._loop_ledger.close()
+        for group in self._here.values():
+            if group.ledger is not None:
+                group.ledger.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
 

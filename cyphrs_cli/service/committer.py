@@ -19,6 +19,10 @@ Under no load a group holds one item and costs what a direct call costs; under l
 queue fills while the previous group commits, so groups grow with the load without a
 timer adding latency.
 
+An event loop (the server's enrollment fast path) submits with ``submit_here`` instead:
+its items form a group per turn of the loop, written by the loop itself and committed by
+a commit thread, and the loop never waits on a lock or an fsync (see ``submit_here``).
+
 The writer's connection does not checkpoint the WAL inside its COMMITs (SQLite's
 auto-checkpoint is off on it): a ``ledger.checkpoint.WalCheckpointer`` owned by the
 committer does that on its own thread, told after each group how many items it

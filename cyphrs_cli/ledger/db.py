@@ -170,14 +170,8 @@ class Ledger:
             if not commit:
                 self._rollback()
                 return
-            try:
+            with self._undone_on_error():
                 self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StorageError(_write_failure(self.path, exc)) from exc
-            except BaseException:
-                self._rollback()
-                raise
         finally:
             self._writer_lock.release()
 
@@ -193,17 +187,24 @@ class Ledger:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
-            try:
+            with self._undone_on_error():
                 yield self.conn
                 self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StorageError(_write_failure(self.path, exc)) from exc
-            except BaseException:
-                self._rollback()
-                raise
         finally:
             self._writer_lock.release()
+
+    @contextmanager
+    def _undone_on_error(self) -> Iterator[None]:
+        """Roll the open transaction back if the block fails; an SQLite failure becomes
+        one ``StorageError`` line naming its cause (disk full, I/O error)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StorageError(_write_failure(self.path, exc)) from exc
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         """Undo the open transaction, never hiding the error that made us undo it.

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
@@ -105,6 +106,7 @@ class CommitStats:
 
     groups: int = 0  # transactions (writer thread: one per issuing CA per batch; loop: one)
     items: int = 0
+    observer_errors: int = 0  # observer calls that raised (ignored: the group was committed)
 
 
 class GroupCommitter:
@@ -265,7 +267,9 @@ class GroupCommitter:
                 ledger.end(commit=False)
                 raise
             group.committing = True
-            commits.put(lambda: self._commit_here(loop, ledger, batch, results, started))
+            job = functools.partial(self._commit_here, loop, ledger, batch, results, started)
+            if not commits.put(job):  # closed meanwhile (another thread): commit here
+                job()
         except BaseException as error:  # a loop callback must not leave its futures waiting
             failure = error if isinstance(error, CyphrsError) else _internal(error)
             for item in batch or group.take():
@@ -313,14 +317,8 @@ class GroupCommitter:
                 for item in batch:
                     item.result.set_exception(failure)
                 return
-            try:  # counted before anyone sees a result, as the writer thread does
-                self._count_group(len(batch), time.perf_counter() - started)
-            finally:
-                for item, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        item.result.set_exception(result)
-                    else:
-                        item.result.set_result(result)
+            self._count_group(len(batch), time.perf_counter() - started)  # never raises
+            _settle(batch, results)
         finally:
             with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains it
                 loop.call_soon_threadsafe(self._committed_here, loop)
@@ -360,11 +358,19 @@ class GroupCommitter:
         return self.checkpointer is not None and self.checkpointer.wants_writer_lock
 
     def _count_group(self, items: int, seconds: float) -> None:
+        """Count a committed group, tell the observer (metrics) and the checkpointer. Never
+        raises: the group is on disk, its callers must get their results, and a writer
+        or commit thread that died here would leave every later caller waiting forever
+        (an observer writing metrics to a full file system raises ``OSError``)."""
         with self._lock:  # the writer thread and the commit thread both count
             self.stats.groups += 1
             self.stats.items += items
-        if self._observer is not None:
-            self._observer(items, seconds)
+        try:
+            if self._observer is not None:
+                self._observer(items, seconds)
+        except Exception:  # metrics must not fail a committed group: counted, not raised
+            with self._lock:
+                self.stats.observer_errors += 1
         if self.checkpointer is not None:
             self.checkpointer.committed(items)
 
@@ -448,11 +454,7 @@ class GroupCommitter:
                     item.result.set_exception(failure)
                 continue
             self._count_group(len(items), time.perf_counter() - started)
-            for item, result in zip(items, results, strict=True):
-                if isinstance(result, BaseException):
-                    item.result.set_exception(result)
-                else:
-                    item.result.set_result(result)
+            _settle(items, results)
 
     def _record(self, items: list[_Item]) -> list[IssuedCertificate | CyphrsError]:
         from cyphrs_cli.ca.issuance import fault_point, record_signed
@@ -473,20 +475,38 @@ class _CommitThread:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="cyphrs-loop-commit", daemon=True)
         self._thread.start()
 
-    def put(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
+    def put(self, job: Callable[[], None]) -> bool:
+        """Queue ``job``; False (not queued) once ``stop`` was called: run it yourself."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._jobs.put(job)
+            return True
 
     def stop(self) -> None:
-        """Run what is queued, then end the thread."""
-        self._jobs.put(None)
+        """Run what is queued, then end the thread; later ``put`` calls are refused."""
+        with self._lock:
+            self._stopped = True
+            self._jobs.put(None)
         self._thread.join()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            job()  # ``_commit_here`` settles every outcome itself and never raises
+            job()  # ``_commit_here`` settles every outcome and tells the loop, in a finally
+
+
+def _settle(items: list[_Item], results: list[IssuedCertificate | CyphrsError]) -> None:
+    """Give each item of a committed group its own outcome."""
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, BaseException):
+            item.result.set_exception(result)
+        else:
+            item.result.set_result(result)
 
 
 def _internal(error: BaseException) -> CyphrsError:

@@ -3,9 +3,7 @@ commit observer (``cyphrs serve`` passes ``Metrics.observe_commit``, which with 
 prometheus multiprocess directory writes to an mmap'd file and can raise ``OSError`` when
 that file system is full) must neither leave a committed group's callers waiting nor stop
 the thread that records the next groups. Real hierarchy, real SQLite, real asyncio loop.
-
-Both tests are ``xfail(strict=True)``: they document defects on main (see the review
-report) and turn red the day the defect is fixed, so the marker is removed then."""
+(Found by review as hangs; fixed in ``GroupCommitter._count_group``, which never raises.)"""
 
 from __future__ import annotations
 
@@ -48,12 +46,6 @@ class FailsOnce:
             raise OSError(28, "No space left on device (metrics directory)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="committer.py _commit_here: an observer error escapes the job, the commit thread"
-    " dies and the loop's group stays committing=True: every later fast-path item waits"
-    " forever",
-)
 def test_an_observer_error_does_not_stop_the_loops_later_groups(
     authority: Authority, home: CaHome
 ) -> None:
@@ -78,12 +70,6 @@ def test_an_observer_error_does_not_stop_the_loops_later_groups(
     assert _status(home, issued_two.serial) == "valid"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="committer.py _commit: _count_group (the observer) runs before the results are"
-    " set and outside any try: a committed group's futures are never resolved and the writer"
-    " thread dies, so every later submit() (the blocking enroll path) waits forever",
-)
 def test_an_observer_error_does_not_strand_a_committed_group_of_the_writer_thread(
     authority: Authority, home: CaHome
 ) -> None:

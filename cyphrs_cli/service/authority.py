@@ -85,6 +85,7 @@ class Authority:
         self._profiles: dict[str, Profile] | None = None
         self._facts: IssuerFacts | None = None
         self._issuers: dict[str, Issuer] = {}
+        self._unlocking: dict[str, threading.Lock] = {}  # one per CA being unlocked
         self._closed = False
         self._committer: GroupCommitter | None = None
         self._jwks_clients: dict[str, PyJWKClient] = {}
@@ -141,6 +142,10 @@ class Authority:
 
     @property
     def config(self) -> HomeConfig:
+        # Read first without the lock: once loaded, the hot path never waits on it.
+        config = self._config
+        if config is not None:
+            return config
         with self._lock:
             if self._config is None:
                 from cyphrs_cli.config.settings import load_config
@@ -152,6 +157,9 @@ class Authority:
     def profiles(self) -> dict[str, Profile]:
         """Built-in and home profiles (home files are checked against the ledger when a
         certificate is signed under them)."""
+        profiles = self._profiles
+        if profiles is not None:
+            return profiles
         with self._lock:
             if self._profiles is None:
                 from cyphrs_cli.profiles.model import load_profiles
@@ -177,6 +185,9 @@ class Authority:
     def facts(self) -> IssuerFacts:
         """The issuer's ledger-anchored facts (certificate, trust domain, claims OID), for
         policy and planning: no key is unlocked to get them."""
+        facts = self._facts
+        if facts is not None:
+            return facts
         with self._lock:
             if self._facts is None:
                 from cyphrs_cli.ca.models import IssuerFacts
@@ -206,13 +217,9 @@ class Authority:
         while this authority is open (by another process) must stop signing at once, not
         when the front end restarts.
         """
-        with self._lock:
-            found = self._issuers.get(name)
-            if found is None:
-                from cyphrs_cli.ca.hierarchy import load_issuer
-
-                found = load_issuer(self._home, self.config, self.ledger, name, self._secrets)
-                self._issuers[name] = found
+        found = self._issuers.get(name)  # one dict read: no lock (see ``_unlock``)
+        if found is None:
+            found = self._unlock(name)
         if not found.revoked and found.authority_id is not None:
             status = self.ledger.conn.execute(
                 "SELECT c.status FROM authorities a JOIN certificates c"
@@ -226,6 +233,29 @@ class Authority:
                 with self._lock:
                     self._issuers[name] = found
         return found
+
+    def _unlock(self, name: str) -> Issuer:
+        """Load and unlock CA ``name`` once, under a lock of its own: unlocking (the secrets
+        callback, the KDF, a PKCS#11 login) may take a second, and a server's event loop
+        reads the other, already unlocked issuers meanwhile without waiting for it."""
+        with self._lock:
+            lock = self._unlocking.setdefault(name, threading.Lock())
+        with lock:
+            found = self._issuers.get(name)
+            if found is None:
+                from cyphrs_cli.ca.hierarchy import load_issuer
+
+                found = load_issuer(self._home, self.config, self.ledger, name, self._secrets)
+                with self._lock:
+                    if self._closed:  # closed while unlocking: do not keep a session open
+                        close = getattr(found.signer, "close", None)
+                        if callable(close):
+                            close()
+                        from cyphrs_cli.errors import UsageError
+
+                        raise UsageError("this authority has been closed")
+                    self._issuers[name] = found
+            return found
 
     def commit_leaf(
         self,

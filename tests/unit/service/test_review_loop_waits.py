@@ -6,9 +6,8 @@ callback, the KDF, a PKCS#11 login). In ``cyphrs serve`` that happens on a publi
 ``GET`` of the root's CRL or an OCSP request for the root's responder unlocks the root on
 a worker thread the first time. The secrets callback below takes 0.5 s for the root, the
 time a network HSM login or a production-cost KDF can take; everything else is real (real
-hierarchy, real SQLite, a real asyncio loop, a real token enrollment).
-
-``xfail(strict=True)``: documents a defect on main; remove the marker once fixed."""
+hierarchy, real SQLite, a real asyncio loop, a real token enrollment). (Found by review;
+fixed: ``Authority._unlock`` unlocks under a lock of its own, cached reads take none.)"""
 
 from __future__ import annotations
 
@@ -29,12 +28,6 @@ from tests.helpers import INTER_PASS, ROOT_PASS
 ROOT_UNLOCK_SECONDS = 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="authority.py signing_issuer holds Authority._lock across load_issuer (key"
-    " unlock); the loop's fast path takes the same lock (issuer/facts/profiles), so a"
-    " worker unlocking another CA (root CRL/OCSP) freezes the event loop",
-)
 def test_the_loop_does_not_wait_while_a_worker_unlocks_another_ca(home: CaHome) -> None:
     root_asked = threading.Event()
 

@@ -144,10 +144,11 @@ class Ledger:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             self._writer_lock.release()
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY":
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 # A writer that does not take the lock file (the sqlite3 shell, an old
                 # cyphrs) holds SQLite's own lock: busy like the lock file, not broken.
-                # Waits here are SQLite's busy timeout; set it to 0 to never wait.
+                # Waits here are SQLite's busy timeout; set it to 0 to never wait. Any
+                # extended busy code counts (BUSY_RECOVERY, BUSY_SNAPSHOT ...).
                 return False
             raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
         except sqlite3.Error as exc:

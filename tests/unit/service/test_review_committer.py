@@ -11,8 +11,6 @@ import asyncio
 import sqlite3
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import pytest
-
 from cyphrs_cli.ca.issuance import SignedLeaf, sign_leaf
 from cyphrs_cli.ca.models import IssuedCertificate
 from cyphrs_cli.ca.orders import LeafOrder, prepare_request

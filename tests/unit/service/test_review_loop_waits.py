@@ -16,8 +16,6 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
-
 from cyphrs_cli.config.home import CaHome
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment

@@ -20,14 +20,7 @@ import pytest
 from cyphrs_cli.ledger.db import Ledger
 from cyphrs_cli.ledger.events import LedgerEvent, append_event
 from cyphrs_cli.ledger.writelock import lock_path
-
-HOLD = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
+from tests.unit.ledger.test_writelock import HOLD
 
 PROBE = """
 import fcntl, os, sys

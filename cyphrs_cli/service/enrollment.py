@@ -23,8 +23,9 @@ transaction with the same spending hook. Whatever the fast path would have to re
 a refusal, a policy denial, a token spent or an instance taken meanwhile -- it leaves
 unrecorded and hands the whole request to the blocking ``enroll`` on a worker thread,
 which decides again from the start and records exactly as above, once. JWT credentials
-(a JWKS may be fetched over the network) and keys in a PKCS#11 token (a signature may
-wait on a device) always take the blocking path.
+(a JWKS may be fetched over the network), keys in a PKCS#11 token (a signature may wait
+on a device) and RSA CSRs (a hostile exponent makes their check slow) always take the
+blocking path.
 """
 
 from __future__ import annotations
@@ -230,9 +231,9 @@ def start_enrollment(
     recorded here.
 
     Returns None, having recorded nothing, when the blocking ``enroll`` must handle the
-    request: no group committer, a JWT, a key in a PKCS#11 token, any refusal (which that
-    path records), or an instance that already has a certificate (which that path checks
-    against the token again).
+    request: no group committer, a JWT, an RSA CSR (see ``_cheap_to_verify``), a key in a
+    PKCS#11 token, any refusal (which that path records), or an instance that already has
+    a certificate (which that path checks against the token again).
 
     Raises:
         CyphrsError: what ``enroll`` raises without recording anything (a bad CSR or TTL

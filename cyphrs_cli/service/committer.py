@@ -271,7 +271,7 @@ class GroupCommitter:
             if not commits.put(job):  # closed meanwhile (another thread): commit here
                 job()
         except BaseException as error:  # a loop callback must not leave its futures waiting
-            failure = error if isinstance(error, CyphrsError) else _internal(error)
+            failure = _as_failure(error)
             for item in batch or group.take():
                 if not item.result.done():
                     item.result.set_exception(failure)
@@ -313,7 +313,7 @@ class GroupCommitter:
                 ledger.end(commit=True)
                 fault_point("after-record", seq=range(1, len(batch) + 1))
             except BaseException as error:  # nothing of the group was recorded
-                failure = error if isinstance(error, CyphrsError) else _internal(error)
+                failure = _as_failure(error)
                 for item in batch:
                     item.result.set_exception(failure)
                 return
@@ -383,14 +383,6 @@ class GroupCommitter:
             if batch:
                 self._commit(batch)
 
-    def _quiet_autocheckpoint(self) -> None:
-        """This thread's connection commits like the writer's: no checkpoint inside its
-        COMMITs when the checkpoint thread does them (see the module docstring)."""
-        if self.checkpointer is not None and not getattr(self._caller, "quiet", False):
-            with contextlib.suppress(CyphrsError, sqlite3.Error):
-                self._authority.ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._caller.quiet = True
-
     def close(self) -> None:
         """Commit what is queued, stop the writer thread, then checkpoint the WAL and stop
         the checkpoint thread (idempotent)."""
@@ -415,7 +407,9 @@ class GroupCommitter:
         # This thread's connection is the ledger's busy writer: its COMMITs no longer copy
         # the WAL into the database file; the checkpoint thread does. Should the connection
         # fail here, the first group meets (and reports) the same failure.
-        self._quiet_autocheckpoint()
+        if self.checkpointer is not None:
+            with contextlib.suppress(CyphrsError, sqlite3.Error):
+                self._authority.ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -449,7 +443,7 @@ class GroupCommitter:
             try:
                 results = self._record(items)
             except BaseException as error:  # the group's transaction failed: nothing recorded
-                failure = error if isinstance(error, CyphrsError) else _internal(error)
+                failure = _as_failure(error)
                 for item in items:
                     item.result.set_exception(failure)
                 continue
@@ -509,7 +503,10 @@ def _settle(items: list[_Item], results: list[IssuedCertificate | CyphrsError]) 
             item.result.set_result(result)
 
 
-def _internal(error: BaseException) -> CyphrsError:
+def _as_failure(error: BaseException) -> CyphrsError:
+    """What the callers of a failed group get: its ``CyphrsError``, or a bug wrapped."""
+    if isinstance(error, CyphrsError):
+        return error
     wrapped = CyphrsError(f"internal error in group commit: {type(error).__name__}: {error}")
     wrapped.__cause__ = error
     return wrapped

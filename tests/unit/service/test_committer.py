@@ -59,8 +59,9 @@ def test_concurrent_callers_share_transactions_and_see_only_committed_results(
 ) -> None:
     observed: list[int] = []
     committer = authority.start_group_commit(observer=lambda items, seconds: observed.append(items))
-    # 20 ms per signature: callers queue behind the writer as under real load.
-    monkeypatch.setenv("CYPHRS_TEST_DELAY", "after-sign=0.02")
+    # 20 ms per group after its commit: callers (who sign in their own threads) queue
+    # behind the writer as under real load.
+    monkeypatch.setenv("CYPHRS_TEST_DELAY", "after-record=0.02")
     committed_at_return: list[bool] = []
 
     def check_recorded(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:

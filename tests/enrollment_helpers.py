@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,3 +49,44 @@ def audit_problems(home: CaHome) -> list[str]:
         conn.row_factory = sqlite3.Row
         report = verify_ledger(conn, home=HomeFacts.of(home, load_config(home)))
     return report.problems
+
+
+def run_replayers(script: str, home: CaHome, token: str, processes: int, go: Path) -> list[Any]:
+    """Run ``script`` in ``processes`` Python processes on ``home``: each gets the token and
+    the intermediate's passphrase on stdin (never argv), prints ``ready`` once it has
+    opened and unlocked, and starts when the file ``go`` appears (created here once every
+    process is ready); returns their JSON outputs concatenated. Every process is stopped
+    by its PID before this returns."""
+    from tests.helpers import INTER_PASS
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(home.root), str(go)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{token}\n{INTER_PASS}\n")
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        go.touch()
+        results: list[Any] = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr
+            results += json.loads(stdout)
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)

@@ -380,11 +380,12 @@ def test_sighup_swaps_the_tls_certificate_for_new_handshakes(ca: Hierarchy, tmp_
 
 def test_concurrent_renewals_share_transactions(ca: Hierarchy, tmp_path: Path) -> None:
     """16 concurrent renewals land in fewer than 16 ledger transactions (group commit),
-    each response only after its commit. The signer is slowed (50 ms per item) so that
-    requests queue up behind a commit, as they do under real load."""
+    each response only after its commit. The writer is slowed (50 ms after each group's
+    commit) so that requests, signed in their own threads, queue up behind a commit, as they
+    do under real load."""
     agents = [_agent(ca, tmp_path / f"a{i}") for i in range(16)]
     with start_server(
-        ca.home, ca.inter_pass, env={"CYPHRS_TEST_DELAY": "after-sign=0.05"}
+        ca.home, ca.inter_pass, env={"CYPHRS_TEST_DELAY": "after-record=0.05"}
     ) as running:
 
         def metric(name: str) -> float:

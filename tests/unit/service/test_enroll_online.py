@@ -34,7 +34,7 @@ from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest, start_enrollment
 from cyphrs_cli.service.requests import IssueResult
 from cyphrs_cli.service.tokens import TokenSpec
-from tests.enrollment_helpers import audit_problems, count, events, make_csr
+from tests.enrollment_helpers import audit_problems, count, events, make_csr, run_replayers
 from tests.helpers import cli
 
 T = TypeVar("T")
@@ -509,45 +509,8 @@ def test_concurrent_replays_from_event_loops_of_several_processes_issue_exactly_
 ) -> None:
     """``cyphrs serve`` runs one event loop per worker process: three of them, five
     enrollments each, one single-use token, all on the fast path at the same moment."""
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers import INTER_PASS
-
     token = _token(ca)
-    go = tmp_path / "go"
-    root = Path(__file__).resolve().parents[3]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _LOOP_REPLAYER, str(home.root), str(go)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(root),
-        )
-        for _ in range(3)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(f"{token}\n{INTER_PASS}\n")  # secrets never go on argv
-            proc.stdin.flush()
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        go.touch()
-        results: list[list[Any]] = []
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=60)
-            assert proc.returncode == 0, stderr
-            results += json.loads(stdout)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    results = run_replayers(_LOOP_REPLAYER, home, token, 3, tmp_path / "go")
     assert [r[1] for r in results if r[0] == "unhandled"] == [[], [], []]
     outcomes = [r for r in results if r[0] != "unhandled"]
     assert len(outcomes) == 15

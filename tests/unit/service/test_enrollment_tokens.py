@@ -6,9 +6,6 @@ rule and is recorded, and a token can never pay for two certificates -- not even
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -29,8 +26,7 @@ from cyphrs_cli.errors import (
 from cyphrs_cli.service.authority import Authority
 from cyphrs_cli.service.enrollment import EnrollRequest
 from cyphrs_cli.service.tokens import TokenSpec
-from tests.enrollment_helpers import audit_problems, count, events, make_csr
-from tests.helpers import INTER_PASS
+from tests.enrollment_helpers import audit_problems, count, events, make_csr, run_replayers
 
 
 def _claims(cert: x509.Certificate) -> AgentClaims:
@@ -324,6 +320,7 @@ passphrase = sys.stdin.readline().strip()
 out = []
 with Authority.open(CaHome(__import__("pathlib").Path(home)), secrets=lambda p: passphrase.encode()) as ca:
     csrs = [make_csr()[0] for _ in range(5)]
+    print("ready", flush=True)
     import os, time
     deadline = time.time() + 60
     while not os.path.exists(go) and time.time() < deadline:
@@ -346,35 +343,7 @@ def test_concurrent_replays_from_several_processes_issue_exactly_once(
     from pathlib import Path
 
     token = _token(ca)
-    go = Path(str(tmp_path)) / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _REPLAYER, str(home.root), str(go)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(Path(__file__).resolve().parents[3]),
-        )
-        for _ in range(4)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{token}\n{INTER_PASS}\n")  # secrets never go on argv
-            proc.stdin.flush()
-        time.sleep(1.5)  # let every process open and unlock before the start signal
-        go.touch()
-        results = []
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=120)
-            assert proc.returncode == 0, stderr
-            results += json.loads(stdout)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    results = run_replayers(_REPLAYER, home, token, 4, Path(str(tmp_path)) / "go")
     assert len(results) == 20
     assert [r for r in results if r[0] == "issued"].__len__() == 1, results
     assert sorted({r[1] for r in results if r[0] == "refused"}) == ["token.used"]

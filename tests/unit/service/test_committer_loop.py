@@ -328,3 +328,44 @@ def test_two_event_loops_in_two_threads_record_their_own_groups(
     assert all(rows[i.serial] == "valid" for i in issued)
     assert _certificates(home) == 20
     assert audit_problems(home) == []
+
+
+def test_a_group_whose_commit_thread_stopped_meanwhile_is_committed_on_the_loop(
+    authority: Authority, home: CaHome
+) -> None:
+    """``close`` stops the commit thread first; a loop that takes the writer lock just then
+    must not hand its open transaction to a thread that will never run it (the lock and
+    the futures would stay taken): the refused job runs on the loop itself."""
+    committer = authority.start_group_commit()
+    first, second = _signed(authority, "before-stop"), _signed(authority, "after-stop")
+
+    async def main() -> list[IssuedCertificate]:
+        loop = asyncio.get_running_loop()
+        issued = await _all([committer.submit_here(loop, authority.issuer, first)])
+        commits = committer._commits  # the commit thread the first group started
+        assert commits is not None
+        commits.stop()  # as ``close`` does, while this loop still runs
+        issued += await asyncio.wait_for(
+            _all([committer.submit_here(loop, authority.issuer, second)]), 10
+        )
+        return issued
+
+    issued = asyncio.run(main())
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid", "valid"]
+    assert _lock_free(home)
+    assert audit_problems(home) == []
+
+
+def _lock_free(home: CaHome) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(lock_path(home.ledger_path), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -64,3 +64,38 @@ def test_the_loop_does_not_wait_while_a_worker_unlocks_another_ca(home: CaHome) 
 
         stalled = asyncio.run(main())
         assert stalled < 0.1, f"the event loop was blocked {stalled:.3f} s on Authority._lock"
+
+
+def test_an_authority_closed_during_an_unlock_keeps_nothing_unlocked(home: CaHome) -> None:
+    """The unlock runs outside the authority's lock, so ``close`` can come in the middle of
+    it: the CA unlocked afterwards must not be kept (nor its session left open), and the
+    caller gets the "closed" error (exit 2), not a key."""
+    from cyphrs_cli.errors import UsageError
+
+    root_asked = threading.Event()
+
+    def secrets(purpose: str) -> bytes:
+        if "root" in purpose:
+            root_asked.set()
+            time.sleep(ROOT_UNLOCK_SECONDS)
+            return ROOT_PASS.encode()
+        return INTER_PASS.encode()
+
+    authority = Authority.open(home, secrets=secrets)
+    root_name = next(n for n in authority.config.authorities if n != authority.issuer_name)
+    outcome: list[object] = []
+
+    def unlock() -> None:
+        try:
+            outcome.append(authority.signing_issuer(root_name))
+        except UsageError as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=unlock)
+    worker.start()
+    assert root_asked.wait(10)
+    authority.close()  # while the root's passphrase is being "typed"
+    worker.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], UsageError), outcome
+    assert outcome[0].exit_code == 2
+    assert root_name not in authority._issuers  # nothing kept after close

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from cyphrs_cli.errors import StorageError
-from cyphrs_cli.ledger.writelock import WriterLock
+from cyphrs_cli.ledger.writelock import LockWaiter, WriterLock
 
 BUSY_TIMEOUT_ENV = "CYPHRS_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
@@ -138,8 +138,41 @@ class Ledger:
         Raises:
             StorageError: the lock file cannot be locked, or BEGIN fails (lock released).
         """
-        if not self._writer_lock.try_acquire():
-            return False
+        return self.try_lock() and self.begin_locked()
+
+    def try_lock(self) -> bool:
+        """Take the writer lock if it is free, without waiting: whether it was taken.
+        ``begin_locked`` then begins the transaction (or ``release_lock`` gives it up).
+
+        Raises:
+            StorageError: the lock file cannot be opened or locked.
+        """
+        return self._writer_lock.try_acquire()
+
+    def lock_waiter(self) -> LockWaiter:
+        """A call that blocks, with no deadline, until this ledger holds the writer lock,
+        for a thread that waits on behalf of an event loop (``service.committer``): the
+        kernel wakes it the moment the holder lets go, where polling from the loop wakes
+        up to a millisecond late or spins. The caller enforces the busy timeout; see
+        ``writelock.LockWaiter`` for what happens when the ledger is closed meanwhile.
+
+        Raises:
+            StorageError: the lock file cannot be opened.
+        """
+        return self._writer_lock.waiter()
+
+    def release_lock(self) -> None:
+        """Give up the writer lock taken by ``try_lock`` or a ``lock_waiter``, no
+        transaction begun."""
+        self._writer_lock.release()
+
+    def begin_locked(self) -> bool:
+        """``BEGIN IMMEDIATE`` while this ledger holds the writer lock; False (lock
+        released, nothing begun) when SQLite's own lock is taken.
+
+        Raises:
+            StorageError: BEGIN fails (lock released).
+        """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

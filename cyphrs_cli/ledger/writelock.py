@@ -5,7 +5,9 @@ SQLite already serialises writers, but a writer that finds the lock taken is par
 SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between attempts. With
 several ``cyphrs serve`` worker processes committing groups of ~2 ms back to back, those
 sleeps were idle CPU and tail latency. Waiting on this lock instead polls every 0.1 to 1 ms,
-so the next writer starts within a fraction of a millisecond of the previous COMMIT.
+so the next writer starts within a fraction of a millisecond of the previous COMMIT. An
+event loop, which must not sleep, has a thread block on the lock for it instead
+(``LockWaiter``): the kernel wakes that thread the moment the holder lets go.
 
 The kernel drops a ``flock`` when its process dies (kill -9 included): a crashed writer never
 leaves the ledger locked. The lock is advisory: a writer that does not take it (an old
@@ -105,6 +107,14 @@ class WriterLock:
             raise StorageError(f"cannot lock {self._path}: {exc.strerror}") from exc
         return True
 
+    def waiter(self) -> LockWaiter:
+        """A ``LockWaiter`` that takes this lock for another thread (``Ledger.lock_waiter``).
+
+        Raises:
+            StorageError: the lock file cannot be opened.
+        """
+        return LockWaiter(os.dup(self._open()), self._path)  # not inheritable, as os.dup
+
     @property
     def timeout(self) -> float:
         return self._timeout
@@ -117,3 +127,37 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class LockWaiter:
+    """One wait for a ``WriterLock``, with no deadline, run by a thread that waits on behalf
+    of an event loop. It holds a duplicate of the lock file's descriptor, made on the
+    caller's thread: a ``flock`` belongs to the open file, so what ``wait`` takes is that
+    ``WriterLock``'s lock; and if the ``WriterLock`` is closed meanwhile, closing the
+    duplicate releases whatever was taken, so the lock is never left held by nobody and a
+    reused descriptor number is never locked by mistake. ``wait`` or ``close`` closes the
+    duplicate; each is called once."""
+
+    def __init__(self, duplicate: int, path: Path) -> None:
+        self._fd = duplicate
+        self._path = path
+
+    def wait(self) -> None:
+        """Block until the lock is taken (the kernel wakes this thread when the holder lets
+        go), then close the duplicate; the ``WriterLock`` keeps the lock.
+
+        Raises:
+            StorageError: the lock could not be taken (nothing is held).
+        """
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self._path}: {exc.strerror}") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Give up a wait that never ran."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -67,9 +67,14 @@ class _Item:
     result: Future[IssuedCertificate] = field(default_factory=Future)
 
 
-#: Pauses between an event loop's attempts at the writer lock (see ``submit_here``).
-_FIRST_PAUSE = 0.00005
-_MAX_PAUSE = 0.0003
+#: Pauses between an event loop's attempts at the ledger when a thread cannot wait for
+#: it (SQLite's own lock taken, a checkpoint first in line; see ``submit_here``). Not
+#: below a millisecond: asyncio's selector rounds shorter timeouts up to one, and uvloop's
+#: timers round them down to zero (a spinning loop).
+_FIRST_PAUSE = 0.001
+_MAX_PAUSE = 0.004
+#: How long the writer thread sleeps while a checkpoint waits for the writer lock.
+_CHECKPOINT_YIELD = 0.0003
 
 
 @dataclass
@@ -79,6 +84,8 @@ class _LoopGroup:
     items: list[_Item] = field(default_factory=list)
     scheduled: bool = False  # a ``_record_here`` call is pending on the loop
     committing: bool = False  # its previous group's COMMIT is running on the commit thread
+    waiting: bool = False  # the lock thread waits for the writer lock for this group
+    expiry: asyncio.TimerHandle | None = None  # fails the group if that wait times out
     ledger: Ledger | None = None  # the connection this loop writes with (its own lock file)
     since: float | None = None  # when the loop first found the writer lock taken
     pause: float = _FIRST_PAUSE
@@ -139,7 +146,8 @@ class GroupCommitter:
         self._caller = threading.local()
         # Items queued by event loops for the groups they record themselves (``submit_here``).
         self._here: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
-        self._commits: _CommitThread | None = None
+        self._commits: _JobThread | None = None
+        self._waits: _JobThread | None = None  # waits for the writer lock for event loops
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
         self.checkpointer: WalCheckpointer | None = (
@@ -213,10 +221,12 @@ class GroupCommitter:
         writer lock only if it is free and writes the group's rows and events in one
         transaction on a connection of its own; a commit thread runs the COMMIT (the
         fsync) and resolves the futures, while the loop goes on preparing requests, which
-        form the next group. While another writer holds the lock, the loop tries again
-        every 0.1 to 1 ms (``loop.call_later``) rather than sleeping, and what arrives
-        meanwhile joins the waiting group: contention grows the groups instead of idling
-        the core. Why not the writer thread: each SQLite statement releases the GIL, and
+        form the next group. While another writer holds the lock, a lock thread blocks on
+        it for the loop and hands it over the moment it is free (``_wait_for_lock``), and
+        what arrives meanwhile joins the waiting group: contention grows the groups
+        instead of idling the core. (Polling from the loop instead was late or costly:
+        asyncio's selector rounds a 0.05 ms timer up to 1 ms; uvloop rounds it down to 0,
+        a spinning loop.) Why not the writer thread: each SQLite statement releases the GIL, and
         a writer thread then waits for the busy loop to hand it back (up to the 5 ms
         switch interval) a dozen times per item; the commit thread needs it once per
         group.
@@ -231,50 +241,143 @@ class GroupCommitter:
                 raise StorageError("the group committer is closed (the server is shutting down)")
             group = self._here.setdefault(loop, _LoopGroup())
             group.items.append(item)
-        if not group.scheduled and not group.committing:
+        if not (group.scheduled or group.committing or group.waiting):
             group.scheduled = True
             loop.call_soon(self._record_here, loop)
         return item.result
 
     def _record_here(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write ``loop``'s waiting group and hand its COMMIT to the commit thread if the
-        writer lock is free, else try again soon (until the ledger's busy timeout, then
-        fail the group with exit 8). Runs on the loop."""
+        writer lock is free; else have the lock thread wait for it (``_wait_for_lock``),
+        or, when only SQLite's own lock or a waiting checkpoint is in the way, try again
+        soon. Runs on the loop."""
         group = self._here[loop]
         group.scheduled = False
-        if group.committing or not group.items:
-            return  # the running commit schedules the next group when it ends
-        batch: list[_Item] = []
+        if group.committing or group.waiting or not group.items:
+            return  # the running commit, or the lock thread, schedules the next attempt
         try:
             ledger = self._loop_writer(group)
-            if self._checkpoint_waiting() or not ledger.try_begin():
-                waited = group.waited()
-                if waited >= ledger.busy_timeout:
-                    raise StorageError(
-                        f"the ledger is locked by another writer for over {waited:.0f} s",
-                        hint="another cyphrs process is writing; retry, or raise"
-                        " CYPHRS_BUSY_TIMEOUT_MS",
-                    )
-                group.scheduled = True
-                loop.call_later(group.next_pause(), self._record_here, loop)
-                return
-            batch = group.take()
-            started = time.perf_counter()
+            if self._checkpoint_waiting():
+                self._try_later(loop, group, ledger)
+            elif not ledger.try_lock():
+                self._wait_for_lock(loop, group, ledger)
+            elif ledger.begin_locked():
+                self._write_group(loop, group, ledger)
+            else:  # SQLite's own lock: a writer that skips the lock file
+                self._try_later(loop, group, ledger)
+        except BaseException as error:  # a loop callback must not leave its futures waiting
+            _fail(group.take(), error)
+
+    def _try_later(
+        self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, ledger: Ledger
+    ) -> None:
+        """Call ``_record_here`` again after a pause, or fail the group (exit 8) once it
+        has waited the ledger's busy timeout."""
+        waited = group.waited()
+        if waited >= ledger.busy_timeout:
+            raise _busy(waited)
+        group.scheduled = True
+        loop.call_later(group.next_pause(), self._record_here, loop)
+
+    def _wait_for_lock(
+        self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, ledger: Ledger
+    ) -> None:
+        """Another writer holds the lock: the lock thread blocks on it for this loop and
+        hands it over (``_locked_here``) the moment it is free, while the loop goes on
+        preparing requests, which join the waiting group. A timer fails the group with
+        exit 8 once it has waited the busy timeout (``_wait_expired``)."""
+        waiter = ledger.lock_waiter()
+
+        def job() -> None:
+            try:
+                waiter.wait()
+                taken = True
+            except Exception:  # the loop falls back to trying again (and says why there)
+                taken = False
+            try:
+                loop.call_soon_threadsafe(self._locked_here, loop, taken)
+            except RuntimeError:  # the loop is closed: the lock was taken for nobody
+                self._release_abandoned(group, taken)
+
+        if not self._lock_thread().put(job):
+            waiter.close()
+            raise StorageError("the group committer is closed (the server is shutting down)")
+        group.waiting = True
+        remaining = max(0.0, ledger.busy_timeout - group.waited())
+        group.expiry = loop.call_later(remaining, self._wait_expired, loop)
+
+    def _locked_here(self, loop: asyncio.AbstractEventLoop, taken: bool) -> None:
+        """On the loop: the lock thread took the writer lock for this loop's group (or
+        failed to, ``taken`` False). Write the group, or give the lock back if nothing
+        waits any more (the wait timed out) or the committer closed meanwhile."""
+        group = self._here[loop]
+        group.waiting = False
+        if group.expiry is not None:
+            group.expiry.cancel()
+            group.expiry = None
+        with self._lock:
+            if self._closed:
+                return  # ``close`` closed the loop's ledger: that released the lock
+            ledger = group.ledger
+        if ledger is None:
+            return
+        try:
+            if not taken:
+                self._try_later(loop, group, ledger)
+            elif not group.items:
+                ledger.release_lock()
+            elif ledger.begin_locked():
+                self._write_group(loop, group, ledger)
+            else:
+                self._try_later(loop, group, ledger)
+        except BaseException as error:
+            _fail(group.take(), error)
+
+    def _wait_expired(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The group waited the busy timeout for the lock: fail it with exit 8. The lock
+        thread goes on waiting (a ``flock`` cannot be given up): items that arrive
+        meanwhile get a busy timeout of their own, and when the lock comes it is written
+        with them or given back."""
+        group = self._here[loop]
+        if not group.waiting or group.ledger is None:
+            return
+        timeout = group.ledger.busy_timeout
+        if group.items:
+            _fail(group.take(), _busy(group.waited() if group.since is not None else timeout))
+        group.expiry = loop.call_later(timeout, self._wait_expired, loop)
+
+    def _release_abandoned(self, group: _LoopGroup, taken: bool) -> None:
+        """On the lock thread, when the loop it took the lock for is closed: give the lock
+        back, unless ``close`` already closed the loop's ledger (which released it). Under
+        ``self._lock``, so the ledger cannot be closed in between."""
+        with self._lock:
+            group.waiting = False
+            if taken and not self._closed and group.ledger is not None:
+                with contextlib.suppress(CyphrsError, OSError):
+                    group.ledger.release_lock()
+
+    def _write_group(
+        self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, ledger: Ledger
+    ) -> None:
+        """In the transaction just begun on ``ledger``: write every waiting item, then
+        queue the COMMIT on the commit thread. A failure rolls back (lock released) and
+        fails the items written so far with the same error."""
+        batch = group.take()
+        started = time.perf_counter()
+        try:
             try:
                 results = self._record_items(ledger.conn, batch)
                 commits = self._commit_thread()
             except BaseException:
                 ledger.end(commit=False)
                 raise
-            group.committing = True
-            job = functools.partial(self._commit_here, loop, ledger, batch, results, started)
-            if not commits.put(job):  # closed meanwhile (another thread): commit here
-                job()
-        except BaseException as error:  # a loop callback must not leave its futures waiting
-            failure = _as_failure(error)
-            for item in batch or group.take():
-                if not item.result.done():
-                    item.result.set_exception(failure)
+        except BaseException as error:
+            _fail(batch, error)
+            return
+        group.committing = True
+        job = functools.partial(self._commit_here, loop, ledger, batch, results, started)
+        if not commits.put(job):  # closed meanwhile (another thread): commit here
+            job()
 
     def _record_items(
         self, conn: sqlite3.Connection, batch: list[_Item]
@@ -346,11 +449,17 @@ class GroupCommitter:
             group.ledger = ledger
         return group.ledger
 
-    def _commit_thread(self) -> _CommitThread:
+    def _commit_thread(self) -> _JobThread:
         with self._lock:
             if self._commits is None:
-                self._commits = _CommitThread()
+                self._commits = _JobThread("cyphrs-loop-commit")
             return self._commits
+
+    def _lock_thread(self) -> _JobThread:
+        with self._lock:
+            if self._waits is None:
+                self._waits = _JobThread("cyphrs-loop-lock")
+            return self._waits
 
     def _checkpoint_waiting(self) -> bool:
         """The checkpoint thread waits for the writer lock (see ``ledger.checkpoint``):
@@ -394,10 +503,15 @@ class GroupCommitter:
         self._thread.join()
         if self._commits is not None:
             self._commits.stop()
-        self._drain_here()
+        if self._waits is not None:
+            # Not joined: a wait for a lock another process holds ends when it lets go.
+            self._waits.stop(join=False)
+        # Closed before the drain: a lock the lock thread took for a loop that will not
+        # run again is released with the loop's ledger, so the drain can take it.
         for group in self._here.values():
             if group.ledger is not None:
                 group.ledger.close()
+        self._drain_here()
         if self.checkpointer is not None:
             self.checkpointer.close()
 
@@ -431,7 +545,7 @@ class GroupCommitter:
                     break
                 batch.append(more)
             while self._checkpoint_waiting():  # let it have the writer lock first
-                time.sleep(_MAX_PAUSE)
+                time.sleep(_CHECKPOINT_YIELD)
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
@@ -462,16 +576,17 @@ class GroupCommitter:
         return results
 
 
-class _CommitThread:
-    """The thread that runs event loops' COMMITs, one at a time, in order. A queue and a
+class _JobThread:
+    """A thread that runs queued jobs one at a time, in order: event loops' COMMITs (the
+    commit thread), or their waits for the writer lock (the lock thread). A queue and a
     thread rather than a ``ThreadPoolExecutor``: its ``submit`` (a future, a work item, a
     semaphore) cost 4 % of the serving process's GIL time, measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="cyphrs-loop-commit", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, job: Callable[[], None]) -> bool:
@@ -482,16 +597,18 @@ class _CommitThread:
             self._jobs.put(job)
             return True
 
-    def stop(self) -> None:
-        """Run what is queued, then end the thread; later ``put`` calls are refused."""
+    def stop(self, *, join: bool = True) -> None:
+        """Run what is queued, then end the thread (waiting for that unless ``join`` is
+        False); later ``put`` calls are refused."""
         with self._lock:
             self._stopped = True
             self._jobs.put(None)
-        self._thread.join()
+        if join:
+            self._thread.join()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            job()  # ``_commit_here`` settles every outcome and tells the loop, in a finally
+            job()  # each job settles its own outcome (``_commit_here``: in a finally)
 
 
 def _settle(items: list[_Item], results: list[IssuedCertificate | CyphrsError]) -> None:
@@ -501,6 +618,22 @@ def _settle(items: list[_Item], results: list[IssuedCertificate | CyphrsError]) 
             item.result.set_exception(result)
         else:
             item.result.set_result(result)
+
+
+def _fail(items: list[_Item], error: BaseException) -> None:
+    """Fail every item not settled yet with ``error`` (see ``_as_failure``)."""
+    failure = _as_failure(error)
+    for item in items:
+        if not item.result.done():
+            item.result.set_exception(failure)
+
+
+def _busy(waited: float) -> StorageError:
+    """Exit 8: another writer held the ledger for the whole busy timeout."""
+    return StorageError(
+        f"the ledger is locked by another writer for over {waited:.0f} s",
+        hint="another cyphrs process is writing; retry, or raise CYPHRS_BUSY_TIMEOUT_MS",
+    )
 
 
 def _as_failure(error: BaseException) -> CyphrsError:

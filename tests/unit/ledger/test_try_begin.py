@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,101 @@ def test_a_second_try_begin_by_another_ledger_of_the_same_process_is_refused(
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody kept it
     finally:
         os.close(fd)
+
+
+def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock_path(path)), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _wait_on_thread(wait: Callable[[], None]) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            wait()
+            outcome.append("taken")
+        except BaseException as error:  # reported by the caller's assertion
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_lock_waiter_takes_the_lock_for_its_ledger_when_the_holder_lets_go(
+    ledger_path: Path,
+) -> None:
+    """The waiter blocks on another thread (no deadline, no polling) until the other
+    process's lock is gone; then the LEDGER holds the lock: another process finds it
+    taken, and ``begin_locked`` writes without taking it again."""
+    holder = _hold(ledger_path, 30)
+    try:
+        with Ledger(ledger_path, shared=True) as ledger:
+            assert ledger.try_lock() is False
+            thread, outcome = _wait_on_thread(ledger.lock_waiter().wait)
+            thread.join(timeout=0.3)
+            assert thread.is_alive() and outcome == []  # still waiting for the holder
+            holder.kill()
+            holder.wait(timeout=30)
+            thread.join(timeout=30)
+            assert outcome == ["taken"]
+            assert _lock_seen_from_another_process(ledger_path) == "taken"
+            assert ledger.begin_locked() is True
+            append_event(ledger.conn, LedgerEvent(type="test.waited", target="t:3"))
+            ledger.end(commit=True)
+            assert _lock_seen_from_another_process(ledger_path) == "free"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=30)
+    assert _events(ledger_path, "test.waited") == 1
+
+
+def test_a_ledger_closed_while_its_waiter_waits_never_leaves_the_lock_held(
+    ledger_path: Path,
+) -> None:
+    """The ledger closes (server shutdown) while its waiter is still blocked: when the
+    holder lets go, the waiter's lock goes with its duplicate descriptor, so nobody is
+    left holding it, and no other file is locked through a reused descriptor number."""
+    holder = _hold(ledger_path, 30)
+    try:
+        ledger = Ledger(ledger_path, shared=True)
+        thread, outcome = _wait_on_thread(ledger.lock_waiter().wait)
+        thread.join(timeout=0.2)
+        assert thread.is_alive()
+        ledger.close()
+        reused = os.open(ledger_path.with_name("other"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            holder.kill()
+            holder.wait(timeout=30)
+            thread.join(timeout=30)
+            assert outcome == ["taken"]
+            assert _lock_seen_from_another_process(ledger_path) == "free"
+            fcntl.flock(reused, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never locked by the waiter
+        finally:
+            os.close(reused)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_a_lock_waiter_given_up_before_it_ran_holds_nothing(ledger_path: Path) -> None:
+    with Ledger(ledger_path) as ledger:
+        assert ledger.try_lock() is True  # opens the lock file
+        ledger.release_lock()
+        before = len(os.listdir("/proc/self/fd"))
+        waiter = ledger.lock_waiter()
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        waiter.close()
+        waiter.close()  # idempotent
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert _lock_seen_from_another_process(ledger_path) == "free"
+        assert ledger.try_begin() is True
+        ledger.end(commit=False)

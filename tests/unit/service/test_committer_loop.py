@@ -369,3 +369,40 @@ def _lock_free(home: CaHome) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def test_a_loop_waiting_for_the_lock_does_not_poll_it_and_writes_once_it_is_free(
+    authority: Authority, home: CaHome, holder: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process holds the lock, a thread blocks on it for the loop (the
+    kernel wakes it when the holder lets go): the loop tries the lock once, not every
+    fraction of a millisecond (polling from a loop either rounds up to a whole
+    millisecond, asyncio, or spins, uvloop), and the group is written when it is free."""
+    from cyphrs_cli.ledger.db import Ledger
+
+    attempts = [0]
+    try_lock = Ledger.try_lock
+
+    def counted(self: Ledger) -> bool:
+        attempts[0] += 1
+        return try_lock(self)
+
+    monkeypatch.setattr(Ledger, "try_lock", counted)
+    committer = authority.start_group_commit()
+    signed = [_signed(authority, f"nopoll{n}") for n in range(2)]
+    held = holder.hold(30)
+
+    async def main() -> list[IssuedCertificate]:
+        loop = asyncio.get_running_loop()
+        futures = [committer.submit_here(loop, authority.issuer, one) for one in signed]
+        await asyncio.sleep(0.3)
+        assert not any(f.done() for f in futures)
+        assert attempts[0] == 1, attempts  # one try, then the lock thread waits
+        held.kill()  # the kernel drops its flock: the lock thread takes it for the loop
+        return await _all(futures)
+
+    issued = asyncio.run(main())
+    assert attempts[0] == 1, attempts
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 2
+    assert audit_problems(home) == []

@@ -22,15 +22,26 @@ _PEM_CSR = (b"-----BEGIN CERTIFICATE REQUEST-----", b"-----BEGIN NEW CERTIFICATE
 
 def load_csr(data: bytes, *, source: str) -> x509.CertificateSigningRequest:
     """A CSR from PEM or DER whose self-signature verifies (proof of key possession)."""
+    return checked_csr(parse_csr(data, source=source), source=source)
+
+
+def parse_csr(data: bytes, *, source: str) -> x509.CertificateSigningRequest:
+    """A CSR from PEM or DER, its signature NOT checked yet: for a caller that first looks
+    at the key (``service.enrollment``), then calls ``checked_csr``."""
     from cryptography import x509
 
     try:
         if any(marker in data for marker in _PEM_CSR):
-            csr = x509.load_pem_x509_csr(data)
-        else:
-            csr = x509.load_der_x509_csr(data)
+            return x509.load_pem_x509_csr(data)
+        return x509.load_der_x509_csr(data)
     except ValueError as exc:
         raise InvalidInputError(f"{source}: not a valid certificate signing request") from exc
+
+
+def checked_csr(
+    csr: x509.CertificateSigningRequest, *, source: str
+) -> x509.CertificateSigningRequest:
+    """``csr`` once its self-signature verifies (proof of key possession)."""
     try:
         valid = csr.is_signature_valid
     except Exception as exc:  # unsupported key types surface as assorted errors

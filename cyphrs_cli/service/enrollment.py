@@ -240,19 +240,20 @@ def start_enrollment(
             text 3, an unknown bound profile 6, a closed committer 8).
     """
     from cyphrs_cli.ca.issuance import sign_leaf
-    from cyphrs_cli.ca.parsing import load_csr
+    from cyphrs_cli.ca.parsing import checked_csr, parse_csr
     from cyphrs_cli.keystore.base import signs_in_process
     from cyphrs_cli.ledger.events import utc_now
 
     committer = authority.group_committer
     if committer is None or request.token is None or request.jwt is not None:
         return None
-    if not _cheap_to_verify(request.csr_pem):
+    csr = parse_csr(request.csr_pem, source="CSR")  # not a CSR: exit 3, nothing checked
+    if not _cheap_to_verify(csr):
         return None
     signer = authority.issuer  # re-reads the issuer's revocation
     if not signs_in_process(signer.signer):
         return None
-    csr = load_csr(request.csr_pem, source="CSR")
+    checked_csr(csr, source="CSR")
     try:
         grant = token_grant(authority, request.token)
         profile, leaf = _leaf_request(authority, grant, request, csr)
@@ -262,22 +263,15 @@ def start_enrollment(
     return committer.submit_here(loop, signer, signed, after_record=grant.spend)
 
 
-def _cheap_to_verify(csr_pem: bytes) -> bool:
-    """Whether the event loop may check this CSR: its key is P-256, P-384 or Ed25519,
-    whose signature check takes tens of microseconds, or it does not even parse (then
-    ``load_csr`` refuses it, exit 3, before any signature check). An RSA key's check grows
-    with its exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms, measured), and
-    anyone may send one: such CSRs go whole to the blocking path on a worker thread."""
-    from cryptography import x509
+def _cheap_to_verify(csr: x509.CertificateSigningRequest) -> bool:
+    """Whether the event loop may check this CSR's signature: its key is P-256, P-384 or
+    Ed25519, whose check takes tens of microseconds. An RSA key's check grows with its
+    exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms, measured), and anyone may
+    send one: such CSRs go whole to the blocking path on a worker thread."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     try:
-        if b"-----BEGIN" in csr_pem:
-            key = x509.load_pem_x509_csr(csr_pem).public_key()
-        else:
-            key = x509.load_der_x509_csr(csr_pem).public_key()
-    except ValueError:  # not a CSR: refused as bad input without a signature check
-        return True
+        key = csr.public_key()
     except Exception:  # a key type this build cannot load: the blocking path explains
         return False
     if isinstance(key, ec.EllipticCurvePublicKey):

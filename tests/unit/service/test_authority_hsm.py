@@ -191,3 +191,54 @@ def test_enroll_online_signs_a_token_key_off_the_event_loop(token_home: TokenHom
         ).fetchone()[0]
         assert status == "valid"
     assert audit_problems(token_home.home) == []
+
+
+def test_renew_online_signs_a_token_key_off_the_event_loop(token_home: TokenHome) -> None:
+    """Likewise ``renew_online``: a predecessor signed by a CA whose key is in a PKCS#11
+    token is renewed through ``offload`` (``start_renewal`` declines, recording nothing)."""
+    import asyncio
+    from collections.abc import Callable
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cyphrs_cli.service.enrollment import EnrollRequest
+    from cyphrs_cli.service.online import start_renewal
+    from cyphrs_cli.service.requests import IssueResult
+    from cyphrs_cli.service.tokens import TokenSpec
+    from tests.enrollment_helpers import make_csr
+
+    with Authority.open(token_home.home, secrets=_pin) as ca:
+        ca.start_group_commit()
+        token = ca.create_token(TokenSpec(workflow="online-renew")).token
+        enrolled = ca.enroll(EnrollRequest(csr_pem=make_csr()[0], token=token))
+        der = enrolled.issued.certificate.public_bytes(Encoding.DER)
+        csr, key = make_csr()
+        offloaded: list[str] = []
+
+        async def main() -> IssueResult:
+            loop = asyncio.get_running_loop()
+            unhandled: list[object] = []
+            loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+            assert start_renewal(ca, der, csr, ttl=None, loop=loop) is None
+            with ThreadPoolExecutor(2) as pool:
+
+                async def offload(work: Callable[[], IssueResult]) -> IssueResult:
+                    offloaded.append(threading.current_thread().name)
+                    return await loop.run_in_executor(pool, work)
+
+                result = await ca.renew_online(der, csr, offload=offload)
+            assert unhandled == []
+            return result
+
+        result = asyncio.run(main())
+        assert len(offloaded) == 1
+        issued = result.issued
+        assert issued.certificate.public_key() == key.public_key()
+        assert ca.facts.certificate is not None
+        issued.certificate.verify_directly_issued_by(ca.facts.certificate)
+        statuses = dict(ca.ledger.conn.execute("SELECT serial, status FROM certificates"))
+        assert statuses[issued.serial] == "valid"
+        assert statuses[enrolled.issued.serial] == "superseded"
+        assert result.replaces == enrolled.issued.serial
+    assert audit_problems(token_home.home) == []

@@ -166,3 +166,80 @@ def test_a_loop_stopped_while_its_group_waits_does_not_keep_the_writer_lock(
             loop.close()
         committer.close()
         assert future.done()
+
+
+def test_a_lock_taken_for_a_loop_that_closed_meanwhile_is_given_back_at_once(
+    home: CaHome, holders: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop ends (``asyncio.run`` closes it) while the lock thread waits for it: when
+    the holder lets go, the hand-over finds the loop closed and gives the lock back, so
+    the writer thread records a worker's item at once, long before ``close``."""
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "3000")
+    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as authority:
+        committer = authority.start_group_commit()
+        on_loop, threaded = _signed(authority, "closed-loop"), _signed(authority, "after")
+        held = holders.hold(30)
+
+        async def main() -> Future[IssuedCertificate]:
+            future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, on_loop)
+            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
+            return future
+
+        orphan = asyncio.run(main())
+        held.kill()
+        held.wait(timeout=30)
+        started = time.monotonic()
+        issued = committer.submit(authority.issuer, threaded).result(timeout=30)
+        assert time.monotonic() - started < 1.5
+        assert _rows(home)[issued.serial] == "valid"
+        _until(lambda: _lock_free(home))
+        assert not orphan.done()  # nothing runs the closed loop's group: ``close`` does
+        committer.close()
+        assert _rows(home)[orphan.result(timeout=0).serial] == "valid"
+    assert audit_problems(home) == []
+
+
+def test_two_loops_waiting_on_the_one_lock_thread_both_write_when_the_holder_lets_go(
+    authority: Authority, home: CaHome, holders: Holder
+) -> None:
+    """Two loops of one process find the lock taken by another process: their waits queue
+    on the one lock thread (one after the other, each on its own ledger's descriptor);
+    when the holder lets go, both groups are written, and the lock is left free."""
+    committer = authority.start_group_commit()
+    signed = {n: [_signed(authority, f"pair{n}-{m}") for m in range(2)] for n in range(2)}
+    held = holders.hold(30)
+    both_waiting = threading.Barrier(3)
+    outcomes: dict[int, list[IssuedCertificate] | BaseException] = {}
+
+    def serve(n: int) -> None:
+        async def main() -> list[IssuedCertificate]:
+            loop = asyncio.get_running_loop()
+            futures = [committer.submit_here(loop, authority.issuer, one) for one in signed[n]]
+            await asyncio.sleep(0.1)
+            assert not any(f.done() for f in futures)
+            await loop.run_in_executor(None, both_waiting.wait, 30)
+            return list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), 30
+                )
+            )
+
+        try:
+            outcomes[n] = asyncio.run(main())
+        except BaseException as error:  # reported by the assertion below
+            outcomes[n] = error
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    both_waiting.wait(30)
+    held.kill()
+    held.wait(timeout=30)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(isinstance(o, list) for o in outcomes.values()) and len(outcomes) == 2, outcomes
+    rows = _rows(home)
+    issued = [i for o in outcomes.values() if isinstance(o, list) for i in o]
+    assert sorted(rows[i.serial] for i in issued) == ["valid"] * 4
+    assert _lock_free(home)
+    assert audit_problems(home) == []

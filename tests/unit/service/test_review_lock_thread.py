@@ -243,3 +243,30 @@ def test_two_loops_waiting_on_the_one_lock_thread_both_write_when_the_holder_let
     assert sorted(rows[i.serial] for i in issued) == ["valid"] * 4
     assert _lock_free(home)
     assert audit_problems(home) == []
+
+
+def test_a_loop_group_that_cannot_wait_for_the_lock_fails_with_exit_8_not_1(
+    authority: Authority, home: CaHome, holders: Holder
+) -> None:
+    """Out of descriptors while another process holds the lock: the lock thread cannot be
+    given a duplicate to wait on. The waiting items fail as a storage failure (exit 8),
+    not as an internal bug (exit 1), and nothing is recorded."""
+    from cyphrs_cli.errors import CyphrsError
+    from tests.unit.ledger.test_review_lock_waiter import _no_descriptor_left
+
+    committer = authority.start_group_commit()
+    first, starved = _signed(authority, "opens-the-ledger"), _signed(authority, "emfile")
+
+    async def main() -> BaseException | None:
+        loop = asyncio.get_running_loop()
+        await asyncio.wrap_future(committer.submit_here(loop, authority.issuer, first))
+        holders.hold(30)
+        with _no_descriptor_left():
+            future = committer.submit_here(loop, authority.issuer, starved)
+            (outcome,) = await asyncio.gather(asyncio.wrap_future(future), return_exceptions=True)
+        return outcome if isinstance(outcome, BaseException) else None
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, CyphrsError), outcome
+    assert outcome.exit_code == 8, outcome
+    assert starved.row.serial not in _rows(home)

@@ -155,7 +155,7 @@ def test_a_loop_stopped_while_its_group_waits_does_not_keep_the_writer_lock(
             future = loop.run_until_complete(submit())  # the loop stops, not closed
             held.kill()
             held.wait(timeout=30)
-            time.sleep(0.2)  # the lock thread took the lock and queued the hand-over
+            _until(lambda: not _lock_free(home))  # the lock thread took it for the loop
             outcome: list[object] = []
             try:
                 outcome.append(committer.submit(authority.issuer, threaded).result(timeout=30))

@@ -270,3 +270,48 @@ def test_a_loop_group_that_cannot_wait_for_the_lock_fails_with_exit_8_not_1(
     assert isinstance(outcome, CyphrsError), outcome
     assert outcome.exit_code == 8, outcome
     assert starved.row.serial not in _rows(home)
+
+
+def _lock_descriptors(home: CaHome) -> int:
+    """Descriptors of this process open on the ledger's lock file."""
+    import os
+
+    from cyphrs_cli.ledger.writelock import lock_path
+
+    target = str(lock_path(home.ledger_path))
+    found = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{name}") == target
+        except OSError:
+            continue  # closed meanwhile
+    return found
+
+
+def test_closing_while_the_lock_thread_waits_leaves_no_descriptor_of_the_lock_file(
+    home: CaHome, holders: Holder
+) -> None:
+    """``close`` does not join the lock thread, which still waits on its duplicate for a
+    loop that ended; once the holder lets go, that descriptor is closed too: nothing of
+    this process stays open on (or holds) the lock file."""
+    with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as authority:
+        committer = authority.start_group_commit()
+        signed = _signed(authority, "fd")
+        held = holders.hold(30)
+
+        async def main() -> Future[IssuedCertificate]:
+            future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
+            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
+            return future
+
+        future = asyncio.run(main())
+        assert _lock_descriptors(home) >= 2  # the loop's ledger's, and the waiter's duplicate
+        letting_go = threading.Timer(0.3, held.kill)
+        letting_go.start()
+        try:
+            committer.close()  # its drain waits for the lock like any writer
+        finally:
+            letting_go.join()
+        assert _rows(home)[future.result(timeout=0).serial] == "valid"
+    _until(lambda: _lock_descriptors(home) == 0)
+    assert _lock_free(home)

@@ -157,7 +157,7 @@ class Ledger:
         ``writelock.LockWaiter`` for what happens when the ledger is closed meanwhile.
 
         Raises:
-            StorageError: the lock file cannot be opened.
+            StorageError: the lock file cannot be opened, or its descriptor duplicated.
         """
         return self._writer_lock.waiter()
 

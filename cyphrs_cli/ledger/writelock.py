@@ -111,9 +111,15 @@ class WriterLock:
         """A ``LockWaiter`` that takes this lock for another thread (``Ledger.lock_waiter``).
 
         Raises:
-            StorageError: the lock file cannot be opened.
+            StorageError: the lock file cannot be opened, or its descriptor duplicated
+                (out of descriptors: EMFILE).
         """
-        return LockWaiter(os.dup(self._open()), self._path)  # not inheritable, as os.dup
+        fd = self._open()
+        try:
+            duplicate = os.dup(fd)  # not inheritable, as os.dup makes it
+        except OSError as exc:
+            raise StorageError(f"cannot wait for {self._path}: {exc.strerror}") from exc
+        return LockWaiter(duplicate, self._path)
 
     @property
     def timeout(self) -> float:

@@ -241,6 +241,8 @@ class GroupCommitter:
                 raise StorageError("the group committer is closed (the server is shutting down)")
             group = self._here.setdefault(loop, _LoopGroup())
             group.items.append(item)
+        if group.waiting and group.since is None:  # the first item since a busy timeout
+            group.since = time.monotonic()  # waits a whole one of its own (``_wait_expired``)
         if not (group.scheduled or group.committing or group.waiting):
             group.scheduled = True
             loop.call_soon(self._record_here, loop)
@@ -317,7 +319,12 @@ class GroupCommitter:
             group.expiry = None
         with self._lock:
             if self._closed:
-                return  # ``close`` closed the loop's ledger: that released the lock
+                # ``close`` joins the writer thread before it closes this ledger: give the
+                # lock back now, or that thread waits for it (a closed ledger: a no-op).
+                if taken and group.ledger is not None:
+                    with contextlib.suppress(CyphrsError, OSError):
+                        group.ledger.release_lock()
+                return
             ledger = group.ledger
         if ledger is None:
             return
@@ -342,17 +349,23 @@ class GroupCommitter:
         if not group.waiting or group.ledger is None:
             return
         timeout = group.ledger.busy_timeout
-        if group.items:
-            _fail(group.take(), _busy(group.waited() if group.since is not None else timeout))
-        group.expiry = loop.call_later(timeout, self._wait_expired, loop)
+        later = timeout
+        if group.items:  # ``since``: when the first of them arrived (``submit_here``)
+            waited = group.waited()
+            if waited >= timeout:
+                _fail(group.take(), _busy(waited))
+            else:
+                later = timeout - waited
+        group.expiry = loop.call_later(later, self._wait_expired, loop)
 
     def _release_abandoned(self, group: _LoopGroup, taken: bool) -> None:
         """On the lock thread, when the loop it took the lock for is closed: give the lock
-        back, unless ``close`` already closed the loop's ledger (which released it). Under
-        ``self._lock``, so the ledger cannot be closed in between."""
+        back (a no-op once ``close`` closed the loop's ledger, which released it). Under
+        ``self._lock``, as ``close`` closes that ledger, so its descriptor is not closed
+        (and its number reused) in between."""
         with self._lock:
             group.waiting = False
-            if taken and not self._closed and group.ledger is not None:
+            if taken and group.ledger is not None:
                 with contextlib.suppress(CyphrsError, OSError):
                     group.ledger.release_lock()
 
@@ -507,10 +520,12 @@ class GroupCommitter:
             # Not joined: a wait for a lock another process holds ends when it lets go.
             self._waits.stop(join=False)
         # Closed before the drain: a lock the lock thread took for a loop that will not
-        # run again is released with the loop's ledger, so the drain can take it.
-        for group in self._here.values():
-            if group.ledger is not None:
-                group.ledger.close()
+        # run again is released with the loop's ledger, so the drain can take it. Under
+        # ``self._lock``: the hand-overs release the lock under it (``_locked_here``).
+        with self._lock:
+            for group in self._here.values():
+                if group.ledger is not None:
+                    group.ledger.close()
         self._drain_here()
         if self.checkpointer is not None:
             self.checkpointer.close()

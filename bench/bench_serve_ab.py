@@ -18,8 +18,10 @@ Run: .venv/bin/python bench/bench_serve_ab.py /tmp/before [--operation enroll|re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
+import os
 import shutil
 import ssl
 import statistics
@@ -35,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_serve import CYPHRS, bench_ca, csrs, run_level, start, stop
 
+from cyphrs_cli.client.credentials import KeyRequest
+
 
 @dataclass
 class Server:
@@ -47,6 +51,23 @@ class Server:
     work: Path
     rates: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # server CPU per request
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its workers so far (``/proc``)."""
+        pids = [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == self.process.pid:
+                        pids.append(int(entry.name))
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 def _token(env: dict[str, str], uses: int) -> str:
@@ -90,8 +111,6 @@ class Renewer:
     ``load_cert_chain``."""
 
     def __init__(self, server: Server, index: int) -> None:
-        from cyphrs_cli.client.credentials import KeyRequest
-
         self.dir = server.work / f"client{index}"
         self.dir.mkdir()
         request = KeyRequest.generate("p256")
@@ -101,24 +120,15 @@ class Renewer:
         )  # fmt: skip
         self._keep(answer, request)
 
-    def _keep(self, answer: dict, request: object) -> None:  # type: ignore[type-arg]
-        from cryptography.hazmat.primitives import serialization
-
+    def _keep(self, answer: dict, request: KeyRequest) -> None:  # type: ignore[type-arg]
         (self.dir / "cert.pem").write_text(answer["certificate"] + answer["chain"])
-        key = request.key  # type: ignore[attr-defined]
-        (self.dir / "key.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        (self.dir / "key.pem").write_text(request.key_pem())
 
-    def renew(self, server: Server, request: object) -> float:
+    def renew(self, server: Server, request: KeyRequest) -> float:
         context = ssl.create_default_context(cafile=str(server.root))
         context.load_cert_chain(str(self.dir / "cert.pem"), str(self.dir / "key.pem"))
         started = time.perf_counter()
-        answer = _post(server, "/v1/renew", {"csr": request.csr_pem.decode()}, context)  # type: ignore[attr-defined]
+        answer = _post(server, "/v1/renew", {"csr": request.csr_pem.decode()}, context)
         elapsed = time.perf_counter() - started
         self._keep(answer, request)
         return elapsed
@@ -126,8 +136,6 @@ class Renewer:
 
 def renew_level(server: Server, renewers: list[Renewer], per_client: int) -> tuple[float, float]:
     """(renewals/s, p99 ms) of every client renewing ``per_client`` times at once."""
-    from cyphrs_cli.client.credentials import KeyRequest
-
     requests = [[KeyRequest.generate("p256") for _ in range(per_client)] for _ in renewers]
     latencies: list[float] = []
     lock = threading.Lock()
@@ -212,23 +220,27 @@ def main() -> None:
                 measure[server.name] = EnrollLevel(server, clients, per, args.rounds + 1)
         for r in range(args.rounds + 1):  # round 0 warms both up and is not counted
             for server in servers if r % 2 == 0 else servers[::-1]:
+                cpu = server.cpu_seconds()
                 rate, p99 = measure[server.name]()
                 if r:
                     server.rates.append(rate)
                     server.p99s.append(p99)
+                    cpu = server.cpu_seconds() - cpu
+                    server.cpu_ms.append(cpu * 1000 / (clients * per))
         after, before = servers
         ratios = [a / b for a, b in zip(after.rates, before.rates, strict=True)]
         print(
             f"{args.operation}, {clients} clients, --processes {args.processes},"
             f" {args.rounds} rounds of {clients * per}; load average at the end"
-            f" {__import__('os').getloadavg()[0]:.2f}"
+            f" {os.getloadavg()[0]:.2f}"
         )
-        print("| tree | /s (median) | p99 ms (median) |")
-        print("|---|---:|---:|")
+        print("| tree | /s (median) | p99 ms (median) | server CPU ms per request (median) |")
+        print("|---|---:|---:|---:|")
         for server in (before, after):
             print(
                 f"| {server.name} | {statistics.median(server.rates):.1f}"
-                f" | {statistics.median(server.p99s):.2f} |"
+                f" | {statistics.median(server.p99s):.2f}"
+                f" | {statistics.median(server.cpu_ms):.3f} |"
             )
         print(
             f"after / before: {statistics.median(ratios):.3f}x (per round:"

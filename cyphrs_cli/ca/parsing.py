@@ -51,22 +51,6 @@ def checked_csr(
     return csr
 
 
-def verifies_cheaply(csr: x509.CertificateSigningRequest) -> bool:
-    """Whether an event loop may check this CSR's signature: its key is P-256, P-384 or
-    Ed25519, whose check takes tens of microseconds. An RSA key's check grows with its
-    exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms, measured), and anyone may
-    send one: the servers' fast paths hand such CSRs whole to a worker thread."""
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    try:
-        key = csr.public_key()
-    except Exception:  # a key type this build cannot load: the blocking path explains
-        return False
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.curve.name in ("secp256r1", "secp384r1")
-    return isinstance(key, ed25519.Ed25519PublicKey)
-
-
 def load_certificates(data: bytes, *, source: str) -> list[x509.Certificate]:
     """All certificates in a PEM bundle, or one DER certificate."""
     from cryptography import x509

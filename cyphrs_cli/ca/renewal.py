@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from cyphrs_cli.errors import ConflictError, UsageError
 
 if TYPE_CHECKING:
-    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
     from cyphrs_cli.ca.models import LeafRequest
@@ -63,11 +62,8 @@ def renewal_request(
     csr_pem: bytes | None,
     ttl: timedelta | None,
     requester: str | None,
-    csr: x509.CertificateSigningRequest | None = None,
 ) -> tuple[LeafRequest, CertificateIssuerPrivateKeyTypes | None]:
-    """Rebuild the request of ``row``; ``public_key_mode`` is new | reuse | csr. With
-    ``csr`` mode, ``csr`` is the request already loaded and its signature checked
-    (``ca.parsing.load_csr``), else ``csr_pem`` is loaded here."""
+    """Rebuild the request of ``row``; ``public_key_mode`` is new | reuse | csr."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -80,10 +76,8 @@ def renewal_request(
     if public_key_mode == "csr":
         from cyphrs_cli.ca.parsing import load_csr
 
-        if csr is None:
-            assert csr_pem is not None
-            csr = load_csr(csr_pem, source="CSR")
-        public_key = csr.public_key()
+        assert csr_pem is not None
+        public_key = load_csr(csr_pem, source="CSR").public_key()
         key_storage = "csr"
     elif public_key_mode == "reuse":
         public_key = old.public_key()

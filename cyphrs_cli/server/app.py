@@ -281,7 +281,7 @@ async def renew(request: web.Request) -> web.Response:
     ttl = _duration(body.get("ttl"))
     csr = str(body["csr"]).encode()
     try:
-        result = await state.authority.renew_online(der, csr, ttl=ttl, offload=state.call)
+        result = await state.call(lambda: state.authority.renew_presented(der, csr, ttl=ttl))
     except CyphrsError as error:
         state.metrics.issuance.labels("renew", "unknown", _outcome(error)).inc()
         raise

@@ -234,14 +234,6 @@ class Authority:
                     self._issuers[name] = found
         return found
 
-    def unlocked_issuer(self, name: str) -> Issuer | None:
-        """``signing_issuer(name)`` if CA ``name`` is unlocked already, else None: for an
-        event loop, which must not wait for a key store's secrets (a passphrase's KDF, a
-        PIN) the first time a CA signs."""
-        if self._issuers.get(name) is None:  # one dict read: no lock (see ``_unlock``)
-            return None
-        return self.signing_issuer(name)
-
     def _unlock(self, name: str) -> Issuer:
         """Load and unlock CA ``name`` once, under a lock of its own: unlocking (the secrets
         callback, the KDF, a PKCS#11 login) may take a second, and a server's event loop
@@ -385,21 +377,6 @@ class Authority:
 
         with self._expecting_leaf():
             return renew_presented(self, presented_der, csr_pem, ttl=ttl)
-
-    async def renew_online(
-        self,
-        presented_der: bytes,
-        csr_pem: bytes,
-        *,
-        ttl: timedelta | None = None,
-        offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
-    ) -> IssueResult:
-        """``renew_presented`` from a server's event loop: decided and signed on the loop
-        and recorded by the group committer when it can be, else ``renew_presented``
-        through ``offload`` (a worker thread). See ``service.online.renew_online``."""
-        from cyphrs_cli.service.online import renew_online
-
-        return await renew_online(self, presented_der, csr_pem, ttl=ttl, offload=offload)
 
     def revoke_presented(self, presented_der: bytes, reason: str | None) -> Revocation:
         from cyphrs_cli.service.online import revoke_presented

@@ -38,7 +38,7 @@ from cyphrs_cli.service.tokens import CredentialRefused
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable
     from concurrent.futures import Future
     from datetime import timedelta
 
@@ -188,16 +188,9 @@ async def enroll_online(
     Shielded: a caller that stops waiting (its task cancelled: a client gone, a server
     stopping) does not stop the enrollment half-way, so a refusal the fast path handed
     over is still recorded by the blocking path."""
-    return await shielded(_enroll_online(authority, request, offload))
-
-
-async def shielded(work: Coroutine[Any, Any, IssueResult]) -> IssueResult:
-    """Run ``work`` as a task of its own and await it shielded: a caller that stops
-    waiting (its task cancelled) does not cancel it (``enroll_online``,
-    ``online.renew_online``)."""
     import asyncio
 
-    task = asyncio.ensure_future(work)
+    task = asyncio.ensure_future(_enroll_online(authority, request, offload))
     # Its outcome is the awaiting caller's; once that caller is gone, nobody reads it: mark
     # it read so a refusal is not reported again as "exception never retrieved".
     task.add_done_callback(_outcome_read)
@@ -238,7 +231,7 @@ def start_enrollment(
     recorded here.
 
     Returns None, having recorded nothing, when the blocking ``enroll`` must handle the
-    request: no group committer, a JWT, an RSA CSR (see ``ca.parsing.verifies_cheaply``), a key in a
+    request: no group committer, a JWT, an RSA CSR (see ``_cheap_to_verify``), a key in a
     PKCS#11 token, any refusal (which that path records), or an instance that already has
     a certificate (which that path checks against the token again).
 
@@ -247,7 +240,7 @@ def start_enrollment(
             text 3, an unknown bound profile 6, a closed committer 8).
     """
     from cyphrs_cli.ca.issuance import sign_leaf
-    from cyphrs_cli.ca.parsing import checked_csr, parse_csr, verifies_cheaply
+    from cyphrs_cli.ca.parsing import checked_csr, parse_csr
     from cyphrs_cli.keystore.base import signs_in_process
     from cyphrs_cli.ledger.events import utc_now
 
@@ -255,7 +248,7 @@ def start_enrollment(
     if committer is None or request.token is None or request.jwt is not None:
         return None
     csr = parse_csr(request.csr_pem, source="CSR")  # not a CSR: exit 3, nothing checked
-    if not verifies_cheaply(csr):
+    if not _cheap_to_verify(csr):
         return None
     signer = authority.issuer  # re-reads the issuer's revocation
     if not signs_in_process(signer.signer):
@@ -268,6 +261,22 @@ def start_enrollment(
     except (PolicyDenied, ConflictError):  # to be recorded, or rechecked against the token
         return None
     return committer.submit_here(loop, signer, signed, after_record=grant.spend)
+
+
+def _cheap_to_verify(csr: x509.CertificateSigningRequest) -> bool:
+    """Whether the event loop may check this CSR's signature: its key is P-256, P-384 or
+    Ed25519, whose check takes tens of microseconds. An RSA key's check grows with its
+    exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms, measured), and anyone may
+    send one: such CSRs go whole to the blocking path on a worker thread."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    try:
+        key = csr.public_key()
+    except Exception:  # a key type this build cannot load: the blocking path explains
+        return False
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.curve.name in ("secp256r1", "secp384r1")
+    return isinstance(key, ed25519.Ed25519PublicKey)
 
 
 def _leaf_request(

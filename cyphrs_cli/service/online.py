@@ -9,30 +9,18 @@ Renewal keeps the identity (names, SPIFFE ID, agent claims, profile, issuing CA)
 new public key from a CSR (the agent's key never leaves it), goes through
 ``Authority.commit_leaf`` (group commit when serving) and marks the predecessor
 ``superseded`` in the same transaction (ledger ``replaces``).
-
-``renew_online`` is renewal for a server's event loop: checked, decided and signed on the
-loop (``start_renewal``) and recorded by the loop's group, the blocking ``renew_presented``
-on a worker thread taking whatever the fast path cannot decide alone (see
-``start_renewal``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cyphrs_cli.errors import ConflictError, PolicyDenied
+from cyphrs_cli.errors import PolicyDenied
 
 if TYPE_CHECKING:
-    import asyncio
     import sqlite3
-    from collections.abc import Awaitable, Callable
-    from concurrent.futures import Future
     from datetime import timedelta
 
-    from cryptography import x509
-
-    from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
     from cyphrs_cli.ca.revocation import Revocation
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.requests import IssueResult
@@ -122,37 +110,9 @@ def renew_presented(
             7 the certificate is revoked or was already renewed (also when a concurrent
             renewal won the race), 3 a bad CSR, 8 a ledger failure.
     """
-    from cyphrs_cli.service.issuing import deliver
-
-    renewal = _renewal(authority, presented_der, csr_pem, ttl=ttl)
-    profile = authority.profile(renewal.profile)
-    issued = authority.commit_leaf(profile, renewal.leaf, issuer=renewal.issuer)
-    return deliver(issued, None, None, replaces=renewal.replaces)
-
-
-@dataclass(frozen=True)
-class _Renewal:
-    """A renewal decided from the ledger, not signed yet."""
-
-    leaf: LeafRequest
-    profile: str
-    issuer: str  # the CA that signed the predecessor signs its successor
-    replaces: str  # the predecessor's serial
-
-
-def _renewal(
-    authority: Authority,
-    presented_der: bytes,
-    csr_pem: bytes,
-    *,
-    ttl: timedelta | None,
-    csr: x509.CertificateSigningRequest | None = None,
-) -> _Renewal:
-    """What ``renew_presented`` and ``start_renewal`` check before signing: the presented
-    certificate (``presented_row``), that it may still be renewed, the TTL, and the
-    successor's request. Records nothing (none of these refusals is an event)."""
     from cyphrs_cli.ca.renewal import check_renewable, lifetime, renewal_request
     from cyphrs_cli.durations import format_duration
+    from cyphrs_cli.service.issuing import deliver
 
     row = presented_row(authority, presented_der)
     conn = authority.ledger.conn
@@ -171,7 +131,6 @@ def _renewal(
         row,
         public_key_mode="csr",
         csr_pem=csr_pem,
-        csr=csr,
         ttl=ttl,
         # The claims keep who asked for the identity originally.
         requester=row["requester"],
@@ -179,107 +138,9 @@ def _renewal(
     signed_by = conn.execute(
         "SELECT name FROM authorities WHERE id = ?", (row["authority_id"],)
     ).fetchone()
-    return _Renewal(leaf, str(row["profile"]), str(signed_by["name"]), str(row["serial"]))
-
-
-async def renew_online(
-    authority: Authority,
-    presented_der: bytes,
-    csr_pem: bytes,
-    *,
-    ttl: timedelta | None,
-    offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
-) -> IssueResult:
-    """``renew_presented`` for a serving authority on an event loop: decided and signed on
-    the loop and recorded by the group committer (``start_renewal``) when it can be,
-    else ``renew_presented`` through ``offload`` (a worker thread). Same results, same
-    records, same errors as ``renew_presented``; shielded like
-    ``enrollment.enroll_online``, so a caller that stops waiting does not stop a renewal
-    half-way."""
-    from cyphrs_cli.service.enrollment import shielded
-
-    return await shielded(_renew_online(authority, presented_der, csr_pem, ttl, offload))
-
-
-async def _renew_online(
-    authority: Authority,
-    presented_der: bytes,
-    csr_pem: bytes,
-    ttl: timedelta | None,
-    offload: Callable[[Callable[[], IssueResult]], Awaitable[IssueResult]],
-) -> IssueResult:
-    import asyncio
-
-    from cyphrs_cli.service.issuing import deliver
-
-    started = start_renewal(
-        authority, presented_der, csr_pem, ttl=ttl, loop=asyncio.get_running_loop()
-    )
-    if started is not None:
-        future, replaces = started
-        try:
-            issued = await asyncio.wrap_future(future)
-        except (PolicyDenied, ConflictError):
-            pass  # renewed or revoked meanwhile: the blocking path decides again
-        else:
-            return deliver(issued, None, None, replaces=replaces)
-    return await offload(lambda: authority.renew_presented(presented_der, csr_pem, ttl=ttl))
-
-
-def start_renewal(
-    authority: Authority,
-    presented_der: bytes,
-    csr_pem: bytes,
-    *,
-    ttl: timedelta | None,
-    loop: asyncio.AbstractEventLoop,
-) -> tuple[Future[IssuedCertificate], str] | None:
-    """The fast path of ``renew_online``, on the calling thread: check the presented
-    certificate, the CSR and the TTL, decide and sign; queue the signed successor for the
-    group committer (its transaction marks the predecessor superseded, or refuses if
-    another renewal or a revocation came first). Returns its future and the
-    predecessor's serial; nothing is recorded here.
-
-    Returns None, having recorded nothing, when the blocking ``renew_presented`` must
-    handle the request: no group committer, an RSA CSR (``ca.parsing.verifies_cheaply``),
-    a predecessor signed by a CA not unlocked yet (unlocking may run a KDF for a
-    passphrase) or whose key is in a PKCS#11 token, or a policy refusal (which that path
-    records).
-
-    Raises:
-        CyphrsError: what ``renew_presented`` raises without recording anything: 5 the
-            presented certificate (``presented_row``) or the TTL (``renew.ttl``), 7 revoked
-            or already renewed, 3 a bad CSR, 8 a closed committer.
-    """
-    from cyphrs_cli.ca.issuance import sign_leaf
-    from cyphrs_cli.ca.parsing import checked_csr, parse_csr, verifies_cheaply
-    from cyphrs_cli.keystore.base import signs_in_process
-    from cyphrs_cli.ledger.events import utc_now
-
-    committer = authority.group_committer
-    if committer is None:
-        return None
-    csr = parse_csr(csr_pem, source="CSR")
-    if not verifies_cheaply(csr):
-        return None
-    renewal = _renewal(
-        authority, presented_der, csr_pem, ttl=ttl, csr=checked_csr(csr, source="CSR")
-    )
-    signer = authority.unlocked_issuer(renewal.issuer)
-    if signer is None or not signs_in_process(signer.signer):
-        return None
-    try:
-        signed = sign_leaf(
-            authority.ledger,
-            signer,
-            authority.profile(renewal.profile),
-            renewal.leaf,
-            utc_now(),
-            record_denials=False,
-        )
-    except (PolicyDenied, ConflictError):  # to be recorded by the blocking path
-        return None
-    return committer.submit_here(loop, signer, signed), renewal.replaces
+    profile = authority.profile(str(row["profile"]))
+    issued = authority.commit_leaf(profile, leaf, issuer=str(signed_by["name"]))
+    return deliver(issued, None, None, replaces=str(row["serial"]))
 
 
 def revoke_presented(authority: Authority, presented_der: bytes, reason: str | None) -> Revocation:

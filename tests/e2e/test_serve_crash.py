@@ -127,45 +127,22 @@ def test_sigkill_under_load_every_delivered_certificate_is_recorded(
         )
 
 
-def _rsa_csr() -> bytes:
-    """A CSR for an RSA-3072 key (the agent profile allows it): renewed on a worker thread,
-    never on the event loop (``ca.parsing.verifies_cheaply``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(65537, 3072)
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
-        key, hashes.SHA256()
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("path", "delay"),
-    [
-        # The blocking path: an RSA CSR's renewal is being signed on a worker thread.
-        ("worker thread", "after-sign=1.0"),
-        # The event loop's path: signed on the loop, its group's COMMIT running (slowed on
-        # the commit thread, so the loop is free to take the signal).
-        ("event loop", "after-record=1.0"),
-    ],
-)
 def test_sigterm_lets_the_request_in_flight_finish(
-    fresh_hierarchy: Hierarchy, tmp_path: Path, path: str, delay: str
+    fresh_hierarchy: Hierarchy, tmp_path: Path
 ) -> None:
-    """A renewal in flight when SIGTERM arrives (slowed to 1 s where it is: signing on a
-    worker thread, or its COMMIT for the event loop's path) still gets its 201 and its
-    certificate is recorded; new connections are refused."""
+    """A renewal that is being signed when SIGTERM arrives (signing slowed to 1 s) still
+    gets its 201 and its certificate is recorded; new connections are refused."""
     ca = fresh_hierarchy
     agent = issue_offline(ca.home, ca.inter_pass, tmp_path / "slow")
-    with start_server(ca.home, ca.inter_pass, env={"CYPHRS_TEST_DELAY": delay}) as server:
+    with start_server(
+        ca.home, ca.inter_pass, env={"CYPHRS_TEST_DELAY": "after-sign=1.0"}
+    ) as server:
         replies: list[int] = []
         serials: list[str] = []
 
         def renew() -> None:
-            csr = _rsa_csr() if path == "worker thread" else new_csr()[1]
+            _, csr = new_csr()
             reply = request(server, "POST", "/v1/renew", {"csr": csr.decode()}, cert_dir=agent)
             replies.append(reply.status)
             serials.append(reply.json().get("serial", ""))

@@ -9,7 +9,7 @@ A CSR whose signature does NOT verify costs the same and is exit 3, which the pe
 refusal limiter does not count (``server/app.py`` counts ``PolicyDenied`` only), so the
 requests are unlimited. Real keys, real CSRs, real verification, real asyncio loop.
 (Found by review; fixed: only P-256, P-384 and Ed25519 CSRs are verified on the loop, the
-rest go whole to a worker thread, ``ca.parsing.verifies_cheaply``.)"""
+rest go whole to a worker thread, ``service.enrollment._cheap_to_verify``.)"""
 
 from __future__ import annotations
 

@@ -107,6 +107,18 @@ class _LoopGroup:
         return pause
 
 
+#: How often the lock thread checks that a loop it handed the writer lock to still runs.
+_HANDOVER_CHECK = 0.05
+
+
+@dataclass
+class _Handover:
+    """One hand-over of the writer lock from the lock thread to a loop."""
+
+    taken: threading.Event = field(default_factory=threading.Event)  # the loop has it
+    revoked: bool = False  # the lock thread took it back (the loop had stopped)
+
+
 @dataclass
 class CommitStats:
     """What the committer did so far (read by tests and the metrics endpoint)."""
@@ -296,10 +308,14 @@ class GroupCommitter:
                 taken = True
             except Exception:  # the loop falls back to trying again (and says why there)
                 taken = False
+            handover = _Handover()
             try:
-                loop.call_soon_threadsafe(self._locked_here, loop, taken)
+                loop.call_soon_threadsafe(self._locked_here, loop, taken, handover)
             except RuntimeError:  # the loop is closed: the lock was taken for nobody
                 self._release_abandoned(group, taken)
+                return
+            if taken:
+                self._watch_handover(loop, group, handover)
 
         if not self._lock_thread().put(job):
             waiter.close()
@@ -308,16 +324,46 @@ class GroupCommitter:
         remaining = max(0.0, ledger.busy_timeout - group.waited())
         group.expiry = loop.call_later(remaining, self._wait_expired, loop)
 
-    def _locked_here(self, loop: asyncio.AbstractEventLoop, taken: bool) -> None:
+    def _watch_handover(
+        self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, handover: _Handover
+    ) -> None:
+        """On the lock thread, after handing the lock to ``loop``: until the loop takes it
+        (``_locked_here``), check every ``_HANDOVER_CHECK`` seconds that the loop is still
+        running. A loop that stopped without closing (its owner will run it again later,
+        or never) would hold the ledger's writer lock for every process meanwhile: take
+        the hand-over back and release the lock; ``_locked_here``, if it ever runs, then
+        tries again from the start."""
+        while not handover.taken.wait(_HANDOVER_CHECK):
+            if loop.is_running():
+                continue  # busy with a long callback: it will get to the hand-over
+            with self._lock:  # as ``_locked_here`` and ``close`` (which closes the ledger)
+                if handover.taken.is_set():
+                    return
+                handover.revoked = True
+                if group.ledger is not None:
+                    with contextlib.suppress(CyphrsError, OSError):
+                        group.ledger.release_lock()
+            return
+
+    def _locked_here(
+        self, loop: asyncio.AbstractEventLoop, taken: bool, handover: _Handover
+    ) -> None:
         """On the loop: the lock thread took the writer lock for this loop's group (or
         failed to, ``taken`` False). Write the group, or give the lock back if nothing
-        waits any more (the wait timed out) or the committer closed meanwhile."""
+        waits any more (the wait timed out) or the committer closed meanwhile. A hand-over
+        taken back meanwhile (the loop had stopped: ``_watch_handover``) starts over."""
         group = self._here[loop]
         group.waiting = False
         if group.expiry is not None:
             group.expiry.cancel()
             group.expiry = None
         with self._lock:
+            handover.taken.set()
+            if handover.revoked and not self._closed:
+                if group.items and not group.scheduled:
+                    group.scheduled = True
+                    loop.call_soon(self._record_here, loop)
+                return
             if self._closed:
                 # ``close`` joins the writer thread before it closes this ledger: give the
                 # lock back now, or that thread waits for it (a closed ledger: a no-op).

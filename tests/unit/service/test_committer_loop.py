@@ -406,3 +406,42 @@ def test_a_loop_waiting_for_the_lock_does_not_poll_it_and_writes_once_it_is_free
     rows = _rows(home)
     assert [rows[i.serial] for i in issued] == ["valid"] * 2
     assert audit_problems(home) == []
+
+
+def test_a_hand_over_taken_back_from_a_stopped_loop_is_written_when_the_loop_runs_again(
+    authority: Authority, home: CaHome, holder: Holder
+) -> None:
+    """The loop stops (not closed) while its group waits for the lock; when the holder
+    lets go, the lock thread hands the lock over, sees the loop is not running and takes
+    it back (others may write meanwhile); run again, the loop starts over and writes."""
+    committer = authority.start_group_commit()
+    on_loop, threaded = _signed(authority, "resumed"), _signed(authority, "between")
+    held = holder.hold(30)
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def submit() -> Future[IssuedCertificate]:
+            future = committer.submit_here(loop, authority.issuer, on_loop)
+            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
+            return future
+
+        future = loop.run_until_complete(submit())  # the loop stops, not closed
+        held.kill()
+        held.wait(timeout=30)
+        # Another writer gets the lock while the loop is stopped: it was taken back.
+        between = committer.submit(authority.issuer, threaded).result(timeout=10)
+        assert not future.done()
+        # Run again while another process holds the lock: the loop must not write under
+        # the taken-back hand-over; it waits for the lock like any writer.
+        again = holder.hold(30)
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert not future.done()
+        again.kill()
+        again.wait(timeout=30)
+        issued = loop.run_until_complete(asyncio.wrap_future(future, loop=loop))
+    finally:
+        loop.close()
+    rows = _rows(home)
+    assert rows[issued.serial] == "valid" and rows[between.serial] == "valid"
+    assert _lock_free(home)
+    assert audit_problems(home) == []

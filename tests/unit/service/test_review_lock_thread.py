@@ -7,7 +7,8 @@ asyncio loops, real processes holding a real ``flock``; the "busy" loop below is
 whose callback runs long (blocked on an event), as a CPU-heavy request makes it. (Found
 by review and fixed in ``GroupCommitter``: the re-armed expiry timer failed late items
 early; a hand-over after ``close`` began kept the lock while ``close`` joined the writer
-thread. Not fixed: the stopped-loop case, marked xfail.)"""
+thread; a hand-over to a loop that stopped without closing kept the lock until the loop
+ran again: the lock thread now takes it back, ``GroupCommitter._watch_handover``.)"""
 
 from __future__ import annotations
 
@@ -133,12 +134,6 @@ def test_a_lock_handed_over_after_close_began_is_given_back_to_the_other_writers
     assert audit_problems(home) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: the lock thread hands the lock to a loop that is "
-    "stopped but not closed (call_soon_threadsafe succeeds); it holds the ledger's writer "
-    "lock, for every process, until the loop runs again or the committer closes",
-)
 def test_a_loop_stopped_while_its_group_waits_does_not_keep_the_writer_lock(
     home: CaHome, holders: Holder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,15 +107,19 @@ class _LoopGroup:
         return pause
 
 
-#: How often the lock thread checks that a loop it handed the writer lock to still runs.
+#: How often the lock thread checks that a loop it handed the writer lock to still runs
+#: (``GroupCommitter._watch_handovers``).
 _HANDOVER_CHECK = 0.05
 
 
 @dataclass
 class _Handover:
-    """One hand-over of the writer lock from the lock thread to a loop."""
+    """One hand-over of the writer lock from the lock thread to a loop (its fields are
+    read and written under the committer's lock)."""
 
-    taken: threading.Event = field(default_factory=threading.Event)  # the loop has it
+    loop: asyncio.AbstractEventLoop
+    group: _LoopGroup
+    taken: bool = False  # the loop has it (``_locked_here`` ran)
     revoked: bool = False  # the lock thread took it back (the loop had stopped)
 
 
@@ -160,6 +164,7 @@ class GroupCommitter:
         self._here: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
         self._commits: _JobThread | None = None
         self._waits: _JobThread | None = None  # waits for the writer lock for event loops
+        self._handovers: list[_Handover] = []  # locks handed to loops, not taken yet
         self.stats = CommitStats()
         every = DEFAULT_EVERY_ITEMS if checkpoint_items is None else checkpoint_items
         self.checkpointer: WalCheckpointer | None = (
@@ -308,14 +313,16 @@ class GroupCommitter:
                 taken = True
             except Exception:  # the loop falls back to trying again (and says why there)
                 taken = False
-            handover = _Handover()
+            handover = _Handover(loop, group)
+            with self._lock:  # watched before the loop can take it (``_watch_handovers``)
+                if taken:
+                    self._handovers.append(handover)
             try:
                 loop.call_soon_threadsafe(self._locked_here, loop, taken, handover)
             except RuntimeError:  # the loop is closed: the lock was taken for nobody
+                with self._lock:
+                    handover.taken = True  # nothing to watch
                 self._release_abandoned(group, taken)
-                return
-            if taken:
-                self._watch_handover(loop, group, handover)
 
         if not self._lock_thread().put(job):
             waiter.close()
@@ -324,26 +331,28 @@ class GroupCommitter:
         remaining = max(0.0, ledger.busy_timeout - group.waited())
         group.expiry = loop.call_later(remaining, self._wait_expired, loop)
 
-    def _watch_handover(
-        self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, handover: _Handover
-    ) -> None:
-        """On the lock thread, after handing the lock to ``loop``: until the loop takes it
-        (``_locked_here``), check every ``_HANDOVER_CHECK`` seconds that the loop is still
-        running. A loop that stopped without closing (its owner will run it again later,
-        or never) would hold the ledger's writer lock for every process meanwhile: take
-        the hand-over back and release the lock; ``_locked_here``, if it ever runs, then
-        tries again from the start."""
-        while not handover.taken.wait(_HANDOVER_CHECK):
-            if loop.is_running():
-                continue  # busy with a long callback: it will get to the hand-over
-            with self._lock:  # as ``_locked_here`` and ``close`` (which closes the ledger)
-                if handover.taken.is_set():
-                    return
+    def _watch_handovers(self) -> bool:
+        """On the lock thread, between its jobs and every ``_HANDOVER_CHECK`` seconds while
+        a hand-over is pending: a loop that was handed the writer lock and is not running
+        any more (stopped without closing: its owner may run it again later, or never)
+        would hold the lock for every process meanwhile. Take such a hand-over back and
+        release the lock; ``_locked_here``, if it ever runs, then starts over. Whether any
+        hand-over is still pending. Costs the serving loop nothing: the loop only marks
+        its hand-over taken (no thread is woken)."""
+        with self._lock:
+            pending = []
+            for handover in self._handovers:
+                if handover.taken:
+                    continue
+                if handover.loop.is_running():
+                    pending.append(handover)  # busy with a callback: it will get to it
+                    continue
                 handover.revoked = True
-                if group.ledger is not None:
+                if handover.group.ledger is not None:
                     with contextlib.suppress(CyphrsError, OSError):
-                        group.ledger.release_lock()
-            return
+                        handover.group.ledger.release_lock()
+            self._handovers = pending
+            return bool(pending)
 
     def _locked_here(
         self, loop: asyncio.AbstractEventLoop, taken: bool, handover: _Handover
@@ -351,14 +360,14 @@ class GroupCommitter:
         """On the loop: the lock thread took the writer lock for this loop's group (or
         failed to, ``taken`` False). Write the group, or give the lock back if nothing
         waits any more (the wait timed out) or the committer closed meanwhile. A hand-over
-        taken back meanwhile (the loop had stopped: ``_watch_handover``) starts over."""
+        taken back meanwhile (the loop had stopped: ``_watch_handovers``) starts over."""
         group = self._here[loop]
         group.waiting = False
         if group.expiry is not None:
             group.expiry.cancel()
             group.expiry = None
         with self._lock:
-            handover.taken.set()
+            handover.taken = True
             if handover.revoked and not self._closed:
                 if group.items and not group.scheduled:
                     group.scheduled = True
@@ -517,7 +526,7 @@ class GroupCommitter:
     def _lock_thread(self) -> _JobThread:
         with self._lock:
             if self._waits is None:
-                self._waits = _JobThread("cyphrs-loop-lock")
+                self._waits = _JobThread("cyphrs-loop-lock", idle=self._watch_handovers)
             return self._waits
 
     def _checkpoint_waiting(self) -> bool:
@@ -643,7 +652,10 @@ class _JobThread:
     thread rather than a ``ThreadPoolExecutor``: its ``submit`` (a future, a work item, a
     semaphore) cost 4 % of the serving process's GIL time, measured."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, idle: Callable[[], bool] | None = None) -> None:
+        """``idle``: called between jobs, and every ``_HANDOVER_CHECK`` seconds for as
+        long as it returns True (it has something to watch)."""
+        self._idle = idle
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
@@ -668,7 +680,16 @@ class _JobThread:
             self._thread.join()
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            if self._idle is not None and self._idle():
+                try:
+                    job = self._jobs.get(timeout=_HANDOVER_CHECK)
+                except queue.Empty:
+                    continue
+            else:
+                job = self._jobs.get()
+            if job is None:
+                return
             job()  # each job settles its own outcome (``_commit_here``: in a finally)
 
 

@@ -256,7 +256,10 @@ class GroupCommitter:
         with self._lock:  # ``close`` drains under it: nothing is added after that
             if self._closed:
                 raise StorageError("the group committer is closed (the server is shutting down)")
-            group = self._here.setdefault(loop, _LoopGroup())
+            group = self._here.get(loop)
+            if group is None:  # a loop not seen before: forget the closed ones first
+                self._forget_closed_loops()
+                group = self._here[loop] = _LoopGroup()
             group.items.append(item)
         if group.waiting and group.since is None:  # the first item since a busy timeout
             group.since = time.monotonic()  # waits a whole one of its own (``_wait_expired``)
@@ -286,6 +289,18 @@ class GroupCommitter:
                 self._try_later(loop, group, ledger)
         except BaseException as error:  # a loop callback must not leave its futures waiting
             _fail(group.take(), error)
+
+    def _forget_closed_loops(self) -> None:
+        """Close the writer connection of every loop that is closed and left nothing
+        behind (no items, no COMMIT running, no wait for the lock), and forget its group:
+        a caller that runs ``asyncio.run`` again and again (a library user, a test) would
+        otherwise keep one connection and two lock-file descriptors per loop until the
+        committer closes. Under ``self._lock``, as the hand-overs release locks."""
+        for loop, group in list(self._here.items()):
+            if loop.is_closed() and not (group.items or group.committing or group.waiting):
+                if group.ledger is not None:
+                    group.ledger.close()
+                del self._here[loop]
 
     def _try_later(
         self, loop: asyncio.AbstractEventLoop, group: _LoopGroup, ledger: Ledger

@@ -445,3 +445,27 @@ def test_a_hand_over_taken_back_from_a_stopped_loop_is_written_when_the_loop_run
     assert rows[issued.serial] == "valid" and rows[between.serial] == "valid"
     assert _lock_free(home)
     assert audit_problems(home) == []
+
+
+def test_loops_run_one_after_another_do_not_keep_a_connection_each(
+    authority: Authority, home: CaHome
+) -> None:
+    """A caller that runs ``asyncio.run`` again and again (each run a new loop with a
+    group and a writer connection of its own): the connections of closed loops are closed
+    when the next loop arrives, so descriptors do not grow with the number of runs."""
+    import os
+
+    committer = authority.start_group_commit()
+
+    async def one(instance: str) -> list[IssuedCertificate]:
+        loop = asyncio.get_running_loop()
+        return await _all([committer.submit_here(loop, authority.issuer, _signed(authority, instance))])  # fmt: skip
+
+    asyncio.run(one("runs-warm"))
+    before = len(os.listdir("/proc/self/fd"))
+    issued = [asyncio.run(one(f"runs{n}"))[0] for n in range(8)]
+    assert len(os.listdir("/proc/self/fd")) <= before + 3, "a connection per loop was kept"
+    rows = _rows(home)
+    assert [rows[i.serial] for i in issued] == ["valid"] * 8
+    assert _lock_free(home)
+    assert audit_problems(home) == []

@@ -43,6 +43,44 @@ PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass
+class RequestGate:
+    """The requests in flight, for a graceful stop (``server.run``): once the sites stop
+    accepting, ``drained`` waits for every request already in the application, and every
+    request that starts after ``close`` gets 503 at once. Why not leave it to aiohttp's own
+    shutdown: from its start aiohttp drops every byte a connection receives, so a request
+    whose headers arrived before SIGTERM and its body after waited for its body until the
+    body timeout (408) and held the shutdown that long."""
+
+    in_flight: int = 0
+    closing: bool = False
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enter(self) -> bool:
+        """Count a request in; False (not counted) once closing."""
+        if self.closing:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.closing and self.in_flight == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Close the gate and wait (at most ``timeout`` seconds) for the requests in
+        flight to finish: whether they all did."""
+        self.closing = True
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
 class ServerState:
     """Everything one server's handlers share; one per application, no module state."""
 
@@ -59,6 +97,7 @@ class ServerState:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     validators: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    gate: RequestGate = field(default_factory=RequestGate)
 
     async def call(self, function: Callable[[], T]) -> T:
         """Run a blocking use case on a worker thread."""
@@ -490,7 +529,16 @@ async def problems_and_log(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     operation = getattr(request.match_info.route, "name", None) or "unmatched"
     response: web.StreamResponse
+    entered = state.gate.enter()
     try:
+        if not entered:
+            raise HttpProblem(
+                503,
+                "shutting-down",
+                "the server is shutting down; retry",
+                ExitCode.STORAGE,
+                retry_after=1,
+            )
         response = await handler(request)
     except HttpProblem as error:
         status, body = from_http(error)
@@ -517,6 +565,11 @@ async def problems_and_log(request: web.Request, handler: Handler) -> web.Stream
         response = _problem_response(
             500, problem(500, "internal", "internal error", ExitCode.INTERNAL)
         )
+    finally:
+        if entered:
+            state.gate.leave()
+    if not entered:
+        response.force_close()  # the connection goes with the server
     elapsed = time.perf_counter() - started
     state.metrics.request_latency.labels(operation).observe(elapsed)
     der = presented_certificate(request)

@@ -307,6 +307,11 @@ async def _serve(
         renewer.cancel()
         if watcher is not None:
             watcher.cancel()
+        # Stop accepting, let the requests in flight finish (their bodies still arriving:
+        # see ``app.RequestGate``), refuse the rest with 503, then aiohttp's own shutdown.
+        for running in list(runner.sites):
+            await running.stop()
+        await state.gate.drained(options.shutdown_timeout)
         await runner.cleanup()
         executor.shutdown(wait=True)
         log("stopped", pid=os.getpid())

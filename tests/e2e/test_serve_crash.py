@@ -6,7 +6,9 @@ in a loop for at most a few seconds."""
 from __future__ import annotations
 
 import http.client
+import json
 import signal
+import socket
 import sqlite3
 import ssl
 import threading
@@ -158,3 +160,65 @@ def test_sigterm_lets_the_request_in_flight_finish(
         assert server.process.wait(timeout=30) == 0
     assert replies == [201]
     assert _ledger_serials(ca)[serials[0]] == "valid"
+
+
+def _token(ca: Hierarchy) -> str:
+    done = cli(
+        "token", "create", "--home", str(ca.home), "--workflow", "late-body",
+        "--uses", "1", "--ttl", "10m", "--json",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    return str(done.json()["token"])
+
+
+def _response(tls: ssl.SSLSocket) -> tuple[int, bytes]:
+    reply = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+    reply.begin()
+    return reply.status, reply.read()
+
+
+@pytest.mark.slow
+def test_sigterm_waits_for_a_body_still_on_its_way_and_refuses_new_requests(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """A request whose headers arrived before SIGTERM and its body after: the body is read
+    and the request answered (201), not cut off with 408 after the body timeout (aiohttp's
+    own shutdown drops every byte that arrives once it starts), and the server exits at
+    once afterwards; a request that starts on a kept-alive connection meanwhile gets 503
+    (``shutting-down``) and the connection is closed."""
+    ca = fresh_hierarchy
+    token = _token(ca)
+    _, csr = new_csr()
+    body = json.dumps({"csr": csr.decode(), "token": token}).encode()
+    with start_server(ca.home, ca.inter_pass) as server:
+        context = ssl.create_default_context(cafile=str(server.root_pem))
+        raw = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in "ab"]
+        slow, idle = (context.wrap_socket(r, server_hostname="127.0.0.1") for r in raw)
+        try:
+            ask = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            idle.sendall(ask)
+            assert _response(idle)[0] == 200  # kept alive
+            slow.sendall(
+                b"POST /v1/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            time.sleep(0.3)  # the handler runs and waits for the body
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            idle.sendall(ask)
+            status, answer = _response(idle)
+            assert status == 503, answer
+            assert json.loads(answer)["slug"] == "shutting-down"
+            slow.sendall(body)
+            status, answer = _response(slow)
+            assert status == 201, answer
+            serial = json.loads(answer)["serial"]
+            assert server.process.wait(timeout=30) == 0
+            assert time.monotonic() - signalled < 5  # not the 10 s body timeout
+        finally:
+            slow.close()
+            idle.close()
+    assert _ledger_serials(ca)[serial] == "valid"
+    assert cli("audit", "verify", "--home", str(ca.home)).exit_code == 0

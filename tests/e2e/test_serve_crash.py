@@ -61,6 +61,8 @@ class RenewalLoad:
                 )  # fmt: skip
             except (OSError, ssl.SSLError, http.client.HTTPException):
                 return  # the server is gone (or going)
+            if reply.status == 503 and reply.json().get("slug") == "shutting-down":
+                return  # a request that started after SIGTERM: refused, nothing issued
             if reply.status != 201:
                 with self._lock:
                     self.errors.append(f"{reply.status} {reply.body[:200]!r}")

@@ -412,7 +412,7 @@ _PROBLEM_TEXT = {
     409: "conflict (already revoked or renewed)",
     413: "request body too large",
     429: "rate limited (see Retry-After)",
-    503: "ledger or key store unavailable",
+    503: "ledger or key store unavailable, or the server shutting down (see Retry-After)",
 }
 
 

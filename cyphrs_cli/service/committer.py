@@ -84,6 +84,7 @@ class _LoopGroup:
     items: list[_Item] = field(default_factory=list)
     scheduled: bool = False  # a ``_record_here`` call is pending on the loop
     committing: bool = False  # its previous group's COMMIT is running on the commit thread
+    committed: bool = False  # that COMMIT has ended (the loop may not have heard yet)
     waiting: bool = False  # the lock thread waits for the writer lock for this group
     expiry: asyncio.TimerHandle | None = None  # fails the group if that wait times out
     ledger: Ledger | None = None  # the connection this loop writes with (its own lock file)
@@ -297,7 +298,8 @@ class GroupCommitter:
         otherwise keep one connection and two lock-file descriptors per loop until the
         committer closes. Under ``self._lock``, as the hand-overs release locks."""
         for loop, group in list(self._here.items()):
-            if loop.is_closed() and not (group.items or group.committing or group.waiting):
+            busy = group.items or group.waiting or (group.committing and not group.committed)
+            if loop.is_closed() and not busy:
                 if group.ledger is not None:
                     group.ledger.close()
                 del self._here[loop]
@@ -457,7 +459,7 @@ class GroupCommitter:
         except BaseException as error:
             _fail(batch, error)
             return
-        group.committing = True
+        group.committing, group.committed = True, False
         job = functools.partial(self._commit_here, loop, ledger, batch, results, started)
         if not commits.put(job):  # closed meanwhile (another thread): commit here
             job()
@@ -499,15 +501,27 @@ class GroupCommitter:
                 ledger.end(commit=True)
                 fault_point("after-record", seq=range(1, len(batch) + 1))
             except BaseException as error:  # nothing of the group was recorded
+                self._commit_ended(loop)
                 failure = _as_failure(error)
                 for item in batch:
                     item.result.set_exception(failure)
                 return
+            self._commit_ended(loop)
             self._count_group(len(batch), time.perf_counter() - started)  # never raises
             _settle(batch, results)
         finally:
             with contextlib.suppress(RuntimeError):  # a closed loop: ``close`` drains it
                 loop.call_soon_threadsafe(self._committed_here, loop)
+
+    def _commit_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the commit thread, before the futures resolve: the loop's group has no
+        COMMIT running any more, even if the loop closes before ``_committed_here`` runs
+        (its callers got their results and ``asyncio.run`` returned): then
+        ``_forget_closed_loops`` may close its connection."""
+        with self._lock:
+            group = self._here.get(loop)
+            if group is not None:
+                group.committed = True
 
     def _committed_here(self, loop: asyncio.AbstractEventLoop) -> None:
         group = self._here[loop]

@@ -408,6 +408,33 @@ def test_a_loop_waiting_for_the_lock_does_not_poll_it_and_writes_once_it_is_free
     assert audit_problems(home) == []
 
 
+def stop_a_loop_while_its_group_waits(
+    authority: Authority, holder: Holder, instance: str
+) -> tuple[asyncio.AbstractEventLoop, Future[IssuedCertificate]]:
+    """A new loop submits an item while another process holds the writer lock, then stops
+    (not closed) with the item waiting; then the holder dies, so the lock thread takes
+    the lock for a loop that does not run. The caller closes the loop."""
+    committer = authority.group_committer
+    assert committer is not None
+    signed = _signed(authority, instance)
+    held = holder.hold(30)
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def submit() -> Future[IssuedCertificate]:
+            future = committer.submit_here(loop, authority.issuer, signed)
+            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
+            return future
+
+        future = loop.run_until_complete(submit())  # the loop stops, not closed
+        held.kill()
+        held.wait(timeout=30)
+    except BaseException:
+        loop.close()
+        raise
+    return loop, future
+
+
 def test_a_hand_over_taken_back_from_a_stopped_loop_is_written_when_the_loop_runs_again(
     authority: Authority, home: CaHome, holder: Holder
 ) -> None:
@@ -415,19 +442,9 @@ def test_a_hand_over_taken_back_from_a_stopped_loop_is_written_when_the_loop_run
     lets go, the lock thread hands the lock over, sees the loop is not running and takes
     it back (others may write meanwhile); run again, the loop starts over and writes."""
     committer = authority.start_group_commit()
-    on_loop, threaded = _signed(authority, "resumed"), _signed(authority, "between")
-    held = holder.hold(30)
-    loop = asyncio.new_event_loop()
+    threaded = _signed(authority, "between")
+    loop, future = stop_a_loop_while_its_group_waits(authority, holder, "resumed")
     try:
-
-        async def submit() -> Future[IssuedCertificate]:
-            future = committer.submit_here(loop, authority.issuer, on_loop)
-            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
-            return future
-
-        future = loop.run_until_complete(submit())  # the loop stops, not closed
-        held.kill()
-        held.wait(timeout=30)
         # Another writer gets the lock while the loop is stopped: it was taken back.
         between = committer.submit(authority.issuer, threaded).result(timeout=10)
         assert not future.done()

@@ -27,7 +27,13 @@ from cyphrs_cli.ledger.db import BUSY_TIMEOUT_ENV
 from cyphrs_cli.service.authority import Authority
 from tests.enrollment_helpers import audit_problems
 from tests.helpers import INTER_PASS
-from tests.unit.service.test_committer_loop import Holder, _lock_free, _rows, _signed
+from tests.unit.service.test_committer_loop import (
+    Holder,
+    _lock_free,
+    _rows,
+    _signed,
+    stop_a_loop_while_its_group_waits,
+)
 
 
 @pytest.fixture
@@ -140,19 +146,9 @@ def test_a_loop_stopped_while_its_group_waits_does_not_keep_the_writer_lock(
     monkeypatch.setenv(BUSY_TIMEOUT_ENV, "1000")
     with Authority.open(home, secrets=lambda purpose: INTER_PASS.encode()) as authority:
         committer = authority.start_group_commit()
-        on_loop, threaded = _signed(authority, "stopped-loop"), _signed(authority, "worker")
-        held = holders.hold(30)
-        loop = asyncio.new_event_loop()
+        threaded = _signed(authority, "worker")
+        loop, future = stop_a_loop_while_its_group_waits(authority, holders, "stopped-loop")
         try:
-
-            async def submit() -> Future[IssuedCertificate]:
-                future = committer.submit_here(loop, authority.issuer, on_loop)
-                await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
-                return future
-
-            future = loop.run_until_complete(submit())  # the loop stops, not closed
-            held.kill()
-            held.wait(timeout=30)
             # The lock thread takes the lock for the stopped loop within milliseconds and,
             # finding it stopped, gives it back: leave it that time before another writer.
             time.sleep(0.2)

@@ -139,9 +139,18 @@ def prepare_home_dir(home: CaHome) -> None:
     if not home.root.exists():
         return
     check_home_permissions(home)
-    if home.root.is_dir() and not home.is_initialised() and home.root.stat().st_uid == os.getuid():
-        # An existing directory becomes a CA home: private from now on, like a new one.
-        try:
+    # The directory may vanish at any step below: a concurrent creation that failed
+    # removes the fresh home it made (``fsutil.HomeLock.abandon_fresh_home``). Then it is
+    # a missing home again, which the creating code makes, under the home's lock.
+    try:
+        adopt = (
+            home.root.is_dir()
+            and not home.is_initialised()
+            and home.root.stat().st_uid == os.getuid()
+        )
+        if adopt:  # an existing directory becomes a CA home: private, like a new one
             home.root.chmod(0o700)
-        except OSError as exc:
-            raise StorageError(f"cannot make {home.root} private: {exc.strerror}") from exc
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot make {home.root} private: {exc.strerror}") from exc

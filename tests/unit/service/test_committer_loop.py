@@ -275,12 +275,7 @@ def test_items_of_a_loop_that_ended_while_waiting_are_recorded_at_close(
     signed = _signed(authority, "orphan")
     holder.hold(0.3)
 
-    async def main() -> Future[IssuedCertificate]:
-        future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
-        await asyncio.sleep(0.02)  # the loop found the lock taken and scheduled a retry
-        return future  # and ends without awaiting it
-
-    future = asyncio.run(main())
+    future = submit_on_a_loop_that_ends(authority, signed, wait=0.02)
     assert not future.done()
     committer.close()
     issued = future.result(timeout=0)
@@ -406,6 +401,23 @@ def test_a_loop_waiting_for_the_lock_does_not_poll_it_and_writes_once_it_is_free
     rows = _rows(home)
     assert [rows[i.serial] for i in issued] == ["valid"] * 2
     assert audit_problems(home) == []
+
+
+def submit_on_a_loop_that_ends(
+    authority: Authority, signed: SignedLeaf, *, wait: float = 0.1
+) -> Future[IssuedCertificate]:
+    """Submit ``signed`` on a fresh loop while another process holds the writer lock, let
+    the loop find it taken (``wait`` seconds), and end: ``asyncio.run`` closes the loop
+    without awaiting the item, so nothing runs that loop's group any more."""
+    committer = authority.group_committer
+    assert committer is not None
+
+    async def main() -> Future[IssuedCertificate]:
+        future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
+        await asyncio.sleep(wait)  # found the lock taken: the lock thread waits
+        return future
+
+    return asyncio.run(main())
 
 
 def stop_a_loop_while_its_group_waits(

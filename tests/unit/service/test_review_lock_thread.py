@@ -33,6 +33,7 @@ from tests.unit.service.test_committer_loop import (
     _rows,
     _signed,
     stop_a_loop_while_its_group_waits,
+    submit_on_a_loop_that_ends,
 )
 
 
@@ -176,12 +177,7 @@ def test_a_lock_taken_for_a_loop_that_closed_meanwhile_is_given_back_at_once(
         on_loop, threaded = _signed(authority, "closed-loop"), _signed(authority, "after")
         held = holders.hold(30)
 
-        async def main() -> Future[IssuedCertificate]:
-            future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, on_loop)
-            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
-            return future
-
-        orphan = asyncio.run(main())
+        orphan = submit_on_a_loop_that_ends(authority, on_loop)
         held.kill()
         held.wait(timeout=30)
         started = time.monotonic()
@@ -295,12 +291,7 @@ def test_closing_while_the_lock_thread_waits_leaves_no_descriptor_of_the_lock_fi
         signed = _signed(authority, "fd")
         held = holders.hold(30)
 
-        async def main() -> Future[IssuedCertificate]:
-            future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, signed)
-            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
-            return future
-
-        future = asyncio.run(main())
+        future = submit_on_a_loop_that_ends(authority, signed)
         assert _lock_descriptors(home) >= 2  # the loop's ledger's, and the waiter's duplicate
         letting_go = threading.Timer(0.3, held.kill)
         letting_go.start()
@@ -328,12 +319,7 @@ def test_a_lock_taken_for_a_closed_loop_while_close_runs_is_given_back(
         on_loop, threaded = _signed(authority, "ended-loop"), _signed(authority, "worker")
         held = holders.hold(30)
 
-        async def main() -> Future[IssuedCertificate]:
-            future = committer.submit_here(asyncio.get_running_loop(), authority.issuer, on_loop)
-            await asyncio.sleep(0.1)  # found the lock taken: the lock thread waits
-            return future
-
-        orphan = asyncio.run(main())  # the loop is closed
+        orphan = submit_on_a_loop_that_ends(authority, on_loop)  # the loop is closed
         worker = committer.submit(authority.issuer, threaded)  # the writer thread polls
         closer = threading.Thread(target=committer.close)
         closer.start()

@@ -174,7 +174,7 @@ class Ledger:
             StorageError: BEGIN fails (lock released).
         """
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
         except sqlite3.OperationalError as exc:
             self._writer_lock.release()
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
@@ -207,6 +207,7 @@ class Ledger:
             with self._undone_on_error():
                 self.conn.execute("COMMIT")
         finally:
+            self._after_write()
             self._writer_lock.release()
 
     @contextmanager
@@ -218,14 +219,40 @@ class Ledger:
         self._writer_lock.acquire()
         try:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
+                self._begin_immediate()
             except sqlite3.Error as exc:
                 raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
             with self._undone_on_error():
                 yield self.conn
                 self.conn.execute("COMMIT")
         finally:
+            self._after_write()
             self._writer_lock.release()
+
+    def _begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE`` with the transaction's savepoint journal kept in memory.
+
+        SQLite keeps the first 64 KiB of a savepoint's journal (the old content of every
+        page changed under ``SAVEPOINT``) in memory and spills the rest to a temporary
+        file it creates for the transaction; one issuance's savepoint
+        (``issuance.record_in_transaction``) changes more pages than that, so each write
+        paid a file's create, unlink and close plus a 4 KiB ``pwrite`` per page: 0.13 to
+        0.2 ms of kernel time per enrollment, measured. SQLite takes the choice at BEGIN
+        from ``temp_store``; ``_after_write`` sets it back, because with ``temp_store``
+        in memory a read's sorter never spills either (``audit verify`` sorts millions of
+        rows)."""
+        self.conn.execute("PRAGMA temp_store = MEMORY")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._after_write()
+            raise
+
+    def _after_write(self) -> None:
+        """Temporary storage back to files once the write transaction is over."""
+        if not self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA temp_store = DEFAULT")
 
     @contextmanager
     def _undone_on_error(self) -> Iterator[None]:

@@ -119,7 +119,7 @@ def issue(ledger: Ledger, issuer: Issuer, plan: CertificatePlan) -> IssuedCertif
     """Sign ``plan`` as ``issuer``, self-check, record durably, and return the result."""
     now = utc_now()
     signed = _sign(ledger, issuer, plan, now)
-    with ledger.transaction() as conn:
+    with ledger.transaction(issuance=True) as conn:
         issued = _record(conn, issuer, signed)
     fault_point("after-record")
     return issued
@@ -639,7 +639,7 @@ def record_signed(
     the item's own refusal (a conflict found inside the transaction, or a
     ``CyphrsError`` from its ``after_record`` hook), its savepoint rolled back while the
     rest commit. Any other failure raises and records nothing of the group."""
-    with ledger.transaction() as conn:
+    with ledger.transaction(issuance=True) as conn:
         return record_in_transaction(conn, issuer, items)
 
 

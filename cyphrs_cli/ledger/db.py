@@ -71,6 +71,7 @@ class Ledger:
                 raise StorageError(f"cannot create ledger {path}: {exc.strerror}") from exc
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
+        self._journal_in_memory = False  # temp_store MEMORY set for the open transaction
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -130,10 +131,11 @@ class Ledger:
 
     def try_begin(self) -> bool:
         """Begin a write transaction only if no other writer holds the writer lock: take
-        the lock without waiting (False, nothing begun, when it is taken), then ``BEGIN
-        IMMEDIATE``. End it with ``end``, which may run on another thread (one at a time).
-        For an event loop, which must neither sleep on the lock nor wait for the COMMIT's
-        fsync (``service.committer``); everything else uses ``transaction``.
+        the lock without waiting (False, nothing begun, when it is taken), then begin an
+        issuance transaction (``begin_locked``). End it with ``end``, which may run on
+        another thread (one at a time). For an event loop, which must neither sleep on
+        the lock nor wait for the COMMIT's fsync (``service.committer``); everything else
+        uses ``transaction``.
 
         Raises:
             StorageError: the lock file cannot be locked, or BEGIN fails (lock released).
@@ -167,14 +169,15 @@ class Ledger:
         self._writer_lock.release()
 
     def begin_locked(self) -> bool:
-        """``BEGIN IMMEDIATE`` while this ledger holds the writer lock; False (lock
-        released, nothing begun) when SQLite's own lock is taken.
+        """``BEGIN IMMEDIATE`` of an issuance transaction (see ``transaction``) while
+        this ledger holds the writer lock; False (lock released, nothing begun) when
+        SQLite's own lock is taken.
 
         Raises:
             StorageError: BEGIN fails (lock released).
         """
         try:
-            self._begin_immediate()
+            self._begin_immediate(issuance=True)
         except sqlite3.OperationalError as exc:
             self._writer_lock.release()
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
@@ -211,15 +214,17 @@ class Ledger:
             self._writer_lock.release()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, issuance: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement.
 
         The writer lock (``writelock``) is taken first, so writers of several processes
-        queue on it instead of on SQLite's sleeping busy handler."""
+        queue on it instead of on SQLite's sleeping busy handler. ``issuance``: the
+        transaction records issued certificates, each under its own savepoint (see
+        ``_begin_immediate``)."""
         self._writer_lock.acquire()
         try:
             try:
-                self._begin_immediate()
+                self._begin_immediate(issuance=issuance)
             except sqlite3.Error as exc:
                 raise StorageError(f"ledger {self.path} is not writable: {exc}") from exc
             with self._undone_on_error():
@@ -229,19 +234,26 @@ class Ledger:
             self._after_write()
             self._writer_lock.release()
 
-    def _begin_immediate(self) -> None:
-        """``BEGIN IMMEDIATE`` with the transaction's savepoint journal kept in memory.
+    def _begin_immediate(self, *, issuance: bool) -> None:
+        """``BEGIN IMMEDIATE``; for an issuance transaction, with its savepoint and
+        statement journals kept in memory.
 
-        SQLite keeps the first 64 KiB of a savepoint's journal (the old content of every
-        page changed under ``SAVEPOINT``) in memory and spills the rest to a temporary
-        file it creates for the transaction; one issuance's savepoint
-        (``issuance.record_in_transaction``) changes more pages than that, so each write
-        paid a file's create, unlink and close plus a 4 KiB ``pwrite`` per page: 0.13 to
-        0.2 ms of kernel time per enrollment, measured. SQLite takes the choice at BEGIN
-        from ``temp_store``; ``_after_write`` sets it back, because with ``temp_store``
-        in memory a read's sorter never spills either (``audit verify`` sorts millions of
-        rows)."""
-        self.conn.execute("PRAGMA temp_store = MEMORY")
+        SQLite keeps the first 64 KiB of such a journal (the old content of every page a
+        savepoint or statement changes) in memory and spills the rest to a temporary file
+        it creates for the transaction. One issuance's savepoint
+        (``issuance.record_in_transaction``) spilled whenever one connection wrote
+        transaction after transaction (one serving process, a batch; never, measured,
+        with two processes taking turns), so each such transaction paid a file's create,
+        unlink and close and a 4 KiB ``pwrite`` per page (``docs/design-notes.md``,
+        "Savepoint journals in memory"). An issuance
+        bounds what one savepoint changes (one certificate, its events, its credential);
+        other writes do not (a migration's UPDATE of every row would hold the whole
+        ledger in memory), so they keep SQLite's default. SQLite reads ``temp_store`` at
+        BEGIN; ``_after_write`` sets it back, as with it in memory a read's sorter never
+        spills either (``audit verify`` sorts millions of rows)."""
+        if issuance:
+            self.conn.execute("PRAGMA temp_store = MEMORY")
+            self._journal_in_memory = True
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -249,10 +261,11 @@ class Ledger:
             raise
 
     def _after_write(self) -> None:
-        """Temporary storage back to files once the write transaction is over."""
-        if not self.conn.in_transaction:
+        """Temporary storage back to files once an issuance transaction is over."""
+        if self._journal_in_memory and not self.conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("PRAGMA temp_store = DEFAULT")
+                self._journal_in_memory = False
 
     @contextmanager
     def _undone_on_error(self) -> Iterator[None]:

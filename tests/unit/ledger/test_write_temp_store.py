@@ -125,3 +125,48 @@ def test_a_begin_refused_by_sqlites_own_lock_restores_files(ledger: Ledger) -> N
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+_GROWTH = """
+import os, sys
+from pathlib import Path
+from cyphrs_cli.ledger.db import Ledger
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+ledger = Ledger(Path(sys.argv[1]))
+ledger.conn.execute("SELECT sum(uses) FROM tokens").fetchone()  # pages in the cache
+base, peak = rss(), 0
+with ledger.transaction(issuance=True) as conn:
+    for _ in range(int(sys.argv[2])):
+        conn.execute("SAVEPOINT item")
+        conn.execute("UPDATE tokens SET uses = (uses + 1) % uses_allowed")
+        peak = max(peak, rss() - base)
+        conn.execute("RELEASE item")
+print(peak)
+"""
+
+
+def test_the_memory_journal_holds_one_savepoint_at_a_time(ledger: Ledger) -> None:
+    """A batch writes up to 4,096 items in one transaction, each under its savepoint: the
+    journal in memory must be emptied at each RELEASE, not grow with the transaction.
+    Here each savepoint after the first journals about 1 MiB (every page of the tokens
+    table); 100 of them in one transaction must peak like two do, not at 100 MiB."""
+    import subprocess
+    import sys
+
+    ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def growth_kib(savepoints: int) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _GROWTH, str(ledger.path), str(savepoints)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout)
+
+    # The second savepoint journals the pages the first one changed (about 1 MiB).
+    two, hundred = growth_kib(2), growth_kib(100)
+    assert two > 256, two  # the journal is in memory, so RSS does grow
+    assert hundred < two + 4096, (two, hundred)

@@ -245,12 +245,13 @@ class Ledger:
         transaction after transaction (one serving process, a batch; never, measured,
         with two processes taking turns), so each such transaction paid a file's create,
         unlink and close and a 4 KiB ``pwrite`` per page (``docs/design-notes.md``,
-        "Savepoint journals in memory"). An issuance
-        bounds what one savepoint changes (one certificate, its events, its credential);
-        other writes do not (a migration's UPDATE of every row would hold the whole
-        ledger in memory), so they keep SQLite's default. SQLite reads ``temp_store`` at
-        BEGIN; ``_after_write`` sets it back, as with it in memory a read's sorter never
-        spills either (``audit verify`` sorts millions of rows)."""
+        "Savepoint journals in memory for issuance transactions"). An issuance bounds
+        what one savepoint changes (one certificate, its events, its credential), and
+        SQLite empties the journal at each RELEASE; other writes do not bound it (a
+        migration's UPDATE of every row would hold the whole ledger in memory), so they
+        keep SQLite's default. SQLite reads ``temp_store`` at BEGIN; ``_after_write``
+        sets it back, as with it in memory a read's sorter never spills either (``audit
+        verify`` sorts millions of rows)."""
         if issuance:
             self.conn.execute("PRAGMA temp_store = MEMORY")
             self._journal_in_memory = True

@@ -18,7 +18,7 @@ import pytest
 
 from cyphrs_cli.ledger.db import Ledger
 
-ROWS = 3000  # about 250 pages of tokens: far more than the 64 KiB kept in memory
+ROWS = 3000  # about 1 MiB of token pages: far more than the 64 KiB kept in memory
 
 
 def _temp_files() -> list[str]:

@@ -3,7 +3,9 @@ round (floor, after, before, floor, after, before, ...), so a load spike hits al
 alike; each figure is a median over rounds, and each ratio the median of per-round ratios.
 
 "before" is an older cyphrs tree put first on ``PYTHONPATH`` (for example
-``git archive a86a6ad cyphrs_cli | tar -x -C /tmp/before``); both trees are byte-compiled
+``git archive a86a6ad cyphrs_cli | tar -x -C /tmp/before``), and "after" a copy of this
+tree put there the same way (run from the editable install instead, identical code
+measured differently in ``bench_serve_ab.py``'s A/A runs); both trees are byte-compiled
 first, as a regular install is.
 
 Rows: one ``issue agent --out-dir`` process against ``python -c pass``; a 1,000-item
@@ -18,6 +20,7 @@ from __future__ import annotations
 import compileall
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +54,20 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 9
     ensure_bytecode()
     compileall.compile_dir(str(before / "cyphrs_cli"), quiet=1)
+    here = Path(tempfile.mkdtemp(prefix="bench-ab-after-"))
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "cyphrs_cli",
+        here / "cyphrs_cli",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    compileall.compile_dir(str(here / "cyphrs_cli"), quiet=1)
+    try:
+        _measure(before, here, rounds)
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def _measure(before: Path, here: Path, rounds: int) -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
     print(f"# {load.strip()}")
     out: dict[str, object] = {}
@@ -59,10 +76,11 @@ def main() -> None:
         ca = demo_hierarchy(base)
         env = {**os.environ, "CYPHRS_HOME": ca["home"], "CI": "true"}
         old = {**env, "PYTHONPATH": str(before)}
+        new = {**env, "PYTHONPATH": str(here)}
         issue = [CYPHRS, "issue", "agent", "--workflow", "ab", "--out-dir", str(base / "o"),
                  "--force", "--passphrase-file", ca["inter_pass"]]  # fmt: skip
         s = _rounds(
-            {"floor": ([sys.executable, "-c", "pass"], env), "after": (issue, env),
+            {"floor": ([sys.executable, "-c", "pass"], env), "after": (issue, new),
              "before": (issue, old)},
             rounds,
         )  # fmt: skip
@@ -81,7 +99,7 @@ def main() -> None:
         )
         argv = [CYPHRS, "issue", "agent", "--batch", str(batch), "--json",
                 "--passphrase-file", ca["inter_pass"]]  # fmt: skip
-        s = _rounds({"after": (argv, env), "before": (argv, old)}, max(3, rounds // 3))
+        s = _rounds({"after": (argv, new), "before": (argv, old)}, max(3, rounds // 3))
         out["batch 1,000 --json (certs/s)"] = {
             "after": round(1000 / statistics.median(s["after"]) * 1000),
             "before": round(1000 / statistics.median(s["before"]) * 1000),
@@ -92,7 +110,7 @@ def main() -> None:
         san = [CYPHRS, "list", "--san", "spiffe://bench.internal/agent/wf3/53", "--limit",
                "10", "--json"]  # fmt: skip
         s = _rounds(
-            {"floor": ([sys.executable, "-c", "pass"], env), "after": (san, env),
+            {"floor": ([sys.executable, "-c", "pass"], env), "after": (san, new),
              "before": (san, old)},
             rounds,
         )  # fmt: skip

@@ -4,8 +4,7 @@ alike; each figure is a median over rounds, and each ratio the median of per-rou
 
 "before" is an older cyphrs tree put first on ``PYTHONPATH`` (for example
 ``git archive a86a6ad cyphrs_cli | tar -x -C /tmp/before``), and "after" a copy of this
-tree put there the same way (run from the editable install instead, identical code
-measured differently in ``bench_serve_ab.py``'s A/A runs); both trees are byte-compiled
+tree put there the same way (``common.copy_of_this_tree``); both trees are byte-compiled
 first, as a regular install is.
 
 Rows: one ``issue agent --out-dir`` process against ``python -c pass``; a 1,000-item
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_list import grow
-from common import CYPHRS, demo_hierarchy, ensure_bytecode
+from common import CYPHRS, copy_of_this_tree, demo_hierarchy, ensure_bytecode
 
 
 def _wall(argv: list[str], env: dict[str, str]) -> float:
@@ -54,12 +53,7 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 9
     ensure_bytecode()
     compileall.compile_dir(str(before / "cyphrs_cli"), quiet=1)
-    here = Path(tempfile.mkdtemp(prefix="bench-ab-after-"))
-    shutil.copytree(
-        Path(__file__).resolve().parents[1] / "cyphrs_cli",
-        here / "cyphrs_cli",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    here = copy_of_this_tree(Path(tempfile.mkdtemp(prefix="bench-ab-after-")))
     compileall.compile_dir(str(here / "cyphrs_cli"), quiet=1)
     try:
         _measure(before, here, rounds)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_serve import CYPHRS, bench_ca, csrs, run_level, start, stop
+from common import copy_of_this_tree
 
 from cyphrs_cli.client.credentials import KeyRequest
 
@@ -209,14 +210,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-ab-"))
     servers: list[Server] = []
     try:
-        # This tree runs from a copy put first on PYTHONPATH, as the older one does: run
-        # from the editable install instead, identical code measured 0.95x (an A/A run).
-        here = work / "after-tree"
-        shutil.copytree(
-            Path(__file__).resolve().parents[1] / "cyphrs_cli",
-            here / "cyphrs_cli",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
+        here = copy_of_this_tree(work / "after-tree")
         servers = [
             _serve("after", work / "after", {"PYTHONPATH": str(here)}, args.processes),
             _serve("before", work / "before", {"PYTHONPATH": str(args.before)}, args.processes),

@@ -26,6 +26,21 @@ def ensure_bytecode() -> str:
     return "cyphrs_cli byte-compiled before timing (as a regular pip install)"
 
 
+def copy_of_this_tree(parent: Path) -> Path:
+    """Copy this checkout's ``cyphrs_cli`` (no bytecode) into ``parent`` and return
+    ``parent``, to put first on ``PYTHONPATH``: the before/after scripts run both trees
+    that way, as run from the editable install instead, identical code measured
+    differently (``bench_serve_ab.py``'s A/A runs, docs/benchmarks.md)."""
+    import shutil
+
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "cyphrs_cli",
+        parent / "cyphrs_cli",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return parent
+
+
 def time_command(argv: list[str], runs: int, env: dict[str, str] | None = None) -> dict[str, float]:
     """Wall-clock milliseconds over ``runs`` runs after one warm-up: median, p95, min."""
     full_env = {**os.environ, **(env or {})}

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,7 +57,7 @@ def _change_every_page_under_a_savepoint(conn: sqlite3.Connection) -> list[str]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
     with _ledger_with_tokens(tmp_path / "ledger.sqlite3") as opened:
         yield opened
 
@@ -152,9 +155,6 @@ def test_the_memory_journal_holds_one_savepoint_at_a_time(ledger: Ledger) -> Non
     journal in memory must be emptied at each RELEASE, not grow with the transaction.
     Here each savepoint after the first journals about 1 MiB (every page of the tokens
     table); 100 of them in one transaction must peak like two do, not at 100 MiB."""
-    import subprocess
-    import sys
-
     ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def growth_kib(savepoints: int) -> int:

@@ -167,3 +167,24 @@ def test_hooks_must_match_the_entries(authority: Authority) -> None:
             [(authority.profile("agent"), _leaf(authority, "x"))],
             after_record=[None, None],
         )
+
+
+def test_a_groups_hooks_run_with_the_journal_in_memory(authority: Authority) -> None:
+    """``issue_leaves`` writes its group as an issuance transaction (savepoint journals in
+    memory, ``Ledger.transaction(issuance=True)``); once it is over, the connection's
+    temporary storage is files again, for the reads that follow."""
+    seen: list[int] = []
+
+    def temp_store(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:
+        seen.append(conn.execute("PRAGMA temp_store").fetchone()[0])
+
+    profile = authority.profile("agent")
+    results = issue_leaves(
+        authority.ledger,
+        authority.issuer,
+        [(profile, _leaf(authority, name)) for name in ("m1", "m2")],
+        after_record=[temp_store, temp_store],
+    )
+    assert all(isinstance(result, IssuedCertificate) for result in results)
+    assert seen == [2, 2]  # 2: MEMORY
+    assert authority.ledger.conn.execute("PRAGMA temp_store").fetchone()[0] == 0

@@ -135,6 +135,9 @@ class SignedLeaf:
     row: CertificateRow
     now: datetime
     clamped: bool
+    # ``row_digest(row)``, computed with the row, outside the transaction: the writer
+    # lock is then held for the writes only (every serving process waits on it).
+    digest: str
 
 
 def _sign(
@@ -191,7 +194,7 @@ def _sign(
     self_check(cert, issuer, plan)
     fault_point("after-sign", seq=seq)
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
-    return SignedLeaf(plan, cert, row, now, clamped)
+    return SignedLeaf(plan, cert, row, now, clamped, row_digest(row))
 
 
 def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> IssuedCertificate:
@@ -200,7 +203,7 @@ def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> Iss
     from cyphrs_cli.ca.models import IssuedCertificate
 
     plan, cert, row, now = signed.plan, signed.certificate, signed.row, signed.now
-    check_instance_unique(conn, plan, rfc3339(now))
+    check_instance_unique(conn, plan, row.issued_at)
     authority_id = issuer.authority_id
     new = plan.new_authority
     if new is not None:
@@ -242,7 +245,7 @@ def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> Iss
                 "replaces_id": plan.replaces_id,
                 # Who asked (the claim); the event's own ``actor`` is who ran the command.
                 **({"requester": plan.requester} if plan.requester else {}),
-                "row_digest": row_digest(row),
+                "row_digest": signed.digest if row is signed.row else row_digest(row),
                 **({"profile_sha256": plan.profile_sha256} if plan.profile_sha256 else {}),
                 **(
                     {

@@ -369,21 +369,7 @@ def consume_hook(info: TokenInfo) -> AfterRecord:
     def consume(conn: sqlite3.Connection, issued: IssuedCertificate) -> None:
         from cyphrs_cli.ledger.events import LedgerEvent, append_event, utc_now
 
-        row = conn.execute("SELECT * FROM tokens WHERE id = ?", (info.row_id,)).fetchone()
-        if row is None:
-            raise CredentialRefused(
-                "unknown enrollment token (rule token.unknown)", rule="token.unknown"
-            )
-        current = _info(row)
-        refused = _refusal(current, utc_now())
-        if refused is not None:
-            raise refused
-        updated = conn.execute(
-            "UPDATE tokens SET uses = uses + 1 WHERE id = ? AND uses < uses_allowed",
-            (info.row_id,),
-        ).rowcount
-        if updated != 1:  # cannot happen under the write lock; refuse rather than trust it
-            raise CredentialRefused(f"token {info.token_id} has no use left", rule="token.used")
+        current = _spend_one_use(conn, info, utc_now())
         append_event(
             conn,
             LedgerEvent(
@@ -400,6 +386,64 @@ def consume_hook(info: TokenInfo) -> AfterRecord:
         )
 
     return consume
+
+
+def _spend_one_use(conn: sqlite3.Connection, info: TokenInfo, now: datetime) -> TokenInfo:
+    """Spend one use of the token ``info`` names, under the write lock; returns the token as
+    it was just before. The token is re-read here, not trusted from the early check: it
+    may have been used up, revoked or have expired since.
+
+    The common case is one statement: an ``UPDATE`` whose condition is the token being
+    active (stored times are ``rfc3339`` text, which sorts as time), returning what the
+    refusal rules need, which are then applied in Python as well (``_refusal``, on the
+    parsed times: a row whose text the comparison misjudges cannot slip through). When
+    the ``UPDATE`` matches nothing, the row is read and refused with its rule, exactly
+    as before this fast path.
+
+    Raises:
+        CredentialRefused: ``token.unknown``, ``token.revoked``, ``token.used`` or
+            ``token.expired``; the caller's savepoint is then rolled back, which also
+            undoes a use spent here.
+    """
+    from dataclasses import replace
+
+    from cyphrs_cli.ledger.events import rfc3339
+    from cyphrs_cli.times import parse_time
+
+    spent = conn.execute(
+        "UPDATE tokens SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL"
+        " AND uses < uses_allowed AND expires_at > ? RETURNING uses, uses_allowed, expires_at",
+        (info.row_id, rfc3339(now)),
+    ).fetchall()
+    if spent:
+        uses, uses_allowed, expires_at = spent[0]
+        before = replace(
+            info,
+            uses=int(uses) - 1,
+            uses_allowed=int(uses_allowed),
+            expires_at=parse_time(expires_at),
+            revoked_at=None,
+        )
+        refused = _refusal(before, now)
+        if refused is not None:
+            raise refused
+        return before
+    row = conn.execute("SELECT * FROM tokens WHERE id = ?", (info.row_id,)).fetchone()
+    if row is None:
+        raise CredentialRefused(
+            "unknown enrollment token (rule token.unknown)", rule="token.unknown"
+        )
+    before = _info(row)
+    refused = _refusal(before, now)
+    if refused is not None:
+        raise refused
+    updated = conn.execute(
+        "UPDATE tokens SET uses = uses + 1 WHERE id = ? AND uses < uses_allowed",
+        (info.row_id,),
+    ).rowcount
+    if updated != 1:  # cannot happen under the write lock; refuse rather than trust it
+        raise CredentialRefused(f"token {info.token_id} has no use left", rule="token.used")
+    return before
 
 
 def record_refusal(

@@ -51,3 +51,27 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
         version = ledger.conn.execute("PRAGMA user_version").fetchone()[0]
     # The newest migration's number (each branch that adds one must not re-run it).
     assert version == _migrations()[-1][0]
+
+
+def test_rfc3339_is_the_utc_second_in_four_digit_years() -> None:
+    """Every stored time is ``rfc3339``'s text (hand-formatted, not ``strftime``): the
+    same as ``strftime`` for the instant in UTC, seconds truncated, from any offset, and
+    four-digit years also below 1000 (where glibc's ``%Y`` does not pad)."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from cyphrs_cli.ledger.events import rfc3339
+
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]
+    start = datetime(1999, 12, 31, 23, 59, 58, 999_999, tzinfo=UTC)
+    for step in range(0, 400_000, 997):
+        moment = start + timedelta(seconds=step * 3.7)
+        for zone in zones:
+            local = moment.astimezone(zone)
+            assert rfc3339(local) == moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert rfc3339(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00Z"
+    assert rfc3339(datetime(999, 2, 3, 4, 5, 6, tzinfo=UTC)) == "0999-02-03T04:05:06Z"
+    assert rfc3339(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)) == (
+        "9999-12-31T23:59:59Z"
+    )
+    east = datetime(2026, 1, 1, 1, 30, tzinfo=timezone(timedelta(hours=2)))
+    assert rfc3339(east) == "2025-12-31T23:30:00Z"

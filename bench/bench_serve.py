@@ -111,8 +111,17 @@ def run_level(
 
 
 def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server in an empty working directory of its own. Before ``cyphrs serve``
+    started its workers with ``python -P``, they imported ``cyphrs_cli`` from the working
+    directory first: run from a checkout, every worker ran the checkout's code whatever
+    ``PYTHONPATH`` said (so ``bench_serve_ab.py --processes 2`` compared a tree with
+    itself)."""
     return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=tempfile.mkdtemp(prefix="cyphrs-bench-cwd-"),
     )
 
 

@@ -117,6 +117,7 @@ def start_server(
     *args: str,
     env: dict[str, str] | None = None,
     ready_timeout: float = 30.0,
+    cwd: Path | None = None,
 ) -> ServerProcess:
     """Run ``cyphrs serve --listen 127.0.0.1:0`` on ``home`` and wait for its ready line.
 
@@ -142,6 +143,7 @@ def start_server(
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "CI": "true", **(env or {})},
+            cwd=cwd,
         )
     assert process.stdout is not None
     os.set_blocking(process.stdout.fileno(), False)

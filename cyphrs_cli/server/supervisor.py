@@ -170,8 +170,13 @@ class _Supervisor:
         }
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
         try:
+            # ``-P``: ``python -m`` would put the working directory first on the worker's
+            # ``sys.path``, so a ``cyphrs_cli/``, ``json.py`` or ``ssl.py`` there (a
+            # server started from /tmp, a shared checkout) would run inside the process
+            # that holds the unlocked CA key, and replace the installed code. The worker
+            # finds its modules where the supervisor did (``PYTHONPATH``, site-packages).
             process = subprocess.Popen(
-                [sys.executable, "-m", "cyphrs_cli.server.worker"],
+                [sys.executable, "-P", "-m", "cyphrs_cli.server.worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Hierarchy, tool
-from tests.serve_clients import request
+from tests.serve_clients import new_csr, request
 from tests.server_process import ServerProcess, kill_worker, start_server, wait_until, worker_alive
 
 pytestmark = pytest.mark.slow
@@ -647,3 +647,37 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly(
         assert "worker.started" not in events and "worker.exited" not in events, events
     finally:
         server.stop()
+
+
+def test_workers_import_nothing_from_the_working_directory(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A server started from a directory others can write into (``/tmp``, a shared
+    checkout): ``python -m`` puts the working directory first on ``sys.path``, so a
+    planted ``cyphrs_cli/`` or a module named like one of the standard library's would
+    run inside a worker, which holds the unlocked CA key. Every planted module writes a
+    marker when imported; none may be, and the workers serve with the installed code."""
+    ca = fresh_hierarchy
+    planted, marker = tmp_path / "shared", tmp_path / "imported"
+    payload = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("cyphrs_cli/__init__.py", "cyphrs_cli/server/__init__.py", "json.py", "ssl.py",
+                 "asyncio.py", "sqlite3.py", "base64.py", "aiohttp.py", "cryptography.py"):  # fmt: skip
+        (planted / name).parent.mkdir(parents=True, exist_ok=True)
+        (planted / name).write_text(payload)
+    token = json.loads(
+        subprocess.run(
+            [tool("cyphrs"), "token", "create", "--home", str(ca.home), "--workflow", "w",
+             "--uses", "2", "--ttl", "10m", "--json"],
+            capture_output=True, check=True, env={**os.environ, "CI": "true"},
+        ).stdout
+    )["token"]  # fmt: skip
+    with start_server(ca.home, ca.inter_pass, "--processes", "2", cwd=planted) as server:
+        assert len(server.ready["processes"]) == 2
+        for pid in server.worker_pids:
+            assert Path(f"/proc/{pid}/cwd").resolve() == planted.resolve()
+        for _ in range(2):  # over the keep-alive balance, both workers are likely to answer
+            status = request(
+                server, "POST", "/v1/enroll", {"csr": new_csr()[1].decode(), "token": token}
+            ).status
+            assert status == 201
+    assert not marker.exists(), marker.read_text()

@@ -499,8 +499,13 @@ class GroupCommitter:
         try:
             try:
                 ledger.end(commit=True)
+                # Durable before any caller hears of it; the writer lock is free already.
+                ledger.sync_committed()
                 fault_point("after-record", seq=range(1, len(batch) + 1))
-            except BaseException as error:  # nothing of the group was recorded
+            except BaseException as error:
+                # The COMMIT failed (nothing of the group recorded), or its sync did (the
+                # rows may be there, but are not known to be durable): no caller gets its
+                # certificate either way, and the connection begins nothing more.
                 self._commit_ended(loop)
                 failure = _as_failure(error)
                 for item in batch:
@@ -541,6 +546,9 @@ class GroupCommitter:
             # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
             # taken (a writer that skips the lock file) is retried like a taken lock.
             ledger.conn.execute("PRAGMA busy_timeout = 0")
+            # The COMMIT thread syncs the WAL after the writer lock is released
+            # (``_commit_here``): the lock is held for the writes, not the disk's flush.
+            ledger.defer_commit_sync()
             if self.checkpointer is not None:
                 ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
             group.ledger = ledger

@@ -510,3 +510,39 @@ def test_loops_run_one_after_another_do_not_keep_a_connection_each(
     assert [rows[i.serial] for i in issued] == ["valid"] * 8
     assert _lock_free(home)
     assert audit_problems(home) == []
+
+
+def test_a_group_whose_sync_failed_is_not_delivered_and_no_later_group_is_written(
+    authority: Authority, home: CaHome
+) -> None:
+    """The loop's writer connection syncs the WAL after the writer lock is released
+    (``Ledger.defer_commit_sync``). Its sync failing (a real ``EBADF``: the descriptor
+    closed behind its back, as no disk here fails on demand): the group's callers get
+    exit 8, not their certificates, and the next group is refused before it writes."""
+    import os
+
+    from cyphrs_cli.errors import ExitCode
+    from tests.unit.ledger.test_deferred_sync import wal_descriptors
+
+    committer = authority.start_group_commit()
+    first = _signed(authority, "synced")
+    failing = [_signed(authority, f"unsynced{n}") for n in range(2)]
+    later = _signed(authority, "after")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        issued = await _all([committer.submit_here(loop, authority.issuer, first)])
+        assert issued[0].serial
+        writer = next(iter(committer._here.values())).ledger  # the loop's writer connection
+        assert writer is not None and writer._wal_fd in wal_descriptors(writer.path)
+        os.close(writer._wal_fd)
+        for group in (failing, [later]):  # one after the other
+            futures = [committer.submit_here(loop, authority.issuer, one) for one in group]
+            with pytest.raises(StorageError) as failed:
+                await _all(futures)
+            assert failed.value.exit_code == ExitCode.STORAGE
+
+    written = _certificates(home)
+    asyncio.run(main())
+    # The failed group was committed (visible, never delivered); the later one not written.
+    assert _certificates(home) == written + 3

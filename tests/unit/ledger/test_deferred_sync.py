@@ -1,0 +1,104 @@
+"""``Ledger.defer_commit_sync`` / ``sync_committed``: the serving loop's writer connection
+commits without waiting for the disk (``synchronous = NORMAL``) and syncs the WAL file after
+the writer lock is released, before anything of the transaction is output.
+
+Attacked here: the default stays ``FULL`` everywhere else; the sync really is a sync of
+the WAL file (its own descriptor, closed with the ledger); a failed sync is reported as
+exit 8, stays failed, and the connection then refuses to begin anything (a frame the
+kernel could not write ends SQLite's recovery there, so nothing after it may be vouched
+for); and the group committer fails a group whose sync failed instead of delivering it,
+and writes no later group (``tests/unit/service/test_committer_loop.py``). The interleaving with client output is attacked in
+``tests/e2e/test_serve_durable_before_output.py``. Real SQLite files, real descriptors
+(the failure is a descriptor closed behind the ledger's back: a real ``EBADF`` from
+``fdatasync``, as no disk here fails on demand).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cyphrs_cli.errors import ExitCode, StorageError
+from cyphrs_cli.ledger.db import Ledger
+
+
+def wal_descriptors(ledger_path: Path) -> list[int]:
+    """This process's descriptors open on ``ledger_path``'s WAL file."""
+    wal = str(ledger_path) + "-wal"
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == wal:
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _write(ledger: Ledger, value: int) -> None:
+    assert ledger.try_lock() and ledger.begin_locked()
+    ledger.conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+    ledger.end(commit=True)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    opened = Ledger(tmp_path / "l.sqlite3", create=True)
+    with opened.transaction() as conn:
+        conn.execute("CREATE TABLE t (v INTEGER)")
+    return opened
+
+
+def test_only_a_deferring_connection_commits_without_syncing(ledger: Ledger) -> None:
+    assert ledger.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    sqlite_own = wal_descriptors(ledger.path)
+    ledger.sync_committed()  # a no-op: its COMMITs sync themselves
+    assert wal_descriptors(ledger.path) == sqlite_own
+    ledger.defer_commit_sync()
+    assert ledger.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    other = Ledger(ledger.path)
+    try:
+        assert other.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        other.close()
+    _write(ledger, 1)
+    ledger.sync_committed()
+    opened = [fd for fd in wal_descriptors(ledger.path) if fd not in sqlite_own]
+    assert len(opened) == 1  # the WAL file itself, on a descriptor of its own
+    reader = sqlite3.connect(ledger.path)
+    try:
+        assert reader.execute("SELECT v FROM t").fetchall() == [(1,)]
+    finally:
+        reader.close()
+    ledger.close()
+    assert wal_descriptors(ledger.path) == []
+
+
+def test_a_failed_sync_is_exit_8_sticky_and_refuses_the_next_transaction(
+    ledger: Ledger,
+) -> None:
+    ledger.defer_commit_sync()
+    _write(ledger, 1)
+    ledger.sync_committed()
+    _write(ledger, 2)
+    assert ledger._wal_fd in wal_descriptors(ledger.path)
+    os.close(ledger._wal_fd)  # behind the ledger's back: its fdatasync now fails (EBADF)
+    with pytest.raises(StorageError) as failed:
+        ledger.sync_committed()
+    assert failed.value.exit_code == ExitCode.STORAGE
+    assert "l.sqlite3-wal failed" in failed.value.message
+    with pytest.raises(StorageError):
+        ledger.sync_committed()  # stays failed
+    assert ledger.try_lock()
+    with pytest.raises(StorageError, match="writes nothing more"):
+        ledger.begin_locked()
+    other = Ledger(ledger.path)  # the writer lock was given back
+    try:
+        assert other.try_lock()
+        other.release_lock()
+    finally:
+        other.close()
+    ledger.close()

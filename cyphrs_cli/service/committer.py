@@ -21,7 +21,8 @@ timer adding latency.
 
 An event loop (the server's enrollment fast path) submits with ``submit_here`` instead:
 its items form a group per turn of the loop, written by the loop itself and committed by
-a commit thread, and the loop never waits on a lock or an fsync (see ``submit_here``).
+a commit thread, which syncs the WAL after the writer lock is released, and the loop never
+waits on a lock or an fsync (see ``submit_here``).
 
 The writer's connection does not checkpoint the WAL inside its COMMITs (SQLite's
 auto-checkpoint is off on it): a ``ledger.checkpoint.WalCheckpointer`` owned by the
@@ -237,17 +238,18 @@ class GroupCommitter:
 
         How a loop group is written (``_record_here``): the loop takes the ledger's
         writer lock only if it is free and writes the group's rows and events in one
-        transaction on a connection of its own; a commit thread runs the COMMIT (the
-        fsync) and resolves the futures, while the loop goes on preparing requests, which
-        form the next group. While another writer holds the lock, a lock thread blocks on
-        it for the loop and hands it over the moment it is free (``_wait_for_lock``), and
-        what arrives meanwhile joins the waiting group: contention grows the groups
-        instead of idling the core. (Polling from the loop instead was late or costly:
-        asyncio's selector rounds a 0.05 ms timer up to 1 ms; uvloop rounds it down to 0,
-        a spinning loop.) Why not the writer thread: each SQLite statement releases the GIL, and
-        a writer thread then waits for the busy loop to hand it back (up to the 5 ms
-        switch interval) a dozen times per item; the commit thread needs it once per
-        group.
+        transaction on a connection of its own; a commit thread runs the COMMIT, which
+        releases the lock, then syncs the WAL (outside the lock: see
+        ``Ledger.defer_commit_sync``) and resolves the futures, while the loop goes on
+        preparing requests, which form the next group. While another writer holds the
+        lock, a lock thread blocks on it for the loop and hands it over the moment it is
+        free (``_wait_for_lock``), and what arrives meanwhile joins the waiting group:
+        contention grows the groups instead of idling the core. (Polling from the loop
+        instead was late or costly: asyncio's selector rounds a 0.05 ms timer up to 1 ms;
+        uvloop rounds it down to 0, a spinning loop.) Why not the writer thread: each
+        SQLite statement releases the GIL, and a writer thread then waits for the busy
+        loop to hand it back (up to the 5 ms switch interval) a dozen times per item; the
+        commit thread needs it once per group.
 
         Raises:
             StorageError: the committer is closed (the server is shutting down).

@@ -135,9 +135,11 @@ class SignedLeaf:
     row: CertificateRow
     now: datetime
     clamped: bool
-    # ``row_digest(row)``, computed with the row, outside the transaction: the writer
-    # lock is then held for the writes only (every serving process waits on it).
+    # ``row_digest(row)`` and the DER's SHA-1 (hex), computed with the row, outside the
+    # transaction: the writer lock is then held for the writes only (every serving
+    # process waits on it).
     digest: str
+    sha1: str
 
 
 def _sign(
@@ -145,6 +147,7 @@ def _sign(
 ) -> SignedLeaf:
     """Steps 2-4: validity, serial, signature, self-check (step 5 is ``_record``)."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
 
     if issuer.revoked:
         raise PolicyDenied(
@@ -194,7 +197,8 @@ def _sign(
     self_check(cert, issuer, plan)
     fault_point("after-sign", seq=seq)
     row = _certificate_row(cert, issuer, plan, issued_at=rfc3339(now))
-    return SignedLeaf(plan, cert, row, now, clamped, row_digest(row))
+    sha1 = cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - an index, not a signature
+    return SignedLeaf(plan, cert, row, now, clamped, row_digest(row), sha1)
 
 
 def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> IssuedCertificate:
@@ -223,7 +227,7 @@ def _record(conn: sqlite3.Connection, issuer: Issuer, signed: SignedLeaf) -> Iss
             created_at=rfc3339(now),
         )
         row = _replace_authority(row, issuer, authority_id)
-    record_id = insert_certificate(conn, row)
+    record_id = insert_certificate(conn, row, sha1=signed.sha1)
     if new is not None:
         conn.execute(
             "UPDATE authorities SET certificate_id = ? WHERE id = ?", (record_id, authority_id)

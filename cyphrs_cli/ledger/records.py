@@ -70,7 +70,11 @@ def row_digest(row: CertificateRow | sqlite3.Row | dict[str, Any]) -> str:
     return sha256_hex(canonical_json({k: values[k] for k in CERT_IMMUTABLE_COLUMNS}))
 
 
-def insert_certificate(conn: sqlite3.Connection, row: CertificateRow) -> int:
+def insert_certificate(
+    conn: sqlite3.Connection, row: CertificateRow, *, sha1: str | None = None
+) -> int:
+    """Insert ``row`` and its SHA-1 row; ``sha1``: the DER's SHA-1 (hex) when the caller
+    has it (an issuance computes it outside the transaction), else taken from the PEM."""
     columns = ", ".join(CERT_IMMUTABLE_COLUMNS)
     marks = ", ".join("?" for _ in CERT_IMMUTABLE_COLUMNS)
     values = _as_dict(row)
@@ -81,7 +85,7 @@ def insert_certificate(conn: sqlite3.Connection, row: CertificateRow) -> int:
     assert cursor.lastrowid is not None
     conn.execute(
         "INSERT INTO certificate_sha1 (certificate_id, sha1) VALUES (?, ?)",
-        (cursor.lastrowid, pem_sha1(row.pem)),
+        (cursor.lastrowid, sha1 if sha1 is not None else pem_sha1(row.pem)),
     )
     return cursor.lastrowid
 

@@ -132,7 +132,9 @@ async def read_body(request: web.Request) -> bytes:
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
         )
     try:
-        return await asyncio.wait_for(request.read(), state.body_timeout)
+        # ``asyncio.timeout``, not ``wait_for``: no task of its own per request.
+        async with asyncio.timeout(state.body_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT

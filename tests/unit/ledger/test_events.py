@@ -75,3 +75,22 @@ def test_rfc3339_is_the_utc_second_in_four_digit_years() -> None:
     )
     east = datetime(2026, 1, 1, 1, 30, tzinfo=timezone(timedelta(hours=2)))
     assert rfc3339(east) == "2025-12-31T23:30:00Z"
+
+
+def test_canonical_json_is_json_dumps_with_its_options() -> None:
+    """``canonical_json`` reuses one encoder; its output must stay byte for byte what
+    ``json.dumps(sort_keys, compact separators, ensure_ascii=False)`` gives, or every hash
+    in existing ledgers would stop verifying."""
+    import json
+
+    values = [
+        {"z": [1, 2.5, None, True], "a": {"y": "\u00e9\u4e2d\U0001f600", "b": "\n\t\"\\"}},
+        ["\x00\x1f\x7f", {"": ""}, -0.0, 10**30, "\u2028\u2029"],
+        {"nested": {"k": [{"b": 1, "a": 2}]}, "A": "B", "a": "b"},
+        "plain",
+        12,
+    ]
+    for value in values:
+        expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert canonical_json(value) == expected.encode()
+        assert canonical_json(value) == canonical_json(value)  # no state between calls

@@ -7,14 +7,20 @@ system time: the signing, the self-check, SQLite, the committer and checkpoint t
 bytes written per enrollment (``/proc/self/io``: ``wchar`` every write call, ``disk``
 what reached the block layer) and the group-commit statistics.
 
+With ``--online``, C concurrent enrollments at a time go through ``enroll_online`` on one
+event loop instead: the path ``cyphrs serve`` takes (signing on the loop, groups written
+by the loop, the WAL synced by the commit thread), without HTTP or TLS.
+
 The package measured is the one the running interpreter imports, so the same script
-compares two checkouts in the same minute:
-    .venv/bin/python bench/bench_enroll_cost.py [N] [C]
-    /other/checkout/.venv/bin/python bench/bench_enroll_cost.py [N] [C]
+compares two checkouts in the same minute (or one interpreter, each tree first on
+``PYTHONPATH``, run from a directory that has no ``cyphrs_cli``):
+    .venv/bin/python bench/bench_enroll_cost.py [N] [C] [--online]
+    /other/checkout/.venv/bin/python bench/bench_enroll_cost.py [N] [C] [--online]
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,7 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import demo_hierarchy
@@ -43,8 +51,10 @@ def main() -> None:
     from cyphrs_cli.service.authority import Authority
     from cyphrs_cli.service.enrollment import EnrollRequest
 
-    total = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    clients = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    online = "--online" in sys.argv
+    numbers = [a for a in sys.argv[1:] if a != "--online"]
+    total = int(numbers[0]) if numbers else 2000
+    clients = int(numbers[1]) if len(numbers) > 1 else 4
     per_client = total // clients
     cyphrs = str(Path(sys.executable).parent / "cyphrs")
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +93,28 @@ def main() -> None:
             for k in range(first, first + count):
                 authority.enroll(EnrollRequest(csr_pem=csrs[k], token=tokens[client]))
 
+        def on_loop(first: int, count: int) -> None:
+            async def offload(call: Callable[[], Any]) -> Any:
+                return await asyncio.get_running_loop().run_in_executor(None, call)
+
+            async def turns() -> None:
+                for k in range(count):
+                    await asyncio.gather(
+                        *(
+                            authority.enroll_online(
+                                EnrollRequest(csr_pem=csrs[first + c * count + k], token=tokens[c]),
+                                offload=offload,
+                            )
+                            for c in range(clients)
+                        )
+                    )
+
+            asyncio.run(turns())
+
         def in_threads(first: int, count: int) -> None:
+            if online:
+                on_loop(first, count)
+                return
             threads = [
                 threading.Thread(target=run, args=(c, first + c * count, count))
                 for c in range(clients)
@@ -107,6 +138,7 @@ def main() -> None:
                 {
                     "enrollments": done,
                     "threads": clients,
+                    "path": "enroll_online on one event loop" if online else "enroll in threads",
                     "cpu_ms_per_enrollment": round(cpu * 1000 / done, 3),
                     "wall_ms_per_enrollment": round(wall * 1000 / done, 3),
                     "written_kib_per_enrollment": round(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -76,7 +77,11 @@ class Ledger:
         # the writer lock, instead of inside each COMMIT.
         self._deferred_sync = False
         self._wal_fd: int | None = None
+        self._wal_path: str | None = None
         self._sync_failed: str | None = None  # sticky: see ``sync_committed``
+        # Held while the WAL descriptor is synced or closed: a ``close`` on another
+        # thread must not free its number for reuse during an ``fdatasync``.
+        self._sync_lock = threading.Lock()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -282,9 +287,31 @@ class Ledger:
         syncs the WAL before any checkpoint copies it into the database. An
         ``fdatasync`` of the WAL file after the COMMIT makes that transaction durable,
         and every one committed before it, by any connection: the same guarantee as
-        ``FULL``, at the moment the caller needs it."""
+        ``FULL``, at the moment the caller needs it.
+
+        The WAL is opened here, before this connection commits anything: a descriptor
+        opened after a failed write-back would not be told of it. Its name comes from
+        SQLite (``PRAGMA database_list``), which resolves a symbolic link to the ledger:
+        the WAL lives beside the link's target, and a name built from ``self.path``
+        would sync another file (or none).
+
+        Raises:
+            StorageError: the WAL file cannot be opened (nothing changed).
+        """
+        (_, _, database), *_ = self.conn.execute("PRAGMA database_list").fetchall()
+        wal = f"{database}-wal"
+        try:
+            descriptor = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(f"cannot open the ledger's WAL {wal}: {exc.strerror}") from exc
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self._deferred_sync = True
+        self._wal_fd, self._wal_path, self._deferred_sync = descriptor, wal, True
+
+    @property
+    def sync_failure(self) -> str | None:
+        """Why this connection's commits can no longer be made durable, if a sync failed
+        (``sync_committed``): then it begins nothing more."""
+        return self._sync_failed
 
     def sync_committed(self) -> None:
         """Make every transaction committed so far durable (``defer_commit_sync``): an
@@ -301,25 +328,25 @@ class Ledger:
         """
         if not self._deferred_sync:
             return
-        if self._sync_failed is not None:
-            raise StorageError(self._sync_failed)
         # The same file as SQLite's own descriptor: SQLite deletes the WAL only when its
         # last connection closes, and this one is open.
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
+        with self._sync_lock:
+            if self._sync_failed is not None:
+                raise StorageError(self._sync_failed)
             if self._wal_fd is None:
-                self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
-            os.fdatasync(self._wal_fd)
-        except OSError as exc:
-            self._sync_failed = (
-                f"ledger write not made durable: syncing {wal} failed ({exc.strerror});"
-                " this connection writes nothing more (restart the server)"
-            )
-            if self._wal_fd is not None:
+                raise StorageError(f"ledger {self.path} is closed: nothing was made durable")
+            try:
+                os.fdatasync(self._wal_fd)
+            except OSError as exc:
+                self._sync_failed = (
+                    f"ledger write not made durable: syncing {self._wal_path} failed"
+                    f" ({exc.strerror}); this connection writes nothing more (restart the"
+                    " server)"
+                )
                 with contextlib.suppress(OSError):
                     os.close(self._wal_fd)
                 self._wal_fd = None
-            raise StorageError(self._sync_failed) from exc
+                raise StorageError(self._sync_failed) from exc
 
     def _after_write(self) -> None:
         """Temporary storage back to files once an issuance transaction is over."""
@@ -354,9 +381,10 @@ class Ledger:
     def close(self) -> None:
         self.conn.close()
         self._writer_lock.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
+        with self._sync_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     def __enter__(self) -> Ledger:
         return self

@@ -545,14 +545,18 @@ class GroupCommitter:
             from cyphrs_cli.ca.hierarchy import open_ledger
 
             ledger = open_ledger(self._authority.home, shared=True)
-            # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
-            # taken (a writer that skips the lock file) is retried like a taken lock.
-            ledger.conn.execute("PRAGMA busy_timeout = 0")
-            # The COMMIT thread syncs the WAL after the writer lock is released
-            # (``_commit_here``): the lock is held for the writes, not the disk's flush.
-            ledger.defer_commit_sync()
-            if self.checkpointer is not None:
-                ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            try:
+                # Never wait inside SQLite on the loop: a BEGIN that finds SQLite's lock
+                # taken (a writer that skips the lock file) is retried like a taken lock.
+                ledger.conn.execute("PRAGMA busy_timeout = 0")
+                # The COMMIT thread syncs the WAL after the writer lock is released
+                # (``_commit_here``): the lock is held for the writes, not the disk's flush.
+                ledger.defer_commit_sync()
+                if self.checkpointer is not None:
+                    ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            except BaseException:
+                ledger.close()
+                raise
             group.ledger = ledger
         return group.ledger
 
@@ -567,6 +571,16 @@ class GroupCommitter:
             if self._waits is None:
                 self._waits = _JobThread("cyphrs-loop-lock", idle=self._watch_handovers)
             return self._waits
+
+    def sync_failure(self) -> str | None:
+        """Why an event loop's writer connection can no longer make its commits durable
+        (``Ledger.sync_committed`` failed), if one cannot: it issues nothing more, and
+        the server must not say it is ready."""
+        with self._lock:
+            for group in self._here.values():
+                if group.ledger is not None and group.ledger.sync_failure is not None:
+                    return group.ledger.sync_failure
+        return None
 
     def _checkpoint_waiting(self) -> bool:
         """The checkpoint thread waits for the writer lock (see ``ledger.checkpoint``):

@@ -200,7 +200,8 @@ def server_certificate(
 
 
 def readiness(authority: Authority) -> dict[str, str]:
-    """Can this authority issue right now: the ledger answers a read, and the issuing key
+    """Can this authority issue right now: the ledger answers a read (and no sync of the
+    serving loop's commits has failed: ``Ledger.sync_committed``), and the issuing key
     signs a probe that verifies against the issuer's certificate. Each check says ``ok``
     or why not; nothing is recorded."""
     import secrets
@@ -213,7 +214,9 @@ def readiness(authority: Authority) -> dict[str, str]:
     checks: dict[str, str] = {}
     try:
         authority.ledger.conn.execute("SELECT 1 FROM events LIMIT 1").fetchone()
-        checks["ledger"] = "ok"
+        committer = authority.group_committer
+        failure = committer.sync_failure() if committer is not None else None
+        checks["ledger"] = "ok" if failure is None else f"unavailable: {failure}"
     except Exception as exc:  # any failure means "not ready", with its reason
         checks["ledger"] = f"unavailable: {exc}"
     try:

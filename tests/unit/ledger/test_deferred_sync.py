@@ -102,3 +102,37 @@ def test_a_failed_sync_is_exit_8_sticky_and_refuses_the_next_transaction(
     finally:
         other.close()
     ledger.close()
+
+
+def test_a_ledger_behind_a_symbolic_link_syncs_the_wal_sqlite_writes(tmp_path: Path) -> None:
+    """The ledger file moved elsewhere and linked into the home (allowed: the home's
+    checks follow links). SQLite keeps the WAL beside the link's target; a name built
+    from the link would sync another file, here a stale ``-wal`` left beside the link,
+    and a certificate would be delivered with its frames unsynced."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    Ledger(store / "l.sqlite3", create=True).close()
+    (home / "l.sqlite3").symlink_to(store / "l.sqlite3")
+    (home / "l.sqlite3-wal").write_bytes(b"")  # the decoy
+    linked = Ledger(home / "l.sqlite3")
+    try:
+        with linked.transaction() as conn:
+            conn.execute("CREATE TABLE t (v INTEGER)")
+        linked.defer_commit_sync()
+        _write(linked, 1)
+        linked.sync_committed()
+        assert linked._wal_fd is not None
+        synced = os.readlink(f"/proc/self/fd/{linked._wal_fd}")
+        assert synced == str((store / "l.sqlite3-wal").resolve())
+        assert (home / "l.sqlite3-wal").read_bytes() == b""  # the decoy was never written
+    finally:
+        linked.close()
+
+
+def test_a_closed_ledger_vouches_for_nothing(ledger: Ledger) -> None:
+    ledger.defer_commit_sync()
+    _write(ledger, 1)
+    ledger.close()
+    with pytest.raises(StorageError, match="is closed"):
+        ledger.sync_committed()

@@ -543,6 +543,8 @@ def test_a_group_whose_sync_failed_is_not_delivered_and_no_later_group_is_writte
             assert failed.value.exit_code == ExitCode.STORAGE
 
     written = _certificates(home)
+    assert authority.readiness()["ledger"] == "ok"
     asyncio.run(main())
     # The failed group was committed (visible, never delivered); the later one not written.
     assert _certificates(home) == written + 3
+    assert authority.readiness()["ledger"].startswith("unavailable: ledger write not made")

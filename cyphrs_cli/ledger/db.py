@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cyphrs_cli.errors import StorageError
 from cyphrs_cli.ledger.writelock import LockWaiter, WriterLock
+
+if TYPE_CHECKING:
+    import threading
 
 BUSY_TIMEOUT_ENV = "CYPHRS_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
@@ -80,8 +83,9 @@ class Ledger:
         self._wal_path: str | None = None
         self._sync_failed: str | None = None  # sticky: see ``sync_committed``
         # Held while the WAL descriptor is synced or closed: a ``close`` on another
-        # thread must not free its number for reuse during an ``fdatasync``.
-        self._sync_lock = threading.Lock()
+        # thread must not free its number for reuse during an ``fdatasync``. Made by
+        # ``defer_commit_sync`` (``threading`` is not imported at CLI start-up).
+        self._sync_lock: threading.Lock | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -304,7 +308,10 @@ class Ledger:
             descriptor = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"cannot open the ledger's WAL {wal}: {exc.strerror}") from exc
+        import threading
+
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self._sync_lock = threading.Lock()
         self._wal_fd, self._wal_path, self._deferred_sync = descriptor, wal, True
 
     @property
@@ -326,7 +333,7 @@ class Ledger:
         Raises:
             StorageError: the sync failed, now or earlier (exit 8).
         """
-        if not self._deferred_sync:
+        if not self._deferred_sync or self._sync_lock is None:
             return
         # The same file as SQLite's own descriptor: SQLite deletes the WAL only when its
         # last connection closes, and this one is open.
@@ -381,10 +388,11 @@ class Ledger:
     def close(self) -> None:
         self.conn.close()
         self._writer_lock.close()
-        with self._sync_lock:
-            if self._wal_fd is not None:
-                os.close(self._wal_fd)
-                self._wal_fd = None
+        if self._sync_lock is not None:
+            with self._sync_lock:
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
 
     def __enter__(self) -> Ledger:
         return self

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,20 @@ if TYPE_CHECKING:
 ROOT_PASS = "root-passphrase-for-tests"
 INTER_PASS = "intermediate-passphrase-for-tests"
 VENV_BIN = Path(sys.executable).parent
+
+
+def open_descriptors(matches: Callable[[str], bool]) -> dict[int, str]:
+    """This process's open descriptors whose target (``/proc/self/fd``) ``matches``, in
+    ascending order: number -> target. One closed during the scan is skipped."""
+    found = {}
+    for name in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if matches(target):
+            found[int(name)] = target
+    return found
 
 
 def tool(name: str) -> str:

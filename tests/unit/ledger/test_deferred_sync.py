@@ -23,19 +23,13 @@ import pytest
 
 from cyphrs_cli.errors import ExitCode, StorageError
 from cyphrs_cli.ledger.db import Ledger
+from tests.helpers import open_descriptors
 
 
 def wal_descriptors(ledger_path: Path) -> list[int]:
     """This process's descriptors open on ``ledger_path``'s WAL file."""
     wal = str(ledger_path) + "-wal"
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == wal:
-                found.append(int(name))
-        except OSError:
-            continue
-    return found
+    return list(open_descriptors(lambda target: target == wal))
 
 
 def _write(ledger: Ledger, value: int) -> None:

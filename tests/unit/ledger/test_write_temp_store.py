@@ -10,7 +10,6 @@ unlinks the file at once but keeps it open until the transaction ends.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -20,20 +19,13 @@ from pathlib import Path
 import pytest
 
 from cyphrs_cli.ledger.db import Ledger
+from tests.helpers import open_descriptors
 
 ROWS = 3000  # about 1 MiB of token pages: far more than the 64 KiB kept in memory
 
 
 def _temp_files() -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if "etilqs_" in target:
-            found.append(target)
-    return found
+    return list(open_descriptors(lambda target: "etilqs_" in target).values())
 
 
 def _ledger_with_tokens(path: Path) -> Ledger:

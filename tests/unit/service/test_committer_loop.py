@@ -9,6 +9,7 @@ holding a real ``flock``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -22,13 +23,13 @@ from cyphrs_cli.ca.issuance import SignedLeaf, sign_leaf
 from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
 from cyphrs_cli.ca.orders import LeafOrder, prepare_request
 from cyphrs_cli.config.home import CaHome
-from cyphrs_cli.errors import PolicyDenied, StorageError
+from cyphrs_cli.errors import ExitCode, PolicyDenied, StorageError
 from cyphrs_cli.ledger.db import BUSY_TIMEOUT_ENV
 from cyphrs_cli.ledger.events import utc_now
 from cyphrs_cli.ledger.writelock import lock_path
 from cyphrs_cli.service.authority import Authority
 from tests.enrollment_helpers import audit_problems, count, events
-from tests.helpers import INTER_PASS
+from tests.helpers import INTER_PASS, open_descriptors
 
 HOLD = """
 import fcntl, os, sys, time
@@ -519,11 +520,6 @@ def test_a_group_whose_sync_failed_is_not_delivered_and_no_later_group_is_writte
     (``Ledger.defer_commit_sync``). Its sync failing (a real ``EBADF``: the descriptor
     closed behind its back, as no disk here fails on demand): the group's callers get
     exit 8, not their certificates, and the next group is refused before it writes."""
-    import os
-
-    from cyphrs_cli.errors import ExitCode
-    from tests.unit.ledger.test_deferred_sync import wal_descriptors
-
     committer = authority.start_group_commit()
     first = _signed(authority, "synced")
     failing = [_signed(authority, f"unsynced{n}") for n in range(2)]
@@ -534,7 +530,8 @@ def test_a_group_whose_sync_failed_is_not_delivered_and_no_later_group_is_writte
         issued = await _all([committer.submit_here(loop, authority.issuer, first)])
         assert issued[0].serial
         writer = next(iter(committer._here.values())).ledger  # the loop's writer connection
-        assert writer is not None and writer._wal_fd in wal_descriptors(writer.path)
+        assert writer is not None
+        assert open_descriptors(lambda target: target.endswith("-wal")).get(writer._wal_fd)
         os.close(writer._wal_fd)
         for group in (failing, [later]):  # one after the other
             futures = [committer.submit_here(loop, authority.issuer, one) for one in group]

@@ -266,18 +266,11 @@ def test_a_loop_group_that_cannot_wait_for_the_lock_fails_with_exit_8_not_1(
 
 def _lock_descriptors(home: CaHome) -> int:
     """Descriptors of this process open on the ledger's lock file."""
-    import os
-
     from cyphrs_cli.ledger.writelock import lock_path
+    from tests.helpers import open_descriptors
 
     target = str(lock_path(home.ledger_path))
-    found = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found += os.readlink(f"/proc/self/fd/{name}") == target
-        except OSError:
-            continue  # closed meanwhile
-    return found
+    return len(open_descriptors(lambda opened: opened == target))
 
 
 def test_closing_while_the_lock_thread_waits_leaves_no_descriptor_of_the_lock_file(

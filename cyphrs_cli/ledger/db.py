@@ -76,16 +76,15 @@ class Ledger:
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
         self._journal_in_memory = False  # temp_store MEMORY set for the open transaction
-        # ``defer_commit_sync``: the WAL is made durable by ``sync_committed``, outside
-        # the writer lock, instead of inside each COMMIT.
-        self._deferred_sync = False
+        # Set by ``defer_commit_sync`` (the WAL is then made durable by ``sync_committed``,
+        # outside the writer lock, instead of inside each COMMIT): the lock is held while
+        # the WAL descriptor is synced or closed, so a ``close`` on another thread never
+        # frees its number for reuse during an ``fdatasync``. None: COMMITs sync
+        # themselves. Made there (``threading`` is not imported at CLI start-up).
+        self._sync_lock: threading.Lock | None = None
         self._wal_fd: int | None = None
         self._wal_path: str | None = None
         self._sync_failed: str | None = None  # sticky: see ``sync_committed``
-        # Held while the WAL descriptor is synced or closed: a ``close`` on another
-        # thread must not free its number for reuse during an ``fdatasync``. Made by
-        # ``defer_commit_sync`` (``threading`` is not imported at CLI start-up).
-        self._sync_lock: threading.Lock | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
             # boundaries are exactly the ones written in the code.
@@ -308,11 +307,15 @@ class Ledger:
             descriptor = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"cannot open the ledger's WAL {wal}: {exc.strerror}") from exc
+        try:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            os.close(descriptor)
+            raise
         import threading
 
-        self.conn.execute("PRAGMA synchronous = NORMAL")
         self._sync_lock = threading.Lock()
-        self._wal_fd, self._wal_path, self._deferred_sync = descriptor, wal, True
+        self._wal_fd, self._wal_path = descriptor, wal
 
     @property
     def sync_failure(self) -> str | None:
@@ -333,7 +336,7 @@ class Ledger:
         Raises:
             StorageError: the sync failed, now or earlier (exit 8).
         """
-        if not self._deferred_sync or self._sync_lock is None:
+        if self._sync_lock is None:
             return
         # The same file as SQLite's own descriptor: SQLite deletes the WAL only when its
         # last connection closes, and this one is open.

@@ -333,6 +333,11 @@ def _refusal(info: TokenInfo, now: datetime) -> CredentialRefused | None:
     return CredentialRefused(f"token {info.token_id} {why} (rule {rule})", rule=rule)
 
 
+def _unknown_token() -> CredentialRefused:
+    """No such token (also a malformed string, or a row deleted since the early check)."""
+    return CredentialRefused("unknown enrollment token (rule token.unknown)", rule="token.unknown")
+
+
 def redeemable_token(conn: sqlite3.Connection, token: str) -> TokenInfo:
     """The token ``token`` names, if it may be used now (the early check, before any
     signing; ``consume_hook`` decides races).
@@ -343,16 +348,13 @@ def redeemable_token(conn: sqlite3.Connection, token: str) -> TokenInfo:
     """
     from cyphrs_cli.ledger.events import utc_now
 
-    unknown = CredentialRefused(
-        "unknown enrollment token (rule token.unknown)", rule="token.unknown"
-    )
     if not _TOKEN_FORMAT.fullmatch(token):
-        raise unknown
+        raise _unknown_token()
     row = conn.execute(
         "SELECT * FROM tokens WHERE secret_sha256 = ?", (secret_sha256(token),)
     ).fetchone()
     if row is None:
-        raise unknown
+        raise _unknown_token()
     info = _info(row)
     refused = _refusal(info, utc_now())
     if refused is not None:
@@ -430,9 +432,7 @@ def _spend_one_use(conn: sqlite3.Connection, info: TokenInfo, now: datetime) -> 
         return before
     row = conn.execute("SELECT * FROM tokens WHERE id = ?", (info.row_id,)).fetchone()
     if row is None:
-        raise CredentialRefused(
-            "unknown enrollment token (rule token.unknown)", rule="token.unknown"
-        )
+        raise _unknown_token()
     before = _info(row)
     refused = _refusal(before, now)
     if refused is not None:

@@ -577,9 +577,23 @@ def recorded_profiles(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
 
 
 def profile_record(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None:
-    """What the ledger says of profile ``name``: sha256, overrides_builtin, at, actor."""
-    row = recorded_profiles(conn).get(name)
-    if row is None:
+    """What the ledger says of profile ``name``: sha256, overrides_builtin, at, actor.
+
+    Read on every issuance (``check_profile``), so only the last event for this name is
+    read and decoded, not every profile text ever recorded (``recorded_profiles``). The
+    ``+`` keeps SQLite on the ``type`` index (the few profile events): the ``target``
+    index would walk every ``policy.denied`` event of the profile, which anyone sending
+    refused requests adds to. ``profiles set`` and ``profiles remove`` write the name in
+    both the target and the details; when the last event found by target names another
+    profile in its details (an edited row), the scan by details decides, as before."""
+    row = conn.execute(
+        "SELECT seq, at, actor, type, target, details FROM events"
+        " WHERE type IN (?, ?) AND +target = ? ORDER BY seq DESC LIMIT 1",
+        (PROFILE_SET_EVENT, PROFILE_REMOVED_EVENT, f"profile:{name}"),
+    ).fetchone()
+    if row is not None and _details(row["details"], "name")["name"] != name:
+        row = recorded_profiles(conn).get(name)
+    if row is None or row["type"] != PROFILE_SET_EVENT:
         return None
     details = _details(row["details"], "sha256", "overrides_builtin")
     return {

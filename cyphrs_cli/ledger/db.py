@@ -76,6 +76,7 @@ class Ledger:
         timeout_ms = int(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_MS))
         self._writer_lock = WriterLock(path, timeout=timeout_ms / 1000)
         self._journal_in_memory = False  # temp_store MEMORY set for the open transaction
+        self._issuance_only = False  # temp_store MEMORY for good (``write_issuances_only``)
         # Set by ``defer_commit_sync`` (the WAL is then made durable by ``sync_committed``,
         # outside the writer lock, instead of inside each COMMIT): the lock is held while
         # the WAL descriptor is synced or closed, so a ``close`` on another thread never
@@ -269,7 +270,7 @@ class Ledger:
         keep SQLite's default. SQLite reads ``temp_store`` at BEGIN; ``_after_write``
         sets it back, as with it in memory a read's sorter never spills either (``audit
         verify`` sorts millions of rows)."""
-        if issuance:
+        if issuance and not self._issuance_only:
             self.conn.execute("PRAGMA temp_store = MEMORY")
             self._journal_in_memory = True
         try:
@@ -277,6 +278,15 @@ class Ledger:
         except BaseException:
             self._after_write()
             raise
+
+    def write_issuances_only(self) -> None:
+        """This connection will write nothing but issuance transactions and read nothing
+        large (a serving loop's group writer): its savepoint journals stay in memory for
+        its whole life, instead of ``temp_store`` set before and reset after each
+        transaction (``_begin_immediate``). Those two statements cost about 50 µs of CPU
+        per group, measured, on the path every online enrollment takes."""
+        self.conn.execute("PRAGMA temp_store = MEMORY")
+        self._issuance_only = True
 
     def defer_commit_sync(self) -> None:
         """From now on this connection's COMMITs do not wait for the disk; the caller

@@ -128,7 +128,16 @@ def serve(
         # Bound before the TLS certificate is issued: a port in use records nothing.
         sock = listening_socket(options) if worker is None else None
         try:
-            asyncio.run(_serve(authority, options, ready, worker, sock))
+            # uvloop: the same asyncio API, with its transports and TLS in C (libuv,
+            # Cython): 7 % less server CPU per enrollment, measured (docs/design-notes.md,
+            # "The event loop: uvloop").
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(_serve(authority, options, ready, worker, sock))
+            # Only once the loop is closed: while it ran down its last tasks, a request
+            # that reached a closing connection could still be refused (503) and logged.
+            log("stopped", pid=os.getpid())
         finally:
             if sock is not None:
                 sock.close()
@@ -314,7 +323,6 @@ async def _serve(
         await state.gate.drained(options.shutdown_timeout)
         await runner.cleanup()
         executor.shutdown(wait=True)
-        log("stopped", pid=os.getpid())
 
 
 def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:

@@ -552,6 +552,7 @@ class GroupCommitter:
                 # The COMMIT thread syncs the WAL after the writer lock is released
                 # (``_commit_here``): the lock is held for the writes, not the disk's flush.
                 ledger.defer_commit_sync()
+                ledger.write_issuances_only()  # groups of issuances, nothing else
                 if self.checkpointer is not None:
                     ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
             except BaseException:

@@ -88,6 +88,23 @@ def test_try_begin_and_end_keep_it_in_memory_and_restore_files_after(ledger: Led
     assert ledger.conn.execute("SELECT sum(uses) FROM tokens").fetchone()[0] == ROWS
 
 
+def test_a_connection_that_writes_issuances_only_keeps_them_in_memory_for_good(
+    ledger: Ledger,
+) -> None:
+    """A serving loop's group writer (``write_issuances_only``): no PRAGMA around each
+    transaction, and still no journal file, committed or rolled back."""
+    ledger.write_issuances_only()
+    for commit in (True, False, True):
+        assert ledger.try_begin()
+        assert _change_every_page_under_a_savepoint(ledger.conn) == []
+        ledger.end(commit=commit)
+        assert ledger.conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    with ledger.transaction(issuance=True) as conn:
+        assert _change_every_page_under_a_savepoint(conn) == []
+    assert ledger.conn.execute("PRAGMA temp_store").fetchone()[0] == 2
+    assert ledger.conn.execute("SELECT sum(uses) FROM tokens").fetchone()[0] == 3 * ROWS
+
+
 def test_any_other_write_keeps_sqlites_default(ledger: Ledger) -> None:
     """A migration or a mass revocation may change every page in one statement: its
     journal must be free to spill to a file rather than fill the memory."""

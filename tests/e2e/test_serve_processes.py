@@ -427,3 +427,25 @@ def test_sigterm_during_start_up_stops_at_once(fresh_hierarchy: Hierarchy) -> No
         for pid in workers:
             if worker_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_events_recorded_by_workers_name_the_servers_actor(fresh_hierarchy: Hierarchy) -> None:
+    """Each worker resolves its actor once at start (``CYPHRS_ACTOR`` here): the events of
+    enrollments on the fast path and on the blocking path (a refused replay) carry it."""
+    ca = fresh_hierarchy
+    actor = "svc:ca-prod-7"
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", "2", env={"CYPHRS_ACTOR": actor}
+    ) as server:
+        token = _token(ca, 2)
+        assert [_enroll(server, token) for _ in range(3)] == [201, 201, 403]
+    with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
+        rows = conn.execute(  # what the workers recorded once the CLI made the token
+            "SELECT type, actor FROM events WHERE seq >"
+            " (SELECT max(seq) FROM events WHERE type = 'token.created')"
+        ).fetchall()
+    kinds = [kind for kind, _ in rows]
+    assert sorted(kinds) == sorted(
+        ["certificate.issued"] * 2 + ["token.used"] * 2 + ["token.refused"]
+    )
+    assert {who for _, who in rows} == {actor}, rows

@@ -88,12 +88,14 @@ def prepare_request(
     *,
     stand_in: Callable[[KeySpec], CertificatePublicKeyTypes] | None = None,
     csr: x509.CertificateSigningRequest | None = None,
+    csr_key: CertificatePublicKeyTypes | None = None,
 ) -> tuple[LeafRequest, CertificateIssuerPrivateKeyTypes | None]:
     """Validate the order and produce the request plus a generated key (None for a CSR).
 
     ``csr`` is ``order.csr_pem`` as the caller already loaded it with ``load_csr`` (its
     signature verified): enrollment parses the CSR first to read its SPIFFE ID, and a
-    second parse and signature check of the same bytes would only cost time.
+    second parse and signature check of the same bytes would only cost time. ``csr_key``
+    is that CSR's public key, when the caller loaded it already (the same reason).
 
     With ``stand_in`` (the batch pre-pass) no key pair is generated: the request carries a
     public key of the requested type from ``stand_in`` so that the policy decision and the
@@ -143,7 +145,7 @@ def prepare_request(
         if order.key_type:
             raise UsageError("--key-type applies to generated keys, not to a CSR")
         loaded = csr if csr is not None else load_csr(order.csr_pem, source=order.csr_source)
-        public_key = loaded.public_key()
+        public_key = csr_key if csr is not None and csr_key is not None else loaded.public_key()
         key_type = key_algorithm_name(public_key)
         key_storage = "csr"
     else:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
     from cyphrs_cli.ca.issuance import AfterRecord
     from cyphrs_cli.ca.models import IssuedCertificate, LeafRequest
@@ -248,7 +249,8 @@ def start_enrollment(
     if committer is None or request.token is None or request.jwt is not None:
         return None
     csr = parse_csr(request.csr_pem, source="CSR")  # not a CSR: exit 3, nothing checked
-    if not _cheap_to_verify(csr):
+    csr_key = _cheap_to_verify(csr)
+    if csr_key is None:
         return None
     signer = authority.issuer  # re-reads the issuer's revocation
     if not signs_in_process(signer.signer):
@@ -256,33 +258,40 @@ def start_enrollment(
     checked_csr(csr, source="CSR")
     try:
         grant = token_grant(authority, request.token)
-        profile, leaf = _leaf_request(authority, grant, request, csr)
+        profile, leaf = _leaf_request(authority, grant, request, csr, csr_key)
         signed = sign_leaf(authority.ledger, signer, profile, leaf, utc_now(), record_denials=False)
     except (PolicyDenied, ConflictError):  # to be recorded, or rechecked against the token
         return None
     return committer.submit_here(loop, signer, signed, after_record=grant.spend)
 
 
-def _cheap_to_verify(csr: x509.CertificateSigningRequest) -> bool:
-    """Whether the event loop may check this CSR's signature: its key is P-256, P-384 or
-    Ed25519, whose check takes tens of microseconds. An RSA key's check grows with its
-    exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms, measured), and anyone may
-    send one: such CSRs go whole to the blocking path on a worker thread."""
+def _cheap_to_verify(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes | None:
+    """The CSR's public key if the event loop may check this CSR's signature, else None:
+    its key is P-256, P-384 or Ed25519, whose check takes tens of microseconds. An RSA
+    key's check grows with its exponent and modulus (a hostile 3,000-bit exponent: 4.6 ms,
+    measured), and anyone may send one: such CSRs go whole to the blocking path on a
+    worker thread. The key is returned for the request to reuse: cryptography loads it
+    anew (and checks the point) on every ``public_key()`` call, about 15 µs."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     try:
         key = csr.public_key()
     except Exception:  # a key type this build cannot load: the blocking path explains
-        return False
+        return None
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.curve.name in ("secp256r1", "secp384r1")
-    return isinstance(key, ed25519.Ed25519PublicKey)
+        return key if key.curve.name in ("secp256r1", "secp384r1") else None
+    return key if isinstance(key, ed25519.Ed25519PublicKey) else None
 
 
 def _leaf_request(
-    authority: Authority, grant: Grant, request: EnrollRequest, csr: x509.CertificateSigningRequest
+    authority: Authority,
+    grant: Grant,
+    request: EnrollRequest,
+    csr: x509.CertificateSigningRequest,
+    csr_key: CertificatePublicKeyTypes | None = None,
 ) -> tuple[Profile, LeafRequest]:
-    """The leaf the grant allows for this CSR's key, narrowed by the request."""
+    """The leaf the grant allows for this CSR's key (``csr_key``, when already loaded),
+    narrowed by the request."""
     from cyphrs_cli.ca.orders import LeafOrder, prepare_request
     from cyphrs_cli.durations import format_duration, parse_duration
 
@@ -329,7 +338,7 @@ def _leaf_request(
         requester=grant.requester,
         csr_pem=request.csr_pem,
     )
-    leaf, _ = prepare_request(order, profile, issuer_domain, csr=csr)
+    leaf, _ = prepare_request(order, profile, issuer_domain, csr=csr, csr_key=csr_key)
     return profile, replace(leaf, ttl=ttl)
 
 

@@ -580,15 +580,20 @@ def profile_record(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None
     """What the ledger says of profile ``name``: sha256, overrides_builtin, at, actor.
 
     Read on every issuance (``check_profile``), so only the last event for this name is
-    read and decoded, not every profile text ever recorded (``recorded_profiles``). The
-    ``+`` keeps SQLite on the ``type`` index (the few profile events): the ``target``
+    read and decoded, not every profile text ever recorded (``recorded_profiles``). It
+    reads through the ``type`` index (the few profile events), named: the ``target``
     index would walk every ``policy.denied`` event of the profile, which anyone sending
-    refused requests adds to. ``profiles set`` and ``profiles remove`` write the name in
-    both the target and the details; when the last event found by target names another
-    profile in its details (an edited row), the scan by details decides, as before."""
+    refused requests adds to, and with statistics (an operator's ``ANALYZE``) SQLite
+    would otherwise scan the whole table. ``profiles set`` and ``profiles remove`` write
+    the name in both the target and the details; when the last event found by target
+    names another profile in its details, the scan by details decides. A ledger edited
+    otherwise (a target changed away from its profile, details no longer JSON in another
+    profile's event) may be judged differently from the full scan: such edits break the
+    hash chain, which ``audit verify`` reports, and ``check_profile_files`` still reads
+    every event."""
     row = conn.execute(
-        "SELECT seq, at, actor, type, target, details FROM events"
-        " WHERE type IN (?, ?) AND +target = ? ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, at, actor, type, target, details FROM events INDEXED BY events_type"
+        " WHERE type IN (?, ?) AND target = ? ORDER BY seq DESC LIMIT 1",
         (PROFILE_SET_EVENT, PROFILE_REMOVED_EVENT, f"profile:{name}"),
     ).fetchone()
     if row is not None and _details(row["details"], "name")["name"] != name:

@@ -175,13 +175,9 @@ async def _serve(
     worker: WorkerSetup | None,
     sock: socket.socket | None,
 ) -> None:
-    from cyphrs_cli.ledger.events import ACTOR_OVERRIDE, default_actor, rfc3339
+    from cyphrs_cli.ledger.events import rfc3339
 
     loop = asyncio.get_running_loop()
-    # The actor of every event this loop records, resolved once: a running server's
-    # environment does not change, and ``default_actor`` reads up to nine variables per
-    # event, two events per enrollment. The loop's tasks and callbacks inherit it.
-    ACTOR_OVERRIDE.set(default_actor())
     metrics = ServerMetrics(multiprocess_dir=worker.metrics_dir if worker else None)
     authority.start_group_commit(observer=metrics.observe_commit)
     executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="cyphrs-req")

@@ -35,7 +35,7 @@ class BodySchema:
         """None when ``document`` is valid; else one line naming where and why."""
         try:
             if self.fast.is_valid(document):
-                return None
+                return _not_text(document)
         except (ValueError, TypeError, OverflowError):  # a value it cannot represent
             pass
         error = next(iter(self.full.iter_errors(document)), None)
@@ -43,3 +43,34 @@ class BodySchema:
             return "invalid request (body): refused by the request schema"
         where = "/".join(str(p) for p in error.absolute_path) or "body"
         return f"invalid request ({where}): {error.message[:200]}"
+
+
+def _not_text(document: Any) -> str | None:
+    """The refusal of a valid body holding a string that is not text: a lone UTF-16
+    surrogate, which JSON lets through (a ``\\ud800`` escape, or CESU-8 bytes that
+    ``json.loads`` decodes with ``surrogatepass``) and every schema accepts as a string,
+    but which no field can be encoded as UTF-8 from; the handlers encode them, and such a
+    body was answered 500. None when every string is text."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if _holds_surrogate(value):
+                return f"invalid request ({key}): not text (a lone UTF-16 surrogate)"
+    return None
+
+
+def _holds_surrogate(value: Any) -> bool:
+    """Whether ``value`` (a valid body's field: text, a list of text, a number) holds a
+    string UTF-8 cannot encode. ASCII, the common case, is settled without encoding."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list):
+        return any(_holds_surrogate(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_surrogate(k) or _holds_surrogate(v) for k, v in value.items())
+    return False

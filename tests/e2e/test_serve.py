@@ -246,6 +246,9 @@ def test_bad_requests_answer_problem_json_with_cli_codes(
     assert reply.json()["exit_code"] == 3
     reply = request(server, "POST", "/v1/renew", {"csr": "x", "surprise": 1})
     assert reply.status == 400 and "surprise" in reply.json()["detail"]
+    for raw in (b'{"csr": "x\\ud800"}', b'{"csr": "x\xed\xa0\x80"}'):  # a lone surrogate
+        reply = request(server, "POST", "/v1/enroll", raw=raw)
+        assert reply.status == 400 and "not text" in reply.json()["detail"], raw
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from cyphrs_cli.server import spec
-from cyphrs_cli.server.validation import BodySchema
+from cyphrs_cli.server.validation import BodySchema, _not_text
 
 REQUEST_SCHEMAS = sorted({op.request for op in spec.OPERATIONS if op.request})
 
@@ -73,7 +73,8 @@ COMPILED = {name: BodySchema.compile(spec.SCHEMAS[name]) for name in REQUEST_SCH
 def test_the_fast_validator_agrees_with_python_jsonschema(name: str, data: st.DataObject) -> None:
     body = data.draw(_bodies(spec.SCHEMAS[name]))
     checked = COMPILED[name]
-    assert (checked.refusal(body) is None) == checked.full.is_valid(body), body
+    text = _not_text(body) is None  # no lone surrogate (refused as not text, below)
+    assert (checked.refusal(body) is None) == (checked.full.is_valid(body) and text), body
     assert checked.fast.is_valid(body) == checked.full.is_valid(body), body
 
 
@@ -99,3 +100,18 @@ def test_values_json_allows_but_no_schema_type_fits_are_refused() -> None:
     checked = BodySchema.compile(spec.SCHEMAS["TokenSpec"])
     for text in ('{"uses": NaN}', '{"uses": 1e400}', '{"uses": 100000000000000000000000}'):
         assert checked.refusal(json.loads(text)) is not None, text
+
+
+def test_a_lone_surrogate_is_refused_as_not_text() -> None:
+    """JSON lets a lone surrogate through (an escape, or CESU-8 bytes ``json.loads``
+    keeps) and the schemas accept it as a string; the handlers encode fields as UTF-8, and
+    such a body was answered 500. It is refused, naming the field."""
+    checked = COMPILED["EnrollRequest"]
+    for raw in (b'{"csr": "x\\ud800"}', b'{"csr": "x\xed\xa0\x80"}'):
+        assert checked.refusal(json.loads(raw)) == (
+            "invalid request (csr): not text (a lone UTF-16 surrogate)"
+        ), raw
+    refusal = checked.refusal({"csr": "x", "permissions": ["ok", "\udfff"]})
+    assert refusal == "invalid request (permissions): not text (a lone UTF-16 surrogate)"
+    assert checked.refusal({"\ud800": "x", "csr": "x"}) is not None  # a key: the schema
+    assert checked.refusal({"csr": "é \U0001f600", "workflow": "naïve"}) is None

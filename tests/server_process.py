@@ -118,6 +118,7 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_timeout: float = 30.0,
     cwd: Path | None = None,
+    root_args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Run ``cyphrs serve --listen 127.0.0.1:0`` on ``home`` and wait for its ready line.
 
@@ -130,6 +131,7 @@ def start_server(
         process = subprocess.Popen(
             [
                 tool("cyphrs"),
+                *root_args,  # options of ``cyphrs`` itself (``--actor``)
                 "serve",
                 "--home",
                 str(home),

@@ -12,6 +12,7 @@ Nothing is decided here. The verified client certificate comes from the TLS laye
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import os
@@ -101,8 +102,12 @@ class ServerState:
     gate: RequestGate = field(default_factory=RequestGate)
 
     async def call(self, function: Callable[[], T]) -> T:
-        """Run a blocking use case on a worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function)
+        """Run a blocking use case on a worker thread, in a copy of the caller's context
+        (as ``asyncio.to_thread``): the events it records name the server's actor, a
+        context variable (``cyphrs --actor``)."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, context.run, function)
 
 
 STATE: web.AppKey[ServerState] = web.AppKey("cyphrs_state", ServerState)

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import CyphrsError, ExitCode, StorageError, UsageError
+from cyphrs_cli.ledger.events import default_actor
 from cyphrs_cli.server.limits import Rate
 from cyphrs_cli.server.run import (
     ServeOptions,
@@ -167,6 +168,9 @@ class _Supervisor:
             "listening": self._listening,
             "supervisor_pid": os.getpid(),
             "metrics_dir": self._metrics_dir,
+            # Who the worker's events name: ``cyphrs --actor`` is a context variable of
+            # this process, which a worker (a new interpreter) would not otherwise have.
+            "actor": default_actor(),
         }
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
         try:

@@ -40,10 +40,12 @@ def main() -> int:
 
 def _serve(config: dict[str, Any]) -> int:
     from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.ledger.events import ACTOR_OVERRIDE
     from cyphrs_cli.server.run import WorkerSetup, serve
     from cyphrs_cli.server.supervisor import options_from_document
 
     secrets = {k: base64.b64decode(v) for k, v in config["secrets"].items()}
+    ACTOR_OVERRIDE.set(str(config["actor"]))  # the supervisor's (``start_worker``)
 
     def provide(purpose: str) -> bytes:
         if purpose not in secrets:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import queue
 import sqlite3
@@ -172,7 +173,17 @@ class GroupCommitter:
         self.checkpointer: WalCheckpointer | None = (
             WalCheckpointer(authority.home.ledger_path, every_items=every) if every > 0 else None
         )
-        self._thread = threading.Thread(target=self._run, name="cyphrs-group-commit", daemon=True)
+        # Every thread of this committer records events, and an event's actor is a context
+        # variable (``cyphrs --actor``): threads start with an empty context, so each runs
+        # in a copy of the one this committer was made in, and so do the loop callbacks its
+        # threads schedule (``call_soon_threadsafe`` copies the calling thread's context).
+        self._context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=self._context.copy().run,
+            args=(self._run,),
+            name="cyphrs-group-commit",
+            daemon=True,
+        )
         self._thread.start()
 
     def set_observer(self, observer: CommitObserver | None) -> None:
@@ -564,13 +575,15 @@ class GroupCommitter:
     def _commit_thread(self) -> _JobThread:
         with self._lock:
             if self._commits is None:
-                self._commits = _JobThread("cyphrs-loop-commit")
+                self._commits = _JobThread("cyphrs-loop-commit", context=self._context.copy())
             return self._commits
 
     def _lock_thread(self) -> _JobThread:
         with self._lock:
             if self._waits is None:
-                self._waits = _JobThread("cyphrs-loop-lock", idle=self._watch_handovers)
+                self._waits = _JobThread(
+                    "cyphrs-loop-lock", idle=self._watch_handovers, context=self._context.copy()
+                )
             return self._waits
 
     def sync_failure(self) -> str | None:
@@ -706,14 +719,22 @@ class _JobThread:
     thread rather than a ``ThreadPoolExecutor``: its ``submit`` (a future, a work item, a
     semaphore) cost 4 % of the serving process's GIL time, measured."""
 
-    def __init__(self, name: str, *, idle: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        idle: Callable[[], bool] | None = None,
+        context: contextvars.Context | None = None,
+    ) -> None:
         """``idle``: called between jobs, and every ``_HANDOVER_CHECK`` seconds for as
-        long as it returns True (it has something to watch)."""
+        long as it returns True (it has something to watch). ``context``: the context the
+        thread runs in (see ``GroupCommitter.__init__``); an empty one by default."""
         self._idle = idle
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        run = context.run if context is not None else contextvars.Context().run
+        self._thread = threading.Thread(target=run, args=(self._run,), name=name, daemon=True)
         self._thread.start()
 
     def put(self, job: Callable[[], None]) -> bool:

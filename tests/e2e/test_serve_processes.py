@@ -429,25 +429,50 @@ def test_sigterm_during_start_up_stops_at_once(fresh_hierarchy: Hierarchy) -> No
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_events_recorded_by_workers_name_the_servers_actor(fresh_hierarchy: Hierarchy) -> None:
-    """Workers record events under the actor of the server's environment (``CYPHRS_ACTOR``
-    here), on the fast path and on the blocking path (a refused replay). (``cyphrs --actor
-    X serve`` does not reach the workers, nor every thread of one process: a known gap,
-    ``docs/design-notes.md``, seventh stop.)"""
-    ca = fresh_hierarchy
-    actor = "svc:ca-prod-7"
-    with start_server(
-        ca.home, ca.inter_pass, "--processes", "2", env={"CYPHRS_ACTOR": actor}
-    ) as server:
-        token = _token(ca, 2)
-        assert [_enroll(server, token) for _ in range(3)] == [201, 201, 403]
+def _concurrent_enrollments_and_a_refusal(server: ServerProcess, ca: Hierarchy) -> None:
+    """Groups written by the loop (several at once), then a refused replay (the blocking
+    path on an executor thread)."""
+    token = _token(ca, 8)
+    codes: list[int] = []
+    _in_threads(lambda: codes.extend([_enroll(server, token), _enroll(server, token)]), 4)
+    assert sorted(codes) == [201] * 8, codes
+    assert _enroll(server, token) == 403
+
+
+def _actors_since_the_token(ca: Hierarchy) -> list[tuple[str, str]]:
     with sqlite3.connect(ca.home / "ledger.sqlite3") as conn:
-        rows = conn.execute(  # what the workers recorded once the CLI made the token
+        return conn.execute(  # what the server recorded once the CLI made the token
             "SELECT type, actor FROM events WHERE seq >"
             " (SELECT max(seq) FROM events WHERE type = 'token.created')"
         ).fetchall()
-    kinds = [kind for kind, _ in rows]
-    assert sorted(kinds) == sorted(
-        ["certificate.issued"] * 2 + ["token.used"] * 2 + ["token.refused"]
-    )
-    assert {who for _, who in rows} == {actor}, rows
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_every_event_the_server_records_names_its_actor(
+    fresh_hierarchy: Hierarchy, processes: str
+) -> None:
+    """``cyphrs --actor X serve``: every event names X, whichever thread or worker wrote
+    it. The actor is a context variable; it used to reach neither the workers of
+    ``--processes 2`` nor, in one process, the request executor's threads and the loop
+    callbacks the commit thread schedules (5 of 11 certificate events named X)."""
+    ca = fresh_hierarchy
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", processes, root_args=("--actor", "ops:ca-7")
+    ) as server:
+        _concurrent_enrollments_and_a_refusal(server, ca)
+    rows = _actors_since_the_token(ca)
+    kinds = sorted(kind for kind, _ in rows)
+    assert kinds == sorted(["certificate.issued"] * 8 + ["token.used"] * 8 + ["token.refused"])
+    assert {who for _, who in rows} == {"ops:ca-7"}, rows
+
+
+def test_events_recorded_by_workers_name_the_environments_actor(
+    fresh_hierarchy: Hierarchy,
+) -> None:
+    """Without ``--actor``, ``CYPHRS_ACTOR`` in the server's environment names them."""
+    ca = fresh_hierarchy
+    with start_server(
+        ca.home, ca.inter_pass, "--processes", "2", env={"CYPHRS_ACTOR": "svc:ca-prod-7"}
+    ) as server:
+        _concurrent_enrollments_and_a_refusal(server, ca)
+    assert {who for _, who in _actors_since_the_token(ca)} == {"svc:ca-prod-7"}

@@ -8,7 +8,8 @@ enrollment body), for a walk that finds nothing on the path every agent takes.
 
 The two are held to agree by ``tests/unit/server/test_request_validation.py`` (generated
 bodies for every request schema). Should only the fast one refuse a body, it is refused
-all the same, with a message that says the schema refused it: the safe side.
+all the same, with a message that says the schema refused it: the safe side. A body both
+accept is still refused when a string in it is not text (a lone surrogate, ``_not_text``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Attacked here: the default stays ``FULL`` everywhere else; the sync really is a 
 the WAL file (its own descriptor, closed with the ledger); a failed sync is reported as
 exit 8, stays failed, and the connection then refuses to begin anything (a frame the
 kernel could not write ends SQLite's recovery there, so nothing after it may be vouched
-for); and the group committer fails a group whose sync failed instead of delivering it,
+for); ``close`` on another thread waits for a sync in progress before it closes the
+descriptor (a real slow sync, caught inside the kernel's ``fdatasync``); and the group
+committer fails a group whose sync failed instead of delivering it,
 and writes no later group (``tests/unit/service/test_committer_loop.py``). The interleaving with client output is attacked in
 ``tests/e2e/test_serve_durable_before_output.py``. Real SQLite files, real descriptors
 (the failure is a descriptor closed behind the ledger's back: a real ``EBADF`` from
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +134,101 @@ def test_a_closed_ledger_vouches_for_nothing(ledger: Ledger) -> None:
     ledger.close()
     with pytest.raises(StorageError, match="is closed"):
         ledger.sync_committed()
+
+
+#: ``fdatasync``'s number in ``/proc/<pid>/task/<tid>/syscall`` (the first field while a
+#: thread is blocked in a system call).
+_FDATASYNC = {"x86_64": 75, "aarch64": 83}.get(os.uname().machine)
+
+
+def _in_fdatasync(thread_id: int) -> bool:
+    try:
+        fields = Path(f"/proc/self/task/{thread_id}/syscall").read_text().split()
+    except OSError:  # the thread has ended
+        return False
+    return bool(fields) and fields[0] == str(_FDATASYNC)
+
+
+class _Syncer(threading.Thread):
+    """``sync_committed`` on a thread of its own; ``outcome`` is None or what it raised."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.native: int | None = None
+        self.outcome: list[BaseException | None] = []
+        self.running = threading.Event()
+
+    def run(self) -> None:
+        self.native = threading.get_native_id()
+        self.running.set()
+        try:
+            self.ledger.sync_committed()
+        except BaseException as error:  # the test's assertion reports it
+            self.outcome.append(error)
+        else:
+            self.outcome.append(None)
+
+    def caught_in_kernel(self) -> bool:
+        """Started, and seen inside ``fdatasync`` before it returned."""
+        self.start()
+        self.running.wait(10)
+        assert self.native is not None
+        deadline = time.monotonic() + 10
+        while self.is_alive() and time.monotonic() < deadline:
+            if _in_fdatasync(self.native):
+                return True
+            time.sleep(0.0002)
+        return False
+
+
+def _unsynced_megabytes(ledger: Ledger, megabytes: int) -> None:
+    """Commit ``megabytes`` of WAL frames that nothing has synced (dirty in the page cache)."""
+    assert ledger.try_lock() and ledger.begin_locked()
+    ledger.conn.execute("DELETE FROM big")
+    for _ in range(megabytes):
+        ledger.conn.execute("INSERT INTO big (b) VALUES (randomblob(1048576))")
+    ledger.end(commit=True)
+
+
+@pytest.mark.skipif(_FDATASYNC is None, reason="fdatasync's number on this machine unknown")
+def test_close_waits_for_a_sync_in_progress_before_closing_its_descriptor(
+    ledger: Ledger,
+) -> None:
+    """The commit thread syncs while another thread may close the ledger (a stopping
+    server). Were the WAL descriptor closed during the ``fdatasync``, its number could be
+    taken by the next file the process opens, and a sync would vouch for the wrong file,
+    or fail. A real slow sync (tens of megabytes of unsynced WAL) is caught inside the
+    kernel's ``fdatasync`` through ``/proc``; ``close`` must not return while it is still
+    there, and the sync must succeed. Without the lock ``close`` takes, it fails."""
+    with ledger.transaction() as conn:
+        conn.execute("CREATE TABLE big (b BLOB)")
+    ledger.defer_commit_sync()
+    # As on the serving loop's writer: no checkpoint inside a COMMIT (it would sync the
+    # WAL first, leaving nothing for the sync to do).
+    ledger.conn.execute("PRAGMA wal_autocheckpoint = 0")
+    ledger.sync_committed()  # opens its descriptor
+    # Another connection stays open, as the server's others do: the last connection to
+    # close checkpoints the WAL, which would make ``close`` itself wait for the disk.
+    other = sqlite3.connect(ledger.path)
+    caught: _Syncer | None = None
+    try:
+        other.execute("SELECT count(*) FROM big").fetchone()
+        for megabytes in (64, 128, 256):
+            _unsynced_megabytes(ledger, megabytes)
+            syncer = _Syncer(ledger)
+            if syncer.caught_in_kernel():
+                caught = syncer
+                break
+            syncer.join(60)  # synced before it could be seen: more next time
+        if caught is None:
+            pytest.skip("every sync ended before it could be caught in the kernel")
+        ledger.close()
+        assert caught.native is not None
+        still_syncing = _in_fdatasync(caught.native)
+        caught.join(60)
+    finally:
+        other.close()
+    assert not still_syncing, "close returned while fdatasync ran on its descriptor"
+    assert caught.outcome == [None]
+    assert wal_descriptors(ledger.path) == []

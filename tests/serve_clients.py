@@ -75,6 +75,7 @@ def request(
     cert_dir: Path | None = None,
     timeout: float = 20.0,
     raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Reply:
     """One HTTPS request over Python's ssl (a fresh connection, TLS verified)."""
     connection = http.client.HTTPSConnection(
@@ -84,8 +85,8 @@ def request(
         payload = (
             raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         )
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        connection.request(method, path, body=payload, headers=headers)
+        sent = {"Content-Type": "application/json"} if payload is not None else {}
+        connection.request(method, path, body=payload, headers={**sent, **(headers or {})})
         response = connection.getresponse()
         return Reply(response.status, response.read(), dict(response.getheaders()))
     finally:

@@ -30,6 +30,7 @@ from cyphrs_cli.ledger.records import (
     insert_certificate,
     row_digest,
 )
+from cyphrs_cli.numerals import is_decimal
 
 if TYPE_CHECKING:
     import sqlite3
@@ -73,7 +74,7 @@ def fault_point(name: str, *, seq: int | range | None = None) -> None:
         if wanted == name and (
             not at
             or (isinstance(seq, int) and at == str(seq))
-            or (isinstance(seq, range) and at.isdigit() and int(at) in seq)
+            or (isinstance(seq, range) and is_decimal(at) and int(at) in seq)
         ):
             os._exit(86)
     delay = os.environ.get(DELAY_ENV)

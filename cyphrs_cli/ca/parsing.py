@@ -32,10 +32,19 @@ def parse_csr(data: bytes, *, source: str) -> x509.CertificateSigningRequest:
 
     try:
         if any(marker in data for marker in _PEM_CSR):
-            return x509.load_pem_x509_csr(data)
-        return x509.load_der_x509_csr(data)
+            csr = x509.load_pem_x509_csr(data)
+        else:
+            csr = x509.load_der_x509_csr(data)
     except ValueError as exc:
         raise InvalidInputError(f"{source}: not a valid certificate signing request") from exc
+    try:
+        # cryptography parses the extensions on first use (then keeps them) and raises
+        # DuplicateExtension, UnsupportedGeneralNameType or ValueError for unreadable
+        # ones: parsed here, where such a CSR is bad input, not deep in a caller.
+        csr.extensions  # noqa: B018 - parsed for its errors
+    except Exception as exc:
+        raise InvalidInputError(f"{source}: unreadable CSR extensions ({exc})") from exc
+    return csr
 
 
 def checked_csr(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 
 from cyphrs_cli.checks.model import CheckContext, Finding, Severity
+from cyphrs_cli.numerals import is_decimal
 
 #: Below this an RSA key is under the ~128-bit security level (NIST SP 800-57).
 MIN_RSA_BITS = 3072
@@ -23,7 +24,7 @@ def _file_key_path(context: CheckContext, key_uri: str) -> str | None:
 
 
 def _rsa_bits(algorithm: str) -> int | None:
-    if algorithm.startswith("rsa") and algorithm[3:].isdigit():
+    if algorithm.startswith("rsa") and is_decimal(algorithm[3:]):
         return int(algorithm[3:])
     return None
 

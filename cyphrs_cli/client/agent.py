@@ -24,6 +24,7 @@ from cyphrs_cli.client.api import DEFAULT_TIMEOUT, CaClient
 from cyphrs_cli.client.credentials import KeyRequest, accept_issued, key_type_of, load_roots
 from cyphrs_cli.client.files import AgentDir, install
 from cyphrs_cli.errors import CyphrsError, PolicyDenied, UsageError
+from cyphrs_cli.numerals import is_decimal
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -208,7 +209,7 @@ class ReloadHooks:
                 raise UsageError(f"--signal {self.signal_spec!r}: unknown signal") from None
         if not pid_text:
             return None, sig
-        if not pid_text.isdigit() or int(pid_text) <= 1:
+        if not is_decimal(pid_text) or int(pid_text) <= 1:
             raise UsageError(f"--signal {self.signal_spec!r}: the PID must be a number above 1")
         return int(pid_text), sig
 

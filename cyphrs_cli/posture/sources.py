@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from cyphrs_cli.errors import InvalidInputError, NotFoundError
+from cyphrs_cli.numerals import is_decimal
 
 #: Files larger than this are skipped (a certificate store is small; a disk image is not).
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -108,7 +109,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not is_decimal(port) or not 0 < int(port) < 65536:
         raise InvalidInputError(f"{text!r} is not host:port")
     return host, int(port)
 

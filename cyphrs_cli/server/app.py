@@ -24,9 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
 
 from cyphrs_cli.errors import CyphrsError, ExitCode, InvalidInputError, NotFoundError, PolicyDenied
+from cyphrs_cli.numerals import is_decimal
 from cyphrs_cli.server import spec
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
@@ -145,10 +148,24 @@ async def read_body(request: web.Request) -> bytes:
         raise HttpProblem(
             413, "too-large", f"request body over {state.max_body} bytes", ExitCode.INVALID_INPUT
         ) from exc
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # A body the client declared compressed (Content-Encoding) that does not inflate,
+        # or a broken chunked encoding: bad input, named without quoting any of it.
+        raise InvalidInputError("request body could not be decoded as sent") from exc
     except TimeoutError as exc:
         raise HttpProblem(
             408, "timeout", "request body not received in time", ExitCode.INVALID_INPUT
         ) from exc
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number written with a fraction or an exponent. JSON Schema counts ``1.0`` as
+    an integer, so the validators accept it where the schema says ``integer``; it is made
+    the int it equals here, before anything records it (a float would reach the ledger's
+    events as ``1.0`` while its INTEGER column holds ``1``). Anything else stays a float,
+    which no integer field accepts."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
@@ -161,7 +178,7 @@ async def read_json(request: web.Request, operation_id: str) -> dict[str, Any]:
     state = _state(request)
     body = await read_body(request)
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_float=_json_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInputError("request body is not JSON") from exc
     schema_name = spec.operation(operation_id).request
@@ -265,8 +282,9 @@ def _failure_key(request: web.Request) -> str:
 
 async def enroll(request: web.Request) -> web.Response:
     state = _state(request)
-    wait = state.failure_limiter.pending(_failure_key(request))
-    if wait:  # this address spent its refusals: no parsing, no ledger event
+    address = _failure_key(request)
+    wait = state.failure_limiter.admit(address)
+    if wait:  # this address's refusals (spent or in flight) are used up: no ledger event
         state.metrics.rate_limited.labels("address").inc()
         raise HttpProblem(
             429,
@@ -275,11 +293,19 @@ async def enroll(request: web.Request) -> web.Response:
             ExitCode.POLICY_DENIED,
             retry_after=wait,
         )
-    try:
-        return await _enroll(request, state)
+    charge = True  # unless it ends otherwise: a client that leaves mid-request is charged,
+    try:  # as the shielded enrollment may still record its refusal
+        response = await _enroll(request, state)
     except PolicyDenied:
-        state.failure_limiter.retry_after(_failure_key(request))
         raise
+    except Exception:
+        charge = False  # bad input, a conflict, an outage: nothing refused was recorded
+        raise
+    else:
+        charge = False
+        return response
+    finally:
+        state.failure_limiter.settle(address, charge=charge)
 
 
 async def _enroll(request: web.Request, state: ServerState) -> web.Response:
@@ -409,7 +435,7 @@ async def admin_list_certificates(request: web.Request) -> web.Response:
     if status is not None and status not in ("valid", "expired", "revoked", "superseded"):
         raise InvalidInputError(f"unknown status {status!r}")
     limit_text = query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+    if not is_decimal(limit_text) or not 1 <= int(limit_text) <= 1000:
         raise InvalidInputError("limit must be a whole number from 1 to 1000")
     criteria = CertificateFilter(
         status=status,
@@ -526,6 +552,23 @@ def _problem_response(status: int, body: dict[str, Any], retry_after: int = 0) -
     return response
 
 
+#: Set on a request whose ``Expect`` header asks for anything but ``100-continue``.
+_UNMET_EXPECTATION = "cyphrs.unmet_expectation"
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Every route's ``Expect`` handler. aiohttp's own answers an unknown expectation with
+    a text/plain 417 that quotes the header's value, outside the middlewares (no problem
+    document, no access-log line). Here ``100-continue`` is answered as aiohttp does, and
+    anything else is only marked, for ``problems_and_log`` to refuse like any request."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        request[_UNMET_EXPECTATION] = True
+    elif request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response's size
+
+
 @web.middleware
 async def problems_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as problem+json; one JSON access-log line per request on stderr
@@ -544,6 +587,13 @@ async def problems_and_log(request: web.Request, handler: Handler) -> web.Stream
                 "the server is shutting down; retry",
                 ExitCode.STORAGE,
                 retry_after=1,
+            )
+        if request.get(_UNMET_EXPECTATION):
+            raise HttpProblem(
+                417,
+                "expectation-failed",
+                "only 'Expect: 100-continue' is supported",
+                ExitCode.INVALID_INPUT,
             )
         response = await handler(request)
     except HttpProblem as error:
@@ -607,7 +657,9 @@ def build_app(state: ServerState) -> web.Application:
         handler = HANDLERS.get(op.operation_id)
         if handler is None:
             continue  # a route whose use case this build lacks (documented, answers 404)
-        app.router.add_route(op.method, op.path, handler, name=op.operation_id)
+        app.router.add_route(
+            op.method, op.path, handler, name=op.operation_id, expect_handler=expect_continue
+        )
     return app
 
 

@@ -1,8 +1,11 @@
 """Per-key rate limits of ``cyphrs serve``: token buckets, one per enrollment token (its
 hash), one per client identity (its certificate's fingerprint), and one per client address
 for refused enrollments (a flood of made-up credentials varies the credential, not the
-address: ``pending`` checks that bucket before any work, ``retry_after`` spends from it
-only when a request was refused).
+address: ``admit`` reserves a request from that bucket before any work, counting the
+requests of that address still in flight as if each would be refused, and ``settle``
+releases the reservation, spending from the bucket only when the request was refused. A
+check that looked at the bucket alone let a burst of concurrent made-up credentials all
+pass it before the first refusal was counted: each of them a ledger event).
 
 Buckets live in one ``RateLimiter`` per server (no module state), are touched only from the
 event loop thread, and are bounded in number: the least recently used are dropped first,
@@ -47,18 +50,40 @@ class RateLimiter:
         self._rate = rate
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Requests admitted and not yet settled, per key: as many entries as requests in
+        # flight, so bounded by the open connections.
+        self._in_flight: dict[str, int] = {}
 
-    def pending(self, key: str, *, now: float | None = None) -> int:
-        """The whole seconds until ``key`` may be charged again (0: now), spending nothing."""
+    def admit(self, key: str, *, now: float | None = None) -> int:
+        """Reserve one of ``key``'s requests for a request about to be worked on: 0 when
+        admitted (call ``settle`` once it has ended), else the whole seconds to wait. The
+        requests of ``key`` in flight count as if each will be charged, so however many
+        arrive at once, no more can end in a charge than the bucket holds."""
         if self._rate.count == 0:
             return 0
-        found = self._buckets.get(key)
-        if found is None:
-            return 0
         now = time.monotonic() if now is None else now
-        refill = self._rate.count / self._rate.period
-        tokens = min(float(self._rate.count), found[0] + (now - found[1]) * refill)
-        return 0 if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / refill))
+        capacity = float(self._rate.count)
+        refill = capacity / self._rate.period
+        found = self._buckets.get(key)
+        tokens = capacity if found is None else min(capacity, found[0] + (now - found[1]) * refill)
+        in_flight = self._in_flight.get(key, 0)
+        if tokens - in_flight >= 1.0:
+            self._in_flight[key] = in_flight + 1
+            return 0
+        return max(1, math.ceil((1.0 + in_flight - tokens) / refill))
+
+    def settle(self, key: str, *, charge: bool, now: float | None = None) -> None:
+        """An admitted request of ``key`` has ended: release its reservation, and take one
+        request from the bucket when it ``charge``s (it was refused)."""
+        if self._rate.count == 0:
+            return
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+        if charge:
+            self.retry_after(key, now=now)
 
     def retry_after(self, key: str, *, now: float | None = None) -> int:
         """Take one request from ``key``'s bucket: 0 when allowed, else the whole seconds

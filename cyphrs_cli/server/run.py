@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cyphrs_cli.errors import UsageError
+from cyphrs_cli.numerals import is_decimal
 from cyphrs_cli.server.app import ServerState, build_app, trust_bundle
 from cyphrs_cli.server.limits import Rate, RateLimiter
 from cyphrs_cli.server.metrics import ServerMetrics
@@ -74,7 +75,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free one."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not is_decimal(port) or not 0 <= int(port) <= 65535:
         raise UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
     return host, int(port)
 

@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import CyphrsError, ExitCode
+from cyphrs_cli.numerals import is_decimal
 
 if TYPE_CHECKING:
     import sqlite3
@@ -979,7 +980,7 @@ def acme_settings(
             ipaddress.ip_address(host)
         except ValueError:
             raise UsageError(f"--acme-dns-resolver {dns_resolver!r}: expected IP:PORT") from None
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not sep or not is_decimal(port) or not 1 <= int(port) <= 65535:
             raise UsageError(f"--acme-dns-resolver {dns_resolver!r}: expected IP:PORT")
         resolver = (host, int(port))
     networks = []

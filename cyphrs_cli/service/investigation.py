@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cyphrs_cli.errors import InvalidInputError, NotFoundError, UsageError
+from cyphrs_cli.numerals import is_decimal
 
 if TYPE_CHECKING:
     import sqlite3
@@ -161,7 +162,7 @@ def _serial_ids(conn: sqlite3.Connection, text: str) -> list[int]:
             hint="hex (with or without colons, or a prefix of it) or decimal",
         )
     ids = investigate.ids_by_serial(conn, serial_hex(int(digits, 16)))
-    if digits.isdigit():
+    if is_decimal(digits):
         ids += investigate.ids_by_serial(conn, serial_hex(int(digits, 10)))
     ids = list(dict.fromkeys(ids))
     if not ids:

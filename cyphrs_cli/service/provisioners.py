@@ -409,8 +409,14 @@ def _grant(
         permissions += [p for p in extra if p not in permissions]
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
-        jti = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-    expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        # The JWT's identity is what its signature covers (header.payload, as sent), not
+        # its whole text: the same JWT also verifies with "=" padding added to the
+        # signature segment, and an ECDSA signature has a second valid form (s, n - s).
+        signed = token.strip().rpartition(".")[0]
+        jti = "jws-sha256:" + hashlib.sha256(signed.encode()).hexdigest()
+        # A use recorded before the key was the signing input (the whole text's hash).
+        check_unused(conn, spec.name, "sha256:" + hashlib.sha256(token.encode()).hexdigest())
+    expires_at = _expiry(claims["exp"])
     subject = claims.get("sub")
     check_unused(conn, spec.name, jti)
     return JwtGrant(
@@ -422,6 +428,15 @@ def _grant(
         jti=jti,
         expires_at=expires_at,
     )
+
+
+def _expiry(exp: Any) -> datetime:
+    """The ``exp`` claim as a time (PyJWT has checked it is a number in the future). One
+    past what a ``datetime`` holds (year 9999) is refused, not a crash."""
+    try:
+        return datetime.fromtimestamp(int(exp), UTC)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise _refused("jwt.claims", "the JWT's exp is out of range") from exc
 
 
 def check_unused(conn: sqlite3.Connection, provisioner: str, jti: str) -> None:

@@ -180,8 +180,10 @@ def _check_spec(authority: Authority, spec: TokenSpec) -> str | None:
     from cyphrs_cli.durations import format_duration
     from cyphrs_cli.policy.decide import decide
 
-    if not 1 <= spec.uses <= TOKEN_USES_MAX:
-        raise UsageError(f"--uses must be from 1 to {TOKEN_USES_MAX}")
+    # An int, not a float or a bool: the ledger's column would store 1.0 as 1 while the
+    # token.created event kept 1.0, and the row would no longer match its event.
+    if type(spec.uses) is not int or not 1 <= spec.uses <= TOKEN_USES_MAX:
+        raise UsageError(f"--uses must be a whole number from 1 to {TOKEN_USES_MAX}")
     if not timedelta(seconds=1) <= spec.ttl <= TOKEN_TTL_MAX:
         raise UsageError(f"a token lives from 1 second to {format_duration(TOKEN_TTL_MAX)}")
     if spec.max_ttl is not None and spec.max_ttl <= timedelta(0):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.csr_builders import csr_with_duplicate_san
 from tests.helpers import Hierarchy, build_hierarchy, cli
 from tests.serve_clients import curl, issue_offline, new_csr, request, write_identity
 from tests.server_process import ServerProcess, start_server
@@ -249,6 +250,61 @@ def test_bad_requests_answer_problem_json_with_cli_codes(
     for raw in (b'{"csr": "x\\ud800"}', b'{"csr": "x\xed\xa0\x80"}'):  # a lone surrogate
         reply = request(server, "POST", "/v1/enroll", raw=raw)
         assert reply.status == 400 and "not text" in reply.json()["detail"], raw
+
+
+def test_hostile_http_details_answer_problem_json_without_quoting(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Found by an adversarial review (eighth stop): each was a 500 or a text/plain answer
+    quoting the request."""
+    secret = "cyphrs_tok_SECRET-IN-A-HEADER"
+    # An expectation other than 100-continue: aiohttp's own 417 echoed the header.
+    reply = request(server, "POST", "/v1/enroll", {"csr": "x"}, headers={"Expect": secret})
+    assert reply.status == 417, reply.body
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
+    assert reply.json()["slug"] == "expectation-failed" and secret not in reply.body.decode()
+    # 100-continue still works: the answer is the request's own.
+    reply = request(
+        server, "POST", "/v1/renew", raw=b"{not json", headers={"Expect": "100-continue"}
+    )
+    assert reply.status == 400 and reply.json()["slug"] == "invalid-input"
+    # A body declared gzip that does not inflate.
+    reply = request(server, "POST", "/v1/enroll", raw=b"abcd", headers={"Content-Encoding": "gzip"})
+    assert reply.status == 400 and reply.json()["slug"] == "invalid-input", reply.body
+    # A limit written with a Unicode digit (str.isdigit() holds, int() fails).
+    admin = issue_offline(ca.home, ca.inter_pass, tmp_path / "admin", "admin", "--cn", "ops-eve")
+    for limit in ("%C2%B2", "%D9%A3"):  # superscript two; Arabic-Indic three
+        reply = request(server, "GET", f"/v1/admin/certificates?limit={limit}", cert_dir=admin)
+        assert reply.status == 400 and reply.json()["slug"] == "invalid-input", reply.body
+    # 405 says what it is.
+    reply = request(server, "DELETE", "/v1/enroll")
+    assert reply.status == 405 and reply.json()["title"] == "Method not allowed"
+    # A CSR asking for the same extension twice, on the loop's path (P-256) and the
+    # worker thread's (RSA): bad input, nothing recorded.
+    for rsa_key in (False, True):
+        token = json.loads(
+            cli("token", "create", "--workflow", "wf", "--json", "--home", str(ca.home)).stdout
+        )["token"]
+        csr = csr_with_duplicate_san("spiffe://acme.internal/agent/wf/i1", rsa_key=rsa_key)
+        reply = request(server, "POST", "/v1/enroll", {"csr": csr.decode(), "token": token})
+        assert reply.status == 400 and "extension" in reply.json()["detail"], reply.body
+    assert "internal-error" not in server.log()
+
+
+def test_an_admin_token_with_uses_written_as_a_float_keeps_the_ledger_verifiable(
+    ca: Hierarchy, server: ServerProcess, tmp_path: Path
+) -> None:
+    """JSON Schema counts 1.0 as an integer. Passed on as a float, the token's row said 1
+    and its token.created event 1.0, and ``audit verify`` failed for good."""
+    admin = issue_offline(ca.home, ca.inter_pass, tmp_path / "admin", "admin", "--cn", "ops-fay")
+    body = {"workflow": "payments-recon", "uses": 1.0, "ttl": "10m"}
+    reply = request(server, "POST", "/v1/admin/tokens", body, cert_dir=admin)
+    assert reply.status == 201, reply.body
+    assert reply.json()["uses_allowed"] == 1 and isinstance(reply.json()["uses_allowed"], int)
+    reply = request(server, "POST", "/v1/admin/tokens", {**body, "uses": 1.5}, cert_dir=admin)
+    assert reply.status == 400, reply.body
+    verified = cli("audit", "verify", "--home", str(ca.home))
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,46 @@ def test_flood_of_made_up_tokens_is_cut_off_per_address(
     assert 'cyphrs_rate_limited_total{limit="address"}' in metrics
 
 
+def test_a_concurrent_burst_from_a_fresh_address_stays_within_the_refusal_budget(
+    ca: Hierarchy, server: ServerProcess
+) -> None:
+    """The attack an adversarial review found (eighth stop): open many connections
+    first, then send a made-up token on each at once. The budget (5/m) used to be only
+    looked at before the work and spent after the refusal, so every request in flight
+    passed the look: 200 of them wrote 200 ledger events. Requests in flight now count
+    against it."""
+    _, csr = new_csr()
+    before = _refusal_events(ca)
+    context = client_context(server)
+    sockets = [
+        context.wrap_socket(
+            socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.6", 0)),
+            server_hostname="127.0.0.1",
+        )
+        for _ in range(30)
+    ]
+    try:
+        for index, sock in enumerate(sockets):
+            body = json.dumps({"csr": csr.decode(), "token": f"cyphrs_tok_{index:043d}"})
+            sock.sendall(
+                b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+        statuses = []
+        for sock in sockets:
+            sock.settimeout(30)
+            answer = b""
+            while b"\r\n" not in answer:
+                answer += sock.recv(65536)
+            statuses.append(int(answer.split(b" ", 2)[1]))
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert sorted(set(statuses)) == [403, 429], statuses
+    assert statuses.count(403) <= 5
+    assert _refusal_events(ca) - before == statuses.count(403)
+
+
 def test_successful_enrollments_do_not_spend_the_refusal_budget(
     ca: Hierarchy, server: ServerProcess
 ) -> None:

@@ -148,6 +148,86 @@ def test_without_jti_the_jwts_hash_makes_it_one_time(
     assert _rule(provisioned, token) == "jwt.replay"
 
 
+#: P-256's group order: (r, n - s) is a second valid ECDSA signature for (r, s).
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.mark.parametrize(
+    ("alg", "respell"),
+    [
+        ("RS256", lambda h, p, sig: f"{h}.{p}.{sig}=="),  # padding PyJWT accepts
+        ("ES256", lambda h, p, sig: f"{h}.{p}.{sig}=="),
+        (
+            "ES256",  # the other valid ECDSA signature of the same signing input
+            lambda h, p, sig: f"{h}.{p}."
+            + _b64(
+                _unb64(sig)[:32]
+                + (_P256_ORDER - int.from_bytes(_unb64(sig)[32:], "big")).to_bytes(32, "big")
+            ),
+        ),
+    ],
+    ids=["rs256-padded", "es256-padded", "es256-n-minus-s"],
+)
+def test_without_jti_another_spelling_of_the_same_jwt_is_a_replay(
+    provisioned: Authority,
+    home: CaHome,
+    signers: dict[str, Signer],
+    alg: str,
+    respell: Callable[[str, str, str], str],
+) -> None:
+    """Without a ``jti`` the JWT is known by what its signature covers (header.payload as
+    sent). Keyed by its whole text, the same JWT enrolled again under a second spelling
+    that still verifies: padding on the signature, or ECDSA's (r, n - s)."""
+    body = claims()
+    del body["jti"]
+    token = signers[alg].sign(body)
+    header, payload, signature = token.split(".")
+    other = respell(header, payload, signature)
+    assert other != token
+    jwt.decode(  # the second spelling does verify
+        other,
+        signers[alg].key.public_key(),
+        algorithms=[alg],
+        audience=AUDIENCE,
+        options={"verify_exp": False},
+    )
+    _enroll(provisioned, token)
+    assert _rule(provisioned, other) == "jwt.replay"
+    assert events(home, "jwt.used", "%") == 1
+
+
+def test_a_use_recorded_under_the_older_key_is_still_a_replay(
+    provisioned: Authority, signers: dict[str, Signer]
+) -> None:
+    """Uses recorded before the replay key became the signing input's hash were keyed by
+    the whole text's: a JWT used then is still refused after the upgrade."""
+    body = claims()
+    del body["jti"]
+    token = signers["ES256"].sign(body)
+    conn = provisioned.ledger.conn
+    conn.execute(
+        "INSERT INTO jwt_uses (provisioner, jti, expires_at, serial, used_at)"
+        " VALUES ('github', ?, '2099-01-01T00:00:00Z', 'aa', '2026-01-01T00:00:00Z')",
+        ("sha256:" + hashlib.sha256(token.encode()).hexdigest(),),
+    )
+    assert _rule(provisioned, token) == "jwt.replay"
+
+
+def test_an_exp_beyond_what_a_date_holds_is_refused_not_a_crash(
+    provisioned: Authority, signers: dict[str, Signer]
+) -> None:
+    for exp in (10**15, 10**30):
+        assert _rule(provisioned, signers["ES256"].sign(claims(exp=exp))) == "jwt.claims"
+
+
 def test_refusals_name_their_rule_and_are_recorded(
     provisioned: Authority, home: CaHome, signers: dict[str, Signer]
 ) -> None:

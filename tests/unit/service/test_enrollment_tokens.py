@@ -258,6 +258,10 @@ def test_token_create_refuses_what_could_never_issue(ca: Authority, home: CaHome
     before = count(home, "SELECT count(*) FROM events")
     with pytest.raises(UsageError):
         ca.create_token(TokenSpec(workflow="w", uses=0))
+    # Not a whole-number int: the row's INTEGER column and the event would differ.
+    for not_an_int in (1.0, True, "1"):
+        with pytest.raises(UsageError):
+            ca.create_token(TokenSpec(workflow="w", uses=not_an_int))  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         ca.create_token(TokenSpec(workflow="w", ttl=timedelta(days=31)))
     with pytest.raises(UsageError):

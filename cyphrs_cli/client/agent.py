@@ -9,6 +9,7 @@ atomically (``files``); only then output and hooks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -223,24 +224,48 @@ class ReloadHooks:
                 "CYPHRS_SERIAL": issued.serial,
                 "CYPHRS_NOT_AFTER": f"{issued.not_after:%Y-%m-%dT%H:%M:%SZ}",
             }
-            try:
-                done = subprocess.run(  # noqa: S602 -- the operator's own shell command
-                    self.exec_command, shell=True, env=env, timeout=HOOK_TIMEOUT, check=False
-                )
-                if done.returncode != 0:
-                    problems.append(f"--exec hook exited {done.returncode}")
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                problems.append(f"--exec hook failed: {exc}")
+            problem = _run_hook(self.exec_command, env)
+            if problem is not None:
+                problems.append(problem)
         if self.signal_spec is not None:
             pid, sig = self._parse()
             try:
                 if pid is None:
                     assert self.pid_file is not None
-                    pid = int(self.pid_file.read_text().strip())
+                    text = self.pid_file.read_text().strip()
+                    # The file is often written by the (less privileged) service itself:
+                    # -1 would signal every process, 0 this daemon's group, 1 init.
+                    if not is_decimal(text) or int(text) <= 1:
+                        raise ValueError(f"{self.pid_file} holds {text[:20]!r}, not a PID above 1")
+                    pid = int(text)
                 os.kill(pid, sig)
             except (OSError, ValueError) as exc:
                 problems.append(f"cannot send {sig.name} (pid file or process): {exc}")
         return problems
+
+
+def _run_hook(command: str, env: dict[str, str]) -> str | None:
+    """Run the ``--exec`` hook; what went wrong, or None. Its output goes to stderr, never
+    into the ``--json`` stream on stdout. It runs in a session of its own, so a hook that
+    outlives ``HOOK_TIMEOUT`` is killed with everything it started."""
+    try:
+        process = subprocess.Popen(  # noqa: S602 -- the operator's own shell command
+            command,
+            shell=True,
+            env=env,
+            stdout=2,  # stderr: the daemon's stdout is its --json stream
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"--exec hook failed: {exc}"
+    try:
+        code = process.wait(timeout=HOOK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return f"--exec hook killed after {HOOK_TIMEOUT:g} s, with its children"
+    return f"--exec hook exited {code}" if code != 0 else None
 
 
 @dataclass
@@ -272,8 +297,24 @@ def run_daemon(
     planned: tuple[str, datetime] | None = None  # (serial, when): jitter drawn once each
     renewed_at: datetime | None = None
     while not stop.is_set():
-        with request.directory.locked():
-            current = request.directory.certificate()
+        try:
+            with request.directory.locked():
+                current = request.directory.certificate()
+        except CyphrsError as error:  # e.g. the directory's lock held past its timeout
+            if not schedule.is_transient(error):
+                raise
+            failures += 1
+            delay = schedule.retry_delay(
+                failures,
+                retry_after=None,
+                until_expiry=settings.backoff_cap,
+                base=settings.backoff_base,
+                cap=settings.backoff_cap,
+            )
+            report(f"cannot read {request.directory.path} ({error.message});"
+                   f" retry in {delay.total_seconds():.1f} s", None)  # fmt: skip
+            stop.wait(max(delay.total_seconds(), 0.05))
+            continue
         serial = f"{current.serial_number:x}"
         not_before, not_after = current.not_valid_before_utc, current.not_valid_after_utc
         now = datetime.now(UTC)
@@ -308,6 +349,9 @@ def run_daemon(
             continue
         failures = 0
         renewed_at = datetime.now(UTC)
+        # The hooks first: the service must reload the swapped files even if reporting
+        # fails (a stdout that a restarted journald closed).
+        problems = hooks.run(request.directory, result.issued)
         report(f"renewed {serial} as {result.issued.serial}", result)
-        for problem in hooks.run(request.directory, result.issued):
+        for problem in problems:
             report(problem, None)

@@ -27,7 +27,6 @@ from cyphrs_cli.errors import (
     CheckNotMet,
     ConflictError,
     CyphrsError,
-    ExitCode,
     InvalidInputError,
     KeyStoreError,
     NotFoundError,
@@ -121,11 +120,11 @@ class Issued:
         def moment(name: str) -> datetime:
             try:
                 found = datetime.fromisoformat(text(name).replace("Z", "+00:00"))
-            except ValueError as exc:
+                if found.tzinfo is None:
+                    raise CaUnavailable(f"malformed answer from the CA: {name!r} has no zone")
+                return found.astimezone(UTC)
+            except (ValueError, OverflowError) as exc:  # 0001-01-01T00:00:00+01:00 overflows
                 raise CaUnavailable(f"malformed answer from the CA: bad time {name!r}") from exc
-            if found.tzinfo is None:
-                raise CaUnavailable(f"malformed answer from the CA: {name!r} has no zone")
-            return found.astimezone(UTC)
 
         return cls(
             schema=text("schema"),
@@ -267,7 +266,7 @@ class CaClient:
         data = self.raw(method, path, body, headers=headers)[1]
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the stack
             raise CaUnavailable(f"malformed answer from the CA to {path}: not JSON") from exc
 
     def raw(
@@ -350,7 +349,7 @@ def problem_error(
     ):
         try:
             document = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             document = None
     if not isinstance(document, dict):
         document = {}
@@ -369,9 +368,10 @@ def problem_error(
         rule = document.get("rule")
         return PolicyDenied(message, rule=rule if isinstance(rule, str) else "server", hint=hint)
     if cls is CyphrsError:
-        error = CyphrsError(message, hint=hint)
-        error.exit_code = ExitCode.INTERNAL
-        return error
+        # A status nothing here maps (a redirect, 405, 418, 422 ...): the CA, or a proxy in
+        # front of it, answered something unusable. Not a bug of this program (exit 1):
+        # the CA is unavailable to us (exit 8), and a daemon tries again later.
+        return CaUnavailable(message, hint=hint, retry_after=wait)
     return cls(message, hint=hint)
 
 

@@ -46,7 +46,7 @@ def renewal_at(
         raise ValueError("fraction must be in (0, 1] and jitter in [0, 1)")
     lifetime = not_after - not_before
     share = fraction + jitter * (2 * rng() - 1)
-    share = min(max(share, 0.0), max(fraction, LATEST_FRACTION))
+    share = min(max(share, 0.0), LATEST_FRACTION)  # --due-fraction 1 would renew at expiry
     return not_before + lifetime * share
 
 

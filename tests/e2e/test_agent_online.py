@@ -219,6 +219,45 @@ def test_daemon_stops_cleanly_on_sigterm(
     assert (agent / "cert.pem").read_bytes() == before
 
 
+def test_a_daemon_whose_stdout_is_gone_still_reloads_and_goes_on(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A closed stdout (a restarted journald, a reader that went away) after the swap
+    used to end the daemon with exit 1 before its --exec hook ran: the service kept a
+    superseded certificate. The hook runs first, and the lost lines do not stop it."""
+    agent = issue_agent(fresh_hierarchy, tmp_path / "a", "--ttl", "2m")
+    first = serial_of(agent)
+    marker = tmp_path / "reloaded"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the daemon's stdout fails (EPIPE)
+    daemon = subprocess.Popen(
+        [tool("cyphrs"), "renew", "--ca-url", ca.url, str(agent), "--daemon", "--json",
+         "--ttl", "2m", "--due-fraction", "0.5", "--jitter", "0",
+         "--exec", f'echo "$CYPHRS_SERIAL" >> {marker}'],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CI": "true"},
+    )  # fmt: skip
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 45
+        while not marker.exists() and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), "the hook did not run"
+        time.sleep(1)
+        assert daemon.poll() is None, "the daemon ended"
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=20)
+        _, err = daemon.communicate(timeout=10)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    assert code == 0, err
+    assert serial_of(agent) != first
+    assert hex_serial(int(marker.read_text().split()[0], 16)) == serial_of(agent)
+
+
 def test_daemon_backs_off_while_the_ca_is_down_and_gives_up_at_expiry(
     fresh_hierarchy: Hierarchy, tmp_path: Path
 ) -> None:

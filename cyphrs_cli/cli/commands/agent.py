@@ -200,6 +200,14 @@ def render_agent_result(
         console.print(f"  {role:<12}{path}")
 
 
+def daemon_line(stamp: str, message: str) -> str:
+    """One line of the renewal daemon's log. The message may carry a CA's problem text:
+    escaped like every printed field, so it cannot forge lines or drive the terminal."""
+    from cyphrs_cli.safe_text import terminal_safe
+
+    return f"{stamp} cyphrs renew: {terminal_safe(message)}\n"
+
+
 def renew_online(
     *,
     ca_url: str,
@@ -216,6 +224,7 @@ def renew_online(
     timeout: float,
 ) -> None:
     """``cyphrs renew --ca-url URL DIR [--daemon ...]`` (called by ``lifecycle.renew``)."""
+    import contextlib
     import signal
     import sys
     import threading
@@ -256,12 +265,18 @@ def renew_online(
         return
 
     def report(message: str, result: Any) -> None:
-        if result is not None:
-            render_agent_result(result, command="agent-renew", headline="Renewed", one_line=True)
+        # A closed stdout or stderr (a restarted journald) must not end a daemon whose
+        # renewal already happened: its lines are lost, the daemon goes on.
+        with contextlib.suppress(OSError, ValueError):
+            if result is not None:
+                render_agent_result(
+                    result, command="agent-renew", headline="Renewed", one_line=True
+                )
         if not render.quiet():
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            sys.stderr.write(f"{stamp} cyphrs renew: {message}\n")
-            sys.stderr.flush()
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(daemon_line(stamp, message))
+                sys.stderr.flush()
 
     stop = threading.Event()
     previous = {

@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +53,10 @@ def test_renewal_time_never_before_issue_nor_after_ninety_percent() -> None:
     assert schedule.renewal_at(T0, end, fraction=0.01, jitter=0.4, rng=lambda: 0.0) == T0
     late = schedule.renewal_at(T0, end, fraction=0.85, jitter=0.4, rng=lambda: 0.99999)
     assert late <= T0 + timedelta(hours=1) * 0.9
+    # Also when the fraction itself asks for later (a review found 1.0 renewing at expiry).
+    for fraction, jitter in ((1.0, 0.0), (0.95, 0.0), (1.0, 0.5)):
+        at = schedule.renewal_at(T0, end, fraction=fraction, jitter=jitter, rng=lambda: 0.99999)
+        assert at == T0 + timedelta(hours=1) * 0.9
     # Jitter spreads agents issued together.
     spread = {schedule.renewal_at(T0, end, rng=lambda d=d: d) for d in (0.1, 0.5, 0.9)}
     assert len(spread) == 3
@@ -148,8 +153,30 @@ def test_policy_rule_and_retry_after_travel() -> None:
     # Not problem+json at all: the HTTP status alone decides; hostile Retry-After ignored.
     assert type(problem_error(403, "text/html", b"<h1>no</h1>")) is PolicyDenied
     assert problem_error(503, None, b"", "-5").retry_after is None  # type: ignore[attr-defined]
-    weird = problem_error(418, "application/problem+json", b"[1, 2]")
-    assert weird.exit_code == ExitCode.INTERNAL
+    # A status nothing maps, from the CA or a proxy before it: the CA is unusable to us
+    # (exit 8, tried again by a daemon), never exit 1, which is for this program's bugs.
+    for status in (301, 302, 405, 418, 421, 422, 451):
+        weird = problem_error(status, "application/problem+json", b"[1, 2]")
+        assert isinstance(weird, CaUnavailable) and weird.exit_code == ExitCode.STORAGE
+    # JSON nested past the interpreter's stack is no document, not a crash.
+    deep = problem_error(503, "application/problem+json", b"[" * 200_000)
+    assert isinstance(deep, CaUnavailable)
+
+
+def test_an_answer_with_a_time_out_of_range_is_malformed_not_a_crash() -> None:
+    from cyphrs_cli.client.api import Issued
+
+    document = {
+        "schema": "cyphrs.enroll/v1",
+        "serial": "01",
+        "not_before": "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: OverflowError
+        "not_after": "9999-12-31T23:59:59-01:00",
+        "fingerprint": "00",
+        "certificate": "x",
+        "ca": "x",
+    }
+    with pytest.raises(CaUnavailable, match="bad time"):
+        Issued.from_json(document)
 
 
 @pytest.mark.parametrize(
@@ -325,6 +352,7 @@ def old_and_new(hierarchy: Hierarchy, tmp_path: Path) -> tuple[Path, PemBundle, 
 
 SWAP_SCRIPT = """
 import sys
+import time
 from pathlib import Path
 from cyphrs_cli.ca.delivery import PemBundle
 from cyphrs_cli.client.files import install
@@ -452,6 +480,114 @@ def test_hooks_signal_a_process_by_pid_and_by_pid_file(tmp_path: Path) -> None:
     hooks = ReloadHooks(exec_command=f'echo "$CYPHRS_SERIAL $CYPHRS_CERT_DIR" > {marker}; exit 3')
     assert hooks.run(AgentDir(tmp_path), issued) == ["--exec hook exited 3"]
     assert marker.read_text() == f"0a {tmp_path}\n"
+
+
+WAIT_FOR_URG = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGURG, lambda *a: print('signalled', flush=True))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+@pytest.mark.parametrize("held", ["-1", "0", "1", " 1 ", "", "abc", "\u0663\u0663", "12x"])
+def test_a_pid_file_holding_no_pid_above_1_signals_nothing(tmp_path: Path, held: str) -> None:
+    """The pid file is often written by the service the (root) daemon reloads: -1 would
+    signal every process, 0 the daemon's own group, 1 init. SIGURG here, whose default is
+    to be ignored, so a regression cannot hurt the machine; a child of this test's process
+    group that handles it shows whether anything was sent."""
+    from cyphrs_cli.client.agent import ReloadHooks
+    from cyphrs_cli.client.files import AgentDir
+
+    issued = Issued("cyphrs.agent-renew/v1", "0a", None, T0, T0, "sha256:00", "", "", "", None)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WAIT_FOR_URG], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        pid_file = tmp_path / "svc.pid"
+        pid_file.write_text(held)
+        problems = ReloadHooks(signal_spec="URG", pid_file=pid_file).run(AgentDir(tmp_path), issued)
+        assert len(problems) == 1 and "cannot send SIGURG" in problems[0], problems
+        time.sleep(0.3)
+    finally:
+        child.kill()
+        out, _ = child.communicate(timeout=10)
+    assert "signalled" not in out
+
+
+def test_the_exec_hook_writes_to_stderr_and_dies_with_its_children_at_the_timeout(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stdout would land in the daemon's --json stream; a hook that hangs is killed
+    with what it started, not only its shell."""
+    import cyphrs_cli.client.agent as agent
+    from cyphrs_cli.client.files import AgentDir
+
+    issued = Issued("cyphrs.agent-renew/v1", "0a", None, T0, T0, "sha256:00", "", "", "", None)
+    assert agent.ReloadHooks(exec_command="echo HOOK-OUT").run(AgentDir(tmp_path), issued) == []
+    captured = capfd.readouterr()
+    assert "HOOK-OUT" not in captured.out and "HOOK-OUT" in captured.err
+    monkeypatch.setattr(agent, "HOOK_TIMEOUT", 1)
+    pid_file = tmp_path / "grandchild"
+    hooks = agent.ReloadHooks(exec_command=f"sleep 300 & echo $! > {pid_file}; wait")
+    started = time.monotonic()
+    problems = hooks.run(AgentDir(tmp_path), issued)
+    assert time.monotonic() - started < 10
+    assert problems == ["--exec hook killed after 1 s, with its children"]
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the hook's child {grandchild} outlived the hook")
+
+
+def test_the_daemon_backs_off_while_its_directory_is_locked(
+    hierarchy: Hierarchy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another renewer (or an operator's script) holding the directory's lock past the
+    busy timeout used to end the daemon with exit 8; it is a transient failure."""
+    import threading
+
+    from cyphrs_cli.client.agent import DaemonSettings, ReloadHooks, RenewRequest, run_daemon
+    from cyphrs_cli.client.files import AgentDir
+    from cyphrs_cli.fsutil import home_lock
+
+    done = hierarchy.issue("agent", "--workflow", "w", "--out-dir", str(tmp_path / "a"))
+    assert done.exit_code == 0, done.stderr
+    monkeypatch.setenv("CYPHRS_BUSY_TIMEOUT_MS", "100")
+    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(tmp_path / "a"))
+    stop = threading.Event()
+    lines: list[str] = []
+
+    def report(message: str, result: object) -> None:
+        lines.append(message)
+        if len([line for line in lines if "retry in" in line]) >= 2:
+            stop.set()
+
+    settings = DaemonSettings(backoff_base=timedelta(milliseconds=50))
+    with home_lock(tmp_path / "a"):
+        run_daemon(request, ReloadHooks(), stop, settings=settings, report=report)
+    assert stop.is_set() and all("cannot read" in line for line in lines), lines
+
+
+def test_the_daemons_lines_are_escaped_for_the_terminal() -> None:
+    """A CA's problem text reaches the daemon's log: CR/LF and escape sequences must not
+    forge lines or drive the terminal (the one-shot commands escape the same text)."""
+    from cyphrs_cli.cli.commands.agent import daemon_line
+
+    line = daemon_line(
+        "2026-01-01T00:00:00Z", "failed (x\r\nrenewed 00 as 1337\x1b[2J\x1b]0;t\x07)"
+    )
+    assert line.count("\n") == 1 and line.endswith("\n")
+    assert "\r" not in line and "\x1b" not in line and "\x07" not in line
 
 
 @pytest.mark.parametrize(

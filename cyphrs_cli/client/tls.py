@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -253,15 +254,70 @@ def _enforce(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
 
 
 class _CheckedSocket(ssl.SSLSocket):
+    """Checks the peer once the handshake is done, however it happens: an explicit
+    ``do_handshake``, or implicitly in the first read or write of a socket wrapped with
+    ``do_handshake_on_connect=False`` (the handshake is then run here first, so nothing
+    is read from or sent to a peer before it is checked). A listening socket wrapped with
+    a ``ReloadingContext`` wraps what it accepts with that context, not the inner one it
+    was made with, so accepted connections follow rotated files too."""
+
+    _peer_checked = False
+    _reloading: ReloadingContext | None = None
+
     def do_handshake(self, block: bool = False) -> None:
         super().do_handshake(block)
         _enforce(self)
+        self._peer_checked = True
+
+    def _handshake_first(self) -> None:
+        if not self._peer_checked and getattr(self, "_sslobj", None) is not None:
+            self.do_handshake()
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        self._handshake_first()
+        return super().read(len, buffer)
+
+    def write(self, data: Any) -> int:
+        self._handshake_first()
+        return super().write(data)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._handshake_first()
+        return super().send(data, flags)
+
+    def accept(self) -> tuple[Any, Any]:
+        if self._reloading is None:
+            return super().accept()
+        connection, address = socket.socket.accept(self)
+        wrapped = self._reloading.wrap_socket(
+            connection,
+            do_handshake_on_connect=getattr(self, "do_handshake_on_connect", True),
+            suppress_ragged_eofs=getattr(self, "suppress_ragged_eofs", True),
+            server_side=True,
+        )
+        return wrapped, address
 
 
 class _CheckedObject(ssl.SSLObject):
+    """As ``_CheckedSocket``, for memory-BIO connections (asyncio): a read or write before
+    the handshake runs the handshake, and its check, first."""
+
+    _peer_checked = False
+
     def do_handshake(self) -> None:
         super().do_handshake()
         _enforce(self)
+        self._peer_checked = True
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        if not self._peer_checked:
+            self.do_handshake()
+        return super().read(len, buffer)
+
+    def write(self, data: Any) -> int:
+        if not self._peer_checked:
+            self.do_handshake()
+        return super().write(data)
 
 
 class _PolicyContext(ssl.SSLContext):
@@ -370,7 +426,10 @@ class ReloadingContext(ssl.SSLContext):
         self.last_error = None
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        return self.current().wrap_socket(*args, **kwargs)
+        wrapped = self.current().wrap_socket(*args, **kwargs)
+        if isinstance(wrapped, _CheckedSocket):
+            wrapped._reloading = self  # what it accepts is wrapped by this context
+        return wrapped
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         return self.current().wrap_bio(*args, **kwargs)

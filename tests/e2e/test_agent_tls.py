@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cyphrs_cli.ca.delivery import PemBundle
 from cyphrs_cli.ca.extensions import AGENT_CLAIMS_OID, AgentClaims, encode_agent_claims
 from cyphrs_cli.client.files import install
-from cyphrs_cli.client.tls import PeerRejected, check_peer, client_context
+from cyphrs_cli.client.tls import PeerRejected, check_peer, client_context, server_context
 from cyphrs_cli.errors import PolicyDenied
 from tests.helpers import Hierarchy, build_hierarchy, cli
 
@@ -403,3 +403,99 @@ def test_check_peer_accepts_and_reports() -> None:
         ("ledger:read",),
     )
     assert peer.path == ("agent", "payments-recon", "i-1")
+
+
+def _one_connection(server_sock: socket.socket, answer: Callable[[socket.socket], None]) -> Any:
+    """Accept one connection on ``server_sock`` in a thread and run ``answer`` on it."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            connection, _ = server_sock.accept()
+            with connection:
+                answer(connection)
+        except Exception as error:  # the test asserts on it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_wrapped_listening_socket_accepts_with_the_newest_files(
+    hierarchy: Hierarchy, two_agents: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The ``ssl`` documentation's pattern (and ``http.server``'s): wrap the listening
+    socket once, then accept. ``SSLSocket.accept`` wraps with the listening socket's own
+    context, which was the inner one the listener was made with: a renewal was never
+    served (found by the eighth stop's review)."""
+    a, b = two_agents
+    listener = server_context(a).wrap_socket(
+        socket.create_server(("127.0.0.1", 0)), server_side=True
+    )
+    port = listener.getsockname()[1]
+    client = client_context(b, check_hostname=False)
+
+    def served_serial() -> int:
+        thread, outcome = _one_connection(listener, lambda conn: conn.sendall(b"hi"))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client.wrap_socket(raw) as tls,
+        ):
+            tls.recv(2)
+            der = tls.getpeercert(binary_form=True)
+        thread.join(10)
+        assert "error" not in outcome, outcome
+        return x509.load_der_x509_certificate(der).serial_number
+
+    try:
+        first = served_serial()
+        install(a, renew_offline(hierarchy, a, tmp_path / "a2"))
+        second = served_serial()
+    finally:
+        listener.close()
+    assert second != first
+    assert second == x509.load_pem_x509_certificate((a / "cert.pem").read_bytes()).serial_number
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_the_peer_rules_hold_when_the_handshake_happens_in_the_first_read_or_write(
+    two_agents: tuple[Path, Path], side: str
+) -> None:
+    """``wrap_socket(..., do_handshake_on_connect=False)`` then ``recv``/``sendall``:
+    OpenSSL runs the handshake inside the read or write, never through ``do_handshake``,
+    where the rules were checked, and a billing agent was served by a server admitting
+    payments-recon only (found by the eighth stop's review). Nothing may be read from
+    or written to a peer before its check."""
+    a, b = two_agents  # a: workflow payments-recon, b: billing
+    raw_server = socket.create_server(("127.0.0.1", 0))
+    port = raw_server.getsockname()[1]
+    received: list[bytes] = []
+    if side == "server":  # a server admitting payments-recon only; billing connects
+        serving = server_context(a, workflow="payments-recon")
+        client = client_context(b, check_hostname=False)
+    else:  # a client wanting a payments-recon server; billing answers
+        serving = server_context(b)
+        client = client_context(a, workflow="payments-recon")
+
+    def answer_with(conn: socket.socket) -> None:
+        tls = serving.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        received.append(tls.recv(100))
+
+    thread, outcome = _one_connection(raw_server, answer_with)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            tls = client.wrap_socket(raw, do_handshake_on_connect=False)
+            try:
+                tls.sendall(b"secret request")
+                tls.recv(100)
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                tls.close()
+        thread.join(10)
+    finally:
+        raw_server.close()
+    assert received in ([], [b""]), received  # the request never reached the other side
+    if side == "server":
+        assert isinstance(outcome.get("error"), PeerRejected), outcome

@@ -19,6 +19,29 @@ PUBLIC_FILE = 0o644
 PRIVATE_DIR = 0o700
 
 
+def writable_by_others(path: Path) -> str | None:
+    """Why someone other than this user (or root) can change what ``path`` holds, or None:
+    it is group/world-writable, or owned by another user. A symbolic link is judged by
+    what it leads to. Used for the CA home and for an agent's certificate directory."""
+    import stat
+
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            info = path.stat()  # judge what the link leads to
+    except FileNotFoundError:
+        return None if not path.is_symlink() else f"{path} is a dangling symbolic link"
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror})"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is group/world-writable (mode {mode:04o})"
+    uid = os.getuid()
+    if info.st_uid not in (uid, 0):
+        return f"{path} is owned by uid {info.st_uid}, not by this user (uid {uid})"
+    return None
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) with mode 0700 when missing."""
     try:

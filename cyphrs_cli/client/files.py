@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from cyphrs_cli.ca.issuance import fault_point
 from cyphrs_cli.errors import InvalidInputError, NotFoundError, StorageError
-from cyphrs_cli.fsutil import atomic_write, ensure_private_dir, home_lock
+from cyphrs_cli.fsutil import atomic_write, ensure_private_dir, home_lock, writable_by_others
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -86,6 +86,17 @@ class AgentDir:
         if not create and not self.path.is_dir():
             raise NotFoundError(f"no agent directory at {self.path}")
         with home_lock(self.path, create=create) as lock:
+            # Whoever else can write the directory can swap the staging directory for a
+            # link mid-renewal and have this process write and move keys elsewhere: with
+            # a root renewer, anywhere on the host. Checked under the lock, before
+            # anything is read or written (a fresh directory is ours and 0700).
+            unsafe = writable_by_others(self.path)
+            if unsafe is not None:
+                raise StorageError(
+                    f"refusing the agent directory: {unsafe}",
+                    hint="renew as the directory's owner, or chown it to this user and"
+                    " chmod go-w it",
+                )
             recover(self.path)
             try:
                 yield

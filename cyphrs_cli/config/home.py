@@ -6,13 +6,13 @@ Resolution order: ``--home`` > ``CYPHRS_HOME`` > the platform's user data direct
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 from cyphrs_cli.errors import NotFoundError, StorageError
+from cyphrs_cli.fsutil import writable_by_others
 
 HOME_ENV = "CYPHRS_HOME"
 #: ``1`` downgrades the refusal of a group/world-writable (or foreign-owned) home to a
@@ -86,25 +86,6 @@ def resolve_home(flag: str | None) -> CaHome:
     return CaHome(Path(platformdirs.user_data_dir("cyphrs", appauthor=False)))
 
 
-def _unsafe(path: Path) -> str | None:
-    """Why ``path`` lets someone else change what this CA signs, or None."""
-    try:
-        info = path.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            info = path.stat()  # judge what the link leads to
-    except FileNotFoundError:
-        return None if not path.is_symlink() else f"{path} is a dangling symbolic link"
-    except OSError as exc:
-        return f"{path} cannot be examined ({exc.strerror})"
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is group/world-writable (mode {mode:04o})"
-    uid = os.getuid()
-    if info.st_uid not in (uid, 0):
-        return f"{path} is owned by uid {info.st_uid}, not by this user (uid {uid})"
-    return None
-
-
 def check_home_permissions(home: CaHome) -> None:
     """Refuse (exit 8) a home whose directory, config, ledger, keys/, certs/, profiles/ or
     the files in them can be written by another user: whoever can write them decides what
@@ -118,7 +99,7 @@ def check_home_permissions(home: CaHome) -> None:
             pass
         except OSError as exc:
             raise StorageError(f"cannot list {folder}: {exc.strerror}") from exc
-    problems = [p for p in (_unsafe(path) for path in paths) if p is not None]
+    problems = [p for p in (writable_by_others(path) for path in paths) if p is not None]
     if not problems:
         return
     first = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")

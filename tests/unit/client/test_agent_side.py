@@ -578,6 +578,33 @@ def test_the_daemon_backs_off_while_its_directory_is_locked(
     assert stop.is_set() and all("cannot read" in line for line in lines), lines
 
 
+def test_an_agent_directory_others_can_write_is_refused(
+    hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """Whoever can write the directory can swap the staging directory for a link while a
+    renewal writes into it, and have the renewer (often root) write and move keys into
+    any directory (reproduced by the eighth stop's review). Such a directory is refused
+    before anything is read or written: group/world-writable, or another user's."""
+    from cyphrs_cli.client.files import AgentDir
+
+    done = hierarchy.issue("agent", "--workflow", "w", "--out-dir", str(tmp_path / "a"))
+    assert done.exit_code == 0, done.stderr
+    agent = AgentDir(tmp_path / "a")
+    with agent.locked():
+        agent.certificate()  # ours and 0700: used
+    before = sorted(p.name for p in agent.path.iterdir())
+    agent.path.chmod(0o777)
+    with pytest.raises(StorageError, match="group/world-writable"), agent.locked():
+        raise AssertionError("entered")
+    agent.path.chmod(0o700)
+    if os.geteuid() == 0:  # only root can give it away
+        os.chown(agent.path, 65534, 65534)
+        with pytest.raises(StorageError, match="owned by uid 65534"), agent.locked():
+            raise AssertionError("entered")
+        os.chown(agent.path, 0, 0)
+    assert sorted(p.name for p in agent.path.iterdir()) == before
+
+
 def test_the_daemons_lines_are_escaped_for_the_terminal() -> None:
     """A CA's problem text reaches the daemon's log: CR/LF and escape sequences must not
     forge lines or drive the terminal (the one-shot commands escape the same text)."""

@@ -83,6 +83,15 @@ class _CertificateAuthority:
     ski: str  # what the certificates it issued carry as issuer_ski in the ledger
 
 
+def _offline(ca: _CertificateAuthority) -> bool:
+    """A root's key is never unlocked by the online CA, whatever is on disk: anonymous
+    requests (a root's CRL, an OCSP question about what it issued) would otherwise make
+    the server try its passphrase on the root key, recording a failed unlock, or, with a
+    reused passphrase, bring the root key online. A root's CRL is published where its key
+    is (``cyphrs crl --issuer ROOT``) and served from the ledger until its nextUpdate."""
+    return ca.role == "root"
+
+
 @dataclass(frozen=True)
 class _Delegate:
     """A responder certificate in use: what signs, and when to replace it."""
@@ -246,7 +255,10 @@ class StatusService:
         return delegate.responder.certificate if delegate is not None else None
 
     def _delegate(self, ca: _CertificateAuthority) -> _Delegate | None:
-        """The responder for ``ca``, renewed when due; None when ``ca`` cannot sign here."""
+        """The responder for ``ca``, renewed when due; None when ``ca`` cannot sign here.
+        A root never signs here (see ``_offline``)."""
+        if _offline(ca):
+            return None
         now = self._clock()
         current = self._delegates.get(ca.name)
         if current is not None and now < current.renew_at and not self._revoked(current):
@@ -360,6 +372,8 @@ class StatusService:
                 return stored.der
             blocked_until = self._unavailable.get(ca.name)
             try:
+                if _offline(ca):
+                    raise NotFoundError(f"{ca.name!r} is a root: its CRL is published offline")
                 if blocked_until is not None and self._clock() < blocked_until:
                     raise NotFoundError(f"{ca.name!r} cannot publish a CRL here now")
                 try:

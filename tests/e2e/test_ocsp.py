@@ -577,12 +577,44 @@ def test_offline_root_crl_is_served_until_next_update(
             rows = conn.execute("SELECT count(*) FROM events WHERE type='key.unlock_failed'")
             return int(rows.fetchone()[0])
 
-    assert failed_unlocks() == before  # the refusal is remembered, not retried per request
+    assert failed_unlocks() == before  # never tried
     clock.offset = timedelta(days=31)  # expired; the retry interval has passed too
     for _ in range(3):
         with pytest.raises(NotFoundError):
             service.current_crl("test-root")
-    assert failed_unlocks() == before + 1
+    assert failed_unlocks() == before  # a root's key is never tried online
+
+
+def test_the_online_ca_never_unlocks_a_root_even_when_it_could(
+    status_ca: Hierarchy, tmp_path: Path
+) -> None:
+    """An authority given the root's passphrase too (a reused passphrase, or a provider
+    that answers for every key): anonymous requests for the root's CRL, or OCSP questions
+    about what the root issued, must not bring the root key online (found by the eighth
+    stop's review). Answered from the ledger or refused; the key is never loaded."""
+    from cyphrs_cli.config.home import CaHome
+    from cyphrs_cli.errors import NotFoundError
+    from cyphrs_cli.service.status import StatusService
+
+    root_secret = status_ca.root_pass.read_bytes().strip()
+    inter_secret = status_ca.inter_pass.read_bytes().strip()
+    asked: list[str] = []
+
+    def secrets(purpose: str) -> bytes:
+        asked.append(purpose)
+        return root_secret if "root" in purpose else inter_secret
+
+    req = tmp_path / "req.der"
+    _openssl("ocsp", "-issuer", str(status_ca.root_cert), "-cert", str(status_ca.inter_cert),
+             "-reqout", str(req))  # fmt: skip
+    with Authority.open(CaHome(status_ca.home), secrets=secrets) as opened:
+        service = StatusService(opened, clock=_Clock())
+        service._clock = lambda: datetime.now(UTC) + timedelta(days=400)  # every CRL stale
+        assert opened.ocsp_response(req.read_bytes()).status == "unauthorized"
+        with pytest.raises(NotFoundError, match="no current CRL"):
+            service.current_crl("test-root")
+        assert "test-root" not in opened._issuers
+    assert not [purpose for purpose in asked if "root" in purpose], asked
 
 
 def test_every_issuer_key_type_gets_a_verifiable_responder(

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = 15.0
 #: The largest answer read; an issued certificate with its chain is a few kB.
 MAX_RESPONSE_BYTES = 1 << 20
+#: A whole exchange may take this many ``timeout``s (see ``CaClient``).
+EXCHANGE_TIMEOUTS = 3
 
 _CLASSES: dict[str, type[CyphrsError]] = {
     cls.slug: cls
@@ -194,7 +196,10 @@ class CaClient:
         ca_url: ``https://host[:port][/prefix]``.
         root_pem: the root certificate(s) to trust, PEM; nothing else is trusted.
         cert_file / key_file: our certificate (full chain) and key, for mTLS calls.
-        timeout: seconds for the connection and each read.
+        timeout: seconds for the connection and each read; one whole exchange (connect,
+            send, answer read to its last byte) gets ``EXCHANGE_TIMEOUTS`` times that, so a
+            CA that trickles its answer a byte at a time cannot hold a caller (and the
+            agent directory's lock) for ever.
     """
 
     def __init__(
@@ -286,21 +291,31 @@ class CaClient:
         for attempt in (1, 2):
             reused = self._connection is not None
             connection = self._connect()
+            deadline = _Deadline(connection, self.timeout * EXCHANGE_TIMEOUTS)
             try:
                 connection.request(method, target, body=payload, headers=sent)
                 response = connection.getresponse()
                 data = response.read(MAX_RESPONSE_BYTES + 1)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if attempt == 1 and reused:
+                if attempt == 1 and reused and not deadline.passed:
                     continue
-                raise self._unavailable(exc) from exc
+                raise deadline.error(self) or self._unavailable(exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise self._unavailable(exc) from exc
+                raise deadline.error(self) or self._unavailable(exc) from exc
+            finally:
+                deadline.cancel()
+            cut_off = deadline.error(self)  # a read cut by the deadline returns short data
+            if cut_off is not None:
+                self.close()
+                raise cut_off
             if len(data) > MAX_RESPONSE_BYTES:
                 self.close()
                 raise CaUnavailable(f"the CA's answer to {path} is larger than 1 MiB")
+            if response.length:  # read(n) returns what came before a close, short of it
+                self.close()
+                raise CaUnavailable(f"the CA's answer to {path} was cut short")
             if response.will_close:
                 self.close()
             if 200 <= response.status < 300:
@@ -335,6 +350,40 @@ class CaClient:
             return CaUnavailable(f"the CA at {where} did not answer within {self.timeout:g} s")
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return CaUnavailable(f"cannot reach the CA at {where}: {reason}")
+
+
+class _Deadline:
+    """Cuts ``connection``'s socket (``shutdown``: the blocked read returns at once) when
+    an exchange has taken ``seconds``; per-read time-outs alone let a trickle go on."""
+
+    def __init__(self, connection: http.client.HTTPSConnection, seconds: float) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.passed = False
+        self._connection = connection
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        import contextlib
+        import socket
+
+        self.passed = True
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: no unwrap
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self, client: CaClient) -> CaUnavailable | None:
+        if not self.passed:
+            return None
+        where = f"{client.endpoint.host}:{client.endpoint.port}"
+        return CaUnavailable(f"the CA at {where} did not answer within {self.seconds:g} s")
 
 
 def problem_error(

@@ -214,6 +214,65 @@ def test_client_refuses_an_unreachable_ca_quickly(tmp_path: Path, hierarchy: Hie
         CaClient("https://127.0.0.1:1", b"not a certificate")
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [("trickle", "did not answer within 3 s"), ("short", "was cut short")],
+)
+def test_a_ca_answer_that_trickles_or_stops_short_is_refused(
+    hierarchy: Hierarchy, tmp_path: Path, behaviour: str, expected: str
+) -> None:
+    """A byte every 0.2 s never trips a per-read time-out of 1 s: the whole exchange is
+    bounded (3 x the time-out), so a hostile or broken CA cannot hold an agent, and its
+    directory's lock, for ever. An answer that closes before its Content-Length used to
+    be taken whole (``read(n)`` returns what came). Both found by the eighth stop's
+    review. Real TLS, a real server thread on 127.0.0.1."""
+    import socket
+    import threading
+
+    from cyphrs_cli.client.api import CaClient
+
+    done = hierarchy.issue("server", "--ip", "127.0.0.1", "--out-dir", str(tmp_path / "tls"))
+    assert done.exit_code == 0, done.stderr
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "tls" / "fullchain.pem", tmp_path / "tls" / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with context.wrap_socket(connection, server_side=True) as tls:
+            tls.recv(65536)
+            if behaviour == "short":
+                tls.sendall(head + b"x" * 10)
+                return
+            for byte in head + b"x" * 1000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    tls.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    server = threading.Thread(target=answer)
+    server.start()
+    client = CaClient(
+        f"https://127.0.0.1:{listener.getsockname()[1]}",
+        hierarchy.root_cert.read_bytes(),
+        timeout=1,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(CaUnavailable, match=expected):
+            client.roots()
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+        client.close()
+    assert time.monotonic() - started < 6
+
+
 # --- the CA's answer is checked before anything is written --------------------------------
 
 

@@ -57,6 +57,19 @@ def issue_agent(h: Hierarchy, out: Path, *args: str) -> Path:
     return out
 
 
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    """SIGTERM ``daemon`` (SIGKILL if it has not stopped in 20 s): its exit code and stderr."""
+    try:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=20)
+        _, err = daemon.communicate(timeout=10)
+        return code, err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+
+
 def renew(url: str, directory: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return run_cyphrs("renew", "--ca-url", url, str(directory), "--json", *args)
 
@@ -205,15 +218,8 @@ def test_daemon_stops_cleanly_on_sigterm(
         stderr=subprocess.PIPE,
         env={**os.environ, "CI": "true"},
     )
-    try:
-        time.sleep(2)
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=20)
-        _, err = daemon.communicate(timeout=10)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
+    time.sleep(2)
+    code, err = stop_daemon(daemon)
     assert code == 0, err
     assert b"renews at" in err and b"stopped" in err
     assert (agent / "cert.pem").read_bytes() == before
@@ -246,13 +252,8 @@ def test_a_daemon_whose_stdout_is_gone_still_reloads_and_goes_on(
         assert marker.exists(), "the hook did not run"
         time.sleep(1)
         assert daemon.poll() is None, "the daemon ended"
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=20)
-        _, err = daemon.communicate(timeout=10)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
+        code, err = stop_daemon(daemon)
     assert code == 0, err
     assert serial_of(agent) != first
     assert hex_serial(int(marker.read_text().split()[0], 16)) == serial_of(agent)

@@ -305,11 +305,7 @@ def run_daemon(
                 raise
             failures += 1
             delay = schedule.retry_delay(
-                failures,
-                retry_after=None,
-                until_expiry=settings.backoff_cap,
-                base=settings.backoff_base,
-                cap=settings.backoff_cap,
+                failures, base=settings.backoff_base, cap=settings.backoff_cap
             )
             report(f"cannot read {request.directory.path} ({error.message});"
                    f" retry in {delay.total_seconds():.1f} s", None)  # fmt: skip

@@ -300,17 +300,17 @@ async def enroll(request: web.Request) -> web.Response:
             ExitCode.POLICY_DENIED,
             retry_after=wait,
         )
-    charge = True  # unless it ends otherwise: a client that leaves mid-request is charged,
-    try:  # as the shielded enrollment may still record its refusal
+    # Charged when refused, and when the client leaves mid-request (cancelled): its
+    # shielded enrollment may still record a refusal. Not for success, bad input, a
+    # conflict or an outage, where nothing refused is recorded.
+    charge = True
+    try:
         response = await _enroll(request, state)
-    except PolicyDenied:
-        raise
-    except Exception:
-        charge = False  # bad input, a conflict, an outage: nothing refused was recorded
-        raise
-    else:
         charge = False
         return response
+    except Exception as error:
+        charge = isinstance(error, PolicyDenied)
+        raise
     finally:
         state.failure_limiter.settle(address, charge=charge)
 

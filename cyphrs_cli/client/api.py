@@ -35,6 +35,7 @@ from cyphrs_cli.errors import (
     StorageError,
     UsageError,
 )
+from cyphrs_cli.numerals import is_decimal
 
 if TYPE_CHECKING:
     import http.client
@@ -424,11 +425,25 @@ def problem_error(
     return cls(message, hint=hint)
 
 
+#: The longest ``Retry-After`` honoured: a longer one waits this long (the backoff's own
+#: cap is far shorter, and the certificate's expiry bounds any wait anyway).
+MAX_RETRY_AFTER = 3600.0
+
+
 def _seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: delay-seconds or an HTTP-date (RFC 9110 10.2.3),
+    capped at ``MAX_RETRY_AFTER``; None when absent or unreadable."""
     if value is None:
         return None
+    text = value.strip()
+    if is_decimal(text):  # delay-seconds is digits only: no sign, fraction, nan or inf
+        return min(float(text), MAX_RETRY_AFTER)
+    from email.utils import parsedate_to_datetime
+
     try:
-        seconds = float(value.strip())
-    except ValueError:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
         return None
-    return seconds if 0 <= seconds <= 3600 else None
+    if when.tzinfo is None:
+        return None
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER)

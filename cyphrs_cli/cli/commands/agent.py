@@ -246,6 +246,10 @@ def renew_online(
         raise UsageError("name the agent's directory (or its cert.pem) with --ca-url")
     if ttl is not None:
         parse_duration(ttl)
+    if key_type is not None:  # refused now (exit 3), not at a daemon's first renewal
+        from cyphrs_cli.keystore.base import KeySpec
+
+        KeySpec.parse(key_type)
     hooks = ReloadHooks(exec_command, signal_spec, pid_file)
     hooks.check()
     if not daemon and (exec_command or signal_spec or pid_file):

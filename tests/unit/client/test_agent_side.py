@@ -153,6 +153,16 @@ def test_policy_rule_and_retry_after_travel() -> None:
     # Not problem+json at all: the HTTP status alone decides; hostile Retry-After ignored.
     assert type(problem_error(403, "text/html", b"<h1>no</h1>")) is PolicyDenied
     assert problem_error(503, None, b"", "-5").retry_after is None  # type: ignore[attr-defined]
+    for hostile in ("nan", "inf", "soon", "Mon, 99 Foo 2026 00:00:00 GMT"):
+        assert problem_error(503, None, b"", hostile).retry_after is None  # type: ignore[attr-defined]
+    # Over an hour: an hour, not ignored (a CA asking for two hours was retried in 2 s);
+    # the HTTP-date form counts too.
+    assert problem_error(503, None, b"", "7200").retry_after == 3600  # type: ignore[attr-defined]
+    later = (datetime.now(UTC) + timedelta(seconds=120)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    waited = problem_error(503, None, b"", later).retry_after  # type: ignore[attr-defined]
+    assert 100 <= waited <= 120
+    past = "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert problem_error(503, None, b"", past).retry_after == 0  # type: ignore[attr-defined]
     # A status nothing maps, from the CA or a proxy before it: the CA is unusable to us
     # (exit 8, tried again by a daemon), never exit 1, which is for this program's bugs.
     for status in (301, 302, 405, 418, 421, 422, 451):
@@ -662,6 +672,15 @@ def test_an_agent_directory_others_can_write_is_refused(
             raise AssertionError("entered")
         os.chown(agent.path, 0, 0)
     assert sorted(p.name for p in agent.path.iterdir()) == before
+
+
+def test_a_bad_key_type_is_refused_before_the_daemon_starts(tmp_path: Path) -> None:
+    """It was found only at the first renewal, possibly hours later."""
+    started = time.monotonic()
+    done = cli("renew", "--ca-url", "https://127.0.0.1:1", str(tmp_path), "--daemon",
+               "--key-type", "bogus")  # fmt: skip
+    assert done.exit_code == 3 and "unknown key type" in done.stderr, done.stderr
+    assert time.monotonic() - started < 10
 
 
 def test_the_daemons_lines_are_escaped_for_the_terminal() -> None:

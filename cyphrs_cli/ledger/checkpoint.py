@@ -81,6 +81,7 @@ class CheckpointStats:
     truncate: int = 0  # TRUNCATE checkpoints run (WAL over its limit, or closing)
     patient: int = 0  # RESTARTs that waited up to BLOCKING_WAIT_MS (WAL past patient_pages)
     busy: int = 0  # checkpoints that could not complete (a reader or the writer was busy)
+    lock_timeouts: int = 0  # of those, RESTART/TRUNCATEs that never got the writer lock
     largest_wal_pages: int = 0  # the most frames a checkpoint found in the WAL
     errors: int = 0  # checkpoints that failed (I/O); the next one tries again
 
@@ -190,6 +191,7 @@ class WalCheckpointer:
                 self._writers.acquire()
             except StorageError:  # writers kept the lock for WRITER_LOCK_WAIT: next time
                 self.stats.busy += 1
+                self.stats.lock_timeouts += 1
                 return 0
             finally:
                 self._wants_lock.clear()

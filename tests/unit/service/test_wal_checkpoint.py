@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from cyphrs_cli.ca.orders import LeafOrder, prepare_request
 from cyphrs_cli.config.home import CaHome
 from cyphrs_cli.service.authority import Authority
@@ -273,18 +275,51 @@ def test_a_restart_queues_on_the_writer_lock_and_asks_this_processes_writers_to_
     assert _wal_bytes(home) == 0
 
 
+def test_a_restart_kept_from_the_writer_lock_is_counted_as_such(
+    home: CaHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The starvation the next test rules out has its own count: a RESTART that never got
+    the writer lock (here held by another process past a shortened wait)."""
+    import cyphrs_cli.ledger.checkpoint as checkpoint
+    from cyphrs_cli.ledger.writelock import lock_path
+
+    monkeypatch.setattr(checkpoint, "WRITER_LOCK_WAIT", 0.3)
+    _append_events(home, 5)
+    checkpointer = checkpoint.WalCheckpointer(home.ledger_path, every_items=1, idle_seconds=60)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock_path(home.ledger_path)), "3.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        checkpointer.committed(1)
+        deadline = time.monotonic() + 10
+        while checkpointer.stats.lock_timeouts == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.stats.lock_timeouts == 1 and checkpointer.stats.busy == 1
+        assert checkpointer.stats.restart == 0
+    finally:
+        holder.kill()
+        holder.wait(10)
+        checkpointer.close()
+
+
 def test_the_writer_thread_lets_a_waiting_checkpoint_have_the_lock(
     authority: Authority, home: CaHome
 ) -> None:
     """Writers that commit back to back (callers sign before they queue) must not starve
-    the checkpoint: every RESTART gets the lock, none is counted busy, and the WAL is
-    rewound at each checkpoint instead of growing."""
+    the checkpoint: every RESTART gets the writer lock (none waits it out), and the WAL is
+    rewound at each checkpoint instead of growing. A RESTART that finds one of the
+    issuing threads' brief reads still open after its 2 ms (a loaded machine deschedules
+    a reader: seen once in a clean-clone run) is counted busy and done at the next
+    checkpoint, by design; what must not happen is a RESTART kept from the lock."""
     committer = authority.start_group_commit(checkpoint_items=10)
     checkpointer = committer.checkpointer
     assert checkpointer is not None
     _issue(authority, "y", 120, threads=6)
     stats = checkpointer.stats
-    assert stats.restart >= 3 and stats.busy == 0 and stats.patient == 0, stats
+    assert stats.restart >= 3 and stats.lock_timeouts == 0 and stats.patient == 0, stats
     assert stats.largest_wal_pages < 800, stats
 
 

@@ -245,17 +245,11 @@ def test_a_restart_queues_on_the_writer_lock_and_asks_this_processes_writers_to_
     up; it waits for the lock (``wants_writer_lock`` meanwhile, which this process's
     writers honour) and runs once the holder lets go."""
     from cyphrs_cli.ledger.checkpoint import WalCheckpointer
-    from cyphrs_cli.ledger.writelock import lock_path
 
     _append_events(home, 5)
     checkpointer = WalCheckpointer(home.ledger_path, every_items=1, idle_seconds=60)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(lock_path(home.ledger_path)), "1.0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _hold_writer_lock(home, 1.0)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         checkpointer.committed(1)
         deadline = time.monotonic() + 10
         while not checkpointer.wants_writer_lock and time.monotonic() < deadline:
@@ -275,24 +269,31 @@ def test_a_restart_queues_on_the_writer_lock_and_asks_this_processes_writers_to_
     assert _wal_bytes(home) == 0
 
 
+def _hold_writer_lock(home: CaHome, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the ledger's writer lock for ``seconds``, once it holds it."""
+    from cyphrs_cli.ledger.writelock import lock_path
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock_path(home.ledger_path)), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_restart_kept_from_the_writer_lock_is_counted_as_such(
     home: CaHome, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The starvation the next test rules out has its own count: a RESTART that never got
     the writer lock (here held by another process past a shortened wait)."""
     import cyphrs_cli.ledger.checkpoint as checkpoint
-    from cyphrs_cli.ledger.writelock import lock_path
 
     monkeypatch.setattr(checkpoint, "WRITER_LOCK_WAIT", 0.3)
     _append_events(home, 5)
     checkpointer = checkpoint.WalCheckpointer(home.ledger_path, every_items=1, idle_seconds=60)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(lock_path(home.ledger_path)), "3.0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _hold_writer_lock(home, 3.0)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         checkpointer.committed(1)
         deadline = time.monotonic() + 10
         while checkpointer.stats.lock_timeouts == 0 and time.monotonic() < deadline:

@@ -53,3 +53,29 @@ def csr_with_duplicate_san(spiffe_id: str, *, rsa_key: bool = False) -> bytes:
         }
     )
     return asn1_pem.armor("CERTIFICATE REQUEST", request.dump())
+
+
+def csr_with_foreign_key(
+    public_key: ec.EllipticCurvePublicKey, signer: ec.EllipticCurvePrivateKey
+) -> bytes:
+    """PEM of a CSR that carries ``public_key`` but is signed by ``signer``: a request
+    for a key its sender does not hold (the self-signature does not verify)."""
+    public = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    info = asn1_csr.CertificationRequestInfo(
+        {
+            "version": "v1",
+            "subject": asn1_x509.Name.build({}),
+            "subject_pk_info": asn1_keys.PublicKeyInfo.load(public),
+            "attributes": [],
+        }
+    )
+    request = asn1_csr.CertificationRequest(
+        {
+            "certification_request_info": info,
+            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+            "signature": signer.sign(info.dump(), ec.ECDSA(hashes.SHA256())),
+        }
+    )
+    return asn1_pem.armor("CERTIFICATE REQUEST", request.dump())

@@ -20,10 +20,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cyphrs_cli.ca.issuance import fault_point
 from cyphrs_cli.client import schedule
 from cyphrs_cli.client.api import DEFAULT_TIMEOUT, CaClient
 from cyphrs_cli.client.credentials import KeyRequest, accept_issued, key_type_of, load_roots
-from cyphrs_cli.client.files import AgentDir, install
+from cyphrs_cli.client.files import (
+    AgentDir,
+    drop_pending_key,
+    install,
+    keep_pending_key,
+    pending_key,
+)
 from cyphrs_cli.errors import CyphrsError, PolicyDenied, UsageError
 from cyphrs_cli.numerals import is_decimal
 
@@ -97,6 +104,7 @@ def enroll(request: EnrollRequest) -> AgentResult:
             )
         bundle = accept_issued(issued, keys, roots)
         files = install(request.out_dir, bundle)
+        drop_pending_key(request.out_dir)  # a stale one from a directory enrolled again
     return AgentResult(issued, files)
 
 
@@ -126,7 +134,7 @@ def renew_once(request: RenewRequest) -> AgentResult:
         roots = load_roots(root_pem, source="--root" if request.root_pem else str(directory.ca))
         current = directory.certificate()
         _refuse_expired(current.not_valid_after_utc, directory)
-        keys = KeyRequest.generate(request.key_type or key_type_of(current))
+        keys = _renewal_keys(directory, request.key_type or key_type_of(current), current)
         with CaClient(
             request.ca_url,
             root_pem,
@@ -135,10 +143,38 @@ def renew_once(request: RenewRequest) -> AgentResult:
             timeout=request.timeout,
         ) as client:
             issued = client.renew(keys.csr_pem, ttl=request.ttl)
+        fault_point("agent-answer")  # tests: the answer lost after the CA recorded it
         spiffe = _spiffe_id(current)
         bundle = accept_issued(issued, keys, roots, spiffe_id=spiffe)
         files = install(directory.path, bundle)
+        drop_pending_key(directory.path)
     return AgentResult(issued, files)
+
+
+def _renewal_keys(directory: AgentDir, key_type: str, current: x509.Certificate) -> KeyRequest:
+    """This renewal's key: the one kept by an attempt whose answer never got installed,
+    or a new one of ``key_type``, kept (0600, fsynced) before the CA is asked.
+
+    With the kept key, the CA recognises a renewal it already recorded and answers with
+    that certificate again; a new key would find the current certificate superseded and
+    be refused for good (``files``, ``service.online``). A kept key that is already the
+    current certificate's (installed, then interrupted before it was forgotten) is
+    dropped: a renewal must not reuse the key it replaces.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    kept = pending_key(directory.path)
+    if kept is not None:
+        keys = KeyRequest.from_pem(kept)
+        current_key = current.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if keys is not None and keys.public_key_der() != current_key:
+            return keys
+        drop_pending_key(directory.path)
+    keys = KeyRequest.generate(key_type)
+    keep_pending_key(directory.path, keys.key_pem().encode())
+    return keys
 
 
 def _refuse_expired(not_after: datetime, directory: AgentDir) -> None:

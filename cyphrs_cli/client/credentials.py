@@ -45,19 +45,47 @@ class KeyRequest:
         The CSR has an empty subject: the identity (SPIFFE ID, claims) comes from the
         token or, on renewal, from the certificate it replaces -- never from the agent.
         """
+        from cyphrs_cli.keystore.base import KeySpec
+
+        return cls.for_key(KeySpec.parse(key_type).generate_software_key())
+
+    @classmethod
+    def for_key(cls, key: CertificateIssuerPrivateKeyTypes) -> KeyRequest:
+        """A CSR (empty subject, as ``generate``) for a key this agent already holds."""
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
         from cyphrs_cli.ca.issuance import signature_hash
-        from cyphrs_cli.keystore.base import KeySpec
 
-        key = KeySpec.parse(key_type).generate_software_key()
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([]))
             .sign(key, signature_hash(key))  # type: ignore[arg-type]
         )
         return cls(key, csr.public_bytes(serialization.Encoding.PEM))
+
+    @classmethod
+    def from_pem(cls, key_pem: bytes) -> KeyRequest | None:
+        """``for_key`` of an unencrypted PEM key this agent kept; None if it is not one."""
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(
+            key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+        ):
+            return None
+        return cls.for_key(key)
+
+    def public_key_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def key_pem(self) -> str:
         from cryptography.hazmat.primitives import serialization

@@ -21,6 +21,13 @@ whole (rename is atomic), and readers that load key and certificate separately m
 "key does not match" as "try again" (``client.tls`` does, keeping the previous context).
 Hooks (``--exec``, ``--signal``) run only after the whole swap.
 
+Before a renewal asks the CA, its new key is kept in ``.cyphrs-renewal-key.pem`` (0600,
+fsynced; ``keep_pending_key``) until the answer is installed. If the answer is lost after
+the CA recorded it (a dropped connection, a crash, a full disk), the next attempt sends a
+CSR for the same key and the CA hands back the certificate it recorded (see
+``service.online``); with a fresh key it could only refuse the superseded certificate, for
+good.
+
 All of it happens under ``.cyphrs.lock`` (``fsutil.home_lock``), so two renewers of one
 directory never interleave.
 """
@@ -38,7 +45,13 @@ from typing import TYPE_CHECKING
 
 from cyphrs_cli.ca.issuance import fault_point
 from cyphrs_cli.errors import InvalidInputError, NotFoundError, StorageError
-from cyphrs_cli.fsutil import atomic_write, ensure_private_dir, home_lock, writable_by_others
+from cyphrs_cli.fsutil import (
+    PRIVATE_FILE,
+    atomic_write,
+    ensure_private_dir,
+    home_lock,
+    writable_by_others,
+)
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -46,6 +59,8 @@ if TYPE_CHECKING:
     from cyphrs_cli.ca.delivery import PemBundle
 
 STAGE = ".cyphrs-next"
+#: The key of a renewal sent to the CA and not installed yet (see the module docstring).
+PENDING_KEY = ".cyphrs-renewal-key.pem"
 COMPLETE = "COMPLETE"
 #: Rename order of a swap: the certificate last (see the module docstring).
 SWAP_ORDER = ("ca.pem", "chain.pem", "key.pem", "fullchain.pem", "cert.pem")
@@ -136,6 +151,38 @@ def install(directory: Path, bundle: PemBundle) -> dict[str, str]:
     atomic_write(stage / COMPLETE, b"", mode=0o600)  # the decision point
     _roll_forward(directory)
     return written
+
+
+def pending_key(directory: Path) -> bytes | None:
+    """The kept key of a renewal not installed yet (PEM), or None."""
+    path = directory / PENDING_KEY
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise InvalidInputError(f"{path} is not a regular file; remove it by hand")
+        return handle.read()
+
+
+def keep_pending_key(directory: Path, key_pem: bytes) -> None:
+    """Keep a renewal's new key durably (0600) before the CA is asked."""
+    atomic_write(directory / PENDING_KEY, key_pem, mode=PRIVATE_FILE)
+
+
+def drop_pending_key(directory: Path) -> None:
+    """Forget the kept key: its certificate is installed (or it is stale)."""
+    try:
+        os.unlink(directory / PENDING_KEY)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot remove {directory / PENDING_KEY}: {exc.strerror}") from exc
+    with contextlib.suppress(OSError):
+        _fsync_dir(directory)
 
 
 def recover(directory: Path) -> bool:

@@ -116,6 +116,10 @@ def renew_presented(
 
     row = presented_row(authority, presented_der)
     conn = authority.ledger.conn
+    if row["status"] == "superseded":
+        answered = _answer_again(authority, row, csr_pem)
+        if answered is not None:
+            return answered
     check_renewable(row, conn)
     granted = lifetime(row)
     if ttl is not None and ttl > granted:
@@ -140,6 +144,86 @@ def renew_presented(
     ).fetchone()
     profile = authority.profile(str(row["profile"]))
     issued = authority.commit_leaf(profile, leaf, issuer=str(signed_by["name"]))
+    return deliver(issued, None, None, replaces=str(row["serial"]))
+
+
+def _answer_again(authority: Authority, row: sqlite3.Row, csr_pem: bytes) -> IssueResult | None:
+    """The recorded successor of ``row`` when the CSR is for the successor's own key: the
+    answer to a renewal that the agent never got (the connection dropped after the
+    commit, the agent crashed or its disk was full before it installed the files).
+
+    Without this, such an agent holds a superseded certificate that can never renew
+    again. Handing the successor back gives nothing new: the caller proved it holds the
+    old key (mTLS) and, by the CSR's self-signature, the successor's key, and the
+    certificate itself is public. Nothing is issued; a ``certificate.redelivered`` event
+    records that it was handed out again. None (the caller refuses as before) when there
+    is no successor, its key differs, the CSR's signature does not verify, or the
+    successor is no longer valid (revoked, expired, or renewed in turn).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from cyphrs_cli.ca.models import IssuedCertificate
+    from cyphrs_cli.ca.parsing import checked_csr, parse_csr
+    from cyphrs_cli.config.trust import anchored_authority
+    from cyphrs_cli.errors import InvalidInputError
+    from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
+    from cyphrs_cli.service.issuing import deliver
+
+    conn = authority.ledger.conn
+    successor = conn.execute(
+        "SELECT c.*, a.name AS issuer_name FROM certificates c"
+        " JOIN authorities a ON a.id = c.authority_id WHERE c.replaces_id = ?",
+        (row["id"],),
+    ).fetchone()
+    if successor is None or successor["status"] != "valid":
+        return None
+    now = utc_now()
+    if str(successor["not_after"]) < rfc3339(now):
+        return None
+    certificate = x509.load_pem_x509_certificate(str(successor["pem"]).encode())
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    try:
+        csr = parse_csr(csr_pem, source="CSR")
+        if csr.public_key().public_bytes(der, spki) != certificate.public_key().public_bytes(
+            der, spki
+        ):
+            return None
+        checked_csr(csr, source="CSR")  # proof that the caller holds the successor's key
+    except InvalidInputError:
+        return None
+    anchored = anchored_authority(
+        authority.home, authority.config, conn, str(successor["issuer_name"])
+    )
+    with authority.ledger.transaction() as tx:
+        append_event(
+            tx,
+            LedgerEvent(
+                type="certificate.redelivered",
+                target=f"certificate:{successor['serial']}",
+                details={
+                    "certificate_id": successor["id"],
+                    "serial": successor["serial"],
+                    "fingerprint": successor["fingerprint"],
+                    "presented_serial": row["serial"],
+                },
+            ),
+        )
+    issued = IssuedCertificate(
+        certificate=certificate,
+        record_id=int(successor["id"]),
+        serial=str(successor["serial"]),
+        fingerprint=str(successor["fingerprint"]),
+        profile=str(successor["profile"]),
+        issuer_name=str(successor["issuer_name"]),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        clamped=False,
+        spiffe_id=successor["spiffe_id"],
+        chain=(anchored.certificate, *anchored.parents),
+        authority_id=int(successor["authority_id"]),
+    )
     return deliver(issued, None, None, replaces=str(row["serial"]))
 
 

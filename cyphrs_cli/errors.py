@@ -28,7 +28,7 @@ class ExitCode(IntEnum):
 EXIT_CODE_HELP = """\
 Exit codes: 0 ok · 1 internal error · 2 usage · 3 invalid input · 4 wrong passphrase/PIN ·
 5 policy denied · 6 not found · 7 conflict · 8 ledger/storage · 9 key store/HSM ·
-10 check not met."""
+10 check not met · 141 stdout's reader gone."""
 
 
 class CyphrsError(Exception):

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 #: Seconds a ``--exec`` hook may run before it is killed.
 HOOK_TIMEOUT = 120
+#: Seconds a running ``--exec`` hook is still given once the daemon is told to stop.
+HOOK_STOP_GRACE = 5
 
 
 @dataclass(frozen=True)
@@ -250,8 +252,11 @@ class ReloadHooks:
             raise UsageError(f"--signal {self.signal_spec!r}: the PID must be a number above 1")
         return int(pid_text), sig
 
-    def run(self, directory: AgentDir, issued: Issued) -> list[str]:
-        """Run the hooks; return what went wrong (the daemon reports it and goes on)."""
+    def run(
+        self, directory: AgentDir, issued: Issued, stop: threading.Event | None = None
+    ) -> list[str]:
+        """Run the hooks; return what went wrong (the daemon reports it and goes on).
+        ``stop`` set while the ``--exec`` hook runs ends it ``HOOK_STOP_GRACE`` s later."""
         problems = []
         if self.exec_command is not None:
             env = {
@@ -260,7 +265,7 @@ class ReloadHooks:
                 "CYPHRS_SERIAL": issued.serial,
                 "CYPHRS_NOT_AFTER": f"{issued.not_after:%Y-%m-%dT%H:%M:%SZ}",
             }
-            problem = _run_hook(self.exec_command, env)
+            problem = _run_hook(self.exec_command, env, stop)
             if problem is not None:
                 problems.append(problem)
         if self.signal_spec is not None:
@@ -280,10 +285,15 @@ class ReloadHooks:
         return problems
 
 
-def _run_hook(command: str, env: dict[str, str]) -> str | None:
+def _run_hook(command: str, env: dict[str, str], stop: threading.Event | None) -> str | None:
     """Run the ``--exec`` hook; what went wrong, or None. Its output goes to stderr, never
     into the ``--json`` stream on stdout. It runs in a session of its own, so a hook that
-    outlives ``HOOK_TIMEOUT`` is killed with everything it started."""
+    outlives ``HOOK_TIMEOUT`` is killed with everything it started; so is one still
+    running ``HOOK_STOP_GRACE`` seconds after the daemon was told to stop (``stop``): a
+    hanging hook must not hold a SIGTERM for two minutes (systemd would SIGKILL the
+    daemon first, mid-whatever)."""
+    import time
+
     try:
         process = subprocess.Popen(  # noqa: S602 -- the operator's own shell command
             command,
@@ -294,13 +304,23 @@ def _run_hook(command: str, env: dict[str, str]) -> str | None:
         )
     except OSError as exc:
         return f"--exec hook failed: {exc}"
-    try:
-        code = process.wait(timeout=HOOK_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        return f"--exec hook killed after {HOOK_TIMEOUT:g} s, with its children"
+    deadline = time.monotonic() + HOOK_TIMEOUT
+    reason = f"killed after {HOOK_TIMEOUT:g} s"
+    while (code := process.poll()) is None:
+        now = time.monotonic()
+        if stop is not None and stop.is_set():
+            deadline = min(deadline, now + HOOK_STOP_GRACE)
+            reason = "killed: the daemon is stopping"
+        if now >= deadline:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return f"--exec hook {reason}, with its children"
+        if stop is not None:
+            stop.wait(min(0.1, deadline - now))
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=min(0.1, deadline - now))
     return f"--exec hook exited {code}" if code != 0 else None
 
 
@@ -383,7 +403,7 @@ def run_daemon(
         renewed_at = datetime.now(UTC)
         # The hooks first: the service must reload the swapped files even if reporting
         # fails (a stdout that a restarted journald closed).
-        problems = hooks.run(request.directory, result.issued)
+        problems = hooks.run(request.directory, result.issued, stop)
         report(f"renewed {serial} as {result.issued.serial}", result)
         for problem in problems:
             report(problem, None)

@@ -22,7 +22,7 @@ from cyphrs_cli.client.tls import client_context
 from tests.cli.test_json_contract import assert_valid
 from tests.e2e.test_agent_tls import TlsServer, servers, spiffe_of, talk  # noqa: F401
 from tests.helpers import Hierarchy, cli, openssl_verify, run_cyphrs, tool
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess, start_server, wait_until
 
 
 @pytest.fixture
@@ -257,6 +257,68 @@ def test_a_daemon_whose_stdout_is_gone_still_reloads_and_goes_on(
     assert code == 0, err
     assert serial_of(agent) != first
     assert hex_serial(int(marker.read_text().split()[0], 16)) == serial_of(agent)
+
+
+def test_a_one_shot_renewal_with_stdout_closed_swaps_and_exits_0(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """``renew --json >&-`` used to swap the files and then exit 1 (internal error)."""
+    agent = issue_agent(fresh_hierarchy, tmp_path / "a")
+    first = serial_of(agent)
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" >&-', tool("cyphrs"), "renew", "--ca-url", ca.url,
+         str(agent), "--json"],
+        capture_output=True,
+        env={**os.environ, "CI": "true"},
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert serial_of(agent) != first and status(fresh_hierarchy, first) == "superseded"
+
+
+def test_sigterm_during_a_hanging_hook_stops_the_daemon_within_the_grace(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A hook that hangs (a reload waiting on a stuck service) used to hold SIGTERM for
+    its whole 120 s timeout, longer than systemd waits before SIGKILL. The daemon now
+    gives it ``HOOK_STOP_GRACE`` (5 s), kills it with its children and exits 0."""
+    from cyphrs_cli.client.agent import HOOK_STOP_GRACE
+
+    agent = issue_agent(fresh_hierarchy, tmp_path / "a", "--ttl", "2m")
+    started, grandchild = tmp_path / "hook-started", tmp_path / "grandchild"
+    daemon = subprocess.Popen(
+        [tool("cyphrs"), "renew", "--ca-url", ca.url, str(agent), "--daemon",
+         "--ttl", "2m", "--due-fraction", "0.5", "--jitter", "0",
+         "--exec", f"sleep 300 & echo $! > {grandchild}; touch {started}; wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CI": "true"},
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: started.exists() or daemon.poll() is not None, 45)
+        assert started.exists(), "the hook did not start"
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        code, err = stop_daemon(daemon)
+        took = time.monotonic() - signalled
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    assert code == 0, err
+    assert took < HOOK_STOP_GRACE + 5, took
+    assert b"the daemon is stopping" in err
+    pid = int(grandchild.read_text())
+    assert wait_until(lambda: not _running(pid), 10), f"the hook's child {pid} outlived it"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_daemon_backs_off_while_the_ca_is_down_and_gives_up_at_expiry(

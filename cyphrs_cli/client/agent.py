@@ -144,7 +144,14 @@ def renew_once(request: RenewRequest) -> AgentResult:
             key_file=directory.key,
             timeout=request.timeout,
         ) as client:
-            issued = client.renew(keys.csr_pem, ttl=request.ttl)
+            try:
+                issued = client.renew(keys.csr_pem, ttl=request.ttl)
+            except CyphrsError as error:
+                if not schedule.is_transient(error):
+                    # The CA answered and recorded nothing for this key; it would refuse
+                    # it again (a key type its policy no longer allows): a fresh one next.
+                    drop_pending_key(directory.path)
+                raise
         fault_point("agent-answer")  # tests: the answer lost after the CA recorded it
         spiffe = _spiffe_id(current)
         bundle = accept_issued(issued, keys, roots, spiffe_id=spiffe)
@@ -161,7 +168,10 @@ def _renewal_keys(directory: AgentDir, key_type: str, current: x509.Certificate)
     that certificate again; a new key would find the current certificate superseded and
     be refused for good (``files``, ``service.online``). A kept key that is already the
     current certificate's (installed, then interrupted before it was forgotten) is
-    dropped: a renewal must not reuse the key it replaces.
+    dropped: a renewal must not reuse the key it replaces. So is one the CA refused
+    outright (``renew_once``), and one others may have read (group or world
+    permissions). A kept key is used even when ``--key-type`` now asks for another type:
+    it may be the only way to the certificate the CA recorded for it.
     """
     from cryptography.hazmat.primitives import serialization
 

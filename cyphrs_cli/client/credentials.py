@@ -66,17 +66,27 @@ class KeyRequest:
 
     @classmethod
     def from_pem(cls, key_pem: bytes) -> KeyRequest | None:
-        """``for_key`` of an unencrypted PEM key this agent kept; None if it is not one."""
+        """``for_key`` of an unencrypted PEM key this agent kept; None if it is not one
+        (garbage, encrypted, or of an algorithm this agent does not make)."""
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         try:
             key = load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             return None
         if not isinstance(
             key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
         ):
+            return None
+        from cyphrs_cli.ca.issuance import key_algorithm_name
+        from cyphrs_cli.errors import CyphrsError
+        from cyphrs_cli.keystore.base import KeySpec
+
+        try:  # a curve or size this agent never makes (secp256k1, RSA-1024) is not ours
+            KeySpec.parse(key_algorithm_name(key.public_key()))
+        except CyphrsError:
             return None
         return cls.for_key(key)
 
@@ -152,6 +162,7 @@ def accept_issued(
     for uri in got:
         if uri.startswith("spiffe://"):
             parse_spiffe_id(uri)
+    _fields_match(issued, leaf, got, bad)
     pem = serialization.Encoding.PEM
     return PemBundle(
         certificate=leaf.public_bytes(pem).decode(),
@@ -159,6 +170,36 @@ def accept_issued(
         root="".join(r.public_bytes(pem).decode() for r in roots),
         private_key=request.key_pem(),
     )
+
+
+def _fields_match(
+    issued: Issued,
+    leaf: x509.Certificate,
+    uris: list[str],
+    bad: Callable[[str], CaUnavailable],
+) -> None:
+    """The answer's JSON fields must say what its certificate says: the daemon's report
+    (``--json``) and the ``--exec`` hook's environment (``CYPHRS_SERIAL``,
+    ``CYPHRS_NOT_AFTER``) are taken from them, so a CA or a proxy must not be able to put
+    there anything but the checked certificate's own values (a serial of shell text)."""
+    import re
+
+    from cryptography.hazmat.primitives import hashes
+
+    if not re.fullmatch(r"[0-9a-f]{1,64}", issued.serial) or (
+        int(issued.serial, 16) != leaf.serial_number
+    ):
+        raise bad("its serial is not the certificate's")
+    if (issued.not_before, issued.not_after) != (
+        leaf.not_valid_before_utc,
+        leaf.not_valid_after_utc,
+    ):
+        raise bad("its validity is not the certificate's")
+    spiffe = [uri for uri in uris if uri.startswith("spiffe://")]
+    if issued.spiffe_id != (spiffe[0] if spiffe else None):
+        raise bad("its SPIFFE ID is not the certificate's")
+    if issued.fingerprint != "sha256:" + leaf.fingerprint(hashes.SHA256()).hex():
+        raise bad("its fingerprint is not the certificate's")
 
 
 def _verify_path(

@@ -35,6 +35,7 @@ directory never interleave.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -153,19 +154,49 @@ def install(directory: Path, bundle: PemBundle) -> dict[str, str]:
     return written
 
 
+#: A kept key is a PEM private key: an RSA-8192 one is about 6.3 KiB.
+PENDING_KEY_MAX = 64 * 1024
+
+
 def pending_key(directory: Path) -> bytes | None:
-    """The kept key of a renewal not installed yet (PEM), or None."""
+    """The kept key of a renewal not installed yet (PEM), or None when there is none or
+    it may have been read by others (group/world permissions: a fresh key is safer).
+
+    Raises:
+        InvalidInputError: something else than a regular file of at most
+            ``PENDING_KEY_MAX`` bytes is at its name (a link, a directory, a FIFO): only
+            the directory's owner can have put it there, who must look (exit 3).
+    """
     path = directory / PENDING_KEY
+
+    def unusable(what: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"{path} is {what}, not the key this agent keeps there; remove it by hand"
+        )
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO must not hang the renewer (and its lock); O_NOFOLLOW: a link
+        # is refused, not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise unusable("a symbolic link") from exc
         raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise InvalidInputError(f"{path} is not a regular file; remove it by hand")
-        return handle.read()
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise unusable("not a regular file")
+        if status.st_size > PENDING_KEY_MAX:
+            raise unusable(f"{status.st_size} bytes long")
+        if status.st_mode & 0o077:
+            return None
+        return os.read(fd, PENDING_KEY_MAX)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 def keep_pending_key(directory: Path, key_pem: bytes) -> None:

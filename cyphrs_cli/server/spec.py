@@ -243,8 +243,17 @@ OPERATIONS: tuple[Operation, ...] = (
         "renew",
         "POST",
         "/v1/renew",
-        "Renew the presented client certificate: same identity, new key from the CSR",
-        (Response(201, "issued and recorded; the old one is superseded", schema=_ref("Issued")),),
+        "Renew the presented client certificate: same identity, new key from the CSR. A"
+        " superseded certificate asking again with its recorded successor's own key (a"
+        " renewal whose answer was lost) gets that successor again; nothing new is issued",
+        (
+            Response(
+                201,
+                "issued and recorded, the old one superseded; or the recorded successor"
+                " answered again (event certificate.redelivered)",
+                schema=_ref("Issued"),
+            ),
+        ),
         auth="mtls",
         request="RenewRequest",
         tags=("agents",),

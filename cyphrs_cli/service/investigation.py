@@ -541,4 +541,9 @@ def _summary(kind: str, details: dict[str, Any], serial: str | None, target: str
         return f"CRL #{get('number')} of {get('authority')} published ({get('entries')} entries)"
     if kind == "certificate.delivery_failed":
         return f"delivery of {serial} failed: {get('reason')}"
+    if kind == "certificate.redelivered":
+        return (
+            f"{serial} answered again to the holder of {get('presented_serial')}"
+            " (its renewal's answer had been lost)"
+        )
     return f"{kind} {target}".strip()

@@ -116,11 +116,6 @@ def renew_presented(
 
     row = presented_row(authority, presented_der)
     conn = authority.ledger.conn
-    if row["status"] == "superseded":
-        answered = _answer_again(authority, row, csr_pem)
-        if answered is not None:
-            return answered
-    check_renewable(row, conn)
     granted = lifetime(row)
     if ttl is not None and ttl > granted:
         # Self-service renewal must not outgrow what was granted (a token's max TTL is
@@ -131,6 +126,11 @@ def renew_presented(
             rule="renew.ttl",
             hint="omit ttl to keep the current lifetime; enroll again for a longer one",
         )
+    if row["status"] == "superseded":
+        answered = _answer_again(authority, row, csr_pem)
+        if answered is not None:
+            return answered
+    check_renewable(row, conn)
     leaf, _ = renewal_request(
         row,
         public_key_mode="csr",
@@ -163,11 +163,12 @@ def _answer_again(authority: Authority, row: sqlite3.Row, csr_pem: bytes) -> Iss
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from cyphrs_cli.ca.issuance import fault_point
     from cyphrs_cli.ca.models import IssuedCertificate
     from cyphrs_cli.ca.parsing import checked_csr, parse_csr
     from cyphrs_cli.config.trust import anchored_authority
     from cyphrs_cli.errors import InvalidInputError
-    from cyphrs_cli.ledger.events import LedgerEvent, append_event, rfc3339, utc_now
+    from cyphrs_cli.ledger.events import LedgerEvent, append_event
     from cyphrs_cli.service.issuing import deliver
 
     conn = authority.ledger.conn
@@ -176,10 +177,7 @@ def _answer_again(authority: Authority, row: sqlite3.Row, csr_pem: bytes) -> Iss
         " JOIN authorities a ON a.id = c.authority_id WHERE c.replaces_id = ?",
         (row["id"],),
     ).fetchone()
-    if successor is None or successor["status"] != "valid":
-        return None
-    now = utc_now()
-    if str(successor["not_after"]) < rfc3339(now):
+    if successor is None or not _still_valid(conn, successor["id"]):
         return None
     certificate = x509.load_pem_x509_certificate(str(successor["pem"]).encode())
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -196,7 +194,12 @@ def _answer_again(authority: Authority, row: sqlite3.Row, csr_pem: bytes) -> Iss
     anchored = anchored_authority(
         authority.home, authority.config, conn, str(successor["issuer_name"])
     )
+    fault_point("answer-again")  # tests: a revocation slipped in here must win
     with authority.ledger.transaction() as tx:
+        # Decided again under the writer lock: a revocation or a renewal of the
+        # successor committed since the first look must win.
+        if not _still_valid(tx, successor["id"]):
+            return None
         append_event(
             tx,
             LedgerEvent(
@@ -225,6 +228,20 @@ def _answer_again(authority: Authority, row: sqlite3.Row, csr_pem: bytes) -> Iss
         authority_id=int(successor["authority_id"]),
     )
     return deliver(issued, None, None, replaces=str(row["serial"]))
+
+
+def _still_valid(conn: sqlite3.Connection, certificate_id: int) -> bool:
+    """Whether the certificate is neither revoked, renewed in turn, nor expired."""
+    from cyphrs_cli.ledger.events import rfc3339, utc_now
+
+    found = conn.execute(
+        "SELECT status, not_after FROM certificates WHERE id = ?", (certificate_id,)
+    ).fetchone()
+    return (
+        found is not None
+        and found["status"] == "valid"
+        and str(found["not_after"]) >= rfc3339(utc_now())
+    )
 
 
 def revoke_presented(authority: Authority, presented_der: bytes, reason: str | None) -> Revocation:

@@ -12,10 +12,12 @@ for real (a process killed at the fault point) and try to abuse the second answe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,8 @@ from cyphrs_cli.ca.issuance import DELAY_ENV, FAULT_ENV
 from cyphrs_cli.client.files import PENDING_KEY
 from tests.csr_builders import csr_with_foreign_key
 from tests.e2e.test_agent_online import create_token, enroll, issue_agent, serial_of
+from tests.e2e.test_enospc import _fill as fill
+from tests.e2e.test_enospc import small_tmpfs  # noqa: F401 - a fixture
 from tests.helpers import Hierarchy, cli, openssl_verify, run_cyphrs, tool
 from tests.server_process import ServerProcess, start_server, wait_until
 
@@ -246,3 +250,230 @@ def test_enrolling_a_directory_again_forgets_its_kept_key(
     done = enroll(ca.url, agent / "ca.pem", agent, "--force", token=token)
     assert done.returncode == 0, done.stderr
     assert not (agent / PENDING_KEY).exists()
+
+
+def test_a_key_the_ca_refuses_is_not_kept_for_the_next_attempt(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A kept key the CA refused outright (a key type its profile does not allow) made
+    every later renewal send it again and be refused again, whatever --key-type said."""
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a")
+    refused = renew(ca.url, agent, "--key-type", "rsa2048")
+    assert refused.returncode == 5, refused.stderr
+    assert json.loads(refused.stderr)["error"]["rule"] == "agent.key_types"
+    assert not (agent / PENDING_KEY).exists()
+    done = renew(ca.url, agent)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_retry_asking_for_a_longer_ttl_is_refused_as_a_renewal_would_be(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a", "--ttl", "4h")
+    _lose_the_answer(ca, h, agent)
+    longer = renew(ca.url, agent, "--ttl", "30d")
+    assert longer.returncode == 5, longer.stderr
+    assert json.loads(longer.stderr)["error"]["rule"] == "renew.ttl"
+    assert _redelivered(h) == []
+
+
+def test_a_successor_renewed_in_turn_is_not_handed_out_again(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """Whoever holds the successor's key renewed it meanwhile: the successor is no longer
+    the current certificate and is not answered again (exit 7), and the retry's key,
+    refused outright, is forgotten."""
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a")
+    _old, recorded = _lose_the_answer(ca, h, agent)
+    holder = tmp_path / "holder"
+    shutil.copytree(agent, holder)
+    pem = str(_rows(h, "SELECT pem FROM certificates WHERE serial = ?", recorded)[0][0])
+    (holder / "cert.pem").write_text(pem)
+    (holder / "fullchain.pem").write_text(pem + (holder / "chain.pem").read_text())
+    os.replace(holder / PENDING_KEY, holder / "key.pem")
+    assert renew(ca.url, holder).returncode == 0
+    done = renew(ca.url, agent)
+    assert done.returncode == 7, done.stderr
+    assert _redelivered(h) == [] and not (agent / PENDING_KEY).exists()
+
+
+def test_the_timeline_says_what_a_redelivery_was(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a")
+    old, recorded = _lose_the_answer(ca, h, agent)
+    assert renew(ca.url, agent).returncode == 0
+    shown = cli("timeline", "--serial", recorded, "--since", "2000-01-01", "--json",
+                "--home", str(h.home))  # fmt: skip
+    assert shown.exit_code == 0, shown.stderr
+    summaries = [e["summary"] for e in shown.json()["events"]]
+    assert any(f"answered again to the holder of {old}" in s for s in summaries), summaries
+
+
+@pytest.mark.parametrize("what", ["directory", "fifo", "symlink", "huge"])
+def test_something_else_at_the_kept_keys_name_is_refused_with_one_line(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path, what: str
+) -> None:
+    """Only the directory's owner can put it there: a clear exit 3 naming the file, never
+    a hang (a FIFO), a link followed, a file read whole, or an internal error."""
+    agent = issue_agent(fresh_hierarchy, tmp_path / "a")
+    kept = agent / PENDING_KEY
+    if what == "directory":
+        kept.mkdir()
+    elif what == "fifo":
+        os.mkfifo(kept, 0o600)
+    elif what == "symlink":
+        (tmp_path / "elsewhere.pem").write_text("x")
+        kept.symlink_to(tmp_path / "elsewhere.pem")
+    else:
+        with kept.open("wb") as huge:
+            huge.truncate(1 << 30)  # sparse
+        kept.chmod(0o600)
+    before = (agent / "cert.pem").read_bytes()
+    done = renew(ca.url, agent)
+    assert done.returncode == 3, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert PENDING_KEY in error["message"] and "remove it by hand" in error["message"]
+    assert (agent / "cert.pem").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "what", ["garbage", "encrypted", "brainpool", "sm2", "readable by others"]
+)
+def test_a_kept_key_that_cannot_or_should_not_be_used_is_replaced(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path, what: str
+) -> None:
+    agent = issue_agent(fresh_hierarchy, tmp_path / "a")
+    kept = agent / PENDING_KEY
+    other = ec.generate_private_key(ec.SECP256R1())
+    pem = {
+        "garbage": b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        "encrypted": other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        ),
+        # Not a type the agent makes: P-256 on another curve, and one cryptography
+        # cannot even load (UnsupportedAlgorithm).
+        "brainpool": ec.generate_private_key(ec.BrainpoolP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        "sm2": subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "SM2"], capture_output=True, check=True
+        ).stdout,
+        "readable by others": other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }[what]
+    kept.write_bytes(pem)
+    kept.chmod(0o644 if what == "readable by others" else 0o600)
+    done = renew(ca.url, agent)
+    assert done.returncode == 0, done.stderr
+    installed = serialization.load_pem_private_key((agent / "key.pem").read_bytes(), None)
+    assert installed.public_key() != other.public_key()
+    assert not kept.exists()
+
+
+def test_a_full_disk_after_the_ca_recorded_the_renewal_loses_nothing(
+    ca: ServerProcess,
+    fresh_hierarchy: Hierarchy,
+    small_tmpfs: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The agent's directory on a real tmpfs that fills up while the answer is on its way
+    (the agent held at the answer by a test delay): staging fails with exit 8, and once
+    there is room again the agent gets the certificate the CA recorded."""
+    h = fresh_hierarchy
+    agent = small_tmpfs / "a"
+    shutil.copytree(issue_agent(h, tmp_path / "a"), agent)
+    old = serial_of(agent)
+    renewer = subprocess.Popen(
+        [tool("cyphrs"), "renew", "--ca-url", ca.url, str(agent), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CI": "true", DELAY_ENV: "agent-answer=3"},
+    )
+    try:
+        assert wait_until(lambda: _successors(h, old), 30)
+        fill(small_tmpfs, 0)
+        _out, err = renewer.communicate(timeout=60)
+    finally:
+        if renewer.poll() is None:
+            renewer.kill()
+            renewer.wait(10)
+    assert renewer.returncode == 8, err
+    assert b"No space left" in err and serial_of(agent) == old
+    (small_tmpfs / "filler").unlink()
+    done = renew(ca.url, agent)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["serial"] == _successors(h, old)[0] == serial_of(agent)
+
+
+def test_a_revocation_between_the_first_look_and_the_answer_wins(
+    fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """The successor is revoked while the CA is between deciding to answer again and
+    recording it (held there by a test delay): the decision is taken again under the
+    writer lock, so the revoked certificate is not handed out."""
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a")
+    with start_server(h.home, h.inter_pass) as first:
+        _old, recorded = _lose_the_answer(first, h, agent)
+    with start_server(h.home, h.inter_pass, env={DELAY_ENV: "answer-again=3"}) as held:
+        retry = subprocess.Popen(
+            [tool("cyphrs"), "renew", "--ca-url", held.url, str(agent), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "CI": "true"},
+        )
+        try:
+            assert wait_until(lambda: _sleeping(held.pid), 30), "never held at the delay"
+            assert cli("revoke", "--serial", recorded, "--home", str(h.home)).exit_code == 0
+            _out, err = retry.communicate(timeout=60)
+        finally:
+            if retry.poll() is None:
+                retry.kill()
+                retry.wait(10)
+    assert retry.returncode == 7, err
+    assert _redelivered(h) == []
+
+
+def _sleeping(pid: int) -> bool:
+    """Whether a thread of ``pid`` sleeps in ``clock_nanosleep``/``nanosleep`` (x86-64
+    numbers 230, 35): the test delay; an idle server waits in epoll and futexes only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            number = (task / "syscall").read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if number in ("230", "35"):
+            return True
+    return False
+
+
+def test_an_expired_successor_is_not_handed_out_again(
+    ca: ServerProcess, fresh_hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """The lost renewal asked for 63 s, of which 2 s are left after the backdate: by the
+    retry it has expired, and is not answered again (exit 7)."""
+    h = fresh_hierarchy
+    agent = issue_agent(h, tmp_path / "a")
+    old = serial_of(agent)
+    killed = renew(ca.url, agent, "--ttl", "63s", env={FAULT_ENV: "agent-answer"})
+    assert killed.returncode == 86, killed.stderr
+    (recorded,) = _successors(h, old)
+    not_after = str(_rows(h, "SELECT not_after FROM certificates WHERE serial = ?", recorded)[0][0])
+    assert wait_until(
+        lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") > not_after, 10
+    )
+    done = renew(ca.url, agent)
+    assert done.returncode == 7, done.stderr
+    assert _redelivered(h) == []

@@ -118,9 +118,15 @@ def test_renewal_refused_for_revoked_superseded_expired_and_foreign_certificates
     assert reply.json()["slug"] == "conflict" and reply.json()["exit_code"] == 7
 
     superseded = _agent(ca, tmp_path / "superseded")
-    assert request(server, "POST", "/v1/renew", body, cert_dir=superseded).status == 201
+    first = request(server, "POST", "/v1/renew", body, cert_dir=superseded)
+    assert first.status == 201
     before += 1
-    reply = request(server, "POST", "/v1/renew", body, cert_dir=superseded)
+    # The same CSR again (a client that lost the answer): the recorded successor, no row.
+    again = request(server, "POST", "/v1/renew", body, cert_dir=superseded)
+    assert again.status == 201 and again.json()["serial"] == first.json()["serial"]
+    # Any other key: a superseded certificate cannot renew.
+    _, other_csr = new_csr()
+    reply = request(server, "POST", "/v1/renew", {"csr": other_csr.decode()}, cert_dir=superseded)
     assert reply.status == 409 and "already renewed" in reply.json()["detail"]
 
     # 62s: notBefore is backdated 60 s, so this one expires a second after issue.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from cyphrs_cli.ca.delivery import PemBundle
 from cyphrs_cli.client import schedule
@@ -312,7 +313,7 @@ def answered(
         spiffe_id=str(san.get_values_for_type(x509.UniformResourceIdentifier)[0]),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        fingerprint="sha256:" + "0" * 64,
+        fingerprint="sha256:" + cert.fingerprint(hashes.SHA256()).hex(),
         certificate=(out / "cert.pem").read_text(),
         chain=(out / "chain.pem").read_text(),
         ca=(out / "ca.pem").read_text(),
@@ -343,6 +344,18 @@ def test_hostile_answers_are_refused(
         "no chain": (replace(issued, chain=""), keys, None),
         "another identity": (replace(issued), keys, "spiffe://acme.internal/agent/other/1"),
         "garbage": (replace(issued, certificate="-----BEGIN CERTIFICATE-----\nAA\n"), keys, None),
+        # The JSON fields feed the --json report and the hook's environment: they must be
+        # the certificate's own.
+        "another serial": (replace(issued, serial="0" + issued.serial + "1"), keys, None),
+        "a serial of shell text": (replace(issued, serial="$(reboot)"), keys, None),
+        "an upper-case serial": (replace(issued, serial=issued.serial.upper() + "A"), keys, None),
+        "another notAfter": (
+            replace(issued, not_after=issued.not_after + timedelta(hours=1)), keys, None
+        ),
+        "another SPIFFE ID": (
+            replace(issued, spiffe_id="spiffe://acme.internal/agent/other/1"), keys, None
+        ),
+        "another fingerprint": (replace(issued, fingerprint="sha256:" + "0" * 64), keys, None),
     }
     for what, (answer, request, spiffe) in cases.items():
         with pytest.raises(CaUnavailable, match="refused"):

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 HOOK_TIMEOUT = 120
 #: Seconds a running ``--exec`` hook is still given once the daemon is told to stop.
 HOOK_STOP_GRACE = 5
+#: The shortest back-off wait.
+_MIN_WAIT = timedelta(milliseconds=50)
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,19 @@ class DaemonSettings:
     jitter: float = schedule.DEFAULT_JITTER
     backoff_base: timedelta = schedule.BACKOFF_BASE
     backoff_cap: timedelta = schedule.BACKOFF_CAP
+    #: The longest single sleep: waits are measured on the wall clock in slices of this,
+    #: so a machine suspended mid-wait (the monotonic clock stops) is noticed within it
+    #: of resuming, and a certificate swapped in meanwhile is read again.
+    wake_every: timedelta = timedelta(seconds=60)
+
+
+def _sleep_until(stop: threading.Event, until: datetime, settings: DaemonSettings) -> None:
+    """Sleep until the wall clock reads ``until`` or ``stop`` is set (see ``wake_every``)."""
+    while not stop.is_set():
+        left = (until - datetime.now(UTC)).total_seconds()
+        if left <= 0:
+            return
+        stop.wait(min(left, settings.wake_every.total_seconds()))
 
 
 def run_daemon(
@@ -375,7 +390,7 @@ def run_daemon(
             )
             report(f"cannot read {request.directory.path} ({error.message});"
                    f" retry in {delay.total_seconds():.1f} s", None)  # fmt: skip
-            stop.wait(max(delay.total_seconds(), 0.05))
+            _sleep_until(stop, datetime.now(UTC) + max(delay, _MIN_WAIT), settings)
             continue
         serial = f"{current.serial_number:x}"
         not_before, not_after = current.not_valid_before_utc, current.not_valid_after_utc
@@ -390,7 +405,8 @@ def run_daemon(
             planned = (serial, due)
             report(f"certificate {serial} renews at {due:%Y-%m-%dT%H:%M:%SZ}", None)
         if failures == 0 and now < planned[1]:
-            stop.wait((planned[1] - now).total_seconds())
+            # One slice, then the files and the clock are read again (``wake_every``).
+            stop.wait(min((planned[1] - now), settings.wake_every).total_seconds())
             continue
         try:
             result = renew_once(request)
@@ -407,7 +423,7 @@ def run_daemon(
             )
             wait = delay.total_seconds()
             report(f"renewal failed ({error.message}); retry in {wait:.1f} s", None)
-            stop.wait(max(delay.total_seconds(), 0.05))
+            _sleep_until(stop, datetime.now(UTC) + max(delay, _MIN_WAIT), settings)
             continue
         failures = 0
         renewed_at = datetime.now(UTC)

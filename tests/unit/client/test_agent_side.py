@@ -719,3 +719,51 @@ def test_malformed_hooks_are_refused_before_the_daemon_starts(
 
     with pytest.raises(UsageError):
         ReloadHooks(signal_spec=spec, pid_file=Path(pid_file) if pid_file else None).check()
+
+
+def test_the_daemon_reads_its_files_and_the_clock_again_while_it_waits(
+    hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """A daemon used to sleep in one piece until the renewal was due: on a machine
+    suspended meanwhile (the monotonic clock stops) it woke after the certificate had
+    expired, and a certificate swapped in by hand went unseen for hours. It now waits in
+    slices of ``wake_every`` on the wall clock, reading the files after each."""
+    import threading
+
+    from cyphrs_cli.client.agent import DaemonSettings, ReloadHooks, RenewRequest, run_daemon
+    from cyphrs_cli.client.files import AgentDir
+
+    out = tmp_path / "a"
+    assert hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out)).exit_code == 0
+    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
+    stop = threading.Event()
+    planned: list[str] = []
+
+    def report(message: str, result: object) -> None:
+        if "renews at" in message:
+            planned.append(message)
+
+    settings = DaemonSettings(jitter=0, wake_every=timedelta(milliseconds=200))
+    daemon = threading.Thread(
+        target=run_daemon, args=(request, ReloadHooks(), stop),
+        kwargs={"settings": settings, "report": report}, daemon=True,
+    )  # fmt: skip
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not planned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(planned) == 1, planned  # due in about 40 minutes: asleep
+        again = hierarchy.issue(
+            "agent", "--workflow", "w", "--ttl", "2h", "--out-dir", str(out), "--force"
+        )
+        assert again.exit_code == 0, again.stderr
+        new_serial = f"{x509.load_pem_x509_certificate((out / 'cert.pem').read_bytes()).serial_number:x}"
+        deadline = time.monotonic() + 10
+        while len(planned) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(planned) == 2 and new_serial in planned[1], planned
+    finally:
+        stop.set()
+        daemon.join(10)
+    assert not daemon.is_alive()

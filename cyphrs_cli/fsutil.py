@@ -160,9 +160,12 @@ class HomeLock:
     root: Path
     created_home: bool
     created_lock_file: bool
+    # Missing parents of ``root`` this process made for it, nearest last.
+    created_parents: tuple[Path, ...] = ()
 
     def abandon_fresh_home(self) -> None:
-        """Remove the lock file and the home directory again, if this process made them.
+        """Remove the lock file, the home directory and the parents made for it again, if
+        this process made them.
 
         Called (while the lock is still held) by a creation that failed before the home
         got a ``config.toml``. ``rmdir`` removes only an empty directory, so a home that
@@ -175,6 +178,8 @@ class HomeLock:
         if self.created_home:
             with contextlib.suppress(OSError):
                 os.rmdir(self.root)
+                for parent in reversed(self.created_parents):
+                    os.rmdir(parent)  # stops at the first one not empty (OSError)
 
 
 @contextlib.contextmanager
@@ -201,9 +206,10 @@ def home_lock(root: Path, *, create: bool = False) -> Iterator[HomeLock]:
     deadline = time.monotonic() + timeout
     lock_path = root / LOCK_NAME
     created_home = False
+    created_parents: list[Path] = []
     while True:
         if create:
-            ensure_private_dir(root.parent)
+            created_parents += _make_parents(root.parent)
             try:
                 os.mkdir(root, PRIVATE_DIR)
                 created_home = True
@@ -232,10 +238,30 @@ def home_lock(root: Path, *, create: bool = False) -> Iterator[HomeLock]:
                         ) from None
                     time.sleep(LOCK_POLL_SECONDS)
             if _same_file(fd, lock_path):
-                yield HomeLock(root, created_home, created_lock_file)
+                yield HomeLock(root, created_home, created_lock_file, tuple(created_parents))
                 return
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """``ensure_private_dir(path)``, returning the directories it made, outermost first
+    (a refused creation removes them again: ``HomeLock.abandon_fresh_home``)."""
+    missing = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    made = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIR)
+            made.append(directory)
+        except FileExistsError:
+            pass  # made by another process meanwhile: not ours to remove
+        except OSError as exc:
+            raise StorageError(f"cannot create directory {directory}: {exc.strerror}") from exc
+    return made
 
 
 def _open_lock_file(lock_path: Path) -> tuple[int | None, bool]:

@@ -531,6 +531,11 @@ def test_enroll_refusals_leave_no_files(
     # An unknown token: exit 5 from the server; a wrong --root: exit 8 before sending it.
     done = enroll(ca.url, ca.root_pem, tmp_path / "x", token="cyphrs_tok_" + "A" * 43)
     assert done.returncode == 5 and not (tmp_path / "x").exists()
+    # Into a deep path: the parents it made go too; one that was there stays.
+    (tmp_path / "kept").mkdir()
+    deep = tmp_path / "kept" / "p" / "q" / "agent"
+    done = enroll(ca.url, ca.root_pem, deep, token="cyphrs_tok_" + "A" * 43)
+    assert done.returncode == 5 and list((tmp_path / "kept").iterdir()) == []
     token = create_token(h, "payments-recon", "--max-ttl", "1h")
     other = issue_other_root(tmp_path)
     done = enroll(ca.url, other, tmp_path / "y", token=token)

@@ -215,6 +215,14 @@ def home_lock(root: Path, *, create: bool = False) -> Iterator[HomeLock]:
                 created_home = True
             except FileExistsError:
                 pass
+            except FileNotFoundError:
+                # A parent went meanwhile: another process's refused creation removed the
+                # parents it had made, which this one found there. Make them again.
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"cannot create directory {root}: its parent keeps vanishing"
+                    ) from None
+                continue
             except OSError as exc:
                 raise StorageError(f"cannot create directory {root}: {exc.strerror}") from exc
         fd, created_lock_file = _open_lock_file(lock_path)
@@ -259,6 +267,10 @@ def _make_parents(path: Path) -> list[Path]:
             made.append(directory)
         except FileExistsError:
             pass  # made by another process meanwhile: not ours to remove
+        except FileNotFoundError:
+            # An outer one was removed meanwhile by another process's refused creation:
+            # what is missing now is made on the caller's next round (``home_lock``).
+            return made
         except OSError as exc:
             raise StorageError(f"cannot create directory {directory}: {exc.strerror}") from exc
     return made

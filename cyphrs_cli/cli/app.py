@@ -9,7 +9,7 @@ still importable from here (tests, ``scripts/gen_docs.py``); it is loaded on fir
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 #: The options that may come before ``--version`` without changing its answer.
 _VERSION_ARGS = (["--version"],)
@@ -25,6 +25,22 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     _open_standard_streams()
+    try:
+        _run()
+    except BrokenPipeError:  # --version, completion: outside the commands' own handler
+        if not stdout_reader_gone():
+            raise
+        leave_for_gone_reader()
+    except SystemExit as done:
+        # Typer's own EPIPE path (``--help`` into a closed pipe) exits 1 after wrapping
+        # stdout; a reader that went away is 141 wherever it is noticed.
+        wrapped = type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        if done.code == 1 and wrapped and stdout_reader_gone():
+            leave_for_gone_reader()
+        raise
+
+
+def _run() -> None:
     # Only an exact `cyphrs --version` outside completion takes the fast path: anything
     # else (other flags, completion requests) goes through the parser, unchanged.
     if sys.argv[1:] in _VERSION_ARGS and not _completing():
@@ -38,6 +54,32 @@ def main() -> None:
     # A fixed program name keeps completion (_CYPHRS_COMPLETE) and help identical whether
     # we run as the console script or as ``python -m cyphrs_cli``.
     app(prog_name="cyphrs")
+
+
+#: Exit code when stdout's reader went away (EPIPE): that of a process killed by SIGPIPE.
+EXIT_STDOUT_READER_GONE = 141
+
+
+def stdout_reader_gone() -> bool:
+    """Whether descriptor 1 is a pipe or socket whose reading end is closed (POLLERR):
+    the broken pipe was stdout, not some other pipe or socket of the command."""
+    import select
+
+    poller = select.poll()
+    poller.register(1, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
+def leave_for_gone_reader() -> NoReturn:
+    """``cyphrs list | head``: the reader has what it wanted. Exit as a process killed by
+    SIGPIPE would (128 + 13), quietly, with the work done; stdout goes to /dev/null so
+    that the flush at exit does not fail again."""
+    import os
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    raise SystemExit(EXIT_STDOUT_READER_GONE)
 
 
 def _open_standard_streams() -> None:
@@ -59,6 +101,9 @@ def _open_standard_streams() -> None:
             if null != fd:  # the lowest free descriptor is this one, unless 0..fd-1 were
                 os.dup2(null, fd)
                 os.close(null)
+            # Inherited, like any standard stream: a worker or a hook started from here
+            # must not find it closed either (os.open's descriptors are close-on-exec).
+            os.set_inheritable(fd, True)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
 

@@ -224,17 +224,11 @@ class CyphrsGroup(TyperGroup):
             sys.stderr.write("cyphrs: interrupted\n")
             raise typer.Exit(130) from None
         except BrokenPipeError:
-            if not _stdout_reader_gone():
-                raise
-            # ``cyphrs list | head``: the reader has what it wanted. Exit as a process
-            # killed by SIGPIPE would (128 + 13), quietly, with the work done; stdout goes
-            # to /dev/null so that the flush at exit does not fail again.
-            import os
+            from cyphrs_cli.cli.app import leave_for_gone_reader, stdout_reader_gone
 
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.close(null)
-            raise typer.Exit(EXIT_STDOUT_READER_GONE) from None
+            if not stdout_reader_gone():
+                raise
+            leave_for_gone_reader()
         except Exception as error:
             if _debug():
                 raise
@@ -245,20 +239,6 @@ class CyphrsGroup(TyperGroup):
                 )
             )
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
-
-
-#: Exit code when stdout's reader went away (EPIPE): that of a process killed by SIGPIPE.
-EXIT_STDOUT_READER_GONE = 141
-
-
-def _stdout_reader_gone() -> bool:
-    """Whether descriptor 1 is a pipe or socket whose reading end is closed (POLLERR):
-    the broken pipe was stdout, not some other pipe or socket of the command."""
-    import select
-
-    poller = select.poll()
-    poller.register(1, select.POLLOUT)
-    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
 
 
 def _refuse_undecodable(args: list[str]) -> None:

@@ -328,9 +328,9 @@ def _run_hook(command: str, env: dict[str, str], stop: threading.Event | None) -
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return f"--exec hook {reason}, with its children"
-        if stop is not None:
-            stop.wait(min(0.1, deadline - now))
-        else:
+        if stop is not None and not stop.is_set():
+            stop.wait(min(0.1, deadline - now))  # wakes at once when told to stop
+        else:  # a set event would return at once: wait on the hook instead
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=min(0.1, deadline - now))
     return f"--exec hook exited {code}" if code != 0 else None
@@ -348,10 +348,19 @@ class DaemonSettings:
     wake_every: timedelta = timedelta(seconds=60)
 
 
-def _sleep_until(stop: threading.Event, until: datetime, settings: DaemonSettings) -> None:
-    """Sleep until the wall clock reads ``until`` or ``stop`` is set (see ``wake_every``)."""
+def _sleep_for(stop: threading.Event, delay: timedelta, settings: DaemonSettings) -> None:
+    """A back-off wait of ``delay``: over when either clock says so (the wall clock runs
+    on through a suspend, the monotonic one through a step back of the wall clock), or
+    when ``stop`` is set; in slices of ``wake_every``."""
+    import time
+
+    delay = max(delay, _MIN_WAIT)
+    monotonic_end = time.monotonic() + delay.total_seconds()
+    wall_end = datetime.now(UTC) + delay
     while not stop.is_set():
-        left = (until - datetime.now(UTC)).total_seconds()
+        left = min(
+            monotonic_end - time.monotonic(), (wall_end - datetime.now(UTC)).total_seconds()
+        )
         if left <= 0:
             return
         stop.wait(min(left, settings.wake_every.total_seconds()))
@@ -374,26 +383,35 @@ def run_daemon(
     """
     hooks.check()
     settings = settings or DaemonSettings()
-    failures = 0
+    failures = 0  # renewals failed in a row
+    read_failures = 0  # reads of the directory failed in a row (a held lock, a bad file)
     planned: tuple[str, datetime] | None = None  # (serial, when): jitter drawn once each
     renewed_at: datetime | None = None
+    known_not_after: datetime | None = None  # of the last certificate read
     while not stop.is_set():
         try:
             with request.directory.locked():
                 current = request.directory.certificate()
         except CyphrsError as error:  # e.g. the directory's lock held past its timeout
-            if not schedule.is_transient(error):
+            # At start a bad directory is the operator's mistake: say so and exit. Once
+            # running, a file being replaced by hand (empty for a moment) or a lock held
+            # by another renewer is waited out; the certificate's expiry still ends it.
+            if known_not_after is None and not schedule.is_transient(error):
                 raise
-            failures += 1
+            if known_not_after is not None:
+                _refuse_expired(known_not_after, request.directory)
+            read_failures += 1
             delay = schedule.retry_delay(
-                failures, base=settings.backoff_base, cap=settings.backoff_cap
+                read_failures, base=settings.backoff_base, cap=settings.backoff_cap
             )
             report(f"cannot read {request.directory.path} ({error.message});"
                    f" retry in {delay.total_seconds():.1f} s", None)  # fmt: skip
-            _sleep_until(stop, datetime.now(UTC) + max(delay, _MIN_WAIT), settings)
+            _sleep_for(stop, delay, settings)
             continue
+        read_failures = 0
         serial = f"{current.serial_number:x}"
         not_before, not_after = current.not_valid_before_utc, current.not_valid_after_utc
+        known_not_after = not_after
         now = datetime.now(UTC)
         _refuse_expired(not_after, request.directory)
         if planned is None or planned[0] != serial:
@@ -423,7 +441,7 @@ def run_daemon(
             )
             wait = delay.total_seconds()
             report(f"renewal failed ({error.message}); retry in {wait:.1f} s", None)
-            _sleep_until(stop, datetime.now(UTC) + max(delay, _MIN_WAIT), settings)
+            _sleep_for(stop, delay, settings)
             continue
         failures = 0
         renewed_at = datetime.now(UTC)

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cyphrs_cli.fsutil import LOCK_NAME, home_lock
 
 WAITER = """
@@ -69,3 +71,41 @@ def test_a_waiter_on_an_abandoned_home_starts_over(tmp_path: Path) -> None:
     _, created_home, exists = out.split()
     assert (created_home, exists) == ("True", "True")
     assert (root / LOCK_NAME).is_file()
+
+
+
+def test_a_refused_creation_removes_the_parents_it_made(tmp_path: Path) -> None:
+    (tmp_path / "there").mkdir()
+    with home_lock(tmp_path / "there" / "p" / "q" / "home", create=True) as lock:
+        assert lock.created_parents == (tmp_path / "there" / "p", tmp_path / "there" / "p" / "q")
+        lock.abandon_fresh_home()
+    assert list((tmp_path / "there").iterdir()) == []
+
+
+def test_a_parent_removed_by_another_refused_creation_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's refused creation removes the parents it made right after this
+    one found them there (reproduced between two real processes, about once in 6,000
+    rounds): the home's ``mkdir`` then finds no parent. It makes them again instead of
+    failing with exit 8. The other process's removal is done here, at that exact point."""
+    import cyphrs_cli.fsutil as fsutil
+
+    base = tmp_path / "x"
+    (base / "y").mkdir(parents=True)  # made by "the other process"
+    real = fsutil._make_parents
+    calls: list[Path] = []
+
+    def then_removed(path: Path) -> list[Path]:
+        made = real(path)
+        calls.append(path)
+        if len(calls) == 1:  # the other process abandons its home and its parents
+            (base / "y").rmdir()
+            base.rmdir()
+        return made
+
+    monkeypatch.setattr(fsutil, "_make_parents", then_removed)
+    with home_lock(base / "y" / "home", create=True) as lock:
+        assert lock.created_home and (base / "y" / "home").is_dir()
+        assert lock.created_parents == (base, base / "y")
+    assert len(calls) == 2

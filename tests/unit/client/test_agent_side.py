@@ -9,7 +9,9 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 
 from cyphrs_cli.ca.delivery import PemBundle
 from cyphrs_cli.client import schedule
+from cyphrs_cli.client.agent import DaemonSettings, RenewRequest
 from cyphrs_cli.client.api import CaEndpoint, CaUnavailable, Issued, problem_error
 from cyphrs_cli.client.credentials import KeyRequest, accept_issued, load_roots
 from cyphrs_cli.client.files import COMPLETE, STAGE, SWAP_ORDER, install, recover
@@ -767,3 +770,118 @@ def test_the_daemon_reads_its_files_and_the_clock_again_while_it_waits(
         stop.set()
         daemon.join(10)
     assert not daemon.is_alive()
+
+
+def _daemon_thread(
+    request: RenewRequest,
+    settings: DaemonSettings,
+    report: Callable[[str, object], None],
+    stop: threading.Event,
+) -> tuple[threading.Thread, list[BaseException]]:
+    """``run_daemon`` on a thread; what it raised, if anything, in the returned list."""
+    from cyphrs_cli.client.agent import ReloadHooks, run_daemon
+
+    raised: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            run_daemon(request, ReloadHooks(), stop, settings=settings, report=report)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_lock_held_for_a_while_does_not_make_the_daemon_renew_early(
+    hierarchy: Hierarchy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the directory failed while another renewer held its lock; the count of
+    those failures used to skip the wait, so the daemon renewed at once, hours early."""
+    from cyphrs_cli.client.agent import DaemonSettings, RenewRequest
+    from cyphrs_cli.client.files import AgentDir
+    from cyphrs_cli.fsutil import home_lock
+
+    out = tmp_path / "a"
+    assert hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out)).exit_code == 0
+    monkeypatch.setenv("CYPHRS_BUSY_TIMEOUT_MS", "100")
+    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
+    stop = threading.Event()
+    lines: list[str] = []
+    settings = DaemonSettings(
+        jitter=0, wake_every=timedelta(milliseconds=100), backoff_base=timedelta(milliseconds=50)
+    )
+    thread, raised = _daemon_thread(request, settings, lambda m, r: lines.append(m), stop)
+    try:
+        assert _wait_for(lambda: any("renews at" in line for line in lines))
+        with home_lock(out):
+            assert _wait_for(lambda: any("cannot read" in line for line in lines))
+        time.sleep(1.5)  # many wake-ups with the lock free again
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not raised and not thread.is_alive()
+    assert not any("renewal failed" in line or "renewed" in line for line in lines), lines
+
+
+def test_a_certificate_rewritten_in_place_is_waited_for(
+    hierarchy: Hierarchy, tmp_path: Path
+) -> None:
+    """``cert.pem`` rewritten by hand, not atomically: for a moment it is empty. The
+    daemon, which now reads it every ``wake_every``, used to end with exit 3 on it; once
+    running, it waits for a readable file again (at start a bad file is still exit 3)."""
+    from cyphrs_cli.client.agent import DaemonSettings, RenewRequest
+    from cyphrs_cli.client.files import AgentDir
+
+    out = tmp_path / "a"
+    assert hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out)).exit_code == 0
+    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
+    stop = threading.Event()
+    lines: list[str] = []
+    settings = DaemonSettings(
+        jitter=0, wake_every=timedelta(milliseconds=100), backoff_base=timedelta(milliseconds=50)
+    )
+    thread, raised = _daemon_thread(request, settings, lambda m, r: lines.append(m), stop)
+    pem = (out / "cert.pem").read_bytes()
+    try:
+        assert _wait_for(lambda: any("renews at" in line for line in lines))
+        (out / "cert.pem").write_bytes(b"")
+        assert _wait_for(lambda: any("cannot read" in line for line in lines))
+        (out / "cert.pem").write_bytes(pem)
+        time.sleep(0.5)
+        assert thread.is_alive() and not raised, raised
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not raised
+
+    (out / "cert.pem").write_bytes(b"")
+    thread, raised = _daemon_thread(request, settings, lambda m, r: None, threading.Event())
+    thread.join(10)
+    assert len(raised) == 1 and getattr(raised[0], "exit_code", None) == 3, raised
+
+
+def test_the_stop_grace_does_not_spin(tmp_path: Path) -> None:
+    """Once the daemon was told to stop, the hook's wait returned at once on the set
+    event and polled the hook in a busy loop: five seconds of CPU for a five-second
+    grace."""
+    import cyphrs_cli.client.agent as agent
+    from cyphrs_cli.client.files import AgentDir
+
+    issued = Issued("cyphrs.agent-renew/v1", "0a", None, T0, T0, "sha256:00", "", "", "", None)
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    cpu, started = time.thread_time(), time.monotonic()
+    problems = agent.ReloadHooks(exec_command="sleep 30").run(AgentDir(tmp_path), issued, stop)
+    took, cpu = time.monotonic() - started, time.thread_time() - cpu
+    assert problems == ["--exec hook killed: the daemon is stopping, with its children"]
+    assert agent.HOOK_STOP_GRACE <= took < agent.HOOK_STOP_GRACE + 3, took
+    assert cpu < 0.5, cpu

@@ -18,6 +18,14 @@ frames, SQLite never rewinds the WAL, and the file grows (measured: 12,000 pages
 restart could not get its locks), a ``TRUNCATE`` checkpoint empties the file. Closing
 runs a last ``TRUNCATE`` checkpoint and stops the thread.
 
+The interval adapts to the ledger (``HOLD_TARGET_MS``): the RESTART holds the writers
+up for what was committed during the PASSIVE before it, and that work grows with the
+ledger, since each enrollment adds a page to each random-keyed index and the bigger the
+index the fewer pages two enrollments share. Measured at 4 clients with two serving
+processes and 128 items: the p99 latency went from 10 ms at 1,500 certificates to 20 ms
+at 21,000. A RESTART that held the writers past the target halves the interval (down to
+``MIN_EVERY_ITEMS``); one far under it doubles it again, up to ``every_items``.
+
 A RESTART or TRUNCATE needs a moment with no writer, and then holds the write lock while
 it waits for readers of the WAL (a long ``audit export`` or ``list`` in another process,
 or just the servers' own brief reads) to finish: the writers wait with it. Two rules
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +79,14 @@ BLOCKING_WAIT_MS = 50
 WRITER_LOCK_WAIT = 5.0
 #: At close the writer has stopped: the last TRUNCATE may wait for readers longer.
 CLOSING_WAIT_MS = 5_000
+#: How long a routine RESTART should hold the writers up (ms). Its work is what was
+#: committed during the PASSIVE before it, which grows with the ledger: each enrollment
+#: adds a page to each random-keyed index (serial, fingerprint, SPIFFE ID, ...), and the
+#: bigger the index the fewer of those pages two enrollments share. Past this hold the
+#: interval is halved, far under it doubled again (up to ``every_items``).
+HOLD_TARGET_MS = 6.0
+#: The smallest interval the adaptation goes down to.
+MIN_EVERY_ITEMS = 16
 
 
 @dataclass
@@ -84,6 +101,9 @@ class CheckpointStats:
     lock_timeouts: int = 0  # of those, RESTART/TRUNCATEs that never got the writer lock
     largest_wal_pages: int = 0  # the most frames a checkpoint found in the WAL
     errors: int = 0  # checkpoints that failed (I/O); the next one tries again
+    every_items: int = 0  # the interval now (adapted to the RESTART's hold)
+    smallest_every_items: int = 0  # the smallest it has been
+    last_hold_ms: float = 0.0  # how long the last RESTART held the writer lock
 
 
 class WalCheckpointer:
@@ -98,10 +118,11 @@ class WalCheckpointer:
         patient_pages: int | None = None,
         idle_seconds: float = IDLE_SECONDS,
     ) -> None:
-        self._every_items = max(1, every_items)
+        self._every_max = max(1, every_items)
+        self._every_items = self._every_max
         self._limit_pages = max(1, limit_pages)
         patient = (
-            PATIENT_FRAMES_PER_ITEM * self._every_items if patient_pages is None else patient_pages
+            PATIENT_FRAMES_PER_ITEM * self._every_max if patient_pages is None else patient_pages
         )
         self._patient_pages = max(0, min(patient, self._limit_pages))
         self._idle_seconds = idle_seconds
@@ -122,7 +143,9 @@ class WalCheckpointer:
         self._pending = 0  # items committed since the last checkpoint
         self._wake = threading.Event()
         self._closed = False
-        self.stats = CheckpointStats()
+        self.stats = CheckpointStats(
+            every_items=self._every_items, smallest_every_items=self._every_items
+        )
         self._thread = threading.Thread(target=self._run, name="cyphrs-wal-checkpoint", daemon=True)
         self._thread.start()
 
@@ -174,11 +197,26 @@ class WalCheckpointer:
             self._checkpoint("PASSIVE", ROUTINE_WAIT_MS)
             busy_before = self.stats.busy
             frames = self._checkpoint("RESTART", ROUTINE_WAIT_MS)
+            if self.stats.busy == busy_before:
+                self._adapt(self.stats.last_hold_ms)
             if self.stats.busy > busy_before and frames > self._patient_pages:
                 self.stats.patient += 1  # readers kept the WAL from rewinding: wait longer
                 frames = self._checkpoint("RESTART", BLOCKING_WAIT_MS)
             if frames > self._limit_pages:
                 self._checkpoint("TRUNCATE", BLOCKING_WAIT_MS)
+
+    def _adapt(self, hold_ms: float) -> None:
+        """Halve the interval after a RESTART that held the writers past
+        ``HOLD_TARGET_MS``, double it (up to the configured one) after one far under."""
+        with self._lock:
+            if hold_ms > HOLD_TARGET_MS:
+                self._every_items = max(MIN_EVERY_ITEMS, self._every_items // 2)
+            elif hold_ms < HOLD_TARGET_MS / 4:
+                self._every_items = min(self._every_max, self._every_items * 2)
+            self.stats.every_items = self._every_items
+            self.stats.smallest_every_items = min(
+                self.stats.smallest_every_items, self._every_items
+            )
 
     def _checkpoint(self, mode: str, wait_ms: int) -> int:
         """Run one checkpoint, waiting at most ``wait_ms`` for SQLite's locks (a RESTART or
@@ -195,6 +233,7 @@ class WalCheckpointer:
                 return 0
             finally:
                 self._wants_lock.clear()
+        held = time.monotonic()
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
             busy, frames, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
@@ -204,6 +243,7 @@ class WalCheckpointer:
         finally:
             if exclusive:
                 self._writers.release()
+                self.stats.last_hold_ms = (time.monotonic() - held) * 1000
         if mode == "PASSIVE":
             self.stats.passive += 1
         elif mode == "RESTART":

@@ -300,7 +300,8 @@ class ReloadHooks:
 def _run_hook(command: str, env: dict[str, str], stop: threading.Event | None) -> str | None:
     """Run the ``--exec`` hook; what went wrong, or None. Its output goes to stderr, never
     into the ``--json`` stream on stdout. It runs in a session of its own, so a hook that
-    outlives ``HOOK_TIMEOUT`` is killed with everything it started; so is one still
+    outlives ``HOOK_TIMEOUT`` is killed with its process group (all it started but what
+    left the group with ``setsid``); so is one still
     running ``HOOK_STOP_GRACE`` seconds after the daemon was told to stop (``stop``): a
     hanging hook must not hold a SIGTERM for two minutes (systemd would SIGKILL the
     daemon first, mid-whatever)."""

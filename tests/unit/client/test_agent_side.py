@@ -794,6 +794,23 @@ def _daemon_thread(
     return thread, raised
 
 
+def _agent_of_an_hour(hierarchy: Hierarchy, out: Path) -> RenewRequest:
+    """An agent directory with a certificate of one hour (due in about 40 minutes), to
+    renew against a CA that is not there."""
+    from cyphrs_cli.client.files import AgentDir
+
+    done = hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out))
+    assert done.exit_code == 0, done.stderr
+    return RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
+
+
+def _quick() -> DaemonSettings:
+    """No jitter, a wake-up every 100 ms, back-off from 50 ms."""
+    return DaemonSettings(
+        jitter=0, wake_every=timedelta(milliseconds=100), backoff_base=timedelta(milliseconds=50)
+    )
+
+
 def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -806,20 +823,14 @@ def test_a_lock_held_for_a_while_does_not_make_the_daemon_renew_early(
 ) -> None:
     """Reading the directory failed while another renewer held its lock; the count of
     those failures used to skip the wait, so the daemon renewed at once, hours early."""
-    from cyphrs_cli.client.agent import DaemonSettings, RenewRequest
-    from cyphrs_cli.client.files import AgentDir
     from cyphrs_cli.fsutil import home_lock
 
     out = tmp_path / "a"
-    assert hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out)).exit_code == 0
+    request = _agent_of_an_hour(hierarchy, out)
     monkeypatch.setenv("CYPHRS_BUSY_TIMEOUT_MS", "100")
-    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
     stop = threading.Event()
     lines: list[str] = []
-    settings = DaemonSettings(
-        jitter=0, wake_every=timedelta(milliseconds=100), backoff_base=timedelta(milliseconds=50)
-    )
-    thread, raised = _daemon_thread(request, settings, lambda m, r: lines.append(m), stop)
+    thread, raised = _daemon_thread(request, _quick(), lambda m, r: lines.append(m), stop)
     try:
         assert _wait_for(lambda: any("renews at" in line for line in lines))
         with home_lock(out):
@@ -838,17 +849,11 @@ def test_a_certificate_rewritten_in_place_is_waited_for(
     """``cert.pem`` rewritten by hand, not atomically: for a moment it is empty. The
     daemon, which now reads it every ``wake_every``, used to end with exit 3 on it; once
     running, it waits for a readable file again (at start a bad file is still exit 3)."""
-    from cyphrs_cli.client.agent import DaemonSettings, RenewRequest
-    from cyphrs_cli.client.files import AgentDir
-
     out = tmp_path / "a"
-    assert hierarchy.issue("agent", "--workflow", "w", "--ttl", "1h", "--out-dir", str(out)).exit_code == 0
-    request = RenewRequest(ca_url="https://127.0.0.1:1", directory=AgentDir(out))
+    request = _agent_of_an_hour(hierarchy, out)
     stop = threading.Event()
     lines: list[str] = []
-    settings = DaemonSettings(
-        jitter=0, wake_every=timedelta(milliseconds=100), backoff_base=timedelta(milliseconds=50)
-    )
+    settings = _quick()
     thread, raised = _daemon_thread(request, settings, lambda m, r: lines.append(m), stop)
     pem = (out / "cert.pem").read_bytes()
     try:

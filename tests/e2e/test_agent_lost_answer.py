@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cyphrs_cli.ca.issuance import DELAY_ENV, FAULT_ENV
 from cyphrs_cli.client.files import PENDING_KEY
 from tests.csr_builders import csr_with_foreign_key
-from tests.e2e.test_agent_online import create_token, enroll, issue_agent, serial_of
+from tests.e2e.test_agent_online import create_token, enroll, issue_agent, renew, serial_of
 from tests.e2e.test_enospc import _fill as fill
 from tests.e2e.test_enospc import small_tmpfs  # noqa: F401 - a fixture
-from tests.helpers import Hierarchy, cli, openssl_verify, run_cyphrs, tool
+from tests.helpers import Hierarchy, cli, openssl_verify, tool
 from tests.server_process import ServerProcess, start_server, wait_until
 
 
@@ -66,12 +66,6 @@ def _redelivered(h: Hierarchy) -> list[dict[str, object]]:
         json.loads(str(r[0]))
         for r in _rows(h, "SELECT details FROM events WHERE type = 'certificate.redelivered'")
     ]
-
-
-def renew(
-    url: str, directory: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return run_cyphrs("renew", "--ca-url", url, str(directory), "--json", *args, env=env)
 
 
 def _count(h: Hierarchy) -> int:

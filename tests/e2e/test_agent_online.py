@@ -70,8 +70,10 @@ def stop_daemon(daemon: subprocess.Popen[bytes]) -> tuple[int, bytes]:
             daemon.wait(10)
 
 
-def renew(url: str, directory: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return run_cyphrs("renew", "--ca-url", url, str(directory), "--json", *args)
+def renew(
+    url: str, directory: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return run_cyphrs("renew", "--ca-url", url, str(directory), "--json", *args, env=env)
 
 
 def test_online_renewal_keeps_the_identity_with_a_new_key(

@@ -890,3 +890,38 @@ def test_the_stop_grace_does_not_spin(tmp_path: Path) -> None:
     assert problems == ["--exec hook killed: the daemon is stopping, with its children"]
     assert agent.HOOK_STOP_GRACE <= took < agent.HOOK_STOP_GRACE + 3, took
     assert cpu < 0.5, cpu
+
+
+@pytest.mark.parametrize("jump", ["forward", "back"])
+def test_a_back_off_wait_ends_with_whichever_clock_says_so(
+    monkeypatch: pytest.MonkeyPatch, jump: str
+) -> None:
+    """The wall clock jumps an hour just after a back-off wait began. Forward (the machine
+    was suspended; the monotonic clock stood still): a 30 s wait ends at the next slice.
+    Back (NTP stepped a fast clock back): a 0.3 s wait still ends after 0.3 s of the
+    monotonic clock, not an hour later. A stop at 3 s bounds a wait that would not end."""
+    import cyphrs_cli.client.agent as agent
+
+    offset = timedelta(hours=1 if jump == "forward" else -1)
+
+    class Jumped(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+            return datetime.now(UTC) + offset
+
+    delay = timedelta(seconds=30) if jump == "forward" else timedelta(milliseconds=300)
+    stop = threading.Event()
+    jumping = threading.Timer(0.05, lambda: monkeypatch.setattr(agent, "datetime", Jumped))
+    bound = threading.Timer(3, stop.set)
+    jumping.start()
+    bound.start()
+    started = time.monotonic()
+    try:
+        agent._sleep_for(stop, delay, DaemonSettings(wake_every=timedelta(milliseconds=100)))
+    finally:
+        bound.cancel()
+        jumping.join()
+    took = time.monotonic() - started
+    assert not stop.is_set() and took < 2, took
+    if jump == "back":
+        assert took >= 0.3, took

@@ -23,8 +23,6 @@ class ExitCode(IntEnum):
     STORAGE = 8
     KEYSTORE = 9
     CHECK_NOT_MET = 10
-    # stdout's reader went away (EPIPE): what a process killed by SIGPIPE exits with.
-    STDOUT_READER_GONE = 141
 
 
 EXIT_CODE_HELP = """\

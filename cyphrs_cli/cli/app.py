@@ -56,6 +56,10 @@ def _run() -> None:
     app(prog_name="cyphrs")
 
 
+#: Exit code when stdout's reader went away (EPIPE): that of a process killed by SIGPIPE.
+EXIT_STDOUT_READER_GONE = 141
+
+
 def stdout_reader_gone() -> bool:
     """Whether descriptor 1 is a pipe or socket whose reading end is closed (POLLERR):
     the broken pipe was stdout, not some other pipe or socket of the command."""
@@ -72,12 +76,10 @@ def leave_for_gone_reader() -> NoReturn:
     that the flush at exit does not fail again."""
     import os
 
-    from cyphrs_cli.errors import ExitCode
-
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
-    raise SystemExit(int(ExitCode.STDOUT_READER_GONE))
+    raise SystemExit(EXIT_STDOUT_READER_GONE)
 
 
 def _open_standard_streams() -> None:

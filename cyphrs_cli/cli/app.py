@@ -57,6 +57,8 @@ def _run() -> None:
 
 
 #: Exit code when stdout's reader went away (EPIPE): that of a process killed by SIGPIPE.
+#: Not an ``ExitCode``: those are the codes of error classes, each with an HTTP status
+#: (``server.problems``); this one is no error of the command.
 EXIT_STDOUT_READER_GONE = 141
 
 
